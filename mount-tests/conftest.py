@@ -1,0 +1,155 @@
+"""Fixtures for the imagefs mount tests.
+
+- `images`  (session): reproducible LZ4 erofs images, one per content key, cached.
+- `workdir`: a fresh 0755 tmp dir per test (world-traversable, for the setpriv tests).
+- `store`:   a Store builder rooted at workdir/store.
+- `mnt`:     workdir/mnt, an empty mountpoint.
+- `mounter`: factory mounter(store_root, mnt=None, **opts) -> Mount; every mount is unmounted in
+             teardown (fusermount3 -u, umount -l, then kill), even when the test fails, and the
+             daemon's log tail is attached to the report of a failing test.
+- a watchdog per test: if a test runs longer than IMAGEFS_TEST_TIMEOUT (default 120 s; slow tests get
+  more) the daemons are killed with SIGKILL, which aborts the FUSE connection so a hung syscall returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import (  # noqa: E402
+    ImageCache, Mount, Store, force_unmount, fuse_mounts_under, imagefs_bin, make_workdir,
+)
+
+BASE = Path(os.environ.get("IMAGEFS_TEST_TMP", "/tmp/imagefs-mount-tests"))
+
+
+def pytest_configure(config):
+    missing = [t for t in ("mkfs.erofs", "fusermount3", "setpriv") if shutil.which(t) is None]
+    if missing:
+        r = subprocess.run(["apt-get", "install", "-y", "erofs-utils", "fuse3", "util-linux"],
+                           capture_output=True, text=True)
+        missing = [t for t in ("mkfs.erofs", "fusermount3", "setpriv") if shutil.which(t) is None]
+        if missing:
+            pytest.exit(f"missing tools {missing}; apt-get said: {r.stderr[-500:]}", returncode=3)
+    if not os.path.exists("/dev/fuse"):
+        pytest.exit("/dev/fuse is missing", returncode=3)
+    if os.geteuid() != 0:
+        pytest.exit("the mount tests run as root (they chown store dirs and use setpriv)", returncode=3)
+
+
+def pytest_report_header(config):
+    b = imagefs_bin()
+    return f"imagefs binary: {b} ({'present' if b.exists() else 'MISSING'})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+    if rep.failed:
+        for m in getattr(item, "_imagefs_mounts", []):
+            rep.sections.append((f"imagefs daemon log tail ({m.mnt})", m.log_tail(60)))
+        if getattr(item, "_imagefs_watchdog_fired", False):
+            rep.sections.append(("watchdog", "the test hit its timeout; daemons were killed with SIGKILL"))
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory):
+    return ImageCache(tmp_path_factory.mktemp("erofs-images"))
+
+
+@pytest.fixture
+def workdir(request):
+    d = make_workdir(BASE)
+    yield d
+    left = fuse_mounts_under(d)
+    for mp in left:
+        force_unmount(mp)
+    if not fuse_mounts_under(d):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def store(workdir, images):
+    return Store(workdir / "store", images)
+
+
+@pytest.fixture
+def mnt(workdir):
+    p = workdir / "mnt"
+    p.mkdir(mode=0o755)
+    os.chmod(p, 0o755)
+    return p
+
+
+@pytest.fixture
+def mounter(request, workdir):
+    mounts: list[Mount] = []
+    request.node._imagefs_mounts = mounts
+    counter = [0]
+
+    def factory(store_root, mnt=None, *, start=True, **opts) -> Mount:
+        counter[0] += 1
+        if mnt is None:
+            mnt = workdir / f"mnt{counter[0]}"
+            mnt.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(mnt, 0o755)
+        m = Mount(Path(getattr(store_root, "root", store_root)), Path(mnt),
+                  workdir / f"imagefs-{counter[0]}.log", **opts)
+        mounts.append(m)
+        if start:
+            m.start()
+        return m
+
+    timeout = float(os.environ.get("IMAGEFS_TEST_TIMEOUT", "120"))
+    if request.node.get_closest_marker("slow"):
+        timeout += float(os.environ.get("IMAGEFS_STRESS_SECONDS", "20")) * 3 + \
+            float(os.environ.get("IMAGEFS_CRASH_ITERATIONS", "20")) * 10
+
+    def fire():
+        request.node._imagefs_watchdog_fired = True
+        for m in mounts:
+            try:
+                m.kill9()
+            except Exception:  # noqa: BLE001
+                pass
+
+    wd = threading.Timer(timeout, fire)
+    wd.daemon = True
+    wd.start()
+    try:
+        yield factory
+    finally:
+        wd.cancel()
+        errors = []
+        for m in reversed(mounts):
+            try:
+                m.stop()
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{m.mnt}: {e}")
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for m in mounts:
+                print(f"\n--- imagefs log tail {m.mnt} ---\n{m.log_tail(40)}")
+        left = fuse_mounts_under(workdir)
+        assert not left and not errors, f"mounts left behind after teardown: {left} {errors}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mounts_left_behind():
+    yield
+    left = fuse_mounts_under(BASE)
+    for mp in left:
+        force_unmount(mp)
+    time.sleep(0.1)
+    assert not fuse_mounts_under(BASE), "fuse mounts left behind"

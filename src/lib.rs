@@ -1,0 +1,10 @@
+//! imagefs: a hypeman image store presented as a FUSE mount.
+//!
+//! - [`store`] knows the on-disk layout, names, the in-memory index, GC and its journal.
+//!   It knows nothing of FUSE.
+//! - [`fs`] maps kernel requests (inodes, handles, errno) onto the store.
+//! - [`cli`] parses the command line and runs the daemon.
+
+pub mod cli;
+pub mod fs;
+pub mod store;

@@ -1,0 +1,267 @@
+//! The in-memory index: the `tags/` tree, and digest directory -> number of tags naming it.
+//!
+//! Built once from a [`Scan`] at mount and then kept up to date by the store's own changes,
+//! so a reference count is a map lookup, never a directory scan.
+//!
+//! Invariants: every node's ancestors are nodes; `refs[key]` equals the number of tags
+//! whose key is `key`; every tag's key is a digest directory in `refs`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use log::warn;
+
+use super::layout::{DirKey, Layout, Scan};
+use super::names::{self, Digest};
+
+/// A tag as the index knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub key: DirKey,
+    pub layout: Layout,
+}
+
+/// A directory of `tags/`: a repository path, or a prefix of one.
+#[derive(Debug, Clone, Default)]
+pub struct Node {
+    pub subdirs: BTreeSet<String>,
+    pub tags: BTreeMap<String, Tag>,
+    /// The store directories behind this node.
+    pub content: bool,
+    pub legacy: bool,
+}
+
+impl Node {
+    pub fn is_empty(&self) -> bool {
+        self.subdirs.is_empty() && self.tags.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    nodes: HashMap<String, Node>,
+    refs: HashMap<DirKey, u32>,
+    /// digest -> its directories (content and/or legacy ones), for `digests/`.
+    digests: BTreeMap<Digest, BTreeSet<DirKey>>,
+}
+
+impl Index {
+    pub fn new() -> Index {
+        let mut ix = Index::default();
+        ix.nodes.insert(String::new(), Node::default());
+        ix
+    }
+
+    pub fn from_scan(scan: &Scan) -> Index {
+        let mut ix = Index::new();
+        for key in &scan.digest_dirs {
+            ix.add_dir(key.clone());
+        }
+        for dir in &scan.repo_dirs {
+            ix.ensure_node(&dir.repo, dir.layout);
+        }
+        for t in &scan.tags {
+            if !ix.refs.contains_key(&t.key) {
+                warn!(
+                    "tag {}:{} names {}, which is not in the store; ignored",
+                    t.repo,
+                    t.tag,
+                    t.key.rel_path().display()
+                );
+                continue;
+            }
+            let node = ix.node(&t.repo);
+            if node.is_some_and(|n| n.subdirs.contains(&t.tag)) {
+                warn!("tag {}:{} clashes with a directory; ignored", t.repo, t.tag);
+                continue;
+            }
+            if let Some(old) = node.and_then(|n| n.tags.get(&t.tag)) {
+                // The same name in both layouts: the content layout wins.
+                if old.layout == Layout::Content || t.layout == Layout::Legacy {
+                    warn!(
+                        "tag {}:{} exists in both layouts; the legacy one is ignored",
+                        t.repo, t.tag
+                    );
+                    continue;
+                }
+                ix.remove_tag(&t.repo, &t.tag);
+            }
+            ix.add_tag(&t.repo, &t.tag, t.key.clone(), t.layout);
+        }
+        ix
+    }
+
+    pub fn node(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    pub fn tag(&self, repo: &str, tag: &str) -> Option<&Tag> {
+        self.nodes.get(repo)?.tags.get(tag)
+    }
+
+    pub fn refs(&self, key: &DirKey) -> Option<u32> {
+        self.refs.get(key).copied()
+    }
+
+    pub fn has_dir(&self, key: &DirKey) -> bool {
+        self.refs.contains_key(key)
+    }
+
+    /// The directories of a digest, content first.
+    pub fn dirs_of(&self, digest: &Digest) -> impl Iterator<Item = &DirKey> {
+        self.digests.get(digest).into_iter().flatten()
+    }
+
+    pub fn digests(&self) -> impl Iterator<Item = &Digest> {
+        self.digests.keys()
+    }
+
+    pub fn dir_keys(&self) -> impl Iterator<Item = (&DirKey, u32)> {
+        self.refs.iter().map(|(k, v)| (k, *v))
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (&String, &Node)> {
+        self.nodes.iter()
+    }
+
+    pub fn tag_count(&self) -> usize {
+        self.nodes.values().map(|n| n.tags.len()).sum()
+    }
+
+    /// Makes `path` and its ancestors nodes, recording that `layout` has a directory there.
+    pub fn ensure_node(&mut self, path: &str, layout: Layout) {
+        let mut cur = path.to_string();
+        loop {
+            let node = self.nodes.entry(cur.clone()).or_default();
+            match layout {
+                Layout::Content => node.content = true,
+                Layout::Legacy => node.legacy = true,
+            }
+            if cur.is_empty() {
+                return;
+            }
+            let (parent, last) = names::split_last(&cur);
+            let (parent, last) = (parent.to_string(), last.to_string());
+            self.nodes
+                .entry(parent.clone())
+                .or_default()
+                .subdirs
+                .insert(last);
+            cur = parent;
+        }
+    }
+
+    /// Forgets `layout`'s directory at `path`; drops the node when no layout has it.
+    /// The node must be empty.
+    pub fn remove_node(&mut self, path: &str, layout: Layout) {
+        let Some(node) = self.nodes.get_mut(path) else {
+            return;
+        };
+        match layout {
+            Layout::Content => node.content = false,
+            Layout::Legacy => node.legacy = false,
+        }
+        if !node.content && !node.legacy && !path.is_empty() {
+            self.nodes.remove(path);
+            let (parent, last) = names::split_last(path);
+            if let Some(p) = self.nodes.get_mut(parent) {
+                p.subdirs.remove(last);
+            }
+        }
+    }
+
+    /// Moves the subtree at `from` to `to` (which must not exist), re-keying legacy
+    /// digest directories that move with their repository.
+    pub fn move_subtree(&mut self, from: &str, to: &str) {
+        let moved: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|k| *k == from || k.starts_with(&format!("{from}/")))
+            .cloned()
+            .collect();
+        let rename = |p: &str| format!("{to}{}", &p[from.len()..]);
+        // Re-key legacy directories of moved repositories.
+        let keys: Vec<DirKey> = self
+            .refs
+            .keys()
+            .filter(|k| matches!(k, DirKey::Legacy(r, _) if moved.contains(r)))
+            .cloned()
+            .collect();
+        for key in keys {
+            if let DirKey::Legacy(r, d) = &key {
+                let new = DirKey::Legacy(rename(r), *d);
+                let n = self.refs.remove(&key).unwrap_or(0);
+                self.refs.insert(new.clone(), n);
+                if let Some(set) = self.digests.get_mut(d) {
+                    set.remove(&key);
+                    set.insert(new);
+                }
+            }
+        }
+        let (fparent, flast) = names::split_last(from);
+        if let Some(p) = self.nodes.get_mut(fparent) {
+            p.subdirs.remove(flast);
+        }
+        let mut layouts = (false, false);
+        for old in moved {
+            if let Some(mut node) = self.nodes.remove(&old) {
+                for tag in node.tags.values_mut() {
+                    if let DirKey::Legacy(r, d) = &tag.key {
+                        tag.key = DirKey::Legacy(rename(r), *d);
+                    }
+                }
+                if old == from {
+                    layouts = (node.content, node.legacy);
+                }
+                self.nodes.insert(rename(&old), node);
+            }
+        }
+        // Link the new top into its parent chain.
+        let (tparent, _) = names::split_last(to);
+        if layouts.0 {
+            self.ensure_node(tparent, Layout::Content);
+            self.ensure_node(to, Layout::Content);
+        }
+        if layouts.1 {
+            self.ensure_node(tparent, Layout::Legacy);
+            self.ensure_node(to, Layout::Legacy);
+        }
+    }
+
+    pub fn add_dir(&mut self, key: DirKey) {
+        self.digests
+            .entry(key.digest())
+            .or_default()
+            .insert(key.clone());
+        self.refs.entry(key).or_insert(0);
+    }
+
+    pub fn remove_dir(&mut self, key: &DirKey) {
+        self.refs.remove(key);
+        let d = key.digest();
+        if let Some(set) = self.digests.get_mut(&d) {
+            set.remove(key);
+            if set.is_empty() {
+                self.digests.remove(&d);
+            }
+        }
+    }
+
+    /// Adds a tag (its node is created as needed) and counts its reference.
+    pub fn add_tag(&mut self, repo: &str, tag: &str, key: DirKey, layout: Layout) {
+        self.ensure_node(repo, layout);
+        *self.refs.entry(key.clone()).or_insert(0) += 1;
+        if let Some(node) = self.nodes.get_mut(repo) {
+            node.tags.insert(tag.to_string(), Tag { key, layout });
+        }
+    }
+
+    /// Removes a tag and returns it with the number of references its directory has left.
+    pub fn remove_tag(&mut self, repo: &str, tag: &str) -> Option<(Tag, u32)> {
+        let t = self.nodes.get_mut(repo)?.tags.remove(tag)?;
+        let n = self.refs.get_mut(&t.key).map(|n| {
+            *n = n.saturating_sub(1);
+            *n
+        });
+        Some((t, n.unwrap_or(0)))
+    }
+}

@@ -1,0 +1,322 @@
+//! Where things live in a hypeman store, and the one scan that reads it at mount time.
+//!
+//! ```text
+//! STORE/content/<hex>/...                 content-addressed digest directory
+//! STORE/repositories/<repo>/<tag>         -> ../(x depth(repo)+1)content/<hex>
+//! STORE/<repo>/<hex>/...                  legacy digest directory, owned by <repo>
+//! STORE/<repo>/<tag>                      -> <hex>
+//! STORE/.imagefs/                         imagefs's own: lock, intents/, trash/
+//! ```
+//!
+//! The scan never follows a symlink and never trusts a name: anything that does not fit is
+//! reported once as a warning and left alone.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use log::warn;
+
+use super::fsutil::TMP_PREFIX;
+use super::names::{self, Digest};
+
+pub const CONTENT: &str = "content";
+pub const REPOSITORIES: &str = "repositories";
+pub const PRIVATE: &str = ".imagefs";
+
+/// Which layout a tag or digest directory belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    Content,
+    Legacy,
+}
+
+/// A digest directory of the store: the unit that reference counting and GC work on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DirKey {
+    Content(Digest),
+    Legacy(String, Digest),
+}
+
+impl DirKey {
+    pub fn digest(&self) -> Digest {
+        match self {
+            DirKey::Content(d) | DirKey::Legacy(_, d) => *d,
+        }
+    }
+
+    /// The path relative to the store root.
+    pub fn rel_path(&self) -> PathBuf {
+        match self {
+            DirKey::Content(d) => Path::new(CONTENT).join(d.hex()),
+            DirKey::Legacy(repo, d) => Path::new(repo).join(d.hex()),
+        }
+    }
+
+    /// Parses a store-relative path back into a key (used for journal records).
+    pub fn from_rel_path(p: &str) -> Option<DirKey> {
+        let (parent, last) = names::split_last(p);
+        let digest = Digest::parse_hex(last)?;
+        if parent == CONTENT {
+            Some(DirKey::Content(digest))
+        } else if names::check_repo(parent).is_ok() && !is_reserved_top(parent) {
+            Some(DirKey::Legacy(parent.to_string(), digest))
+        } else {
+            None
+        }
+    }
+}
+
+/// Is the first component of a legacy repository path one of the store's own directories?
+pub fn is_reserved_top(repo: &str) -> bool {
+    let first = repo.split('/').next().unwrap_or("");
+    first == CONTENT || first == REPOSITORIES
+}
+
+/// Store-relative directory of repository `repo` in `layout` ("" is the layout's root).
+pub fn repo_rel_dir(layout: Layout, repo: &str) -> PathBuf {
+    match layout {
+        Layout::Content => Path::new(REPOSITORIES).join(repo),
+        Layout::Legacy => PathBuf::from(repo),
+    }
+}
+
+/// The symlink target hypeman writes for a tag of `repo` naming `key`.
+pub fn tag_target(repo: &str, key: &DirKey) -> String {
+    match key {
+        DirKey::Content(d) => format!("{}{CONTENT}/{d}", "../".repeat(names::depth(repo) + 1)),
+        DirKey::Legacy(_, d) => d.hex(),
+    }
+}
+
+/// Interprets a tag symlink's target, found in `repo` of `layout`, as a digest directory.
+/// Only targets that stay inside the store and name a digest directory the way hypeman
+/// writes them are accepted.
+pub fn parse_tag_target(layout: Layout, repo: &str, target: &Path) -> Option<DirKey> {
+    let t = target.to_str()?;
+    match layout {
+        Layout::Legacy => Digest::parse_hex(t).map(|d| DirKey::Legacy(repo.to_string(), d)),
+        Layout::Content => {
+            // Resolve lexically from STORE/repositories/<repo>.
+            let mut stack: Vec<&str> = std::iter::once(REPOSITORIES)
+                .chain(repo.split('/').filter(|c| !c.is_empty()))
+                .collect();
+            if t.starts_with('/') {
+                return None;
+            }
+            for c in t.split('/') {
+                match c {
+                    "" | "." => {}
+                    ".." => {
+                        stack.pop()?;
+                    }
+                    c => stack.push(c),
+                }
+            }
+            match stack.as_slice() {
+                [CONTENT, hex] => Digest::parse_hex(hex).map(DirKey::Content),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// One tag found by the scan.
+#[derive(Debug, Clone)]
+pub struct ScannedTag {
+    pub repo: String,
+    pub tag: String,
+    pub layout: Layout,
+    pub key: DirKey,
+}
+
+/// A repository directory found by the scan (every level of the path).
+#[derive(Debug, Clone)]
+pub struct ScannedDir {
+    pub repo: String,
+    pub layout: Layout,
+}
+
+/// What one scan of the store found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub digest_dirs: Vec<DirKey>,
+    pub tags: Vec<ScannedTag>,
+    pub repo_dirs: Vec<ScannedDir>,
+    /// Leftover temporary files of interrupted tag installs (safe to delete under the lock).
+    pub temp_files: Vec<PathBuf>,
+}
+
+/// Reads the whole store. Symlinks are read, never followed.
+pub fn scan(root: &Path) -> std::io::Result<Scan> {
+    let mut scan = Scan::default();
+    match std::fs::read_dir(root.join(CONTENT)) {
+        Ok(rd) => {
+            for entry in rd.flatten() {
+                let name = entry.file_name();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                match name.to_str().and_then(Digest::parse_hex) {
+                    Some(d) if is_dir => scan.digest_dirs.push(DirKey::Content(d)),
+                    _ => warn!(
+                        "{}: not a digest directory; ignored",
+                        entry.path().display()
+                    ),
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    walk_repo(root, Layout::Content, "", &mut scan);
+    walk_repo(root, Layout::Legacy, "", &mut scan);
+    Ok(scan)
+}
+
+fn walk_repo(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) {
+    let dir = root.join(repo_rel_dir(layout, repo));
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && repo.is_empty() => return,
+        Err(e) => {
+            warn!("{}: cannot read: {e}; ignored", dir.display());
+            return;
+        }
+    };
+    scan.repo_dirs.push(ScannedDir {
+        repo: repo.to_string(),
+        layout,
+    });
+    for entry in rd.flatten() {
+        let name = entry.file_name();
+        let path = entry.path();
+        let Ok(ft) = entry.file_type() else { continue };
+        if name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+            scan.temp_files.push(path);
+            continue;
+        }
+        if layout == Layout::Legacy && repo.is_empty() {
+            // The legacy layout's root is the store root: skip the store's own directories.
+            if name == OsStr::new(CONTENT)
+                || name == OsStr::new(REPOSITORIES)
+                || name == OsStr::new(PRIVATE)
+            {
+                continue;
+            }
+        }
+        if ft.is_symlink() {
+            scan_tag(layout, repo, &name, &path, scan);
+        } else if ft.is_dir() {
+            if layout == Layout::Legacy
+                && !repo.is_empty()
+                && let Some(d) = name.to_str().and_then(Digest::parse_hex)
+            {
+                scan.digest_dirs.push(DirKey::Legacy(repo.to_string(), d));
+                continue;
+            }
+            match names::check_repo_component(name.as_bytes(), repo.is_empty()) {
+                Ok(c) => {
+                    let sub = names::join(repo, c);
+                    if sub.len() <= names::MAX_REPO_LEN {
+                        walk_repo(root, layout, &sub, scan);
+                    } else {
+                        warn!("{}: repository name too long; ignored", path.display());
+                    }
+                }
+                Err(_) => warn!("{}: not a valid repository name; ignored", path.display()),
+            }
+        } else {
+            warn!("{}: stray file; ignored", path.display());
+        }
+    }
+}
+
+fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Scan) {
+    if repo.is_empty() {
+        warn!("{}: a tag needs a repository; ignored", path.display());
+        return;
+    }
+    let Ok(tag) = names::check_tag(name.as_bytes()) else {
+        warn!("{}: not a valid tag name; ignored", path.display());
+        return;
+    };
+    let target = match std::fs::read_link(path) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("{}: cannot read link: {e}; ignored", path.display());
+            return;
+        }
+    };
+    match parse_tag_target(layout, repo, &target) {
+        Some(key) => scan.tags.push(ScannedTag {
+            repo: repo.to_string(),
+            tag: tag.to_string(),
+            layout,
+            key,
+        }),
+        None => warn!(
+            "{} -> {}: does not name a digest directory of the store; ignored",
+            path.display(),
+            target.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(c: char) -> Digest {
+        Digest::parse_hex(&c.to_string().repeat(64)).expect("hex")
+    }
+
+    #[test]
+    fn tag_targets_round_trip() {
+        let key = DirKey::Content(d('a'));
+        let t = tag_target("docker.io/library/alpine", &key);
+        assert_eq!(t, format!("../../../../content/{}", d('a')));
+        assert_eq!(
+            parse_tag_target(Layout::Content, "docker.io/library/alpine", Path::new(&t)),
+            Some(key)
+        );
+        let legacy = DirKey::Legacy("x/y".into(), d('b'));
+        assert_eq!(tag_target("x/y", &legacy), d('b').hex());
+        assert_eq!(
+            parse_tag_target(Layout::Legacy, "x/y", Path::new(&d('b').hex())),
+            Some(legacy)
+        );
+    }
+
+    #[test]
+    fn tag_targets_outside_the_store_are_refused() {
+        let hex = d('a').hex();
+        for bad in [
+            format!("/abs/content/{hex}"),
+            format!("../../../../content/{hex}"),
+            format!("../content/{hex}"),
+            format!("../../content/{hex}/x"),
+            "../../content/zz".to_string(),
+        ] {
+            assert_eq!(
+                parse_tag_target(Layout::Content, "a/b", Path::new(&bad)),
+                None,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_tag_target(Layout::Legacy, "a", Path::new("../x")),
+            None
+        );
+    }
+
+    #[test]
+    fn rel_paths_parse_back() {
+        for key in [
+            DirKey::Content(d('c')),
+            DirKey::Legacy("a/b".into(), d('c')),
+        ] {
+            let p = key.rel_path();
+            assert_eq!(DirKey::from_rel_path(p.to_str().expect("utf8")), Some(key));
+        }
+        assert_eq!(DirKey::from_rel_path("repositories/x"), None);
+    }
+}

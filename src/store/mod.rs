@@ -1,0 +1,223 @@
+//! The image store: hypeman's directory, its names, the in-memory index, eager GC and the
+//! journal that makes every change crash-safe. Nothing here knows about FUSE.
+//!
+//! Layout: see [`layout`]. Invariants this module keeps, under one lock shared by every
+//! change (an in-process mutex plus `flock` on `STORE/.imagefs/lock` for other writers):
+//!
+//! - A digest directory exists iff a tag names it, or it was never tagged, or it is not
+//!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable).
+//! - A tag is installed by an atomic rename and only ever names an existing, `ready`
+//!   digest directory; the readiness check and the install happen under the lock, so a tag
+//!   can never be created for a directory that GC is removing.
+//! - When a change drops the last reference to a collectable directory, it is removed
+//!   before the change returns: GC intent, tag change, rename into the trash, delete.
+//!   [`Store::open`] replays whatever a crash interrupted (see [`journal`]).
+
+pub mod error;
+pub mod fsutil;
+pub mod index;
+pub mod journal;
+pub mod layout;
+pub mod metadata;
+pub mod names;
+mod ops;
+mod recover;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+pub use error::{Result, StoreError};
+pub use fsutil::RenameMode;
+pub use index::{Index, Node, Tag};
+pub use layout::{DirKey, Layout};
+pub use names::Digest;
+
+use error::IoContext;
+use journal::Journal;
+
+/// What a new tag points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Digest(Digest),
+    Tag { repo: String, tag: String },
+}
+
+/// Options for opening a store.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// fsync the directory after installing a tag, so an acknowledged tag survives power loss.
+    pub durable: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { durable: true }
+    }
+}
+
+pub struct Store {
+    root: PathBuf,
+    journal: Journal,
+    lock_file: File,
+    mutate: Mutex<()>,
+    index: RwLock<Index>,
+    opts: Options,
+}
+
+/// Held for the whole of a change: the in-process mutex and the store's `flock`.
+pub struct LockGuard<'a> {
+    _mutex: MutexGuard<'a, ()>,
+    fd: i32,
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: fd is the store's lock file, open for the store's lifetime.
+        unsafe { libc::flock(self.fd, libc::LOCK_UN) };
+    }
+}
+
+impl Store {
+    /// Opens a store: takes the lock, repairs what a crash left, scans, builds the index.
+    pub fn open(root: &Path, opts: Options) -> Result<Store> {
+        let meta = std::fs::metadata(root).ctx(|| format!("store {}", root.display()))?;
+        if !meta.is_dir() {
+            return Err(StoreError::NotDir(format!("store {}", root.display())));
+        }
+        let root = root
+            .canonicalize()
+            .ctx(|| format!("store {}", root.display()))?;
+        let journal = Journal::new(&root);
+        journal
+            .create_dirs()
+            .ctx(|| format!("{}", journal.dir.display()))?;
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(journal.lock_path())
+            .ctx(|| format!("{}", journal.lock_path().display()))?;
+        let store = Store {
+            root,
+            journal,
+            lock_file,
+            mutate: Mutex::new(()),
+            index: RwLock::new(Index::new()),
+            opts,
+        };
+        {
+            let _g = store.lock()?;
+            let ix = store.recover()?;
+            *store.index.write() = ix;
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A read-only view of the index. Hold it briefly.
+    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read()
+    }
+
+    /// Takes the store lock (blocking).
+    pub fn lock(&self) -> Result<LockGuard<'_>> {
+        let m = self.mutate.lock();
+        let fd = self.lock_file.as_raw_fd();
+        loop {
+            // SAFETY: fd is open for the store's lifetime.
+            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
+                return Ok(LockGuard { _mutex: m, fd });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).ctx(|| format!("flock {}", self.journal.lock_path().display()));
+            }
+        }
+    }
+
+    /// The store directory of a `tags/` directory: the content layout's when it has one.
+    pub fn node_path(&self, path: &str, node: &Node) -> PathBuf {
+        let layout = if node.content || !node.legacy {
+            Layout::Content
+        } else {
+            Layout::Legacy
+        };
+        if path.is_empty() && layout == Layout::Legacy {
+            return self.root.clone();
+        }
+        self.root.join(layout::repo_rel_dir(layout, path))
+    }
+
+    /// The store path of a tag's symlink.
+    pub fn tag_path(&self, repo: &str, tag: &str, layout: Layout) -> PathBuf {
+        self.root.join(layout::repo_rel_dir(layout, repo)).join(tag)
+    }
+
+    /// The directory that `digests/<hex>` shows: the content one, else a legacy one.
+    pub fn digest_path(&self, d: &Digest) -> Option<PathBuf> {
+        let ix = self.index.read();
+        let key = ix.dirs_of(d).next()?;
+        Some(self.root.join(key.rel_path()))
+    }
+
+    /// The status of a digest directory; `Err` says why it is unknown.
+    pub fn status(&self, key: &DirKey) -> std::result::Result<metadata::Status, String> {
+        metadata::read_status(&self.root.join(key.rel_path()))
+    }
+
+    /// Creates the store directory of `repo` in `layout` if it is missing. New content-layout
+    /// directories take the owner and mode of the legacy one at the same path, if any.
+    fn ensure_store_dir(&self, layout: Layout, repo: &str) -> Result<()> {
+        let dir = self.root.join(layout::repo_rel_dir(layout, repo));
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if layout == Layout::Legacy {
+            return Err(StoreError::NotFound(dir.display().to_string()));
+        }
+        let mut cur = self.root.join(layout::REPOSITORIES);
+        let mut rel = String::new();
+        for c in std::iter::once("").chain(repo.split('/').filter(|c| !c.is_empty())) {
+            if !c.is_empty() {
+                cur.push(c);
+                rel = names::join(&rel, c);
+            }
+            match std::fs::create_dir(&cur) {
+                Ok(()) => {
+                    let like = if rel.is_empty() {
+                        self.root.clone()
+                    } else {
+                        self.root.join(&rel)
+                    };
+                    if let Ok(m) = std::fs::metadata(&like) {
+                        let _ = std::os::unix::fs::chown(&cur, Some(m.uid()), Some(m.gid()));
+                        let _ = std::fs::set_permissions(
+                            &cur,
+                            std::fs::Permissions::from_mode(m.mode() & 0o7777),
+                        );
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).ctx(|| cur.display().to_string()),
+            }
+        }
+        self.index.write().ensure_node(repo, Layout::Content);
+        Ok(())
+    }
+
+    fn fsync_dir(&self, dir: &Path) {
+        if self.opts.durable
+            && let Err(e) = fsutil::fsync_dir(dir)
+        {
+            log::warn!("fsync {}: {e}", dir.display());
+        }
+    }
+}
