@@ -485,12 +485,13 @@ class Mount:
         logf = open(self.log, "ab")
         logf.write(f"=== test harness: starting {' '.join(self.argv())} at {time.time():.3f}\n".encode())
         logf.flush()
+        already = len([t for t in mounts_at(self.mnt) if t.startswith("fuse")])
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
                                      start_new_session=True)
         logf.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if is_fuse_mounted(self.mnt):
+            if len([t for t in mounts_at(self.mnt) if t.startswith("fuse")]) > already:
                 break
             rc = self.proc.poll()
             if rc is not None and self.foreground:

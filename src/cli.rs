@@ -1,3 +1,298 @@
+//! The command line: `imagefs mount` and `imagefs umount`.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::fs::{ImageFs, Shared};
+use crate::store::{Options, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "imagefs",
+    version,
+    about = "A hypeman image store as a FUSE mount: tags are symlinks (ln -s, mv, rm), \
+             removing an image's last tag deletes it from disk at once."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Mount a store. Returns once the mount answers (unless --foreground).
+    Mount {
+        /// The hypeman image store (its `content/`, `repositories/` and legacy directories).
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// Where to mount it (an existing, empty directory).
+        mountpoint: PathBuf,
+        /// Stay in the foreground instead of daemonizing.
+        #[arg(long, short = 'f')]
+        foreground: bool,
+        /// Let other users use the mount (permissions are still checked by the kernel).
+        #[arg(long)]
+        allow_other: bool,
+        /// Threads serving kernel requests.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        threads: u16,
+        /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
+        /// power failure; crashes of the daemon are still safe).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// Unmount a mount made by `imagefs mount`; the daemon then exits.
+    Umount { mountpoint: PathBuf },
+}
+
 pub fn main() -> i32 {
-    0
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Mount {
+            store,
+            mountpoint,
+            foreground,
+            allow_other,
+            threads,
+            no_sync,
+        } => mount(
+            &store,
+            &mountpoint,
+            foreground,
+            allow_other,
+            threads.into(),
+            !no_sync,
+        ),
+        Cmd::Umount { mountpoint } => umount(&mountpoint),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("imagefs: {msg}");
+            1
+        }
+    }
+}
+
+fn is_mountpoint(path: &Path) -> bool {
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .map(unescape_mountinfo)
+            .is_some_and(|m| Path::new(&m) == canon)
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Checks everything that can be checked before mounting, with messages a user can act on.
+fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
+    match std::fs::metadata(store) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("store {}: not a directory", store.display())),
+        Err(e) => return Err(format!("store {}: {e}", store.display())),
+    }
+    let mp = match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => mountpoint
+            .canonicalize()
+            .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?,
+        Ok(_) => {
+            return Err(format!(
+                "mountpoint {}: not a directory",
+                mountpoint.display()
+            ));
+        }
+        Err(e) => return Err(format!("mountpoint {}: {e}", mountpoint.display())),
+    };
+    if is_mountpoint(&mp) {
+        return Err(format!(
+            "mountpoint {}: something is already mounted there (busy); unmount it first",
+            mp.display()
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container the device".into());
+    }
+    if !nix::unistd::geteuid().is_root() && !which("fusermount3") {
+        return Err("fusermount3 not found on PATH: install fuse3 (apt-get install fuse3)".into());
+    }
+    Ok(mp)
+}
+
+fn mount(
+    store: &Path,
+    mountpoint: &Path,
+    foreground: bool,
+    allow_other: bool,
+    threads: usize,
+    durable: bool,
+) -> Result<(), String> {
+    let mp = preflight(store, mountpoint)?;
+    let store = Store::open(store, Options { durable }).map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
+    {
+        let ix = store.index();
+        log::info!(
+            "store {}: {} tags, {} digests",
+            store.root().display(),
+            ix.tag_count(),
+            ix.digests().count()
+        );
+    }
+    // Daemonize before any thread exists: the child serves, the parent waits for its word.
+    let mut ready_pipe = if foreground {
+        None
+    } else {
+        let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        // SAFETY: no other thread exists yet in this process.
+        match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+            nix::unistd::ForkResult::Parent { .. } => {
+                drop(w);
+                let mut msg = String::new();
+                let _ = std::fs::File::from(r).read_to_string(&mut msg);
+                return if msg == "ok" {
+                    Ok(())
+                } else if msg.is_empty() {
+                    Err("the daemon exited before the mount was ready".into())
+                } else {
+                    Err(msg)
+                };
+            }
+            nix::unistd::ForkResult::Child => {
+                drop(r);
+                let _ = nix::unistd::setsid();
+                Some(w)
+            }
+        }
+    };
+    let result = serve(store, &mp, allow_other, threads, &mut ready_pipe);
+    if let (Err(msg), Some(w)) = (&result, ready_pipe) {
+        let _ = std::fs::File::from(w).write_all(msg.as_bytes());
+    }
+    result
+}
+
+fn serve(
+    store: Arc<Store>,
+    mp: &Path,
+    allow_other: bool,
+    threads: usize,
+    ready: &mut Option<OwnedFd>,
+) -> Result<(), String> {
+    // SIGINT/SIGTERM are taken by one thread, which unmounts; every other thread inherits
+    // the blocked mask.
+    let mut sigs = nix::sys::signal::SigSet::empty();
+    sigs.add(nix::sys::signal::Signal::SIGINT);
+    sigs.add(nix::sys::signal::Signal::SIGTERM);
+    sigs.add(nix::sys::signal::Signal::SIGHUP);
+    sigs.thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+
+    let fs = Arc::new(ImageFs::new(store.clone(), mp));
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(store.root().display().to_string()),
+        MountOption::Subtype("imagefs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Suid,
+        MountOption::NoDev,
+    ];
+    config.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    let mut session = Session::new(Shared(fs.clone()), mp, &config)
+        .map_err(|e| format!("mount {}: {e}", mp.display()))?;
+    fs.start_notifier(session.notifier());
+    let mut unmounter = session.unmount_callable();
+    let mp_owned = mp.to_path_buf();
+    std::thread::Builder::new()
+        .name("imagefs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = sigs.wait() {
+                log::info!("{sig:?}: unmounting {}", mp_owned.display());
+                if let Err(e) = unmounter.unmount() {
+                    log::warn!("unmount {}: {e}; detaching it lazily", mp_owned.display());
+                    let _ = nix::mount::umount2(&mp_owned, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    log::info!("mounted {} on {}", store.root().display(), mp.display());
+    if let Some(w) = ready.take() {
+        let _ = std::fs::File::from(w).write_all(b"ok");
+        detach_stdio();
+    }
+    session.run().map_err(|e| format!("session: {e}"))?;
+    log::info!("unmounted {}", mp.display());
+    Ok(())
+}
+
+/// Points stdin and stdout at /dev/null in the daemon (stderr stays: it carries the log).
+fn detach_stdio() {
+    if let Ok(null) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let fd = null.as_raw_fd();
+        // SAFETY: dup2 onto the standard descriptors, which this process owns.
+        unsafe {
+            libc::dup2(fd, 0);
+            libc::dup2(fd, 1);
+        }
+    }
+}
+
+fn umount(mountpoint: &Path) -> Result<(), String> {
+    if !is_mountpoint(mountpoint) {
+        return Err(format!("{}: not mounted", mountpoint.display()));
+    }
+    if nix::unistd::geteuid().is_root() {
+        nix::mount::umount(mountpoint).map_err(|e| match e {
+            nix::errno::Errno::EBUSY => format!(
+                "{}: busy (a process uses it); stop it, or `umount -l` to detach lazily",
+                mountpoint.display()
+            ),
+            e => format!("{}: {e}", mountpoint.display()),
+        })
+    } else {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()
+            .map_err(|e| format!("fusermount3: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("fusermount3 -u {} failed", mountpoint.display()))
+        }
+    }
 }

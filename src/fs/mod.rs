@@ -1,1 +1,511 @@
-//! FUSE adapter (work in progress).
+//! The FUSE adapter: kernel requests in, replies out. Each handler calls the logic in
+//! [`core`](self) and replies; every error reply goes through [`fail!`], which logs the
+//! reason at the error's level, counts it, and replies with its errno.
+//!
+//! The mounted tree (DESIGN.md section 2): `tags/` mirrors the store's tags as symlinks
+//! into `digests/`, `digests/<hex>/` serves a digest directory's files read-only, and
+//! `.imagefs/metrics` the counters.
+
+mod attr;
+mod core;
+mod errno;
+mod handles;
+pub mod inodes;
+mod metrics;
+mod notify;
+pub mod target;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow,
+};
+use parking_lot::Mutex;
+
+pub use errno::Error;
+use handles::{Handle, Handles};
+use inodes::Inodes;
+use metrics::Metrics;
+use notify::Invalidator;
+
+use crate::store::Store;
+
+pub struct ImageFs {
+    store: Arc<Store>,
+    mountpoint: PathBuf,
+    inodes: Mutex<Inodes>,
+    handles: Mutex<Handles>,
+    inval: Invalidator,
+    metrics: Metrics,
+    passthrough: AtomicBool,
+    started: SystemTime,
+}
+
+/// Logs and counts an error, then replies with its errno.
+macro_rules! fail {
+    ($self:ident, $reply:expr, $op:expr, $err:expr) => {{
+        let e: Error = $err;
+        log::log!(e.level, "{}: {} ({})", $op, e.reason, e.errno_name());
+        $self.metrics.error(i32::from(e.errno));
+        $reply.error(e.errno)
+    }};
+}
+
+impl Error {
+    fn errno_name(&self) -> String {
+        std::io::Error::from_raw_os_error(i32::from(self.errno)).to_string()
+    }
+}
+
+impl ImageFs {
+    pub fn new(store: Arc<Store>, mountpoint: &Path) -> ImageFs {
+        ImageFs {
+            store,
+            mountpoint: mountpoint.to_path_buf(),
+            inodes: Mutex::new(Inodes::default()),
+            handles: Mutex::new(Handles::default()),
+            inval: Invalidator::default(),
+            metrics: Metrics::default(),
+            passthrough: AtomicBool::new(false),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Starts sending cache invalidations through the session's notifier.
+    pub fn start_notifier(&self, notifier: Notifier) {
+        self.inval.start(notifier);
+    }
+}
+
+/// Shared so that the session owns one reference and the daemon another (for the notifier).
+pub struct Shared(pub Arc<ImageFs>);
+
+impl Filesystem for Shared {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let caps = config.capabilities();
+        if caps.contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            // Depth 1: backing files are on a plain filesystem, and an overlayfs may still
+            // stack on top of this mount.
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.0.passthrough.store(true, Ordering::Relaxed);
+            log::info!("FUSE passthrough enabled for store files");
+        }
+        if caps.contains(InitFlags::FUSE_PARALLEL_DIROPS) {
+            let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let fs = &self.0;
+        fs.metrics.request("lookup");
+        match fs.lookup(parent.0, name) {
+            Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+            Err(e) => fail!(fs, reply, "lookup", e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.0.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let fs = &self.0;
+        fs.metrics.request("getattr");
+        match fs.getattr(ino.0) {
+            Ok((a, ttl)) => reply.attr(&ttl, &a),
+            Err(e) => fail!(fs, reply, "getattr", e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("setattr");
+        fail!(fs, reply, "setattr", fs.refuse_change(ino.0, "setattr"))
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let fs = &self.0;
+        fs.metrics.request("readlink");
+        match fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => fail!(fs, reply, "readlink", e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("mknod");
+        fail!(
+            fs,
+            reply,
+            "mknod",
+            fs.refuse_create(parent.0, name, "mknod")
+        )
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("mkdir");
+        match fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()) {
+            Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+            Err(e) => fail!(fs, reply, "mkdir", e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = &self.0;
+        fs.metrics.request("unlink");
+        match fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(fs, reply, "unlink", e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = &self.0;
+        fs.metrics.request("rmdir");
+        match fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(fs, reply, "rmdir", e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("symlink");
+        match fs.symlink(parent.0, link_name, target) {
+            Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
+            Err(e) => fail!(fs, reply, "symlink", e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("rename");
+        match fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(fs, reply, "rename", e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("link");
+        fail!(
+            fs,
+            reply,
+            "link",
+            fs.refuse_create(newparent.0, newname, "link")
+        )
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let fs = &self.0;
+        fs.metrics.request("open");
+        let (fh, h) = match fs.open(ino.0, flags.0) {
+            Ok(x) => x,
+            Err(e) => return fail!(fs, reply, "open", e),
+        };
+        match &*h {
+            Handle::File { file, .. } if fs.passthrough.load(Ordering::Relaxed) => {
+                // One backing id per inode, reused by every open of it.
+                let existing = fs.handles.lock().backing(ino.0);
+                let id = match existing {
+                    Some(id) => Some(id),
+                    None => match reply.open_backing(file) {
+                        Ok(id) => {
+                            let id = Arc::new(id);
+                            fs.handles.lock().set_backing(ino.0, &id);
+                            Some(id)
+                        }
+                        Err(e) => {
+                            log::debug!("passthrough unavailable for inode {ino}: {e}");
+                            None
+                        }
+                    },
+                };
+                match id {
+                    Some(id) => {
+                        fs.handles.lock().attach_backing(fh, id.clone());
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                    }
+                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                }
+            }
+            Handle::File { .. } => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("read");
+        match fs.read(fh.0, offset, size) {
+            Ok(b) => reply.data(&b),
+            Err(e) => fail!(fs, reply, "read", e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("write");
+        fail!(fs, reply, "write", fs.refuse_change(ino.0, "write"))
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written through the mount.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.0.handles.lock().remove(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fs = &self.0;
+        fs.metrics.request("opendir");
+        match fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => fail!(fs, reply, "opendir", e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("readdir");
+        let Some(h) = fs.handles.lock().get(fh.0) else {
+            return fail!(
+                fs,
+                reply,
+                "readdir",
+                Error::new(Errno::EBADF, log::Level::Warn, format!("handle {fh}"))
+            );
+        };
+        if let Handle::Dir(entries) = &*h {
+            let start = usize::try_from(offset).unwrap_or(usize::MAX);
+            for (i, e) in entries.iter().enumerate().skip(start) {
+                if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
+                    break;
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.0.handles.lock().remove(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let fs = &self.0;
+        fs.metrics.request("statfs");
+        match nix::sys::statvfs::statvfs(fs.store.root()) {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                u32::try_from(s.block_size()).unwrap_or(4096),
+                u32::try_from(s.name_max()).unwrap_or(255),
+                u32::try_from(s.fragment_size()).unwrap_or(4096),
+            ),
+            Err(e) => fail!(
+                fs,
+                reply,
+                "statfs",
+                Error::io("statfs", &std::io::Error::from(e))
+            ),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("setxattr");
+        fail!(fs, reply, "setxattr", fs.refuse_change(ino.0, "setxattr"))
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        let fs = &self.0;
+        fs.metrics.request("getxattr");
+        match fs.key(ino.0) {
+            Ok(_) => reply.error(Errno::ENODATA),
+            Err(e) => fail!(fs, reply, "getxattr", e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let fs = &self.0;
+        fs.metrics.request("listxattr");
+        match fs.key(ino.0) {
+            Ok(_) if size == 0 => reply.size(0),
+            Ok(_) => reply.data(&[]),
+            Err(e) => fail!(fs, reply, "listxattr", e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let fs = &self.0;
+        fs.metrics.request("removexattr");
+        fail!(
+            fs,
+            reply,
+            "removexattr",
+            fs.refuse_change(ino.0, "removexattr")
+        )
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks modes itself.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("create");
+        fail!(
+            fs,
+            reply,
+            "create",
+            fs.refuse_create(parent.0, name, "create")
+        )
+    }
+}

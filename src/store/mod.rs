@@ -35,6 +35,7 @@ pub use fsutil::RenameMode;
 pub use index::{Index, Node, Tag};
 pub use layout::{DirKey, Layout};
 pub use names::Digest;
+pub use ops::check_new_tag;
 
 use error::IoContext;
 use journal::Journal;

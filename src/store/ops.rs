@@ -22,7 +22,7 @@ fn name_err(e: NameError, what: impl FnOnce() -> String) -> StoreError {
 }
 
 /// Validates the place of a new tag: a repository path (not the root of `tags/`) and a tag.
-fn check_new_tag<'a>(repo: &str, tag: &'a [u8]) -> Result<&'a str> {
+pub fn check_new_tag<'a>(repo: &str, tag: &'a [u8]) -> Result<&'a str> {
     let shown = || format!("{repo}:{}", String::from_utf8_lossy(tag));
     let tag = names::check_tag(tag).map_err(|e| name_err(e, shown))?;
     if repo.is_empty() {

@@ -1,0 +1,587 @@
+//! The filesystem's logic, in terms of inodes, names and [`Result`]: what each kernel
+//! request means for the store. The adapter in `mod.rs` only replies.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{FileAttr, FileType, INodeNo};
+use log::{Level, info};
+
+use super::attr::{self, IMMUTABLE_TTL, TAGS_TTL};
+use super::errno::{Error, Result};
+use super::handles::{DirEntry, Handle};
+use super::inodes::{self, NodeKey};
+use super::notify::Inval;
+use super::{ImageFs, target};
+use crate::store::{self, DirKey, RenameMode, names};
+
+/// Which part of the tree a node belongs to decides what a change to it gets.
+enum Area {
+    Tags(String),
+    ReadOnly(String),
+}
+
+fn name_str(name: &OsStr) -> Result<&str> {
+    name.to_str()
+        .ok_or_else(|| Error::not_found(format!("{}: not UTF-8", name.to_string_lossy())))
+}
+
+impl ImageFs {
+    pub(super) fn key(&self, ino: u64) -> Result<NodeKey> {
+        self.inodes
+            .lock()
+            .key(ino)
+            .cloned()
+            .ok_or_else(|| Error::new(fuser::Errno::ESTALE, Level::Debug, format!("inode {ino}")))
+    }
+
+    fn area(&self, ino: u64) -> Result<Area> {
+        Ok(match self.key(ino)? {
+            NodeKey::TagsDir(p) => Area::Tags(p),
+            NodeKey::Tag(r, t) => Area::Tags(names::join(&r, &t)),
+            NodeKey::Root => Area::ReadOnly("/".into()),
+            NodeKey::Digests | NodeKey::Digest(_) | NodeKey::DigestFile(..) => {
+                Area::ReadOnly("digests/".into())
+            }
+            NodeKey::Private | NodeKey::Metrics => Area::ReadOnly(".imagefs/".into()),
+            NodeKey::Gone(_) => return Err(Error::not_found("removed node")),
+        })
+    }
+
+    /// For a change inside directory `parent`: the `tags/` path, or the errno refusing it.
+    fn tags_parent(&self, parent: u64, what: &str) -> Result<String> {
+        match self.area(parent)? {
+            Area::Tags(p) => Ok(p),
+            Area::ReadOnly(a) => Err(Error::read_only(format!("{what} in {a}"))),
+        }
+    }
+
+    /// For a change of node `ino` itself: `tags/` refuses with EPERM, the rest with EROFS.
+    pub(super) fn refuse_change(&self, ino: u64, what: &str) -> Error {
+        match self.area(ino) {
+            Ok(Area::Tags(p)) => Error::not_permitted(format!("{what} tags/{p}")),
+            Ok(Area::ReadOnly(a)) => Error::read_only(format!("{what} {a}")),
+            Err(e) => e,
+        }
+    }
+
+    /// Refuses creating a file-like node (create, mknod, link) in `parent`.
+    pub(super) fn refuse_create(&self, parent: u64, name: &OsStr, what: &str) -> Error {
+        match self.area(parent) {
+            Ok(Area::Tags(p)) => {
+                Error::not_permitted(format!("{what} tags/{p}/{}", name.to_string_lossy()))
+            }
+            Ok(Area::ReadOnly(a)) => Error::read_only(format!("{what} in {a}")),
+            Err(e) => e,
+        }
+    }
+
+    fn child_key(&self, parent: &NodeKey, name: &OsStr) -> Result<NodeKey> {
+        let missing = || Error::not_found(format!("{parent:?}/{}", name.to_string_lossy()));
+        match parent {
+            NodeKey::Root => match name.as_bytes() {
+                b"tags" => Ok(NodeKey::TagsDir(String::new())),
+                b"digests" => Ok(NodeKey::Digests),
+                b".imagefs" => Ok(NodeKey::Private),
+                _ => Err(missing()),
+            },
+            NodeKey::TagsDir(p) => {
+                let name = name_str(name)?;
+                let ix = self.store.index();
+                let node = ix.node(p).ok_or_else(missing)?;
+                if node.subdirs.contains(name) {
+                    Ok(NodeKey::TagsDir(names::join(p, name)))
+                } else if node.tags.contains_key(name) {
+                    Ok(NodeKey::Tag(p.clone(), name.to_string()))
+                } else {
+                    Err(missing())
+                }
+            }
+            NodeKey::Digests => {
+                let d = name_str(name)
+                    .ok()
+                    .and_then(store::Digest::parse_hex)
+                    .ok_or_else(missing)?;
+                if self.store.index().dirs_of(&d).next().is_some() {
+                    Ok(NodeKey::Digest(d))
+                } else {
+                    Err(missing())
+                }
+            }
+            NodeKey::Digest(d) => {
+                let dir = self.store.digest_path(d).ok_or_else(missing)?;
+                match std::fs::symlink_metadata(dir.join(name)) {
+                    Ok(m) if m.is_file() => Ok(NodeKey::DigestFile(*d, name.to_os_string())),
+                    _ => Err(missing()),
+                }
+            }
+            NodeKey::Private if name == "metrics" => Ok(NodeKey::Metrics),
+            NodeKey::Private | NodeKey::Gone(_) => Err(missing()),
+            NodeKey::Tag(..) | NodeKey::DigestFile(..) | NodeKey::Metrics => Err(Error::new(
+                fuser::Errno::ENOTDIR,
+                Level::Debug,
+                format!("{parent:?}: not a directory"),
+            )),
+        }
+    }
+
+    /// Attributes of a node (its `ino` field filled by the caller) and their TTL.
+    fn attr_of(&self, key: &NodeKey) -> Result<(FileAttr, Duration)> {
+        let dir = |n: u64| {
+            let mut a = attr::synthetic(0, FileType::Directory, 0o755, 0, self.started);
+            a.nlink = u32::try_from(2 + n).unwrap_or(u32::MAX);
+            a
+        };
+        let stat = |p: &Path| {
+            std::fs::symlink_metadata(p).map_err(|e| Error::io(p.display().to_string(), &e))
+        };
+        Ok(match key {
+            NodeKey::Root => (dir(3), TAGS_TTL),
+            NodeKey::Digests => (dir(self.store.index().digests().count() as u64), TAGS_TTL),
+            NodeKey::Private => {
+                let mut a = dir(0);
+                a.perm = 0o555;
+                (a, TAGS_TTL)
+            }
+            NodeKey::Metrics => (
+                attr::synthetic(0, FileType::RegularFile, 0o444, 0, self.started),
+                Duration::ZERO,
+            ),
+            NodeKey::TagsDir(p) => {
+                let (path, subdirs) = {
+                    let ix = self.store.index();
+                    let node = ix
+                        .node(p)
+                        .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
+                    let path = if p.is_empty() {
+                        self.store.root().to_path_buf()
+                    } else {
+                        self.store.node_path(p, node)
+                    };
+                    (path, node.subdirs.len())
+                };
+                let mut a = attr::from_metadata(0, FileType::Directory, &stat(&path)?, false);
+                a.nlink = u32::try_from(2 + subdirs).unwrap_or(u32::MAX);
+                a.size = 4096;
+                (a, TAGS_TTL)
+            }
+            NodeKey::Tag(r, t) => {
+                let tag = self
+                    .store
+                    .index()
+                    .tag(r, t)
+                    .cloned()
+                    .ok_or_else(|| Error::not_found(format!("tags/{r}/{t}")))?;
+                let m = stat(&self.store.tag_path(r, t, tag.layout))?;
+                let mut a = attr::from_metadata(0, FileType::Symlink, &m, false);
+                a.perm = 0o777;
+                a.size = link_text(r, &tag.key).len() as u64;
+                (a, TAGS_TTL)
+            }
+            NodeKey::Digest(d) => {
+                let p = self
+                    .store
+                    .digest_path(d)
+                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
+                let mut a = attr::from_metadata(0, FileType::Directory, &stat(&p)?, true);
+                a.size = 4096;
+                (a, IMMUTABLE_TTL)
+            }
+            NodeKey::DigestFile(d, name) => {
+                let p = self
+                    .store
+                    .digest_path(d)
+                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?
+                    .join(name);
+                let m = stat(&p)?;
+                if !m.is_file() {
+                    return Err(Error::not_found(p.display().to_string()));
+                }
+                (
+                    attr::from_metadata(0, FileType::RegularFile, &m, true),
+                    IMMUTABLE_TTL,
+                )
+            }
+            NodeKey::Gone(ino) => return Err(Error::not_found(format!("inode {ino} was removed"))),
+        })
+    }
+
+    pub(super) fn getattr(&self, ino: u64) -> Result<(FileAttr, Duration)> {
+        let key = self.key(ino)?;
+        let (mut a, ttl) = self.attr_of(&key)?;
+        a.ino = INodeNo(ino);
+        Ok((a, ttl))
+    }
+
+    /// Looks `name` up in `parent` and counts the kernel's new reference.
+    pub(super) fn lookup(&self, parent: u64, name: &OsStr) -> Result<(FileAttr, Duration)> {
+        let key = self.child_key(&self.key(parent)?, name)?;
+        self.entry(key)
+    }
+
+    fn entry(&self, key: NodeKey) -> Result<(FileAttr, Duration)> {
+        let (mut a, ttl) = self.attr_of(&key)?;
+        a.ino = INodeNo(self.inodes.lock().lookup(key));
+        Ok((a, ttl))
+    }
+
+    pub(super) fn forget(&self, ino: u64, n: u64) {
+        self.inodes.lock().forget(ino, n);
+    }
+
+    pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        match self.key(ino)? {
+            NodeKey::Tag(r, t) => {
+                let key = self
+                    .store
+                    .index()
+                    .tag(&r, &t)
+                    .map(|t| t.key.clone())
+                    .ok_or_else(|| Error::not_found(format!("tags/{r}/{t}")))?;
+                Ok(link_text(&r, &key).into_bytes())
+            }
+            k => Err(Error::new(
+                fuser::Errno::EINVAL,
+                Level::Debug,
+                format!("{k:?}: not a symlink"),
+            )),
+        }
+    }
+
+    pub(super) fn opendir(&self, ino: u64) -> Result<u64> {
+        let key = self.key(ino)?;
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: FileType::Directory,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino,
+                kind: FileType::Directory,
+                name: "..".into(),
+            },
+        ];
+        let mut children: Vec<(NodeKey, FileType, OsString)> = Vec::new();
+        match &key {
+            NodeKey::Root => {
+                for (n, k) in [
+                    ("tags", NodeKey::TagsDir(String::new())),
+                    ("digests", NodeKey::Digests),
+                    (".imagefs", NodeKey::Private),
+                ] {
+                    children.push((k, FileType::Directory, n.into()));
+                }
+            }
+            NodeKey::TagsDir(p) => {
+                let ix = self.store.index();
+                let node = ix
+                    .node(p)
+                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
+                for s in &node.subdirs {
+                    children.push((
+                        NodeKey::TagsDir(names::join(p, s)),
+                        FileType::Directory,
+                        s.into(),
+                    ));
+                }
+                for t in node.tags.keys() {
+                    children.push((
+                        NodeKey::Tag(p.clone(), t.clone()),
+                        FileType::Symlink,
+                        t.into(),
+                    ));
+                }
+            }
+            NodeKey::Digests => {
+                for d in self.store.index().digests() {
+                    children.push((NodeKey::Digest(*d), FileType::Directory, d.hex().into()));
+                }
+            }
+            NodeKey::Digest(d) => {
+                let dir = self
+                    .store
+                    .digest_path(d)
+                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
+                let rd = std::fs::read_dir(&dir)
+                    .map_err(|e| Error::io(dir.display().to_string(), &e))?;
+                let mut names: Vec<OsString> = rd
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| e.file_name())
+                    .filter(|n| {
+                        !n.as_bytes()
+                            .starts_with(store::fsutil::TMP_PREFIX.as_bytes())
+                    })
+                    .collect();
+                names.sort();
+                for n in names {
+                    children.push((NodeKey::DigestFile(*d, n.clone()), FileType::RegularFile, n));
+                }
+            }
+            NodeKey::Private => {
+                children.push((NodeKey::Metrics, FileType::RegularFile, "metrics".into()));
+            }
+            k => {
+                return Err(Error::new(
+                    fuser::Errno::ENOTDIR,
+                    Level::Debug,
+                    format!("{k:?}: not a directory"),
+                ));
+            }
+        }
+        {
+            let inodes = self.inodes.lock();
+            for (k, kind, name) in children {
+                // readdir does not count a lookup, so unknown nodes get a stand-in number
+                // (never handed to the kernel as a lookup result).
+                let ino = inodes.ino_of(&k).unwrap_or_else(|| pseudo_ino(&k));
+                entries.push(DirEntry { ino, kind, name });
+            }
+        }
+        Ok(self.handles.lock().insert(Handle::Dir(entries)))
+    }
+
+    pub(super) fn open(&self, ino: u64, flags: i32) -> Result<(u64, Arc<Handle>)> {
+        let key = self.key(ino)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(self.refuse_change(ino, "open for writing"));
+        }
+        let h = match &key {
+            NodeKey::DigestFile(d, name) => {
+                let p = self
+                    .store
+                    .digest_path(d)
+                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?
+                    .join(name);
+                let file =
+                    std::fs::File::open(&p).map_err(|e| Error::io(p.display().to_string(), &e))?;
+                Handle::File { file }
+            }
+            NodeKey::Metrics => {
+                let (tags, digests) = {
+                    let ix = self.store.index();
+                    (ix.tag_count(), ix.digests().count())
+                };
+                Handle::Bytes(self.metrics.render(tags, digests).into_bytes())
+            }
+            k => {
+                return Err(Error::new(
+                    fuser::Errno::EISDIR,
+                    Level::Debug,
+                    format!("{k:?}: cannot open"),
+                ));
+            }
+        };
+        let h = Arc::new(h);
+        let fh = self.handles.lock().insert_arc(h.clone());
+        Ok((fh, h))
+    }
+
+    pub(super) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h =
+            self.handles.lock().get(fh).ok_or_else(|| {
+                Error::new(fuser::Errno::EBADF, Level::Warn, format!("handle {fh}"))
+            })?;
+        match &*h {
+            Handle::File { file, .. } => {
+                let mut buf = vec![0u8; size as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    match file.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(Error::io("read", &e)),
+                    }
+                }
+                buf.truncate(got);
+                Ok(buf)
+            }
+            Handle::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            Handle::Dir(_) | Handle::Backed { .. } => Err(Error::new(
+                fuser::Errno::EISDIR,
+                Level::Debug,
+                "read of a directory",
+            )),
+        }
+    }
+
+    pub(super) fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(FileAttr, Duration)> {
+        let p = self.tags_parent(parent, "mkdir")?;
+        self.store.mkdir(&p, name.as_bytes(), mode, uid, gid)?;
+        let name = name_str(name)?;
+        self.entry(NodeKey::TagsDir(names::join(&p, name)))
+    }
+
+    pub(super) fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<(FileAttr, Duration)> {
+        let p = self.tags_parent(parent, "symlink")?;
+        let tag = store::check_new_tag(&p, name.as_bytes())?.to_string();
+        let t = target::parse(target, &p, &self.mountpoint).ok_or_else(|| {
+            Error::new(
+                fuser::Errno::ENOENT,
+                Level::Info,
+                format!(
+                    "ln -s {} tags/{p}/{tag}: the target names no digest and no tag of this mount",
+                    target.display()
+                ),
+            )
+        })?;
+        let d = self.store.create_tag(&p, tag.as_bytes(), &t)?;
+        info!("tagged {p}:{tag} -> sha256:{d}");
+        self.entry(NodeKey::Tag(p, tag))
+    }
+
+    pub(super) fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.tags_parent(parent, "unlink")?;
+        let name = name_str(name)?;
+        let is_dir = self
+            .store
+            .index()
+            .node(&p)
+            .is_some_and(|n| n.subdirs.contains(name));
+        if is_dir {
+            return Err(Error::new(
+                fuser::Errno::EISDIR,
+                Level::Info,
+                format!("unlink tags/{p}/{name}: is a directory"),
+            ));
+        }
+        let collected = self.store.remove_tag(&p, name)?;
+        info!("untagged {p}:{name}");
+        self.inodes
+            .lock()
+            .detach(&NodeKey::Tag(p, name.to_string()));
+        self.collected(&collected);
+        Ok(())
+    }
+
+    pub(super) fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.tags_parent(parent, "rmdir")?;
+        let name = name_str(name)?;
+        let path = names::join(&p, name);
+        self.store.rmdir(&path)?;
+        self.inodes.lock().detach(&NodeKey::TagsDir(path));
+        Ok(())
+    }
+
+    pub(super) fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let p = self.tags_parent(parent, "rename")?;
+        let np = self.tags_parent(newparent, "rename")?;
+        let mode = if flags & libc::RENAME_EXCHANGE != 0 {
+            RenameMode::Exchange
+        } else if flags & libc::RENAME_NOREPLACE != 0 {
+            RenameMode::NoReplace
+        } else if flags == 0 {
+            RenameMode::Replace
+        } else {
+            return Err(Error::new(
+                fuser::Errno::EINVAL,
+                Level::Info,
+                format!("rename flags {flags:#x} not supported"),
+            ));
+        };
+        let name = name_str(name)?;
+        let (is_dir, is_tag) = {
+            let ix = self.store.index();
+            let node = ix.node(&p);
+            (
+                node.is_some_and(|n| n.subdirs.contains(name)),
+                node.is_some_and(|n| n.tags.contains_key(name)),
+            )
+        };
+        if is_dir {
+            let from = names::join(&p, name);
+            self.store
+                .rename_dir(&from, &np, newname.as_bytes(), mode)?;
+            let to = names::join(&np, name_str(newname)?);
+            self.inodes.lock().rename_subtree(&from, &to);
+            info!("moved tags/{from} to tags/{to}");
+            return Ok(());
+        }
+        if !is_tag {
+            return Err(Error::not_found(format!("tags/{p}/{name}")));
+        }
+        let collected = self
+            .store
+            .rename_tag((&p, name), &np, newname.as_bytes(), mode)?;
+        let newname = name_str(newname)?;
+        let (a, b) = (
+            NodeKey::Tag(p.clone(), name.into()),
+            NodeKey::Tag(np.clone(), newname.into()),
+        );
+        {
+            let mut inodes = self.inodes.lock();
+            if mode == RenameMode::Exchange {
+                inodes.exchange(&a, &b);
+            } else {
+                inodes.rename(&a, b);
+            }
+        }
+        info!("renamed {p}:{name} to {np}:{newname}");
+        self.collected(&collected);
+        Ok(())
+    }
+
+    /// After GC removed digest directories: drop what the kernel caches of digests that
+    /// no longer have any directory.
+    fn collected(&self, keys: &[DirKey]) {
+        for key in keys {
+            self.metrics
+                .collections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let d = key.digest();
+            if self.store.digest_path(&d).is_none() {
+                self.inval
+                    .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(d)) {
+                    self.inval.send(Inval::Inode(ino));
+                }
+            }
+        }
+    }
+}
+
+/// The text of a tag's symlink: up to the mount's root, then `digests/<hex>`.
+fn link_text(repo: &str, key: &DirKey) -> String {
+    format!(
+        "{}digests/{}",
+        "../".repeat(names::depth(repo) + 1),
+        key.digest()
+    )
+}
+
+/// A stand-in inode number for readdir entries the kernel has not looked up.
+fn pseudo_ino(key: &NodeKey) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() | (1 << 63)
+}

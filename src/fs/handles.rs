@@ -1,0 +1,70 @@
+//! Open file and directory handles.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::sync::{Arc, Weak};
+
+use fuser::{BackingId, FileType};
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: OsString,
+}
+
+pub enum Handle {
+    /// A store file opened for passthrough: the kernel reads it; we keep the backing id.
+    Backed { _id: Arc<BackingId> },
+    /// A directory listing, snapshotted at opendir so offsets stay stable.
+    Dir(Vec<DirEntry>),
+    /// A store file, read with pread (or by the kernel through `backing`).
+    File { file: File },
+    /// Generated content (metrics).
+    Bytes(Vec<u8>),
+}
+
+#[derive(Default)]
+pub struct Handles {
+    open: HashMap<u64, Arc<Handle>>,
+    next: u64,
+    /// One backing id per inode, shared by all its passthrough opens.
+    backing: HashMap<u64, Weak<BackingId>>,
+}
+
+impl Handles {
+    pub fn insert(&mut self, h: Handle) -> u64 {
+        self.next += 1;
+        self.open.insert(self.next, Arc::new(h));
+        self.next
+    }
+
+    pub fn insert_arc(&mut self, h: Arc<Handle>) -> u64 {
+        self.next += 1;
+        self.open.insert(self.next, h);
+        self.next
+    }
+
+    pub fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.open.get(&fh).cloned()
+    }
+
+    pub fn remove(&mut self, fh: u64) {
+        self.open.remove(&fh);
+    }
+
+    /// Keeps the backing id of a passthrough open alive until its release.
+    pub fn attach_backing(&mut self, fh: u64, id: Arc<BackingId>) {
+        self.open.insert(fh, Arc::new(Handle::Backed { _id: id }));
+    }
+
+    pub fn backing(&self, ino: u64) -> Option<Arc<BackingId>> {
+        self.backing.get(&ino).and_then(Weak::upgrade)
+    }
+
+    pub fn set_backing(&mut self, ino: u64, id: &Arc<BackingId>) {
+        self.backing.retain(|_, w| w.strong_count() > 0);
+        self.backing.insert(ino, Arc::downgrade(id));
+    }
+}

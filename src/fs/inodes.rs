@@ -1,0 +1,231 @@
+//! The inode table: which node of the mounted tree each inode number stands for, and how
+//! many lookups the kernel holds on it. Fixed nodes have fixed numbers; the rest are
+//! numbered on first lookup and forgotten when the kernel forgets them.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+
+use crate::store::Digest;
+
+pub const ROOT: u64 = 1;
+pub const TAGS: u64 = 2;
+pub const DIGESTS: u64 = 3;
+pub const PRIVATE: u64 = 4;
+pub const METRICS: u64 = 5;
+const FIRST_DYNAMIC: u64 = 16;
+
+/// A node of the mounted tree.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeKey {
+    Root,
+    /// A directory of `tags/`; "" is `tags/` itself.
+    TagsDir(String),
+    Tag(String, String),
+    Digests,
+    Digest(Digest),
+    DigestFile(Digest, OsString),
+    Private,
+    Metrics,
+    /// A node that was replaced or removed while the kernel still held it.
+    Gone(u64),
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: NodeKey,
+    lookups: u64,
+}
+
+#[derive(Debug)]
+pub struct Inodes {
+    by_key: HashMap<NodeKey, u64>,
+    by_ino: HashMap<u64, Entry>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut t = Inodes {
+            by_key: HashMap::new(),
+            by_ino: HashMap::new(),
+            next: FIRST_DYNAMIC,
+        };
+        for (ino, key) in [
+            (ROOT, NodeKey::Root),
+            (TAGS, NodeKey::TagsDir(String::new())),
+            (DIGESTS, NodeKey::Digests),
+            (PRIVATE, NodeKey::Private),
+            (METRICS, NodeKey::Metrics),
+        ] {
+            t.by_key.insert(key.clone(), ino);
+            t.by_ino.insert(ino, Entry { key, lookups: 0 });
+        }
+        t
+    }
+}
+
+impl Inodes {
+    pub fn key(&self, ino: u64) -> Option<&NodeKey> {
+        self.by_ino.get(&ino).map(|e| &e.key)
+    }
+
+    pub fn ino_of(&self, key: &NodeKey) -> Option<u64> {
+        self.by_key.get(key).copied()
+    }
+
+    /// The inode for `key`, counting one kernel lookup on it.
+    pub fn lookup(&mut self, key: NodeKey) -> u64 {
+        if let Some(&ino) = self.by_key.get(&key) {
+            if let Some(e) = self.by_ino.get_mut(&ino) {
+                e.lookups += 1;
+            }
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_key.insert(key.clone(), ino);
+        self.by_ino.insert(ino, Entry { key, lookups: 1 });
+        ino
+    }
+
+    /// The kernel dropped `n` lookups. Returns the key when the inode is gone for good.
+    pub fn forget(&mut self, ino: u64, n: u64) -> Option<NodeKey> {
+        if ino < FIRST_DYNAMIC {
+            return None;
+        }
+        let e = self.by_ino.get_mut(&ino)?;
+        e.lookups = e.lookups.saturating_sub(n);
+        if e.lookups > 0 {
+            return None;
+        }
+        let e = self.by_ino.remove(&ino)?;
+        if self.by_key.get(&e.key) == Some(&ino) {
+            self.by_key.remove(&e.key);
+        }
+        Some(e.key)
+    }
+
+    /// The node `key` no longer exists: its inode (if the kernel holds one) becomes `Gone`.
+    pub fn detach(&mut self, key: &NodeKey) {
+        if let Some(ino) = self.by_key.remove(key)
+            && let Some(e) = self.by_ino.get_mut(&ino)
+        {
+            e.key = NodeKey::Gone(ino);
+        }
+    }
+
+    /// The node at `from` now lives at `to` (a rename): its inode follows it, and whatever
+    /// was at `to` is detached.
+    pub fn rename(&mut self, from: &NodeKey, to: NodeKey) {
+        self.detach(&to);
+        if let Some(ino) = self.by_key.remove(from) {
+            if let Some(e) = self.by_ino.get_mut(&ino) {
+                e.key = to.clone();
+            }
+            self.by_key.insert(to, ino);
+        }
+    }
+
+    /// Swaps the nodes at `a` and `b` (RENAME_EXCHANGE).
+    pub fn exchange(&mut self, a: &NodeKey, b: &NodeKey) {
+        let ia = self.by_key.remove(a);
+        let ib = self.by_key.remove(b);
+        if let Some(ia) = ia {
+            if let Some(e) = self.by_ino.get_mut(&ia) {
+                e.key = b.clone();
+            }
+            self.by_key.insert(b.clone(), ia);
+        }
+        if let Some(ib) = ib {
+            if let Some(e) = self.by_ino.get_mut(&ib) {
+                e.key = a.clone();
+            }
+            self.by_key.insert(a.clone(), ib);
+        }
+    }
+
+    /// A repository directory moved: every node under `from` follows it to `to`.
+    pub fn rename_subtree(&mut self, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        let moved = |p: &str| -> Option<String> {
+            if p == from {
+                Some(to.to_string())
+            } else {
+                p.strip_prefix(&prefix).map(|rest| format!("{to}/{rest}"))
+            }
+        };
+        let changes: Vec<(u64, NodeKey)> = self
+            .by_key
+            .iter()
+            .filter_map(|(k, &ino)| match k {
+                NodeKey::TagsDir(p) => moved(p).map(|n| (ino, NodeKey::TagsDir(n))),
+                NodeKey::Tag(r, t) => moved(r).map(|n| (ino, NodeKey::Tag(n, t.clone()))),
+                _ => None,
+            })
+            .collect();
+        for (ino, _) in &changes {
+            if let Some(e) = self.by_ino.get(ino) {
+                self.by_key.remove(&e.key.clone());
+            }
+        }
+        for (ino, new) in changes {
+            self.detach(&new);
+            if let Some(e) = self.by_ino.get_mut(&ino) {
+                e.key = new.clone();
+            }
+            self.by_key.insert(new, ino);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(r: &str, t: &str) -> NodeKey {
+        NodeKey::Tag(r.into(), t.into())
+    }
+
+    #[test]
+    fn lookups_and_forgets_balance() {
+        let mut t = Inodes::default();
+        let a = t.lookup(tag("r", "a"));
+        assert_eq!(t.lookup(tag("r", "a")), a);
+        assert_eq!(t.forget(a, 1), None);
+        assert_eq!(t.forget(a, 1), Some(tag("r", "a")));
+        assert_eq!(t.key(a), None);
+        assert_eq!(t.forget(ROOT, 5), None, "fixed inodes stay");
+    }
+
+    #[test]
+    fn rename_moves_the_inode_and_detaches_the_replaced_one() {
+        let mut t = Inodes::default();
+        let a = t.lookup(tag("r", "a"));
+        let b = t.lookup(tag("r", "b"));
+        t.rename(&tag("r", "a"), tag("r", "b"));
+        assert_eq!(t.key(a), Some(&tag("r", "b")));
+        assert_eq!(t.key(b), Some(&NodeKey::Gone(b)));
+        t.exchange(&tag("r", "b"), &tag("r", "c"));
+        assert_eq!(t.key(a), Some(&tag("r", "c")));
+    }
+
+    #[test]
+    fn subtree_rename_moves_nested_nodes() {
+        let mut t = Inodes::default();
+        let d = t.lookup(NodeKey::TagsDir("a/b".into()));
+        let x = t.lookup(tag("a/b/c", "x"));
+        let other = t.lookup(tag("ab", "x"));
+        t.rename_subtree("a", "z");
+        assert_eq!(t.key(d), Some(&NodeKey::TagsDir("z/b".into())));
+        assert_eq!(t.key(x), Some(&tag("z/b/c", "x")));
+        assert_eq!(t.key(other), Some(&tag("ab", "x")));
+    }
+}

@@ -1,0 +1,105 @@
+//! What `ln -s TARGET tags/REPO/TAG` may say, turned into a [`Target`]:
+//! `<hex>`, `sha256:<hex>`, any path ending in `digests/<hex>`, or a path to another tag
+//! of this mount (relative to the new link, or absolute through the mountpoint).
+
+use std::path::Path;
+
+use crate::store::{Digest, Target};
+
+/// Parses `target` for a link created in repository `repo`; `mountpoint` is the mount's
+/// absolute path. `None`: the target names neither a digest nor a tag of this mount.
+pub fn parse(target: &Path, repo: &str, mountpoint: &Path) -> Option<Target> {
+    let s = target.to_str()?;
+    if let Some(d) = Digest::parse_ref(s) {
+        return Some(Target::Digest(d));
+    }
+    let comps: Vec<&str> = s
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if let [.., "digests", hex] = comps.as_slice()
+        && let Some(d) = Digest::parse_hex(hex)
+    {
+        return Some(Target::Digest(d));
+    }
+    // Resolve lexically, from the mount's root, to a path inside the mount.
+    let mut stack: Vec<&str> = Vec::new();
+    let rest: Vec<&str> = if s.starts_with('/') {
+        let mp = mountpoint.to_str()?;
+        let inside = s.strip_prefix(mp)?;
+        if !(inside.is_empty() || inside.starts_with('/')) {
+            return None;
+        }
+        inside.split('/').collect()
+    } else {
+        stack.push("tags");
+        stack.extend(repo.split('/').filter(|c| !c.is_empty()));
+        s.split('/').collect()
+    };
+    for c in rest {
+        match c {
+            "" | "." => {}
+            ".." => {
+                stack.pop()?;
+            }
+            c => stack.push(c),
+        }
+    }
+    match stack.as_slice() {
+        ["digests", hex] => Digest::parse_hex(hex).map(Target::Digest),
+        ["tags", path @ .., tag] if !path.is_empty() => Some(Target::Tag {
+            repo: path.join("/"),
+            tag: (*tag).to_string(),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex() -> String {
+        "0f".repeat(32)
+    }
+
+    #[test]
+    fn digest_forms() {
+        let d = Digest::parse_hex(&hex()).map(Target::Digest);
+        let mp = Path::new("/mnt/x");
+        for t in [
+            hex(),
+            format!("sha256:{}", hex()),
+            format!("../../digests/{}", hex()),
+            format!("/anywhere/digests/{}", hex()),
+            format!("digests/{}/", hex()),
+        ] {
+            assert_eq!(parse(Path::new(&t), "a/b", mp), d, "{t}");
+        }
+    }
+
+    #[test]
+    fn tag_forms() {
+        let mp = Path::new("/mnt/x");
+        let want = |r: &str, t: &str| {
+            Some(Target::Tag {
+                repo: r.into(),
+                tag: t.into(),
+            })
+        };
+        assert_eq!(parse(Path::new("latest"), "a/b", mp), want("a/b", "latest"));
+        assert_eq!(parse(Path::new("../c/v1"), "a/b", mp), want("a/c", "v1"));
+        assert_eq!(
+            parse(Path::new("/mnt/x/tags/q/r/t"), "a", mp),
+            want("q/r", "t")
+        );
+        assert_eq!(parse(Path::new("/mnt/xy/tags/q/t"), "a", mp), None);
+        assert_eq!(parse(Path::new("../../../../etc"), "a", mp), None);
+        assert_eq!(parse(Path::new("../../tags"), "a", mp), None);
+        assert_eq!(
+            parse(Path::new("../x"), "a", mp),
+            None,
+            "a tag needs a repository"
+        );
+    }
+}
