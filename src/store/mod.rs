@@ -22,6 +22,8 @@ pub mod metadata;
 pub mod names;
 mod ops;
 mod recover;
+#[cfg(test)]
+mod tests;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

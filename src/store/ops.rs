@@ -135,7 +135,7 @@ impl Store {
             (RenameMode::Exchange, None) => {
                 return Err(StoreError::NotFound(format!("{}:{}", to.0, to.1)));
             }
-            (RenameMode::Exchange, Some(_)) => return self.exchange_tags(from, to).map(|_| vec![]),
+            (RenameMode::Exchange, Some(_)) => return self.exchange_tags(from, to),
             _ => {}
         }
         // The moved tag keeps its directory; a legacy one entering another repository
@@ -147,9 +147,24 @@ impl Store {
             Some(d) if d.key != new_key => self.gc_intent_if_last(&d.key)?,
             _ => None,
         };
+        // A legacy tag entering another repository names `content/<hex>` afterwards: its
+        // own legacy directory loses a reference (it was not promoted when the content
+        // directory already existed).
+        let src_intent = if src.key != new_key {
+            match self.gc_intent_if_last(&src.key) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.drop_intent(intent);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let result = self.move_link(from, &src, to, &new_key, dst.as_ref().map(|d| d.layout));
         if let Err(e) = result {
             self.drop_intent(intent);
+            self.drop_intent(src_intent);
             return Err(e);
         }
         {
@@ -158,10 +173,12 @@ impl Store {
             ix.remove_tag(to.0, to.1);
             ix.add_tag(to.0, to.1, new_key, new_layout);
         }
-        Ok(match dst {
+        let mut collected = match dst {
             Some(d) => self.finish_gc(intent, &d.key),
             None => Vec::new(),
-        })
+        };
+        collected.extend(self.finish_gc(src_intent, &src.key));
+        Ok(collected)
     }
 
     /// The on-disk half of a tag move: one rename when the symlink's text stays right,
@@ -179,7 +196,12 @@ impl Store {
         let src_path = self.tag_path(from.0, from.1, src.layout);
         let dst_path = self.tag_path(to.0, to.1, new_layout);
         let target = layout::tag_target(to.0, key);
-        if src.layout == new_layout && layout::tag_target(from.0, key) == target {
+        // A replaced tag in the other layout lives at another path, and must go in the same
+        // journaled step: after a crash, a leftover twin would shadow the moved tag.
+        let twin = old_dst_layout
+            .filter(|l| *l != new_layout)
+            .map(|l| self.tag_path(to.0, to.1, l));
+        if twin.is_none() && src.layout == new_layout && layout::tag_target(from.0, key) == target {
             fsutil::rename(&src_path, &dst_path, RenameMode::Replace)
                 .ctx(|| format!("rename {} -> {}", src_path.display(), dst_path.display()))?;
         } else {
@@ -193,14 +215,10 @@ impl Store {
             fsutil::install_symlink(&target, &dst_path, RenameMode::Replace, false)
                 .ctx(|| dst_path.display().to_string())?;
             std::fs::remove_file(&src_path).ctx(|| src_path.display().to_string())?;
+            if let Some(old) = &twin {
+                std::fs::remove_file(old).ctx(|| old.display().to_string())?;
+            }
             let _ = self.journal.done(&rec);
-        }
-        // A replaced tag in the other layout lives at another path.
-        if let Some(l) = old_dst_layout
-            && l != new_layout
-        {
-            let old = self.tag_path(to.0, to.1, l);
-            std::fs::remove_file(&old).ctx(|| old.display().to_string())?;
         }
         if let Some(p) = dst_path.parent() {
             self.fsync_dir(p);
@@ -211,8 +229,9 @@ impl Store {
         Ok(())
     }
 
-    /// RENAME_EXCHANGE of two tags.
-    fn exchange_tags(&self, a: (&str, &str), b: (&str, &str)) -> Result<()> {
+    /// RENAME_EXCHANGE of two tags. Returns the directories collected: a legacy directory
+    /// whose tag now names `content/<hex>` instead may have lost its last reference.
+    fn exchange_tags(&self, a: (&str, &str), b: (&str, &str)) -> Result<Vec<DirKey>> {
         let get = |t: (&str, &str)| {
             self.index()
                 .tag(t.0, t.1)
@@ -224,24 +243,62 @@ impl Store {
         let for_a = self.key_for_repo(&tb.key, a.0)?;
         let for_b = self.key_for_repo(&ta.key, b.0)?;
         let (ta, tb) = (get(a)?, get(b)?);
+        let mut intents: Vec<(Option<PathBuf>, DirKey)> = Vec::new();
+        for old in [&ta.key, &tb.key] {
+            if *old != for_a && *old != for_b && intents.iter().all(|(_, k)| k != old) {
+                match self.gc_intent_if_last(old) {
+                    Ok(i) => intents.push((i, old.clone())),
+                    Err(e) => {
+                        intents.into_iter().for_each(|(i, _)| self.drop_intent(i));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let result = self.exchange_links(a, b, (&ta, &tb), (&for_a, &for_b));
+        if let Err(e) = result {
+            intents.into_iter().for_each(|(i, _)| self.drop_intent(i));
+            return Err(e);
+        }
+        {
+            let mut ix = self.index.write();
+            ix.remove_tag(a.0, a.1);
+            ix.remove_tag(b.0, b.1);
+            ix.add_tag(a.0, a.1, for_a.clone(), layout_of(&for_a));
+            ix.add_tag(b.0, b.1, for_b.clone(), layout_of(&for_b));
+        }
+        Ok(intents
+            .into_iter()
+            .flat_map(|(i, k)| self.finish_gc(i, &k))
+            .collect())
+    }
+
+    /// The on-disk half of an exchange.
+    fn exchange_links(
+        &self,
+        a: (&str, &str),
+        b: (&str, &str),
+        (ta, tb): (&super::Tag, &super::Tag),
+        (for_a, for_b): (&DirKey, &DirKey),
+    ) -> Result<()> {
         let (pa, pb) = (
             self.tag_path(a.0, a.1, ta.layout),
             self.tag_path(b.0, b.1, tb.layout),
         );
         let simple = ta.layout == tb.layout
-            && layout_of(&for_a) == ta.layout
-            && layout_of(&for_b) == tb.layout
-            && layout::tag_target(a.0, &for_a) == layout::tag_target(b.0, &for_a)
-            && layout::tag_target(a.0, &for_b) == layout::tag_target(b.0, &for_b);
+            && layout_of(for_a) == ta.layout
+            && layout_of(for_b) == tb.layout
+            && layout::tag_target(a.0, for_a) == layout::tag_target(b.0, for_a)
+            && layout::tag_target(a.0, for_b) == layout::tag_target(b.0, for_b);
         if simple {
             fsutil::rename(&pa, &pb, RenameMode::Exchange)
                 .ctx(|| format!("exchange {} <-> {}", pa.display(), pb.display()))?;
         } else {
-            let na = self.tag_path(a.0, a.1, layout_of(&for_a));
-            let nb = self.tag_path(b.0, b.1, layout_of(&for_b));
+            let na = self.tag_path(a.0, a.1, layout_of(for_a));
+            let nb = self.tag_path(b.0, b.1, layout_of(for_b));
             let (ta_s, tb_s) = (
-                layout::tag_target(a.0, &for_a),
-                layout::tag_target(b.0, &for_b),
+                layout::tag_target(a.0, for_a),
+                layout::tag_target(b.0, for_b),
             );
             let rec = self
                 .journal
@@ -252,8 +309,8 @@ impl Store {
                     b_target: tb_s.clone(),
                 })
                 .ctx(|| "journal".to_string())?;
-            self.ensure_store_dir(layout_of(&for_a), a.0)?;
-            self.ensure_store_dir(layout_of(&for_b), b.0)?;
+            self.ensure_store_dir(layout_of(for_a), a.0)?;
+            self.ensure_store_dir(layout_of(for_b), b.0)?;
             fsutil::install_symlink(&ta_s, &na, RenameMode::Replace, false)
                 .ctx(|| na.display().to_string())?;
             fsutil::install_symlink(&tb_s, &nb, RenameMode::Replace, false)
@@ -271,11 +328,6 @@ impl Store {
                 self.fsync_dir(d);
             }
         }
-        let mut ix = self.index.write();
-        ix.remove_tag(a.0, a.1);
-        ix.remove_tag(b.0, b.1);
-        ix.add_tag(a.0, a.1, for_a.clone(), layout_of(&for_a));
-        ix.add_tag(b.0, b.1, for_b.clone(), layout_of(&for_b));
         Ok(())
     }
 
@@ -324,8 +376,11 @@ impl Store {
 
     fn rmdir_locked(&self, path: &str) -> Result<()> {
         let (parent, last) = names::split_last(path);
-        let node = match self.index().node(path) {
-            Some(n) => n.clone(),
+        // Not `match self.index()...`: the guard would live through the arms, and a second
+        // read lock taken while a writer waits deadlocks (parking_lot is writer-fair).
+        let found = self.index().node(path).cloned();
+        let node = match found {
+            Some(n) => n,
             None => {
                 let is_tag = self.index().tag(parent, last).is_some();
                 return Err(if is_tag {

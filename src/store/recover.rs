@@ -18,6 +18,26 @@ fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
 }
 
+fn is_symlink(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// The digest a tag link names: the last component of its text, in either layout.
+fn link_hex(p: &Path) -> Option<std::ffi::OsString> {
+    std::fs::read_link(p)
+        .ok()?
+        .file_name()
+        .map(|n| n.to_owned())
+}
+
+/// The same tag's store-relative path in the other layout.
+fn twin_of(rel: &str) -> String {
+    match rel.strip_prefix(layout::REPOSITORIES) {
+        Some(r) if r.starts_with('/') => r.trim_start_matches('/').to_string(),
+        _ => format!("{}/{rel}", layout::REPOSITORIES),
+    }
+}
+
 impl Store {
     /// Finishes or rolls back every interrupted change and returns the index of what is left.
     pub(super) fn recover(&self) -> Result<Index> {
@@ -36,11 +56,26 @@ impl Store {
                 }
                 Some(Intent::Promote { repo, hex }) => self.replay_promote(&repo, &hex)?,
                 Some(Intent::Move { from, to }) => {
+                    let twin = root.join(twin_of(&to));
                     let (from, to) = (root.join(from), root.join(to));
-                    if exists(&to) && exists(&from) {
-                        std::fs::remove_file(&from).ctx(|| from.display().to_string())?;
+                    // `to` may be a tag the move was replacing: the move happened only if
+                    // `to` names the moved tag's digest (or `from` is already gone).
+                    let finished =
+                        exists(&to) && (!exists(&from) || link_hex(&from) == link_hex(&to));
+                    if finished {
+                        for p in [&from, &twin] {
+                            if is_symlink(p) {
+                                std::fs::remove_file(p).ctx(|| p.display().to_string())?;
+                            }
+                        }
                         info!(
                             "finished interrupted move {} -> {}",
+                            from.display(),
+                            to.display()
+                        );
+                    } else if exists(&from) {
+                        info!(
+                            "rolled back interrupted move {} -> {}",
                             from.display(),
                             to.display()
                         );
@@ -53,9 +88,14 @@ impl Store {
                     b_target,
                 }) => {
                     for (p, t) in [(a, a_target), (b, b_target)] {
+                        let twin = root.join(twin_of(&p));
                         let p = root.join(p);
                         fsutil::install_symlink(&t, &p, RenameMode::Replace, true)
                             .ctx(|| p.display().to_string())?;
+                        // The tag's old link in the other layout, if the exchange moved it.
+                        if is_symlink(&twin) {
+                            std::fs::remove_file(&twin).ctx(|| twin.display().to_string())?;
+                        }
                     }
                     info!("finished interrupted exchange");
                 }
