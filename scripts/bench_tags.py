@@ -859,22 +859,23 @@ def print_size(r: dict):
               f"{st['mountinfo_s'] * 1000:.1f} ms); daemon RSS after start-up {rss0.get('VmRSS', 0) / 1024:.1f} MiB, "
               f"after ops {rss1.get('VmRSS', 0) / 1024:.1f} MiB (peak VmHWM {rss1.get('VmHWM', 0) / 1024:.1f} MiB, "
               f"{rss1.get('Threads', '?')} threads)")
-    hdr = (f"    {'operation':<38} {'n':>7} | {'imagefs':>9} {'p90':>9} | {'hypeman':>9} {'p90':>9} | {'ratio':>7} "
-           f"| {'floor':>8} {'ratio':>7}")
+    hdr = (f"    {'operation':<38} {'n':>7} | {'imagefs':>9} {'p90':>9} | {'hypeman':>9} {'p90':>9} | {'ratio':>6} "
+           f"{'paired':>6} | {'floor':>8} {'ratio':>6}")
     print(hdr)
-    print(f"    {'':<38} {'':>7} | {'median us':>9} {'us':>9} | {'median us':>9} {'us':>9} | {'im/hy':>7} "
-          f"| {'med us':>8} {'im/fl':>7}")
+    print(f"    {'':<38} {'':>7} | {'median us':>9} {'us':>9} | {'median us':>9} {'us':>9} | {'im/hy':>6} "
+          f"{'im/hy':>6} | {'med us':>8} {'im/fl':>6}")
     print("    " + "-" * (len(hdr) - 4))
     rows = r["rows"]
     for row in rows:
         a, b = row.get("imagefs"), row.get("hypeman")
         na, nb = (a or {}).get("n"), (b or {}).get("n")
         n = f"{na}/{nb}" if na and nb and na != nb else str(na or nb or 0)
-        rt, fl, rf = row.get("ratio"), row.get("floor"), row.get("ratio_floor")
+        rt, fl, rf, pr = row.get("ratio"), row.get("floor"), row.get("ratio_floor"), row.get("paired_ratio")
         print(f"    {row['label']:<38} {n:>7} | {fmt(a and a['median_us'])} {fmt(a and a['p90_us'])} | "
-              f"{fmt(b and b['median_us'])} {fmt(b and b['p90_us'])} | {(f'{rt:.2f}' if rt is not None else 'n/a'):>7} "
+              f"{fmt(b and b['median_us'])} {fmt(b and b['p90_us'])} | {(f'{rt:.2f}' if rt is not None else 'n/a'):>6} "
+              f"{(f'{pr:.2f}' if pr is not None else 'n/a'):>6} "
               f"| {(fmt(fl['median_us'], 8) if fl else f'{chr(45):>8}')} "
-              f"{(f'{rf:.2f}' if rf is not None else chr(45)):>7}")
+              f"{(f'{rf:.2f}' if rf is not None else chr(45)):>6}")
     for k in ("raw_problems", "imagefs_problems"):
         if r.get(k):
             print(f"    ! {k}: {len(r[k])}, e.g. {r[k][:3]}")
@@ -898,6 +899,10 @@ Notes:
   * 'rm LAST vs hypeman current': hypeman's present code (storage_refs.go removeDigestIfUnreferenced ->
     contentTagCount) walks ALL of repositories/ when a repository has no tag left for the digest.
   * 'rm binary': coreutils rm as a process; the raw side is a plain rm of the symlink (no reference count).
+  * 'ratio' = imagefs median / hypeman median; 'paired' = median of the per-sample ratios of samples taken in
+    the same cycle (less sensitive to background load, which the load averages above show).
+  * imagefs runs with its defaults (it fsyncs the repository directory after installing a tag; hypeman does
+    not fsync); --mount-arg=--no-sync compares without that.
 """
 
 
@@ -928,8 +933,8 @@ def evaluate(results: list, sizes: list) -> list:
                       if fl else "")
             ev.append(f"rm of last tag at {r['layout']['tags']:,} tags ({r['layout']['tags_per_repository']} tags/repo): "
                       f"imagefs median {row['imagefs']['median_us']:.0f} us (p90 {row['imagefs']['p90_us']:.0f}) vs "
-                      f"hypeman repo scan {row['hypeman']['median_us']:.0f} us: ratio {row['ratio']:.2f} -> "
-                      f"{ok(row['ratio'] <= 1.0)}{fl_txt}")
+                      f"hypeman repo scan {row['hypeman']['median_us']:.0f} us: ratio {row['ratio']:.2f} "
+                      f"(paired {row['paired_ratio']:.2f}) -> {ok(row['ratio'] <= 1.0)}{fl_txt}")
     if big and small and big is not small:
         a = next(x for x in small["rows"] if x["key"] == "rm_last").get("imagefs")
         b = next(x for x in big["rows"] if x["key"] == "rm_last").get("imagefs")
@@ -972,9 +977,16 @@ def parse_sizes(s: str) -> list:
 def loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
+            out = " ".join(f.read().split()[:3])
     except OSError:
         return "?"
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        out += f" (cpu pressure {some[1].replace('=', ' ')}%)"
+    except (OSError, IndexError):
+        pass
+    return out
 
 
 def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: list) -> dict:
@@ -1009,7 +1021,7 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
         if imagefs_skip:
             im["error"] = imagefs_skip
         else:
-            extra = ["--threads", str(args.threads)] if args.threads else []
+            extra = (["--threads", str(args.threads)] if args.threads else []) + list(args.mount_arg)
             m = Mount(binary, store, mnt, work / f"imagefs-{n}.log", extra)
             mounts.append(m)
             try:
@@ -1088,6 +1100,16 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
         for d in (raw, raw_b, store, mnt):
             shutil.rmtree(d, ignore_errors=True)
 
+    def paired(ra, rb, key):
+        # median of per-sample ratios between samples taken in the same cycle (robust to load drift)
+        if not ra or not rb:
+            return None
+        xs, ys = ra.samples[key], rb.samples[key]
+        rs = sorted(x / y for x, y in zip(xs, ys) if y > 0)
+        if not rs:
+            return None
+        return round((rs[(len(rs) - 1) // 2] + rs[len(rs) // 2]) / 2, 3)
+
     def stats(runner, key):
         return summarize(runner.samples[key]) if runner and runner.samples[key] else None
     imr = im_runner if im_runner is not None else None
@@ -1095,15 +1117,16 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
     for key, label in OPS:
         a_, b_, f_ = stats(imr, key), stats(scan, key), stats(floor, key)
         r["rows"].append({"key": key, "label": label, "imagefs": a_, "hypeman": b_, "ratio": ratio(a_, b_),
+                          "paired_ratio": paired(imr, scan, key),
                           "floor": f_, "ratio_floor": ratio(a_, f_),
                           "hypeman_algorithm": "repo-scan (issue 2 / hypeman PR #111)"})
     a_, b_ = stats(imr, "rm_last"), stats(walk, "rm_last")
     r["rows"].append({"key": "rm_last_vs_walk", "label": "rm LAST vs hypeman current (walk all)",
-                      "imagefs": a_, "hypeman": b_, "ratio": ratio(a_, b_),
+                      "imagefs": a_, "hypeman": b_, "ratio": ratio(a_, b_), "paired_ratio": paired(imr, walk, "rm_last"),
                       "hypeman_algorithm": "current storage_refs.go: contentTagCount walks all of repositories/"})
     a_, b_ = stats(imr, "rm_binary"), stats(scan, "rm_binary")
     r["rows"].append({"key": "rm_binary", "label": "rm binary, not last (raw: plain rm)",
-                      "imagefs": a_, "hypeman": b_, "ratio": ratio(a_, b_),
+                      "imagefs": a_, "hypeman": b_, "ratio": ratio(a_, b_), "paired_ratio": paired(imr, scan, "rm_binary"),
                       "hypeman_algorithm": "none: coreutils rm of the raw symlink (process cost baseline)"})
     return r
 
@@ -1123,6 +1146,8 @@ def main() -> int:
     ap.add_argument("--bin", help="imagefs binary (default $IMAGEFS_BIN, else <repo>/target/release/imagefs)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release if the binary is missing")
     ap.add_argument("--threads", type=int, help="pass --threads N to imagefs mount")
+    ap.add_argument("--mount-arg", action="append", default=[],
+                    help="extra argument for imagefs mount (repeatable), e.g. --mount-arg=--no-sync")
     ap.add_argument("--out", help="write the results as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary stores and mountpoints")
     ap.add_argument("--tmpdir", help="where to create the work directory (default: the system temp dir)")

@@ -41,6 +41,10 @@ enum Cmd {
         /// Threads serving kernel requests.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
         threads: u16,
+        /// When daemonized, append the log here (otherwise it is discarded once the mount
+        /// is ready; with --foreground the log goes to stderr).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
         /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
         /// power failure; crashes of the daemon are still safe).
         #[arg(long)]
@@ -51,9 +55,11 @@ enum Cmd {
 }
 
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
+    )
+    .format_timestamp_millis()
+    .init();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Mount {
@@ -62,15 +68,18 @@ pub fn main() -> i32 {
             foreground,
             allow_other,
             threads,
+            log_file,
             no_sync,
-        } => mount(
-            &store,
-            &mountpoint,
-            foreground,
-            allow_other,
-            threads.into(),
-            !no_sync,
-        ),
+        } => {
+            let opts = MountOpts {
+                foreground,
+                allow_other,
+                threads: threads.into(),
+                durable: !no_sync,
+                log_file,
+            };
+            mount(&store, &mountpoint, &opts)
+        }
         Cmd::Umount { mountpoint } => umount(&mountpoint),
     };
     match result {
@@ -143,16 +152,33 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
     Ok(mp)
 }
 
-fn mount(
-    store: &Path,
-    mountpoint: &Path,
+struct MountOpts {
     foreground: bool,
     allow_other: bool,
     threads: usize,
     durable: bool,
-) -> Result<(), String> {
+    log_file: Option<PathBuf>,
+}
+
+fn mount(store: &Path, mountpoint: &Path, opts: &MountOpts) -> Result<(), String> {
     let mp = preflight(store, mountpoint)?;
-    let store = Store::open(store, Options { durable }).map_err(|e| e.to_string())?;
+    let log = match &opts.log_file {
+        Some(p) => Some(
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("log file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let store = Store::open(
+        store,
+        Options {
+            durable: opts.durable,
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let store = Arc::new(store);
     {
         let ix = store.index();
@@ -164,7 +190,7 @@ fn mount(
         );
     }
     // Daemonize before any thread exists: the child serves, the parent waits for its word.
-    let mut ready_pipe = if foreground {
+    let mut ready_pipe = if opts.foreground {
         None
     } else {
         let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -189,7 +215,7 @@ fn mount(
             }
         }
     };
-    let result = serve(store, &mp, allow_other, threads, &mut ready_pipe);
+    let result = serve(store, &mp, opts, log, &mut ready_pipe);
     if let (Err(msg), Some(w)) = (&result, ready_pipe) {
         let _ = std::fs::File::from(w).write_all(msg.as_bytes());
     }
@@ -199,8 +225,8 @@ fn mount(
 fn serve(
     store: Arc<Store>,
     mp: &Path,
-    allow_other: bool,
-    threads: usize,
+    opts: &MountOpts,
+    log: Option<std::fs::File>,
     ready: &mut Option<OwnedFd>,
 ) -> Result<(), String> {
     // SIGINT/SIGTERM are taken by one thread, which unmounts; every other thread inherits
@@ -221,12 +247,12 @@ fn serve(
         MountOption::Suid,
         MountOption::NoDev,
     ];
-    config.acl = if allow_other {
+    config.acl = if opts.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(threads);
+    config.n_threads = Some(opts.threads);
     config.clone_fd = true;
     let mut session = Session::new(Shared(fs.clone()), mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
@@ -248,26 +274,29 @@ fn serve(
     log::info!("mounted {} on {}", store.root().display(), mp.display());
     if let Some(w) = ready.take() {
         let _ = std::fs::File::from(w).write_all(b"ok");
-        detach_stdio();
+        detach_stdio(log);
     }
     session.run().map_err(|e| format!("session: {e}"))?;
     log::info!("unmounted {}", mp.display());
     Ok(())
 }
 
-/// Points stdin and stdout at /dev/null in the daemon (stderr stays: it carries the log).
-fn detach_stdio() {
-    if let Ok(null) = std::fs::File::options()
+/// Detaches the daemon from the terminal or pipe that started it: stdin and stdout go to
+/// /dev/null, stderr (the log) to the log file if one was given, else to /dev/null.
+fn detach_stdio(log: Option<std::fs::File>) {
+    let Ok(null) = std::fs::File::options()
         .read(true)
         .write(true)
         .open("/dev/null")
-    {
-        let fd = null.as_raw_fd();
-        // SAFETY: dup2 onto the standard descriptors, which this process owns.
-        unsafe {
-            libc::dup2(fd, 0);
-            libc::dup2(fd, 1);
-        }
+    else {
+        return;
+    };
+    let err = log.as_ref().map_or(null.as_raw_fd(), |f| f.as_raw_fd());
+    // SAFETY: dup2 onto the standard descriptors, which this process owns.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(err, 2);
     }
 }
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine for imagefs: system packages, Python test deps, the build.
+# Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(fuse3 erofs-utils attr runc squashfuse squashfs-tools util-linux python3-pytest)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y --no-install-recommends "${missing[@]}" \
+    || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; }
+fi
+# pytest for the machine's python3 (the Debian package serves /usr/bin/python3; pip covers
+# a python3 from elsewhere, such as pyenv).
+python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing" >&2; exit 1; }
+cargo build --release --locked 2>&1 | tail -n 2
