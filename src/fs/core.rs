@@ -80,6 +80,21 @@ impl ImageFs {
         }
     }
 
+    /// A readable path for `name` in directory `parent`, for log lines.
+    pub(super) fn describe(&self, parent: u64, name: &OsStr) -> String {
+        let name = name.to_string_lossy();
+        match self.key(parent) {
+            Ok(NodeKey::Root) => name.into_owned(),
+            Ok(NodeKey::TagsDir(p)) if p.is_empty() => format!("tags/{name}"),
+            Ok(NodeKey::TagsDir(p)) => format!("tags/{p}/{name}"),
+            Ok(NodeKey::Digests) => format!("digests/{name}"),
+            Ok(NodeKey::Digest(d)) => format!("digests/{d}/{name}"),
+            Ok(NodeKey::Private) => format!(".imagefs/{name}"),
+            Ok(k) => format!("{k:?}/{name}"),
+            Err(_) => format!("inode {parent}/{name}"),
+        }
+    }
+
     fn child_key(&self, parent: &NodeKey, name: &OsStr) -> Result<NodeKey> {
         let missing = || Error::not_found(format!("{parent:?}/{}", name.to_string_lossy()));
         match parent {
@@ -113,7 +128,10 @@ impl ImageFs {
                 }
             }
             NodeKey::Digest(d) => {
-                let dir = self.store.digest_path(d).ok_or_else(missing)?;
+                let dir = self.digest_dir(d).ok_or_else(missing)?;
+                if name == ROOTFS_IMAGE && !is_ready(&dir) {
+                    return Err(missing());
+                }
                 match std::fs::symlink_metadata(dir.join(name)) {
                     Ok(m) if m.is_file() => Ok(NodeKey::DigestFile(*d, name.to_os_string())),
                     _ => Err(missing()),
@@ -184,8 +202,7 @@ impl ImageFs {
             }
             NodeKey::Digest(d) => {
                 let p = self
-                    .store
-                    .digest_path(d)
+                    .digest_dir(d)
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
                 let mut a = attr::from_metadata(0, FileType::Directory, &stat(&p)?, true);
                 a.size = 4096;
@@ -193,8 +210,7 @@ impl ImageFs {
             }
             NodeKey::DigestFile(d, name) => {
                 let p = self
-                    .store
-                    .digest_path(d)
+                    .digest_dir(d)
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?
                     .join(name);
                 let m = stat(&p)?;
@@ -230,7 +246,24 @@ impl ImageFs {
     }
 
     pub(super) fn forget(&self, ino: u64, n: u64) {
-        self.inodes.lock().forget(ino, n);
+        let released = {
+            let mut inodes = self.inodes.lock();
+            match inodes.forget(ino, n).and_then(|k| k.digest()) {
+                Some(d) if !inodes.holds(&d) => inodes.zombies.remove(&d),
+                _ => None,
+            }
+        };
+        if let Some(trashed) = released {
+            self.store.release_trashed(&trashed);
+        }
+    }
+
+    /// The directory behind `digests/<hex>/`: in the store, or, for a collected digest
+    /// still in use, in the trash.
+    fn digest_dir(&self, d: &store::Digest) -> Option<std::path::PathBuf> {
+        self.store
+            .digest_path(d)
+            .or_else(|| self.inodes.lock().zombies.get(d).cloned())
     }
 
     pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -304,8 +337,7 @@ impl ImageFs {
             }
             NodeKey::Digest(d) => {
                 let dir = self
-                    .store
-                    .digest_path(d)
+                    .digest_dir(d)
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
                 let rd = std::fs::read_dir(&dir)
                     .map_err(|e| Error::io(dir.display().to_string(), &e))?;
@@ -319,6 +351,9 @@ impl ImageFs {
                     })
                     .collect();
                 names.sort();
+                if !is_ready(&dir) {
+                    names.retain(|n| n != ROOTFS_IMAGE);
+                }
                 for n in names {
                     children.push((NodeKey::DigestFile(*d, n.clone()), FileType::RegularFile, n));
                 }
@@ -354,8 +389,7 @@ impl ImageFs {
         let h = match &key {
             NodeKey::DigestFile(d, name) => {
                 let p = self
-                    .store
-                    .digest_path(d)
+                    .digest_dir(d)
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?
                     .join(name);
                 let file =
@@ -559,14 +593,26 @@ impl ImageFs {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let d = key.digest();
             if self.store.digest_path(&d).is_none() {
-                self.inval
-                    .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                self.inval.send_and_wait(
+                    Inval::Entry(inodes::DIGESTS, d.hex().into()),
+                    Duration::from_secs(1),
+                );
                 if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(d)) {
                     self.inval.send(Inval::Inode(ino));
                 }
             }
         }
     }
+}
+
+/// The image file, served only for `ready` digests: a pull in progress may still write it.
+const ROOTFS_IMAGE: &str = "rootfs.erofs";
+
+fn is_ready(dir: &Path) -> bool {
+    matches!(
+        store::metadata::read_status(dir),
+        Ok(store::metadata::Status::Ready)
+    )
 }
 
 /// The text of a tag's symlink: up to the mount's root, then `digests/<hex>`.

@@ -47,6 +47,12 @@ impl Error {
         )
     }
 
+    /// Prefixes the reason with what was being done ("ln -s X tags/R/T").
+    pub fn context(mut self, what: impl std::fmt::Display) -> Error {
+        self.reason = format!("{what}: {}", self.reason);
+        self
+    }
+
     pub fn io(context: impl Into<String>, e: &std::io::Error) -> Error {
         let errno = e.raw_os_error().map(Errno::from_i32).unwrap_or(Errno::EIO);
         Error::new(errno, Level::Warn, format!("{}: {e}", context.into()))

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use crate::store::Digest;
 
@@ -36,11 +37,25 @@ struct Entry {
     lookups: u64,
 }
 
+impl NodeKey {
+    /// The digest a node belongs to, for nodes under `digests/<hex>/`.
+    pub fn digest(&self) -> Option<Digest> {
+        match self {
+            NodeKey::Digest(d) | NodeKey::DigestFile(d, _) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Inodes {
     by_key: HashMap<NodeKey, u64>,
     by_ino: HashMap<u64, Entry>,
     next: u64,
+    /// digest -> how many inodes under `digests/<hex>/` the kernel holds.
+    held: HashMap<Digest, u32>,
+    /// Collected digests still in use: where their directory waits in the trash.
+    pub zombies: HashMap<Digest, PathBuf>,
 }
 
 impl Default for Inodes {
@@ -49,6 +64,8 @@ impl Default for Inodes {
             by_key: HashMap::new(),
             by_ino: HashMap::new(),
             next: FIRST_DYNAMIC,
+            held: HashMap::new(),
+            zombies: HashMap::new(),
         };
         for (ino, key) in [
             (ROOT, NodeKey::Root),
@@ -83,6 +100,9 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
+        if let Some(d) = key.digest() {
+            *self.held.entry(d).or_default() += 1;
+        }
         self.by_key.insert(key.clone(), ino);
         self.by_ino.insert(ino, Entry { key, lookups: 1 });
         ino
@@ -102,7 +122,20 @@ impl Inodes {
         if self.by_key.get(&e.key) == Some(&ino) {
             self.by_key.remove(&e.key);
         }
+        if let Some(d) = e.key.digest()
+            && let Some(n) = self.held.get_mut(&d)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.held.remove(&d);
+            }
+        }
         Some(e.key)
+    }
+
+    /// Does the kernel hold any inode under `digests/<hex>/`?
+    pub fn holds(&self, d: &Digest) -> bool {
+        self.held.contains_key(d)
     }
 
     /// The node `key` no longer exists: its inode (if the kernel holds one) becomes `Gone`.

@@ -40,7 +40,7 @@ use crate::store::Store;
 pub struct ImageFs {
     store: Arc<Store>,
     mountpoint: PathBuf,
-    inodes: Mutex<Inodes>,
+    inodes: Arc<Mutex<Inodes>>,
     handles: Mutex<Handles>,
     inval: Invalidator,
     metrics: Metrics,
@@ -66,10 +66,12 @@ impl Error {
 
 impl ImageFs {
     pub fn new(store: Arc<Store>, mountpoint: &Path) -> ImageFs {
+        let inodes = Arc::new(Mutex::new(Inodes::default()));
+        store.set_in_use(Arc::new(Usage(inodes.clone())));
         ImageFs {
             store,
             mountpoint: mountpoint.to_path_buf(),
-            inodes: Mutex::new(Inodes::default()),
+            inodes,
             handles: Mutex::new(Handles::default()),
             inval: Invalidator::default(),
             metrics: Metrics::default(),
@@ -81,6 +83,22 @@ impl ImageFs {
     /// Starts sending cache invalidations through the session's notifier.
     pub fn start_notifier(&self, notifier: Notifier) {
         self.inval.start(notifier);
+    }
+}
+
+/// GC asks the inode table whether the kernel still holds a collected digest's nodes; if
+/// so the directory is served from the trash until the last of them is forgotten.
+struct Usage(Arc<Mutex<Inodes>>);
+
+impl crate::store::InUse for Usage {
+    fn retain(&self, digest: &crate::store::Digest, trashed: &Path) -> bool {
+        let mut inodes = self.0.lock();
+        if inodes.holds(digest) {
+            inodes.zombies.insert(*digest, trashed.to_path_buf());
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -192,7 +210,7 @@ impl Filesystem for Shared {
         fs.metrics.request("mkdir");
         match fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()) {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
-            Err(e) => fail!(fs, reply, "mkdir", e),
+            Err(e) => fail!(fs, reply, "mkdir", e.context(fs.describe(parent.0, name))),
         }
     }
 
@@ -201,7 +219,7 @@ impl Filesystem for Shared {
         fs.metrics.request("unlink");
         match fs.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => fail!(fs, reply, "unlink", e),
+            Err(e) => fail!(fs, reply, "unlink", e.context(fs.describe(parent.0, name))),
         }
     }
 
@@ -210,7 +228,7 @@ impl Filesystem for Shared {
         fs.metrics.request("rmdir");
         match fs.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => fail!(fs, reply, "rmdir", e),
+            Err(e) => fail!(fs, reply, "rmdir", e.context(fs.describe(parent.0, name))),
         }
     }
 
@@ -226,7 +244,14 @@ impl Filesystem for Shared {
         fs.metrics.request("symlink");
         match fs.symlink(parent.0, link_name, target) {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
-            Err(e) => fail!(fs, reply, "symlink", e),
+            Err(e) => {
+                let what = format!(
+                    "{} -> {}",
+                    fs.describe(parent.0, link_name),
+                    target.display()
+                );
+                fail!(fs, reply, "symlink", e.context(what))
+            }
         }
     }
 
@@ -244,7 +269,14 @@ impl Filesystem for Shared {
         fs.metrics.request("rename");
         match fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
             Ok(()) => reply.ok(),
-            Err(e) => fail!(fs, reply, "rename", e),
+            Err(e) => {
+                let what = format!(
+                    "{} -> {}",
+                    fs.describe(parent.0, name),
+                    fs.describe(newparent.0, newname)
+                );
+                fail!(fs, reply, "rename", e.context(what))
+            }
         }
     }
 

@@ -2,7 +2,8 @@
 //! inside a request handler could wait on a lock that the same request holds in the kernel.
 
 use std::ffi::OsString;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
 use parking_lot::Mutex;
@@ -15,9 +16,11 @@ pub enum Inval {
     Inode(u64),
 }
 
+type Msg = (Inval, Option<SyncSender<()>>);
+
 pub struct Invalidator {
-    tx: Mutex<Sender<Inval>>,
-    rx: Mutex<Option<Receiver<Inval>>>,
+    tx: Mutex<Sender<Msg>>,
+    rx: Mutex<Option<Receiver<Msg>>>,
 }
 
 impl Default for Invalidator {
@@ -33,7 +36,17 @@ impl Default for Invalidator {
 impl Invalidator {
     pub fn send(&self, i: Inval) {
         // Before the session starts nothing is cached, so a closed channel loses nothing.
-        let _ = self.tx.lock().send(i);
+        let _ = self.tx.lock().send((i, None));
+    }
+
+    /// Sends and waits (bounded) until the kernel has dropped the entry, so that a change
+    /// is visible when the request that made it returns. The bound keeps a request from
+    /// waiting forever on a kernel lock that another request, queued behind it, holds.
+    pub fn send_and_wait(&self, i: Inval, limit: Duration) {
+        let (ack, done) = sync_channel(1);
+        if self.tx.lock().send((i, Some(ack))).is_ok() && done.recv_timeout(limit).is_err() {
+            log::debug!("invalidation still pending after {limit:?}");
+        }
     }
 
     /// Starts delivering to the kernel through `notifier`.
@@ -44,13 +57,16 @@ impl Invalidator {
         let spawned = std::thread::Builder::new()
             .name("imagefs-inval".into())
             .spawn(move || {
-                for i in rx {
+                for (i, ack) in rx {
                     let r = match &i {
                         Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name),
                         Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
                     };
                     if let Err(e) = r {
                         log::debug!("invalidate {i:?}: {e}");
+                    }
+                    if let Some(ack) = ack {
+                        let _ = ack.send(());
                     }
                 }
             });

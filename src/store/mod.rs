@@ -49,6 +49,15 @@ pub enum Target {
     Tag { repo: String, tag: String },
 }
 
+/// Asked by GC, for a directory it just took out of the store, whether the mount still
+/// serves it to someone (an open file, a cwd). Called under the store lock, once the
+/// directory has left the store and the index. Returning `true` takes ownership of the
+/// trashed directory: the caller must hand it back with [`Store::release_trashed`] when the
+/// last user goes; until then it stays in `STORE/.imagefs/trash/`.
+pub trait InUse: Send + Sync {
+    fn retain(&self, digest: &Digest, trashed: &Path) -> bool;
+}
+
 /// Options for opening a store.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -69,6 +78,7 @@ pub struct Store {
     mutate: Mutex<()>,
     index: RwLock<Index>,
     opts: Options,
+    in_use: std::sync::OnceLock<std::sync::Arc<dyn InUse>>,
 }
 
 /// Held for the whole of a change: the in-process mutex and the store's `flock`.
@@ -112,6 +122,7 @@ impl Store {
             mutate: Mutex::new(()),
             index: RwLock::new(Index::new()),
             opts,
+            in_use: std::sync::OnceLock::new(),
         };
         {
             let _g = store.lock()?;
@@ -119,6 +130,25 @@ impl Store {
             *store.index.write() = ix;
         }
         Ok(store)
+    }
+
+    /// Installs the mount's in-use check (once).
+    pub fn set_in_use(&self, check: std::sync::Arc<dyn InUse>) {
+        let _ = self.in_use.set(check);
+    }
+
+    /// Deletes a collected directory that was kept for its users (see [`InUse`]).
+    pub fn release_trashed(&self, trashed: &Path) {
+        match fsutil::remove_tree(trashed) {
+            Ok(()) => log::info!(
+                "released {}: its last user is gone, the space is freed",
+                trashed.display()
+            ),
+            Err(e) => log::error!(
+                "delete {}: {e}; the next mount will empty the trash",
+                trashed.display()
+            ),
+        }
     }
 
     pub fn root(&self) -> &Path {

@@ -408,17 +408,43 @@ impl Store {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                    warn!(
-                        "rmdir tags/{path}: {} holds entries that are not tags (digest directories or stray files)",
-                        dir.display()
-                    );
-                    return Err(StoreError::NotEmpty(path.to_string()));
+                    if lay == Layout::Legacy && self.only_untagged_digests(&dir, path) {
+                        // The mount shows the repository empty: it goes from the mount, while
+                        // the digest directories no tag names stay in the store for
+                        // `imagefs gc` (unlink never collects them). A remount shows it again.
+                        info!(
+                            "rmdir tags/{path}: kept {} in the store, it holds digest directories that no tag names",
+                            dir.display()
+                        );
+                    } else {
+                        warn!(
+                            "rmdir tags/{path}: {} holds entries that are not tags (stray files?)",
+                            dir.display()
+                        );
+                        return Err(StoreError::NotEmpty(path.to_string()));
+                    }
                 }
                 Err(e) => return Err(e).ctx(|| dir.display().to_string()),
             }
             self.index.write().remove_node(path, lay);
         }
         Ok(())
+    }
+
+    /// Does the legacy directory of repository `repo` hold nothing but digest directories
+    /// without tags?
+    fn only_untagged_digests(&self, dir: &std::path::Path, repo: &str) -> bool {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        let ix = self.index();
+        rd.flatten().all(|e| {
+            e.file_type().is_ok_and(|t| t.is_dir())
+                && e.file_name()
+                    .to_str()
+                    .and_then(Digest::parse_hex)
+                    .is_some_and(|d| ix.refs(&DirKey::Legacy(repo.to_string(), d)) == Some(0))
+        })
     }
 
     /// `mv tags/A tags/B` for a repository directory: moves its tags (and, in the legacy
@@ -710,6 +736,17 @@ impl Store {
             }
         };
         self.index.write().remove_dir(key);
+        let d = key.digest();
+        let last_dir = self.index().dirs_of(&d).next().is_none();
+        if last_dir && self.in_use.get().is_some_and(|u| u.retain(&d, &trashed)) {
+            self.drop_intent(Some(rec));
+            info!(
+                "collected {} from the store; still in use through the mount, kept in {} until its last user goes",
+                key.rel_path().display(),
+                trashed.display()
+            );
+            return vec![key.clone()];
+        }
         if let Err(e) = fsutil::remove_tree(&trashed) {
             log::error!(
                 "delete {}: {e}; will retry at next mount",
