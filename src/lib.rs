@@ -2,9 +2,11 @@
 //!
 //! - [`store`] knows the on-disk layout, names, the in-memory index, GC and its journal.
 //!   It knows nothing of FUSE.
+//! - [`image`] reads erofs images (the `rootfs/` trees), with pread, never mmap.
 //! - [`fs`] maps kernel requests (inodes, handles, errno) onto the store.
 //! - [`cli`] parses the command line and runs the daemon.
 
 pub mod cli;
 pub mod fs;
+pub mod image;
 pub mod store;

@@ -1,0 +1,231 @@
+//! File data: flat (plain/inline), chunk-based and compressed layouts.
+//!
+//! `read` fills the caller's buffer completely unless EOF comes first.
+//! Flat and chunked data is `pread` straight into the buffer (no copy, no
+//! cache: the kernel page cache holds file data). Compressed data is decoded
+//! one pcluster (extent) at a time; only extents overlapping the request are
+//! decoded, and each decoded extent is kept in a bounded LRU so sequential
+//! 128 KiB reads decode every extent once.
+
+use std::sync::Arc;
+
+use super::Image;
+use super::bytes::{add, le32, to_usize};
+use super::error::{ImageError, corrupt};
+use super::inode::{InodeInfo, Layout};
+use super::lz4;
+use super::sb::FEAT_ZERO_PADDING;
+use super::zmap::{Decode, Extent, ZInfo};
+
+const NULL_ADDR: u32 = u32::MAX;
+
+impl Image {
+    /// Read up to `buf.len()` bytes of `info`'s data at `offset`; short only at EOF.
+    pub(crate) fn read_data(
+        &self,
+        info: &InodeInfo,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, ImageError> {
+        let size = info.attr.size;
+        if offset >= size || buf.is_empty() {
+            return Ok(0);
+        }
+        let want = to_usize((size - offset).min(buf.len() as u64), "read length")?;
+        let Some(out) = buf.get_mut(..want) else {
+            return corrupt("read buffer");
+        };
+        match info.layout {
+            Layout::Plain { start: None } => out.fill(0),
+            Layout::Plain { start: Some(start) } => {
+                self.src
+                    .read_exact_at(out, add(start, offset, "plain data")?)?;
+            }
+            Layout::Inline { start } => self.read_inline(info, start, offset, out)?,
+            Layout::Chunked { format, chunkbits } => {
+                self.read_chunked(info, format, chunkbits, offset, out)?
+            }
+            Layout::Compressed { compact } => self.read_compressed(info, compact, offset, out)?,
+            Layout::None => return Err(ImageError::NoData),
+        }
+        Ok(want)
+    }
+
+    fn read_inline(
+        &self,
+        info: &InodeInfo,
+        start: u64,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), ImageError> {
+        let bs = self.sb.block_size();
+        let size = info.attr.size;
+        let tail_start = size.saturating_sub(1) / bs * bs;
+        let mut done = 0usize;
+        let mut cur = offset;
+        while let Some(rest) = out.get_mut(done..) {
+            if rest.is_empty() {
+                break;
+            }
+            let n;
+            if cur < tail_start {
+                n = to_usize((tail_start - cur).min(rest.len() as u64), "inline read")?;
+                let dst = rest
+                    .get_mut(..n)
+                    .ok_or_else(|| ImageError::Corrupt("inline split".into()))?;
+                self.src
+                    .read_exact_at(dst, add(start, cur, "inline data")?)?;
+            } else {
+                n = rest.len();
+                let pos = add(info.tail_pos()?, cur - tail_start, "inline tail")?;
+                self.src.read_cached(rest, pos)?;
+            }
+            done += n;
+            cur += n as u64;
+        }
+        Ok(())
+    }
+
+    fn read_chunked(
+        &self,
+        info: &InodeInfo,
+        format: u16,
+        chunkbits: u32,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), ImageError> {
+        let unit: u64 = if format & 0x20 != 0 { 8 } else { 4 };
+        let base = info
+            .tail_pos()?
+            .checked_add(unit - 1)
+            .map(|p| p & !(unit - 1))
+            .ok_or_else(|| ImageError::Corrupt("chunk index position overflows".into()))?;
+        let chunk = 1u64 << chunkbits;
+        let mut done = 0usize;
+        let mut cur = offset;
+        while let Some(rest) = out.get_mut(done..) {
+            if rest.is_empty() {
+                break;
+            }
+            let idx = cur >> chunkbits;
+            let within = cur & (chunk - 1);
+            let n = to_usize((chunk - within).min(rest.len() as u64), "chunk read")?;
+            let dst = rest
+                .get_mut(..n)
+                .ok_or_else(|| ImageError::Corrupt("chunk split".into()))?;
+            let mut rec = [0u8; 8];
+            let rec = rec
+                .get_mut(..unit as usize)
+                .ok_or_else(|| ImageError::Corrupt("chunk record".into()))?;
+            let pos = idx
+                .checked_mul(unit)
+                .and_then(|o| o.checked_add(base))
+                .ok_or_else(|| ImageError::Corrupt("chunk index overflows".into()))?;
+            self.src.read_cached(rec, pos)?;
+            let blkaddr = le32(rec, if unit == 8 { 4 } else { 0 }, "chunk blkaddr")?;
+            if blkaddr == NULL_ADDR {
+                dst.fill(0);
+            } else {
+                let p = add(u64::from(blkaddr) << self.sb.blkbits, within, "chunk data")?;
+                self.src.read_exact_at(dst, p)?;
+            }
+            done += n;
+            cur += n as u64;
+        }
+        Ok(())
+    }
+
+    fn zinfo(&self, info: &InodeInfo, compact: bool) -> Result<Arc<ZInfo>, ImageError> {
+        if let Some(z) = self.zinfos.get(&info.attr.nid.0) {
+            return Ok(z);
+        }
+        let z = Arc::new(ZInfo::load(&self.src, &self.sb, info, compact)?);
+        self.zinfos.insert(info.attr.nid.0, Arc::clone(&z), 1);
+        Ok(z)
+    }
+
+    fn read_compressed(
+        &self,
+        info: &InodeInfo,
+        compact: bool,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), ImageError> {
+        let z = self.zinfo(info, compact)?;
+        let mut done = 0usize;
+        let mut cur = offset;
+        while let Some(rest) = out.get_mut(done..) {
+            if rest.is_empty() {
+                break;
+            }
+            let ext = z.map(&self.src, &self.sb, cur)?;
+            let data = self.extent_data(info, &ext)?;
+            let within = to_usize(cur - ext.la, "extent offset")?;
+            let src = data
+                .get(within..)
+                .ok_or_else(|| ImageError::Corrupt("extent shorter than mapped".into()))?;
+            let n = src.len().min(rest.len());
+            let (Some(d), Some(s)) = (rest.get_mut(..n), src.get(..n)) else {
+                return corrupt("extent copy");
+            };
+            d.copy_from_slice(s);
+            if n == 0 {
+                return corrupt("compressed read made no progress");
+            }
+            done += n;
+            cur += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The decoded bytes of `ext` (exactly `ext.llen` long), cached.
+    fn extent_data(&self, info: &InodeInfo, ext: &Extent) -> Result<Arc<Vec<u8>>, ImageError> {
+        let key = (info.attr.nid.0, ext.la);
+        if let Some(d) = self.extents.get(&key)
+            && d.len() as u64 == ext.llen
+        {
+            return Ok(d);
+        }
+        let llen = to_usize(ext.llen, "extent length")?;
+        let raw = self
+            .src
+            .read_vec(ext.pa, to_usize(ext.plen, "pcluster length")?)?;
+        let data = match ext.decode {
+            Decode::Shifted => raw.get(..llen).map(<[u8]>::to_vec),
+            Decode::Interlaced => {
+                let bs = self.sb.block_size();
+                let cur = to_usize((bs - ext.la % bs).min(ext.llen), "interlaced head")?;
+                let head = raw.len().checked_sub(cur).and_then(|s| raw.get(s..));
+                match (head, raw.get(..llen - cur)) {
+                    (Some(h), Some(t)) => Some([h, t].concat()),
+                    _ => None,
+                }
+            }
+            Decode::Lz4 => {
+                let mut input: &[u8] = &raw;
+                if self.sb.has(FEAT_ZERO_PADDING) {
+                    let scan = raw.len().min(to_usize(self.sb.block_size(), "block size")?);
+                    let lead = raw.iter().take(scan).take_while(|&&b| b == 0).count();
+                    if lead == scan {
+                        return corrupt("lz4 pcluster is all padding");
+                    }
+                    input = raw.get(lead..).unwrap_or_default();
+                }
+                let mut out = vec![0u8; llen];
+                let n = lz4::decompress(input, &mut out)?;
+                if n != llen {
+                    return corrupt(format!(
+                        "lz4 pcluster decoded to {n} bytes, expected {llen}"
+                    ));
+                }
+                Some(out)
+            }
+        };
+        let Some(data) = data else {
+            return corrupt("uncompressed pcluster shorter than its extent");
+        };
+        let data = Arc::new(data);
+        self.extents.insert(key, Arc::clone(&data), llen);
+        Ok(data)
+    }
+}

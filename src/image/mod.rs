@@ -1,0 +1,206 @@
+//! Read-only access to erofs images for the FUSE layer (`rootfs/`).
+//!
+//! This is our own reader of the erofs on-disk format (see `DESIGN.md`
+//! section 2: the kernel's erofs driver is the reference). It reads the
+//! image with `pread` only — never `mmap` — so an image truncated or
+//! rewritten underneath a mount gives `EIO`, never `SIGBUS`.
+//!
+//! # Supported format
+//! Superblock (block sizes 512 B..64 KiB; crc32c verified when flagged, as
+//! the kernel does at mount), compact and extended inodes, flat plain /
+//! flat inline / chunk-based data (4- and 8-byte chunk indexes, holes),
+//! directories, xattrs (inline, shared, short and long name prefixes), LZ4
+//! compressed files with legacy and compact (4B/2B) indexes, big
+//! pclusters, 0-padding, HEAD2, uncompressed (shifted and interlaced)
+//! pclusters, and tail-packed inline pclusters (ztailpacking). Rejected
+//! with [`ImageError::Unsupported`]: fragments/dedupe (feature 0x20),
+//! 48-bit layout, metabox, extra devices, algorithms other than LZ4 (LZMA,
+//! DEFLATE, Zstandard).
+//!
+//! # API contract
+//! * [`Image`] is `Send + Sync`; share it with `Arc`. All methods take `&self`.
+//! * [`Image::inode`] returns attributes exactly as the kernel shows them;
+//!   `ino` is the nid (the kernel's `st_ino`), so hard links share it. Nids
+//!   are < 2^51, so the FUSE layer can put an image number in the top bits
+//!   when several images share one mount.
+//! * [`Image::lookup`] costs O(log n) block reads; names the FUSE layer
+//!   must never serve (`.`, `..`, empty, containing `/` or NUL) are never
+//!   found.
+//! * [`Image::readdir`] never yields `.` or `..` (the FUSE layer makes its
+//!   own, with its own inode numbers) and skips untrusted names with a
+//!   warning. Offsets are opaque and resumable; every offset handed out
+//!   is at least 12, so 0 means "start" and 1 and 2 are free for the FUSE
+//!   layer's `.` and `..`.
+//! * [`Image::read`] fills the whole buffer unless EOF comes first. Only
+//!   pclusters overlapping the request are decoded; each is decoded whole
+//!   (its extent, bounded by mkfs to a few MiB) and cached, so sequential
+//!   reads decode every pcluster once.
+//! * Every error caused by image bytes is [`ImageError::Corrupt`] (map with
+//!   [`ImageError::errno`]); no input can make this module panic, loop
+//!   without bound, or allocate more than a bounded amount (records <= 32
+//!   MiB, extents <= 16 MiB).
+//!
+//! # Caches (per image, bounded)
+//! Raw 32 KiB windows of the image (~8 MiB: metadata and pclusters), parsed
+//! inodes (~4096), compression headers (~1024), decoded extents (~8 MiB).
+//! Each is a two-generation LRU, so the bound is at most twice these.
+
+mod bytes;
+mod cache;
+mod data;
+mod dir;
+mod error;
+mod inode;
+mod lz4;
+mod sb;
+mod source;
+mod xattr;
+mod zindex;
+mod zmap;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::sync::{Arc, OnceLock};
+
+pub use dir::DirEntry;
+pub use error::ImageError;
+pub use inode::{FileKind, Inode, Nid};
+pub use xattr::Xattrs;
+
+use bytes::to_usize;
+use cache::Cache;
+use inode::InodeInfo;
+use sb::{SB_OFFSET, SB_SIZE, SuperBlock};
+use source::Source;
+use zmap::ZInfo;
+
+/// Longest symlink target the kernel returns (`PAGE_SIZE - 1`).
+const SYMLINK_MAX: usize = 4095;
+
+/// Long xattr prefix table: (base name index, infix) per entry.
+type PrefixTable = Result<Vec<(u8, Vec<u8>)>, String>;
+
+/// An open erofs image.
+pub struct Image {
+    src: Source,
+    sb: SuperBlock,
+    inodes: Cache<u64, InodeInfo>,
+    zinfos: Cache<u64, ZInfo>,
+    extents: Cache<(u64, u64), Vec<u8>>,
+    /// Long xattr name prefixes (base index, infix), loaded on first use.
+    prefixes: OnceLock<PrefixTable>,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("sb", &self.sb)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Image {
+    /// Open an image; checks the superblock and the root inode.
+    pub fn open(file: File) -> Result<Image, ImageError> {
+        let src = Source::new(file);
+        let mut raw = [0u8; SB_SIZE];
+        src.read_exact_at(&mut raw, SB_OFFSET)?;
+        let sb = SuperBlock::parse(&raw)?;
+        if SuperBlock::wants_checksum(&raw)? {
+            let mut data = vec![0u8; to_usize(sb.checksum_len(), "checksum length")?];
+            src.read_exact_at(&mut data, SB_OFFSET)?;
+            SuperBlock::verify_checksum(&data)?;
+        }
+        let img = Image {
+            src,
+            sb,
+            inodes: Cache::new(4096),
+            zinfos: Cache::new(1024),
+            extents: Cache::new(8 << 20),
+            prefixes: OnceLock::new(),
+        };
+        let root = img.inode(img.root())?;
+        if root.kind != FileKind::Directory {
+            return Err(ImageError::Corrupt("root inode is not a directory".into()));
+        }
+        Ok(img)
+    }
+
+    /// The root directory's nid.
+    pub fn root(&self) -> Nid {
+        Nid(self.sb.root_nid)
+    }
+
+    /// Parsed inode, cached.
+    fn info(&self, nid: Nid) -> Result<InodeInfo, ImageError> {
+        if let Some(i) = self.inodes.get(&nid.0) {
+            return Ok((*i).clone());
+        }
+        let info = inode::load(&self.src, &self.sb, nid)?;
+        self.inodes.insert(nid.0, Arc::new(info.clone()), 1);
+        Ok(info)
+    }
+
+    /// Attributes of inode `nid`.
+    pub fn inode(&self, nid: Nid) -> Result<Inode, ImageError> {
+        Ok(self.info(nid)?.attr)
+    }
+
+    /// The nid named `name` in directory `dir`, if any.
+    pub fn lookup(&self, dir: Nid, name: &[u8]) -> Result<Option<Nid>, ImageError> {
+        self.lookup_impl(dir, name)
+    }
+
+    /// Call `f` for each entry of `dir` from `offset` (0 = start) until it
+    /// returns `false`; resume later with the last entry's `offset`.
+    pub fn readdir(
+        &self,
+        dir: Nid,
+        offset: u64,
+        mut f: impl FnMut(DirEntry) -> bool,
+    ) -> Result<(), ImageError> {
+        self.readdir_impl(dir, offset, &mut f)
+    }
+
+    /// Read file data at `offset`; the result is short only at EOF.
+    pub fn read(&self, nid: Nid, offset: u64, buf: &mut [u8]) -> Result<usize, ImageError> {
+        let info = self.info(nid)?;
+        match info.attr.kind {
+            FileKind::Regular | FileKind::Symlink => self.read_data(&info, offset, buf),
+            FileKind::Directory => Err(ImageError::IsDir),
+            _ => Err(ImageError::NoData),
+        }
+    }
+
+    /// Target of symlink `nid` (as the kernel returns it: at most 4095 bytes, up to the first NUL).
+    pub fn readlink(&self, nid: Nid) -> Result<Vec<u8>, ImageError> {
+        let info = self.info(nid)?;
+        if info.attr.kind != FileKind::Symlink {
+            return Err(ImageError::NotSymlink);
+        }
+        let len = info.attr.size.min(SYMLINK_MAX as u64) as usize;
+        let mut v = vec![0u8; len];
+        let n = self.read_data(&info, 0, &mut v)?;
+        v.truncate(n);
+        if let Some(nul) = v.iter().position(|&b| b == 0) {
+            v.truncate(nul);
+        }
+        Ok(v)
+    }
+
+    /// All extended attributes as (full name, value), in the kernel's order.
+    pub fn xattrs(&self, nid: Nid) -> Result<Xattrs, ImageError> {
+        self.xattrs_impl(nid)
+    }
+}
+
+#[cfg(test)]
+mod send_sync {
+    fn assert_send_sync<T: Send + Sync>() {}
+    #[test]
+    fn image_is_send_sync() {
+        assert_send_sync::<super::Image>();
+    }
+}

@@ -1,0 +1,249 @@
+//! Measurements against the kernel (ignored by default; run with
+//! `cargo test --release --lib bench -- --ignored --nocapture`).
+//! Needs root; uses /usr/share as the tree and /usr/bin + /usr/lib bytes
+//! for the large file.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use super::fixture::{Mount, kernel_available, mkfs};
+use crate::image::{FileKind, Image, Nid};
+
+fn drop_caches() {
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Concatenate regular files under `dirs` into `out` until `limit` bytes.
+fn make_big(out: &Path, dirs: &[&str], limit: u64) {
+    let mut f = fs::File::create(out).expect("create big");
+    let mut written = 0u64;
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(Into::into).collect();
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.is_dir() {
+                stack.push(p);
+            } else if md.is_file()
+                && let Ok(data) = fs::read(&p)
+            {
+                {
+                    let n = data.len().min((limit - written) as usize);
+                    f.write_all(&data[..n]).expect("write");
+                    written += n as u64;
+                    if written >= limit {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ours_read_all(img: &Image, nid: Nid, check: bool) -> (u64, u64) {
+    let mut buf = vec![0u8; 128 * 1024];
+    let (mut off, mut sum) = (0u64, 0u64);
+    loop {
+        let n = img.read(nid, off, &mut buf).expect("read");
+        if n == 0 {
+            return (off, sum);
+        }
+        if check {
+            sum = checksum(sum, &buf[..n]);
+        }
+        off += n as u64;
+    }
+}
+
+/// Cheap order-sensitive checksum (only used in an untimed verification pass).
+fn checksum(sum: u64, b: &[u8]) -> u64 {
+    b.iter()
+        .fold(sum, |s, &x| s.wrapping_mul(31).wrapping_add(u64::from(x)))
+}
+
+fn kernel_read_all(p: &Path, check: bool) -> (u64, u64) {
+    let mut f = fs::File::open(p).expect("open");
+    let mut buf = vec![0u8; 128 * 1024];
+    let (mut off, mut sum) = (0u64, 0u64);
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            return (off, sum);
+        }
+        if check {
+            sum = checksum(sum, &buf[..n]);
+        }
+        off += n as u64;
+    }
+}
+
+fn ours_walk(img: &Image) -> usize {
+    let mut stack = vec![img.root()];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        let mut kids = Vec::new();
+        img.readdir(d, 0, |e| {
+            kids.push((e.name.to_vec(), e.nid));
+            true
+        })
+        .expect("readdir");
+        for (name, nid) in kids {
+            let found = img.lookup(d, &name).expect("lookup");
+            assert_eq!(found, Some(nid));
+            let ino = img.inode(nid).expect("inode");
+            n += 1;
+            if ino.kind == FileKind::Directory {
+                stack.push(nid);
+            }
+        }
+    }
+    n
+}
+
+fn kernel_walk(root: &Path) -> usize {
+    let mut stack = vec![root.to_path_buf()];
+    let mut n = 0;
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("readdir") {
+            let p = e.expect("entry").path();
+            let md = fs::symlink_metadata(&p).expect("stat");
+            n += 1;
+            if md.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    n
+}
+
+fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+#[test]
+#[ignore]
+fn bench_against_kernel() {
+    if !kernel_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bigdir = tmp.path().join("bigsrc");
+    fs::create_dir_all(&bigdir).expect("mkdir");
+    let mb: u64 = std::env::var("IMAGEFS_BENCH_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(256);
+    make_big(&bigdir.join("big"), &["/usr/bin", "/usr/lib"], mb << 20);
+    let big_img = tmp.path().join("big.erofs");
+    let tree_img = tmp.path().join("tree.erofs");
+    let tree_src = std::env::var("IMAGEFS_BENCH_TREE").unwrap_or_else(|_| "/usr/share".into());
+    let (_, t) = time(|| mkfs(&big_img, &bigdir, &["-zlz4"]));
+    eprintln!(
+        "mkfs -zlz4 big file ({mb} MiB): {t:.2}s, image {} MiB",
+        fs::metadata(&big_img).expect("md").len() >> 20
+    );
+    let (_, t) = time(|| mkfs(&tree_img, Path::new(&tree_src), &["-zlz4"]));
+    eprintln!("mkfs -zlz4 {tree_src}: {t:.2}s");
+    let bm = Mount::new(&big_img, &tmp.path().join("bm"));
+    let tm = Mount::new(&tree_img, &tmp.path().join("tm"));
+    let kfile = bm.dir.join("big");
+
+    for round in ["cold", "warm"] {
+        if round == "cold" {
+            drop_caches();
+        }
+        let (k, tk) = time(|| kernel_read_all(&kfile, false));
+        if round == "cold" {
+            drop_caches();
+        }
+        let img = Image::open(fs::File::open(&big_img).expect("open")).expect("Image");
+        let nid = img
+            .lookup(img.root(), b"big")
+            .expect("lookup")
+            .expect("big");
+        let (o, to) = time(|| ours_read_all(&img, nid, false));
+        assert_eq!(k.0, o.0, "same length");
+        let mbs = |s: f64| k.0 as f64 / s / 1048576.0;
+        eprintln!(
+            "{round} sequential 128KiB reads of {} MiB lz4 file: kernel {tk:.3}s ({:.0} MiB/s), ours {to:.3}s ({:.0} MiB/s), ratio {:.2}",
+            k.0 >> 20,
+            mbs(tk),
+            mbs(to),
+            to / tk
+        );
+        // Second pass on the same Image (decoded cache warm only for the tail).
+        if round == "warm" {
+            let (_, to2) = time(|| ours_read_all(&img, nid, false));
+            eprintln!("warm, same Image again: ours {to2:.3}s");
+        }
+    }
+    round_trip_cat(&kfile);
+    {
+        let img = Image::open(fs::File::open(&big_img).expect("open")).expect("Image");
+        let nid = img
+            .lookup(img.root(), b"big")
+            .expect("lookup")
+            .expect("big");
+        assert_eq!(
+            ours_read_all(&img, nid, true),
+            kernel_read_all(&kfile, true),
+            "same content"
+        );
+    }
+    for round in ["cold", "warm"] {
+        if round == "cold" {
+            drop_caches();
+        }
+        let (nk, tk) = time(|| kernel_walk(&tm.dir));
+        if round == "cold" {
+            drop_caches();
+        }
+        let img = Image::open(fs::File::open(&tree_img).expect("open")).expect("Image");
+        let (no, to) = time(|| ours_walk(&img));
+        assert_eq!(nk, no);
+        eprintln!(
+            "{round} tree walk of {nk} entries: kernel (readdir+lstat) {tk:.3}s, ours (readdir+lookup+inode) {to:.3}s, ratio {:.2}",
+            to / tk
+        );
+    }
+}
+
+/// Time `cat FILE > /dev/null` cold, for the record.
+fn round_trip_cat(p: &Path) {
+    drop_caches();
+    let t = Instant::now();
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cat '{}' > /dev/null", p.display()))
+        .status();
+    eprintln!(
+        "cold `cat` of the kernel-mounted file: {:.3}s ({st:?})",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+/// Read `/big` of `$IMAGEFS_IMG` five times (profiling aid).
+#[test]
+#[ignore]
+fn read_loop_for_profiling() {
+    let Ok(p) = std::env::var("IMAGEFS_IMG") else {
+        return;
+    };
+    let img = Image::open(fs::File::open(p).expect("open")).expect("Image");
+    let nid = img
+        .lookup(img.root(), b"big")
+        .expect("lookup")
+        .expect("big");
+    for _ in 0..5 {
+        let (_, t) = time(|| ours_read_all(&img, nid, false));
+        eprintln!("{t:.3}s");
+    }
+}

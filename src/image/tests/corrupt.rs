@@ -1,0 +1,234 @@
+//! Mutation test: corrupted and truncated images must give errors, never
+//! panics, hangs or unbounded allocations. Bounded in time.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+
+use super::fixture::{build_tree, kernel_available, mkfs};
+use crate::image::inode::{Layout, inode_pos};
+use crate::image::{FileKind, Image};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}
+
+/// An anonymous in-memory file holding `bytes`.
+fn memfile(bytes: &[u8]) -> File {
+    let fd = unsafe { libc::memfd_create(c"imagefs-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create");
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(bytes).expect("write memfd");
+    f
+}
+
+/// Visit everything reachable, ignoring errors; returns (inodes, bytes) seen.
+fn walk_all(img: &Image, budget: &mut u64) -> (usize, u64, usize) {
+    let mut errors = 0usize;
+    let mut seen = HashSet::new();
+    let mut stack = vec![img.root()];
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 128 * 1024];
+    while let Some(nid) = stack.pop() {
+        if !seen.insert(nid) || *budget == 0 {
+            continue;
+        }
+        *budget -= 1;
+        let Ok(ino) = img.inode(nid) else {
+            errors += 1;
+            continue;
+        };
+        errors += usize::from(img.xattrs(nid).is_err());
+        match ino.kind {
+            FileKind::Directory => {
+                let mut names = Vec::new();
+                let r = img.readdir(nid, 0, |e| {
+                    names.push((e.name.to_vec(), e.nid, e.offset));
+                    names.len() < 20_000
+                });
+                errors += usize::from(r.is_err());
+                for (name, child, off) in names {
+                    let _ = img.lookup(nid, &name);
+                    if off % 5 == 0 {
+                        let _ = img.readdir(nid, off, |_| false);
+                    }
+                    stack.push(child);
+                }
+            }
+            FileKind::Regular => {
+                let mut off = 0u64;
+                while off < ino.size.min(1 << 20) {
+                    match img.read(nid, off, &mut buf) {
+                        Ok(0) => break,
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                        Ok(n) => {
+                            bytes += n as u64;
+                            off += n as u64;
+                        }
+                    }
+                }
+                let _ = img.read(nid, ino.size / 3, &mut buf[..5000]);
+            }
+            FileKind::Symlink => {
+                let _ = img.readlink(nid);
+            }
+            _ => {}
+        }
+    }
+    (seen.len(), bytes, errors)
+}
+
+/// Byte ranges worth mutating: superblock, and every inode's neighbourhood.
+fn interesting(img: &Image, len: usize) -> Vec<(u64, u64)> {
+    let mut v = vec![(1024u64, 128u64)];
+    let mut stack = vec![img.root()];
+    let mut seen = HashSet::new();
+    while let Some(nid) = stack.pop() {
+        if !seen.insert(nid) || seen.len() > 400 {
+            continue;
+        }
+        if let Ok(pos) = inode_pos(&img.sb, nid) {
+            v.push((pos, 512));
+        }
+        if let Ok(info) = img.info(nid)
+            && info.attr.kind == FileKind::Directory
+            && let Layout::Plain { start: Some(s) } | Layout::Inline { start: s } = info.layout
+        {
+            v.push((s, 4096));
+        }
+        let _ = img.readdir(nid, 0, |e| {
+            stack.push(e.nid);
+            stack.len() < 400
+        });
+    }
+    v.retain(|&(p, _)| p < len as u64);
+    v
+}
+
+fn fuzz_image(base: &[u8], seed: u64, deadline: Instant, min_iters: usize) -> usize {
+    let clean = Image::open(memfile(base)).expect("clean image opens");
+    let mut budget = u64::MAX;
+    let (n, _, e) = walk_all(&clean, &mut budget);
+    assert!(n > 10 && e == 0, "clean image: {n} inodes, {e} errors");
+    let targets = interesting(&clean, base.len());
+    let mut rng = Rng(seed);
+    let mut iters = 0;
+    let mut opened = 0;
+    let mut erred = 0;
+    while iters < min_iters || Instant::now() < deadline {
+        let mut img = base.to_vec();
+        let muts = 1 + rng.below(6);
+        for _ in 0..muts {
+            let (start, span) = if rng.below(4) == 0 {
+                (0, img.len() as u64)
+            } else {
+                targets[rng.below(targets.len() as u64) as usize]
+            };
+            let pos = (start + rng.below(span)) as usize;
+            if pos >= img.len() {
+                continue;
+            }
+            match rng.below(5) {
+                0 => img[pos] ^= 1 << rng.below(8),
+                1 => img[pos] = rng.next() as u8,
+                2 => img[pos] = [0, 0xff, 0x7f, 0x80][rng.below(4) as usize],
+                3 => {
+                    for b in img.iter_mut().skip(pos).take(1 + rng.below(16) as usize) {
+                        *b = rng.next() as u8;
+                    }
+                }
+                _ => {
+                    let cut = rng.below(img.len() as u64) as usize;
+                    img.truncate(cut.max(pos));
+                }
+            }
+        }
+        let t = Instant::now();
+        let result = std::panic::catch_unwind(|| {
+            if let Ok(image) = Image::open(memfile(&img)) {
+                let mut budget = 3000;
+                Some(walk_all(&image, &mut budget).2)
+            } else {
+                None
+            }
+        });
+        match result {
+            Ok(Some(e)) => {
+                opened += 1;
+                erred += usize::from(e > 0);
+            }
+            Ok(None) => {}
+            Err(_) => {
+                let path = std::env::temp_dir().join(format!("imagefs-crash-{seed}-{iters}.erofs"));
+                let _ = std::fs::write(&path, &img);
+                panic!(
+                    "panic on mutated image (seed {seed}, iteration {iters}), saved to {path:?}"
+                );
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "iteration {iters} too slow"
+        );
+        iters += 1;
+    }
+    eprintln!(
+        "seed {seed}: {iters} mutated images, {opened} opened and walked, {erred} of those gave errors"
+    );
+    iters
+}
+
+#[test]
+fn corrupted_images_never_panic() {
+    if !kernel_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    build_tree(&src, false, false);
+    let budget: u64 = std::env::var("IMAGEFS_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let variants: &[&[&str]] = &[
+        &[],
+        &["-zlz4"],
+        &["-zlz4hc", "-C16384", "-Eztailpacking"],
+        &["-zlz4", "-Elegacy-compress"],
+        &[
+            "--chunksize=8192",
+            "-Eforce-inode-compact",
+            "--force-uid=1",
+            "--force-gid=1",
+        ],
+    ];
+    let per = Duration::from_secs(budget) / variants.len() as u32;
+    let mut total = 0;
+    for (i, args) in variants.iter().enumerate() {
+        let p = tmp.path().join(format!("v{i}.erofs"));
+        mkfs(&p, &src, args);
+        let base = std::fs::read(&p).expect("read image");
+        total += fuzz_image(
+            &base,
+            0x9e37_79b9_7f4a_7c15 ^ i as u64,
+            Instant::now() + per,
+            400,
+        );
+    }
+    assert!(total >= 2000, "only {total} mutations ran");
+}

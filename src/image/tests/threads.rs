@@ -1,0 +1,142 @@
+//! Concurrency, "file changed underneath" and superblock checksum behaviour.
+
+use std::fs;
+use std::sync::Arc;
+
+use super::fixture::{build_tree, kernel_available, mkfs};
+use crate::image::{FileKind, Image, ImageError, Nid};
+
+/// (nid, content) of every regular file, read with 128 KiB reads.
+fn all_files(img: &Image, chunk: usize) -> Vec<(Nid, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![img.root()];
+    while let Some(d) = stack.pop() {
+        let mut kids = Vec::new();
+        img.readdir(d, 0, |e| {
+            kids.push(e.nid);
+            true
+        })
+        .expect("readdir");
+        for nid in kids {
+            match img.inode(nid).expect("inode").kind {
+                FileKind::Directory => stack.push(nid),
+                FileKind::Regular => {
+                    let mut data = Vec::new();
+                    let mut buf = vec![0u8; chunk];
+                    loop {
+                        let n = img.read(nid, data.len() as u64, &mut buf).expect("read");
+                        if n == 0 {
+                            break;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                    }
+                    out.push((nid, data));
+                }
+                _ => {}
+            }
+        }
+    }
+    out.sort_by_key(|(n, _)| *n);
+    out
+}
+
+#[test]
+fn shared_image_concurrent_reads_agree() {
+    if !kernel_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    build_tree(&src, false, false);
+    let p = tmp.path().join("img.erofs");
+    mkfs(&p, &src, &["-zlz4hc", "-C16384"]);
+    let img = Arc::new(Image::open(fs::File::open(&p).expect("open")).expect("Image"));
+    let want = all_files(
+        &Image::open(fs::File::open(&p).expect("open")).expect("Image"),
+        128 << 10,
+    );
+    let threads: Vec<_> = [4096usize, 128 << 10, 10_007, 1 << 20]
+        .into_iter()
+        .map(|chunk| {
+            let img = Arc::clone(&img);
+            std::thread::spawn(move || all_files(&img, chunk))
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().expect("thread") == want, "concurrent reads differ");
+    }
+}
+
+#[test]
+fn truncated_underneath_gives_errors() {
+    if !kernel_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    build_tree(&src, false, false);
+    let p = tmp.path().join("img.erofs");
+    mkfs(&p, &src, &["-zlz4"]);
+    let img = Image::open(fs::File::open(&p).expect("open")).expect("Image");
+    let big = img
+        .lookup(img.root(), b"big")
+        .expect("lookup")
+        .expect("big dir");
+    let file = img
+        .lookup(big, b"text_600k")
+        .expect("lookup")
+        .expect("file");
+    // Truncate the image file in place after opening it (as a rewrite would).
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open rw")
+        .set_len(4096)
+        .expect("truncate");
+    let mut buf = vec![0u8; 128 << 10];
+    let mut saw_error = false;
+    let mut off = 0;
+    while off < 600 << 10 {
+        match img.read(file, off, &mut buf) {
+            Err(ImageError::Corrupt(_)) => {
+                saw_error = true;
+                break;
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(n) => off += n as u64,
+        }
+    }
+    assert!(saw_error, "reads past the truncated end must fail");
+}
+
+#[test]
+fn superblock_checksum_is_verified_like_the_kernel() {
+    if !kernel_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    fs::write(src.join("f"), b"hello").expect("write");
+    let p = tmp.path().join("img.erofs");
+    mkfs(&p, &src, &[]);
+    Image::open(fs::File::open(&p).expect("open")).expect("valid image opens");
+    let mut bytes = fs::read(&p).expect("read");
+    bytes[1024 + 300] ^= 0x40; // unused superblock space, covered by the crc
+    fs::write(&p, &bytes).expect("write");
+    let r = Image::open(fs::File::open(&p).expect("open"));
+    assert!(matches!(r, Err(ImageError::Corrupt(_))), "{r:?}");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mkdir");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(&p)
+        .arg(&mnt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("mount");
+    if st.success() {
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        panic!("kernel mounted an image with a bad checksum");
+    }
+}
