@@ -16,7 +16,9 @@ use super::errno::{Error, Result};
 use super::handles::{DirEntry, Handle};
 use super::inodes::{self, NodeKey};
 use super::notify::Inval;
+use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use super::{ImageFs, target};
+use crate::image::Nid;
 use crate::store::{self, DirKey, RenameMode, names};
 
 /// Which part of the tree a node belongs to decides what a change to it gets.
@@ -47,6 +49,7 @@ impl ImageFs {
             NodeKey::Digests | NodeKey::Digest(_) | NodeKey::DigestFile(..) => {
                 Area::ReadOnly("digests/".into())
             }
+            NodeKey::Rootfs(..) => Area::ReadOnly("rootfs/".into()),
             NodeKey::Private | NodeKey::Metrics => Area::ReadOnly(".imagefs/".into()),
             NodeKey::Gone(_) => return Err(Error::not_found("removed node")),
         })
@@ -129,12 +132,24 @@ impl ImageFs {
             }
             NodeKey::Digest(d) => {
                 let dir = self.digest_dir(d).ok_or_else(missing)?;
-                if name == ROOTFS_IMAGE && !is_ready(&dir) {
+                if (name == ROOTFS_IMAGE || name == ROOTFS) && !is_ready(&dir) {
                     return Err(missing());
+                }
+                if name == ROOTFS {
+                    let img = self.images.get(d, &dir)?;
+                    return Ok(NodeKey::Rootfs(*d, img.root().0));
                 }
                 match std::fs::symlink_metadata(dir.join(name)) {
                     Ok(m) if m.is_file() => Ok(NodeKey::DigestFile(*d, name.to_os_string())),
                     _ => Err(missing()),
+                }
+            }
+            NodeKey::Rootfs(d, nid) => {
+                let img = self.image(d)?;
+                match img.lookup(Nid(*nid), name.as_bytes()) {
+                    Ok(Some(child)) => Ok(NodeKey::Rootfs(*d, child.0)),
+                    Ok(None) => Err(missing()),
+                    Err(e) => Err(self.images.error(d, e)),
                 }
             }
             NodeKey::Private if name == "metrics" => Ok(NodeKey::Metrics),
@@ -222,6 +237,11 @@ impl ImageFs {
                     IMMUTABLE_TTL,
                 )
             }
+            NodeKey::Rootfs(d, nid) => {
+                let img = self.image(d)?;
+                let i = img.inode(Nid(*nid)).map_err(|e| self.images.error(d, e))?;
+                (rootfs::attr_of(&i), IMMUTABLE_TTL)
+            }
             NodeKey::Gone(ino) => return Err(Error::not_found(format!("inode {ino} was removed"))),
         })
     }
@@ -249,12 +269,107 @@ impl ImageFs {
         let released = {
             let mut inodes = self.inodes.lock();
             match inodes.forget(ino, n).and_then(|k| k.digest()) {
-                Some(d) if !inodes.holds(&d) => inodes.zombies.remove(&d),
+                Some(d) if !inodes.holds(&d) => {
+                    self.images.close(&d);
+                    inodes.zombies.remove(&d)
+                }
                 _ => None,
             }
         };
         if let Some(trashed) = released {
             self.store.release_trashed(&trashed);
+        }
+    }
+
+    /// The open image of digest `d`.
+    fn image(&self, d: &store::Digest) -> Result<Arc<crate::image::Image>> {
+        let dir = self
+            .digest_dir(d)
+            .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
+        self.images.get(d, &dir)
+    }
+
+    /// Lists an open directory from `offset`, calling `add(ino, next_offset, kind, name)`
+    /// until it returns true (the reply is full).
+    pub(super) fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Result<()> {
+        let h =
+            self.handles.lock().get(fh).ok_or_else(|| {
+                Error::new(fuser::Errno::EBADF, Level::Warn, format!("handle {fh}"))
+            })?;
+        match &*h {
+            Handle::Dir(entries) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX);
+                for (i, e) in entries.iter().enumerate().skip(start) {
+                    if add(e.ino, (i + 1) as u64, e.kind, &e.name) {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Handle::ImageDir {
+                digest,
+                image,
+                nid,
+                ino,
+            } => {
+                // Offsets 1 and 2 are `.` and `..`; the image's own offsets are >= 12.
+                if offset < 1 && add(*ino, 1, FileType::Directory, OsStr::new(".")) {
+                    return Ok(());
+                }
+                if offset < 2 && add(*ino, 2, FileType::Directory, OsStr::new("..")) {
+                    return Ok(());
+                }
+                let from = if offset <= 2 { 0 } else { offset };
+                let inodes = self.inodes.lock();
+                let mut failed = None;
+                image
+                    .readdir(*nid, from, |e| {
+                        let kind = match e.kind {
+                            Some(k) => rootfs::file_type(k),
+                            None => match image.inode(e.nid) {
+                                Ok(i) => rootfs::file_type(i.kind),
+                                Err(err) => {
+                                    failed = Some(err);
+                                    return false;
+                                }
+                            },
+                        };
+                        let key = NodeKey::Rootfs(*digest, e.nid.0);
+                        let ino = inodes.ino_of(&key).unwrap_or_else(|| pseudo_ino(&key));
+                        let name = OsStr::from_bytes(e.name);
+                        !add(ino, e.offset, kind, name)
+                    })
+                    .map_err(|e| self.images.error(digest, e))?;
+                match failed {
+                    Some(e) => Err(self.images.error(digest, e)),
+                    None => Ok(()),
+                }
+            }
+            _ => Err(Error::new(
+                fuser::Errno::ENOTDIR,
+                Level::Debug,
+                "not a directory handle",
+            )),
+        }
+    }
+
+    /// An extended attribute's value (`Some(name)`) or the list of names (`None`).
+    pub(super) fn xattr(&self, ino: u64, name: Option<&OsStr>) -> Result<Vec<u8>> {
+        let no_data = || Error::new(fuser::Errno::ENODATA, Level::Debug, "no such attribute");
+        match self.key(ino)? {
+            NodeKey::Rootfs(d, nid) => {
+                let img = self.image(&d)?;
+                rootfs::xattr(&img, Nid(nid), name.map(OsStr::as_bytes))
+                    .map_err(|e| self.images.error(&d, e))?
+                    .ok_or_else(no_data)
+            }
+            _ if name.is_some() => Err(no_data()),
+            _ => Ok(Vec::new()),
         }
     }
 
@@ -277,6 +392,10 @@ impl ImageFs {
                     .ok_or_else(|| Error::not_found(format!("tags/{r}/{t}")))?;
                 Ok(link_text(&r, &key).into_bytes())
             }
+            NodeKey::Rootfs(d, nid) => self
+                .image(&d)?
+                .readlink(Nid(nid))
+                .map_err(|e| self.images.error(&d, e)),
             k => Err(Error::new(
                 fuser::Errno::EINVAL,
                 Level::Debug,
@@ -287,6 +406,25 @@ impl ImageFs {
 
     pub(super) fn opendir(&self, ino: u64) -> Result<u64> {
         let key = self.key(ino)?;
+        if let NodeKey::Rootfs(d, nid) = key {
+            let image = self.image(&d)?;
+            let i = image
+                .inode(Nid(nid))
+                .map_err(|e| self.images.error(&d, e))?;
+            if i.kind != crate::image::FileKind::Directory {
+                return Err(Error::new(
+                    fuser::Errno::ENOTDIR,
+                    Level::Debug,
+                    "not a directory",
+                ));
+            }
+            return Ok(self.handles.lock().insert(Handle::ImageDir {
+                digest: d,
+                image,
+                nid: Nid(nid),
+                ino,
+            }));
+        }
         let mut entries = vec![
             DirEntry {
                 ino,
@@ -351,7 +489,9 @@ impl ImageFs {
                     })
                     .collect();
                 names.sort();
-                if !is_ready(&dir) {
+                if is_ready(&dir) {
+                    children.push((NodeKey::Rootfs(*d, 0), FileType::Directory, ROOTFS.into()));
+                } else {
                     names.retain(|n| n != ROOTFS_IMAGE);
                 }
                 for n in names {
@@ -395,6 +535,24 @@ impl ImageFs {
                 let file =
                     std::fs::File::open(&p).map_err(|e| Error::io(p.display().to_string(), &e))?;
                 Handle::File { file }
+            }
+            NodeKey::Rootfs(d, nid) => {
+                let image = self.image(d)?;
+                let i = image
+                    .inode(Nid(*nid))
+                    .map_err(|e| self.images.error(d, e))?;
+                if i.kind == crate::image::FileKind::Directory {
+                    return Err(Error::new(
+                        fuser::Errno::EISDIR,
+                        Level::Debug,
+                        "is a directory",
+                    ));
+                }
+                Handle::ImageFile {
+                    digest: *d,
+                    image,
+                    nid: Nid(*nid),
+                }
             }
             NodeKey::Metrics => {
                 let (tags, digests) = {
@@ -441,7 +599,15 @@ impl ImageFs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b[start..end].to_vec())
             }
-            Handle::Dir(_) | Handle::Backed { .. } => Err(Error::new(
+            Handle::ImageFile { digest, image, nid } => {
+                let mut buf = vec![0u8; size as usize];
+                let n = image
+                    .read(*nid, offset, &mut buf)
+                    .map_err(|e| self.images.error(digest, e))?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Handle::Dir(_) | Handle::Backed { .. } | Handle::ImageDir { .. } => Err(Error::new(
                 fuser::Errno::EISDIR,
                 Level::Debug,
                 "read of a directory",
@@ -605,9 +771,8 @@ impl ImageFs {
     }
 }
 
-/// The image file, served only for `ready` digests: a pull in progress may still write it.
-const ROOTFS_IMAGE: &str = "rootfs.erofs";
-
+/// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress
+/// may still be writing the image.
 fn is_ready(dir: &Path) -> bool {
     matches!(
         store::metadata::read_status(dir),

@@ -7,6 +7,9 @@ use std::sync::{Arc, Weak};
 
 use fuser::{BackingId, FileType};
 
+use crate::image::{Image, Nid};
+use crate::store::Digest;
+
 #[derive(Debug, Clone)]
 pub struct DirEntry {
     pub ino: u64,
@@ -21,6 +24,19 @@ pub enum Handle {
     Dir(Vec<DirEntry>),
     /// A store file, read with pread (or by the kernel through `backing`).
     File { file: File },
+    /// A directory of an image, listed straight from the image with its own offsets.
+    ImageDir {
+        digest: Digest,
+        image: Arc<Image>,
+        nid: Nid,
+        ino: u64,
+    },
+    /// A regular file of an image.
+    ImageFile {
+        digest: Digest,
+        image: Arc<Image>,
+        nid: Nid,
+    },
     /// Generated content (metrics).
     Bytes(Vec<u8>),
 }

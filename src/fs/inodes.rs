@@ -25,6 +25,8 @@ pub enum NodeKey {
     Digests,
     Digest(Digest),
     DigestFile(Digest, OsString),
+    /// An inode (by nid) of a digest's image, under `digests/<hex>/rootfs/`.
+    Rootfs(Digest, u64),
     Private,
     Metrics,
     /// A node that was replaced or removed while the kernel still held it.
@@ -41,7 +43,7 @@ impl NodeKey {
     /// The digest a node belongs to, for nodes under `digests/<hex>/`.
     pub fn digest(&self) -> Option<Digest> {
         match self {
-            NodeKey::Digest(d) | NodeKey::DigestFile(d, _) => Some(*d),
+            NodeKey::Digest(d) | NodeKey::DigestFile(d, _) | NodeKey::Rootfs(d, _) => Some(*d),
             _ => None,
         }
     }

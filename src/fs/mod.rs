@@ -13,6 +13,7 @@ mod handles;
 pub mod inodes;
 mod metrics;
 mod notify;
+mod rootfs;
 pub mod target;
 
 use std::ffi::OsStr;
@@ -42,6 +43,7 @@ pub struct ImageFs {
     mountpoint: PathBuf,
     inodes: Arc<Mutex<Inodes>>,
     handles: Mutex<Handles>,
+    images: rootfs::Images,
     inval: Invalidator,
     metrics: Metrics,
     passthrough: AtomicBool,
@@ -73,6 +75,7 @@ impl ImageFs {
             mountpoint: mountpoint.to_path_buf(),
             inodes,
             handles: Mutex::new(Handles::default()),
+            images: rootfs::Images::default(),
             inval: Invalidator::default(),
             metrics: Metrics::default(),
             passthrough: AtomicBool::new(false),
@@ -83,6 +86,17 @@ impl ImageFs {
     /// Starts sending cache invalidations through the session's notifier.
     pub fn start_notifier(&self, notifier: Notifier) {
         self.inval.start(notifier);
+    }
+}
+
+/// getxattr/listxattr: the size when asked for it, the bytes when they fit, else ERANGE.
+fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX));
+    } else if v.len() <= size as usize {
+        reply.data(v);
+    } else {
+        reply.error(Errno::ERANGE);
     }
 }
 
@@ -331,7 +345,9 @@ impl Filesystem for Shared {
                     None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 }
             }
-            Handle::File { .. } => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Handle::File { .. } | Handle::ImageFile { .. } => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
             _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
         }
     }
@@ -417,23 +433,13 @@ impl Filesystem for Shared {
     ) {
         let fs = &self.0;
         fs.metrics.request("readdir");
-        let Some(h) = fs.handles.lock().get(fh.0) else {
-            return fail!(
-                fs,
-                reply,
-                "readdir",
-                Error::new(Errno::EBADF, log::Level::Warn, format!("handle {fh}"))
-            );
-        };
-        if let Handle::Dir(entries) = &*h {
-            let start = usize::try_from(offset).unwrap_or(usize::MAX);
-            for (i, e) in entries.iter().enumerate().skip(start) {
-                if reply.add(INodeNo(e.ino), (i + 1) as u64, e.kind, &e.name) {
-                    break;
-                }
-            }
+        let r = fs.readdir(fh.0, offset, |ino, off, kind, name| {
+            reply.add(INodeNo(ino), off, kind, name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(fs, reply, "readdir", e),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -486,11 +492,11 @@ impl Filesystem for Shared {
         fail!(fs, reply, "setxattr", fs.refuse_change(ino.0, "setxattr"))
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let fs = &self.0;
         fs.metrics.request("getxattr");
-        match fs.key(ino.0) {
-            Ok(_) => reply.error(Errno::ENODATA),
+        match fs.xattr(ino.0, Some(name)) {
+            Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => fail!(fs, reply, "getxattr", e),
         }
     }
@@ -498,9 +504,8 @@ impl Filesystem for Shared {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let fs = &self.0;
         fs.metrics.request("listxattr");
-        match fs.key(ino.0) {
-            Ok(_) if size == 0 => reply.size(0),
-            Ok(_) => reply.data(&[]),
+        match fs.xattr(ino.0, None) {
+            Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => fail!(fs, reply, "listxattr", e),
         }
     }
