@@ -21,6 +21,15 @@ use super::{ImageFs, target};
 use crate::image::Nid;
 use crate::store::{self, DirKey, RenameMode, names};
 
+/// One directory entry on its way to a READDIR or READDIRPLUS reply.
+struct Item {
+    key: Option<NodeKey>,
+    kind: FileType,
+    name: OsString,
+    /// The offset that resumes after this entry.
+    next: u64,
+}
+
 /// Which part of the tree a node belongs to decides what a change to it gets.
 enum Area {
     Tags(String),
@@ -289,43 +298,43 @@ impl ImageFs {
         self.images.get(d, &dir)
     }
 
-    /// Lists an open directory from `offset`, calling `add(ino, next_offset, kind, name)`
-    /// until it returns true (the reply is full).
-    pub(super) fn readdir(
-        &self,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
-    ) -> Result<()> {
+    /// Up to a reply's worth of entries of an open directory, from `offset`.
+    fn dir_items(&self, fh: u64, offset: u64) -> Result<Vec<Item>> {
+        /// More than a 4 KiB reply can hold; the rest is fetched again from its offset.
+        const BATCH: usize = 256;
         let h =
             self.handles.lock().get(fh).ok_or_else(|| {
                 Error::new(fuser::Errno::EBADF, Level::Warn, format!("handle {fh}"))
             })?;
+        let mut items = Vec::new();
         match &*h {
             Handle::Dir(entries) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                for (i, e) in entries.iter().enumerate().skip(start) {
-                    if add(e.ino, (i + 1) as u64, e.kind, &e.name) {
-                        break;
-                    }
+                for (i, e) in entries.iter().enumerate().skip(start).take(BATCH) {
+                    items.push(Item {
+                        key: e.key.clone(),
+                        kind: e.kind,
+                        name: e.name.clone(),
+                        next: (i + 1) as u64,
+                    });
                 }
-                Ok(())
+                Ok(items)
             }
             Handle::ImageDir {
-                digest,
-                image,
-                nid,
-                ino,
+                digest, image, nid, ..
             } => {
                 // Offsets 1 and 2 are `.` and `..`; the image's own offsets are >= 12.
-                if offset < 1 && add(*ino, 1, FileType::Directory, OsStr::new(".")) {
-                    return Ok(());
-                }
-                if offset < 2 && add(*ino, 2, FileType::Directory, OsStr::new("..")) {
-                    return Ok(());
+                for (off, name) in [(1, "."), (2, "..")] {
+                    if offset < off {
+                        items.push(Item {
+                            key: None,
+                            kind: FileType::Directory,
+                            name: name.into(),
+                            next: off,
+                        });
+                    }
                 }
                 let from = if offset <= 2 { 0 } else { offset };
-                let inodes = self.inodes.lock();
                 let mut failed = None;
                 image
                     .readdir(*nid, from, |e| {
@@ -339,15 +348,18 @@ impl ImageFs {
                                 }
                             },
                         };
-                        let key = NodeKey::Rootfs(*digest, e.nid.0);
-                        let ino = inodes.ino_of(&key).unwrap_or_else(|| pseudo_ino(&key));
-                        let name = OsStr::from_bytes(e.name);
-                        !add(ino, e.offset, kind, name)
+                        items.push(Item {
+                            key: Some(NodeKey::Rootfs(*digest, e.nid.0)),
+                            kind,
+                            name: OsStr::from_bytes(e.name).to_os_string(),
+                            next: e.offset,
+                        });
+                        items.len() < BATCH
                     })
                     .map_err(|e| self.images.error(digest, e))?;
                 match failed {
                     Some(e) => Err(self.images.error(digest, e)),
-                    None => Ok(()),
+                    None => Ok(items),
                 }
             }
             _ => Err(Error::new(
@@ -356,6 +368,60 @@ impl ImageFs {
                 "not a directory handle",
             )),
         }
+    }
+
+    /// READDIR: calls `add(ino, next_offset, kind, name)` until it returns true (full).
+    pub(super) fn readdir(
+        &self,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Result<()> {
+        let items = self.dir_items(fh, offset)?;
+        let inodes = self.inodes.lock();
+        for it in items {
+            // readdir does not count a lookup, so nodes the kernel has not looked up get a
+            // stand-in number (never handed to the kernel as a lookup result).
+            let ino = match &it.key {
+                Some(k) => inodes.ino_of(k).unwrap_or_else(|| pseudo_ino(k)),
+                None => dir,
+            };
+            if add(ino, it.next, it.kind, &it.name) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// READDIRPLUS: like [`readdir`](Self::readdir) with attributes; every entry handed
+    /// to the kernel (but `.` and `..`) counts a lookup, as LOOKUP would.
+    pub(super) fn readdirplus(
+        &self,
+        dir: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &OsStr, &FileAttr, Duration) -> bool,
+    ) -> Result<()> {
+        let items = self.dir_items(fh, offset)?;
+        for it in items {
+            let Some(key) = it.key else {
+                let (a, ttl) = self.getattr(dir)?;
+                if add(it.next, &it.name, &a, ttl) {
+                    break;
+                }
+                continue;
+            };
+            // An entry that went away since opendir (a tag removed) is skipped.
+            let Ok((a, ttl)) = self.entry(key) else {
+                continue;
+            };
+            if add(it.next, &it.name, &a, ttl) {
+                self.forget(a.ino.0, 1);
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// An extended attribute's value (`Some(name)`) or the list of names (`None`).
@@ -422,17 +488,16 @@ impl ImageFs {
                 digest: d,
                 image,
                 nid: Nid(nid),
-                ino,
             }));
         }
         let mut entries = vec![
             DirEntry {
-                ino,
+                key: None,
                 kind: FileType::Directory,
                 name: ".".into(),
             },
             DirEntry {
-                ino,
+                key: None,
                 kind: FileType::Directory,
                 name: "..".into(),
             },
@@ -509,14 +574,12 @@ impl ImageFs {
                 ));
             }
         }
-        {
-            let inodes = self.inodes.lock();
-            for (k, kind, name) in children {
-                // readdir does not count a lookup, so unknown nodes get a stand-in number
-                // (never handed to the kernel as a lookup result).
-                let ino = inodes.ino_of(&k).unwrap_or_else(|| pseudo_ino(&k));
-                entries.push(DirEntry { ino, kind, name });
-            }
+        for (k, kind, name) in children {
+            entries.push(DirEntry {
+                key: Some(k),
+                kind,
+                name,
+            });
         }
         Ok(self.handles.lock().insert(Handle::Dir(entries)))
     }

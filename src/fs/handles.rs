@@ -7,12 +7,14 @@ use std::sync::{Arc, Weak};
 
 use fuser::{BackingId, FileType};
 
+use super::inodes::NodeKey;
 use crate::image::{Image, Nid};
 use crate::store::Digest;
 
 #[derive(Debug, Clone)]
 pub struct DirEntry {
-    pub ino: u64,
+    /// The node named, or `None` for `.` and `..` (which name the directory itself).
+    pub key: Option<NodeKey>,
     pub kind: FileType,
     pub name: OsString,
 }
@@ -29,7 +31,6 @@ pub enum Handle {
         digest: Digest,
         image: Arc<Image>,
         nid: Nid,
-        ino: u64,
     },
     /// A regular file of an image.
     ImageFile {

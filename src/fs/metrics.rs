@@ -5,7 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The operations counted, in the order of their counters.
-const OPS: [&str; 22] = [
+const OPS: [&str; 23] = [
+    "readdirplus",
     "create",
     "removexattr",
     "lookup",

@@ -25,8 +25,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow,
 };
 use parking_lot::Mutex;
 
@@ -131,8 +131,16 @@ impl Filesystem for Shared {
             self.0.passthrough.store(true, Ordering::Relaxed);
             log::info!("FUSE passthrough enabled for store files");
         }
-        if caps.contains(InitFlags::FUSE_PARALLEL_DIROPS) {
-            let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // Parallel lookups and readdirs in one directory; attributes with directory
+        // listings (READDIRPLUS, used by the kernel when a listing is followed by stats).
+        for cap in [
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+        ] {
+            if caps.contains(cap) {
+                let _ = config.add_capabilities(cap);
+            }
         }
         Ok(())
     }
@@ -423,17 +431,36 @@ impl Filesystem for Shared {
         }
     }
 
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let fs = &self.0;
+        fs.metrics.request("readdirplus");
+        let r = fs.readdirplus(ino.0, fh.0, offset, |off, name, attr, ttl| {
+            reply.add(attr.ino, off, name, &ttl, attr, Generation(0))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => fail!(fs, reply, "readdirplus", e),
+        }
+    }
+
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let fs = &self.0;
         fs.metrics.request("readdir");
-        let r = fs.readdir(fh.0, offset, |ino, off, kind, name| {
+        let r = fs.readdir(ino.0, fh.0, offset, |ino, off, kind, name| {
             reply.add(INodeNo(ino), off, kind, name)
         });
         match r {
