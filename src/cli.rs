@@ -45,6 +45,9 @@ enum Cmd {
         /// is ready; with --foreground the log goes to stderr).
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
+        /// Serve store files with pread instead of FUSE passthrough.
+        #[arg(long)]
+        no_passthrough: bool,
         /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
         /// power failure; crashes of the daemon are still safe).
         #[arg(long)]
@@ -69,6 +72,7 @@ pub fn main() -> i32 {
             allow_other,
             threads,
             log_file,
+            no_passthrough,
             no_sync,
         } => {
             let opts = MountOpts {
@@ -76,6 +80,7 @@ pub fn main() -> i32 {
                 allow_other,
                 threads: threads.into(),
                 durable: !no_sync,
+                passthrough: !no_passthrough,
                 log_file,
             };
             mount(&store, &mountpoint, &opts)
@@ -157,6 +162,7 @@ struct MountOpts {
     allow_other: bool,
     threads: usize,
     durable: bool,
+    passthrough: bool,
     log_file: Option<PathBuf>,
 }
 
@@ -238,7 +244,7 @@ fn serve(
     sigs.thread_block()
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
-    let fs = Arc::new(ImageFs::new(store.clone(), mp));
+    let fs = Arc::new(ImageFs::new(store.clone(), mp, opts.passthrough));
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(store.root().display().to_string()),

@@ -46,6 +46,8 @@ pub struct ImageFs {
     images: rootfs::Images,
     inval: Invalidator,
     metrics: Metrics,
+    /// Use FUSE passthrough for store files when the kernel offers it.
+    want_passthrough: bool,
     passthrough: AtomicBool,
     started: SystemTime,
 }
@@ -67,7 +69,7 @@ impl Error {
 }
 
 impl ImageFs {
-    pub fn new(store: Arc<Store>, mountpoint: &Path) -> ImageFs {
+    pub fn new(store: Arc<Store>, mountpoint: &Path, passthrough: bool) -> ImageFs {
         let inodes = Arc::new(Mutex::new(Inodes::default()));
         store.set_in_use(Arc::new(Usage(inodes.clone())));
         ImageFs {
@@ -78,6 +80,7 @@ impl ImageFs {
             images: rootfs::Images::default(),
             inval: Invalidator::default(),
             metrics: Metrics::default(),
+            want_passthrough: passthrough,
             passthrough: AtomicBool::new(false),
             started: SystemTime::now(),
         }
@@ -122,7 +125,8 @@ pub struct Shared(pub Arc<ImageFs>);
 impl Filesystem for Shared {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let caps = config.capabilities();
-        if caps.contains(InitFlags::FUSE_PASSTHROUGH)
+        if self.0.want_passthrough
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             // Depth 1: backing files are on a plain filesystem, and an overlayfs may still
             // stack on top of this mount.
