@@ -217,6 +217,11 @@ fn mount(store: &Path, mountpoint: &Path, opts: &MountOpts) -> Result<(), String
             nix::unistd::ForkResult::Child => {
                 drop(r);
                 let _ = nix::unistd::setsid();
+                if let Some(f) = &log {
+                    // The daemon's whole log goes to the file; the parent reports errors.
+                    // SAFETY: dup2 onto stderr, which this process owns.
+                    unsafe { libc::dup2(f.as_raw_fd(), 2) };
+                }
                 Some(w)
             }
         }
