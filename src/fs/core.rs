@@ -280,13 +280,13 @@ impl ImageFs {
             match inodes.forget(ino, n).and_then(|k| k.digest()) {
                 Some(d) if !inodes.holds(&d) => {
                     self.images.close(&d);
-                    inodes.zombies.remove(&d)
+                    inodes.zombies.remove(&d).map(|p| (d, p))
                 }
                 _ => None,
             }
         };
-        if let Some(trashed) = released {
-            self.store.release_trashed(&trashed);
+        if let Some((d, trashed)) = released {
+            self.store.release_trashed(&d, &trashed);
         }
     }
 
@@ -379,12 +379,10 @@ impl ImageFs {
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
         let items = self.dir_items(fh, offset)?;
-        let inodes = self.inodes.lock();
+        let mut inodes = self.inodes.lock();
         for it in items {
-            // readdir does not count a lookup, so nodes the kernel has not looked up get a
-            // stand-in number (never handed to the kernel as a lookup result).
             let ino = match &it.key {
-                Some(k) => inodes.ino_of(k).unwrap_or_else(|| pseudo_ino(k)),
+                Some(k) => inodes.readdir_ino(k),
                 None => dir,
             };
             if add(ino, it.next, it.kind, &it.name) {
@@ -850,12 +848,4 @@ fn link_text(repo: &str, key: &DirKey) -> String {
         "../".repeat(names::depth(repo) + 1),
         key.digest()
     )
-}
-
-/// A stand-in inode number for readdir entries the kernel has not looked up.
-fn pseudo_ino(key: &NodeKey) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    h.finish() | (1 << 63)
 }

@@ -14,6 +14,10 @@ pub const DIGESTS: u64 = 3;
 pub const PRIVATE: u64 = 4;
 pub const METRICS: u64 = 5;
 const FIRST_DYNAMIC: u64 = 16;
+/// Image inodes get numbers that stay the same across forgets, so hard links keep sharing
+/// one `st_ino` however long a walk takes: `(slot + 1) << NID_BITS | nid`, with one slot per
+/// image for the life of the mount. Other nodes are numbered from 16 up, far below.
+const NID_BITS: u32 = 44;
 
 /// A node of the mounted tree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,6 +62,8 @@ pub struct Inodes {
     held: HashMap<Digest, u32>,
     /// Collected digests still in use: where their directory waits in the trash.
     pub zombies: HashMap<Digest, PathBuf>,
+    /// Image slots for stable inode numbers (never reused within a mount).
+    slots: HashMap<Digest, u64>,
 }
 
 impl Default for Inodes {
@@ -68,6 +74,7 @@ impl Default for Inodes {
             next: FIRST_DYNAMIC,
             held: HashMap::new(),
             zombies: HashMap::new(),
+            slots: HashMap::new(),
         };
         for (ino, key) in [
             (ROOT, NodeKey::Root),
@@ -100,14 +107,46 @@ impl Inodes {
             }
             return ino;
         }
-        let ino = self.next;
-        self.next += 1;
+        let ino = self.stable_ino(&key).unwrap_or_else(|| {
+            self.next += 1;
+            self.next - 1
+        });
         if let Some(d) = key.digest() {
             *self.held.entry(d).or_default() += 1;
         }
         self.by_key.insert(key.clone(), ino);
         self.by_ino.insert(ino, Entry { key, lookups: 1 });
         ino
+    }
+
+    /// The number a READDIR entry shows for `key`: its inode's if the kernel holds one,
+    /// else an image inode's fixed number, else a stand-in that is never a lookup result.
+    pub fn readdir_ino(&mut self, key: &NodeKey) -> u64 {
+        if let Some(ino) = self.ino_of(key) {
+            return ino;
+        }
+        self.stable_ino(key).unwrap_or_else(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut h);
+            h.finish() | (1 << 63)
+        })
+    }
+
+    /// The fixed number of an image inode, if it has one.
+    fn stable_ino(&mut self, key: &NodeKey) -> Option<u64> {
+        let NodeKey::Rootfs(d, nid) = key else {
+            return None;
+        };
+        if *nid >= 1 << NID_BITS {
+            return None;
+        }
+        let n = self.slots.len() as u64;
+        let slot = *self.slots.entry(*d).or_insert(n);
+        if slot + 1 >= 1 << (64 - NID_BITS) {
+            return None;
+        }
+        Some(((slot + 1) << NID_BITS) | nid)
     }
 
     /// The kernel dropped `n` lookups. Returns the key when the inode is gone for good.
@@ -238,6 +277,19 @@ mod tests {
         assert_eq!(t.forget(a, 1), Some(tag("r", "a")));
         assert_eq!(t.key(a), None);
         assert_eq!(t.forget(ROOT, 5), None, "fixed inodes stay");
+    }
+
+    #[test]
+    fn image_inodes_keep_their_number_across_forgets() {
+        let mut t = Inodes::default();
+        let d = Digest::from_bytes([7; 32]);
+        let e = Digest::from_bytes([8; 32]);
+        let a = t.lookup(NodeKey::Rootfs(d, 42));
+        assert_eq!(t.forget(a, 1), Some(NodeKey::Rootfs(d, 42)));
+        let other = t.lookup(NodeKey::Rootfs(e, 42));
+        assert_ne!(other, a, "the same nid in another image is another inode");
+        assert_eq!(t.lookup(NodeKey::Rootfs(d, 42)), a);
+        assert_eq!(t.key(a), Some(&NodeKey::Rootfs(d, 42)));
     }
 
     #[test]

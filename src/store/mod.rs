@@ -138,10 +138,10 @@ impl Store {
     }
 
     /// Deletes a collected directory that was kept for its users (see [`InUse`]).
-    pub fn release_trashed(&self, trashed: &Path) {
+    pub fn release_trashed(&self, digest: &Digest, trashed: &Path) {
         match fsutil::remove_tree(trashed) {
             Ok(()) => log::info!(
-                "released {}: its last user is gone, the space is freed",
+                "released sha256:{digest} ({}): its last user is gone, the space is freed",
                 trashed.display()
             ),
             Err(e) => log::error!(
