@@ -167,19 +167,76 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    walk_repo(root, Layout::Content, "", &mut scan);
-    walk_repo(root, Layout::Legacy, "", &mut scan);
+    let parts = walk_parallel(
+        root,
+        vec![
+            (Layout::Content, String::new()),
+            (Layout::Legacy, String::new()),
+        ],
+    );
+    for p in parts {
+        scan.digest_dirs.extend(p.digest_dirs);
+        scan.tags.extend(p.tags);
+        scan.repo_dirs.extend(p.repo_dirs);
+        scan.temp_files.extend(p.temp_files);
+    }
     Ok(scan)
 }
 
-fn walk_repo(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) {
+/// Walks repository directories with a few threads: the scan is a long run of small
+/// syscalls (getdents, readlink) that wait on the disk when the cache is cold.
+fn walk_parallel(root: &Path, start: Vec<(Layout, String)>) -> Vec<Scan> {
+    use std::sync::{Condvar, Mutex};
+    const THREADS: usize = 8;
+    // (directories to visit, workers busy)
+    let queue = Mutex::new((start, 0usize));
+    let ready = Condvar::new();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut part = Scan::default();
+                    loop {
+                        let job = {
+                            let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                            loop {
+                                if let Some(job) = q.0.pop() {
+                                    q.1 += 1;
+                                    break Some(job);
+                                }
+                                if q.1 == 0 {
+                                    break None;
+                                }
+                                q = ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                            }
+                        };
+                        let Some((layout, repo)) = job else {
+                            ready.notify_all();
+                            return part;
+                        };
+                        let subs = scan_dir(root, layout, &repo, &mut part);
+                        let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                        q.0.extend(subs.into_iter().map(|r| (layout, r)));
+                        q.1 -= 1;
+                        ready.notify_all();
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().filter_map(|w| w.join().ok()).collect()
+    })
+}
+
+/// Reads one repository directory; returns its sub-repositories to visit.
+fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<String> {
+    let mut subs = Vec::new();
     let dir = root.join(repo_rel_dir(layout, repo));
     let rd = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && repo.is_empty() => return,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && repo.is_empty() => return subs,
         Err(e) => {
             warn!("{}: cannot read: {e}; ignored", dir.display());
-            return;
+            return subs;
         }
     };
     scan.repo_dirs.push(ScannedDir {
@@ -217,7 +274,7 @@ fn walk_repo(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) {
                 Ok(c) => {
                     let sub = names::join(repo, c);
                     if sub.len() <= names::MAX_REPO_LEN {
-                        walk_repo(root, layout, &sub, scan);
+                        subs.push(sub);
                     } else {
                         warn!("{}: repository name too long; ignored", path.display());
                     }
@@ -228,6 +285,7 @@ fn walk_repo(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) {
             warn!("{}: stray file; ignored", path.display());
         }
     }
+    subs
 }
 
 fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Scan) {
