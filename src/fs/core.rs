@@ -468,7 +468,8 @@ impl ImageFs {
         }
     }
 
-    pub(super) fn opendir(&self, ino: u64) -> Result<u64> {
+    /// Opens a directory; the flag says whether its listing is immutable (an image's).
+    pub(super) fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
         let key = self.key(ino)?;
         if let NodeKey::Rootfs(d, nid) = key {
             let image = self.image(&d)?;
@@ -482,11 +483,12 @@ impl ImageFs {
                     "not a directory",
                 ));
             }
-            return Ok(self.handles.lock().insert(Handle::ImageDir {
+            let fh = self.handles.lock().insert(Handle::ImageDir {
                 digest: d,
                 image,
                 nid: Nid(nid),
-            }));
+            });
+            return Ok((fh, true));
         }
         let mut entries = vec![
             DirEntry {
@@ -579,7 +581,7 @@ impl ImageFs {
                 name,
             });
         }
-        Ok(self.handles.lock().insert(Handle::Dir(entries)))
+        Ok((self.handles.lock().insert(Handle::Dir(entries)), false))
     }
 
     pub(super) fn open(&self, ino: u64, flags: i32) -> Result<(u64, Arc<Handle>)> {
@@ -798,13 +800,20 @@ impl ImageFs {
             NodeKey::Tag(p.clone(), name.into()),
             NodeKey::Tag(np.clone(), newname.into()),
         );
-        {
+        let moved = {
             let mut inodes = self.inodes.lock();
             if mode == RenameMode::Exchange {
                 inodes.exchange(&a, &b);
             } else {
-                inodes.rename(&a, b);
+                inodes.rename(&a, b.clone());
             }
+            [inodes.ino_of(&a), inodes.ino_of(&b)]
+        };
+        // The kernel caches symlink text (FUSE_CACHE_SYMLINKS); a tag that moved to another
+        // depth, or swapped targets, now reads differently.
+        for ino in moved.into_iter().flatten() {
+            self.inval
+                .send_and_wait(Inval::Inode(ino), Duration::from_secs(1));
         }
         info!("renamed {p}:{name} to {np}:{newname}");
         self.collected(&collected);

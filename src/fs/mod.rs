@@ -141,6 +141,7 @@ impl Filesystem for Shared {
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             if caps.contains(cap) {
                 let _ = config.add_capabilities(cap);
@@ -430,7 +431,12 @@ impl Filesystem for Shared {
         let fs = &self.0;
         fs.metrics.request("opendir");
         match fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // An image's directories never change: the kernel may keep their listings.
+            Ok((fh, true)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => fail!(fs, reply, "opendir", e),
         }
     }
