@@ -249,6 +249,10 @@ fn serve(
     sigs.thread_block()
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
+    // Tells `imagefs fsck`/`gc` that a mount serves this store (its trash may hold images
+    // still in use).
+    let _mounted = crate::store::lockfile::hold_mounted(store.root())
+        .map_err(|e| format!("{}: {e}", store.root().display()))?;
     let fs = Arc::new(ImageFs::new(store.clone(), mp, opts.passthrough));
     let mut config = Config::default();
     config.mount_options = vec![

@@ -18,6 +18,7 @@ pub mod fsutil;
 pub mod index;
 pub mod journal;
 pub mod layout;
+pub mod lockfile;
 pub mod metadata;
 pub mod names;
 mod ops;
