@@ -272,6 +272,7 @@ fn serve(
     let mut session = Session::new(Shared(fs.clone()), mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
     fs.start_notifier(session.notifier());
+    fs.start_watcher()?;
     let mut unmounter = session.unmount_callable();
     let mp_owned = mp.to_path_buf();
     std::thread::Builder::new()

@@ -820,6 +820,40 @@ impl ImageFs {
         Ok(())
     }
 
+    /// Drops from the kernel's caches what other writers changed in the store.
+    pub(super) fn apply_changes(&self, changes: Vec<store::watch::Change>) {
+        use store::watch::Change;
+        for c in changes {
+            match c {
+                Change::Tag { repo, tag } => {
+                    let (parent, ino) = {
+                        let mut inodes = self.inodes.lock();
+                        let key = NodeKey::Tag(repo.clone(), tag.clone());
+                        let ino = inodes.ino_of(&key);
+                        inodes.detach(&key);
+                        (inodes.ino_of(&NodeKey::TagsDir(repo)), ino)
+                    };
+                    if let Some(p) = parent {
+                        self.inval.send(Inval::Entry(p, tag.into()));
+                    }
+                    if let Some(i) = ino {
+                        self.inval.send(Inval::Inode(i));
+                    }
+                }
+                Change::Dir(path) => {
+                    let (parent, last) = names::split_last(&path);
+                    if let Some(p) = self.inodes.lock().ino_of(&NodeKey::TagsDir(parent.into())) {
+                        self.inval.send(Inval::Entry(p, last.into()));
+                    }
+                }
+                Change::DigestGone(d) => {
+                    self.inval
+                        .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                }
+            }
+        }
+    }
+
     /// After GC removed digest directories: drop what the kernel caches of digests that
     /// no longer have any directory.
     fn collected(&self, keys: &[DirKey]) {

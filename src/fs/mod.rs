@@ -86,6 +86,40 @@ impl ImageFs {
         }
     }
 
+    /// Follows other writers of the store: a thread waits for store events and applies
+    /// them (index, then kernel caches) within a fraction of a second.
+    pub fn start_watcher(self: &Arc<Self>) -> Result<(), String> {
+        let fd = self.store.watch().map_err(|e| e.to_string())?;
+        let fs = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("imagefs-watch".into())
+            .spawn(move || {
+                // SAFETY: the store keeps the inotify descriptor open for its lifetime,
+                // which this thread's Arc outlives.
+                let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                loop {
+                    let mut pfd = [nix::poll::PollFd::new(bfd, nix::poll::PollFlags::POLLIN)];
+                    match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                        Err(e) => {
+                            log::error!(
+                                "watching the store: {e}; other writers' changes will not show"
+                            );
+                            return;
+                        }
+                    }
+                    // Let a burst of changes settle, then apply it in one go.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    match fs.store.sync_external() {
+                        Ok(changes) => fs.apply_changes(changes),
+                        Err(e) => log::warn!("applying other writers' changes: {e}"),
+                    }
+                }
+            })
+            .map_err(|e| format!("thread: {e}"))?;
+        Ok(())
+    }
+
     /// Starts sending cache invalidations through the session's notifier.
     pub fn start_notifier(&self, notifier: Notifier) {
         self.inval.start(notifier);
@@ -235,7 +269,9 @@ impl Filesystem for Shared {
     ) {
         let fs = &self.0;
         fs.metrics.request("mkdir");
-        match fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()) {
+        let r = fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid());
+        fs.apply_changes(fs.store.take_changes());
+        match r {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
             Err(e) => fail!(fs, reply, "mkdir", e.context(fs.describe(parent.0, name))),
         }
@@ -244,7 +280,9 @@ impl Filesystem for Shared {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = &self.0;
         fs.metrics.request("unlink");
-        match fs.unlink(parent.0, name) {
+        let r = fs.unlink(parent.0, name);
+        fs.apply_changes(fs.store.take_changes());
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => fail!(fs, reply, "unlink", e.context(fs.describe(parent.0, name))),
         }
@@ -253,7 +291,9 @@ impl Filesystem for Shared {
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = &self.0;
         fs.metrics.request("rmdir");
-        match fs.rmdir(parent.0, name) {
+        let r = fs.rmdir(parent.0, name);
+        fs.apply_changes(fs.store.take_changes());
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => fail!(fs, reply, "rmdir", e.context(fs.describe(parent.0, name))),
         }
@@ -269,7 +309,9 @@ impl Filesystem for Shared {
     ) {
         let fs = &self.0;
         fs.metrics.request("symlink");
-        match fs.symlink(parent.0, link_name, target) {
+        let r = fs.symlink(parent.0, link_name, target);
+        fs.apply_changes(fs.store.take_changes());
+        match r {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
             Err(e) => {
                 let what = format!(
@@ -294,7 +336,9 @@ impl Filesystem for Shared {
     ) {
         let fs = &self.0;
         fs.metrics.request("rename");
-        match fs.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+        let r = fs.rename(parent.0, name, newparent.0, newname, flags.bits());
+        fs.apply_changes(fs.store.take_changes());
+        match r {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let what = format!(

@@ -169,6 +169,74 @@ impl Index {
         }
     }
 
+    /// Another writer removed `layout`'s directory at `path`: forgets the tags of that
+    /// layout under it, its legacy digest directories (with the tags naming them), and the
+    /// nodes no layout has any more. Returns the tags removed.
+    pub fn remove_subtree(&mut self, path: &str, layout: Layout) -> Vec<(String, String)> {
+        let prefix = format!("{path}/");
+        let under = |p: &str| path.is_empty() || p == path || p.starts_with(&prefix);
+        let mut nodes: Vec<String> = self.nodes.keys().filter(|k| under(k)).cloned().collect();
+        let mut removed = Vec::new();
+        for n in &nodes {
+            let tags: Vec<String> = self.nodes[n]
+                .tags
+                .iter()
+                .filter(|(_, t)| t.layout == layout)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for t in tags {
+                self.remove_tag(n, &t);
+                removed.push((n.clone(), t));
+            }
+        }
+        if layout == Layout::Legacy {
+            let dirs: Vec<DirKey> = self
+                .refs
+                .keys()
+                .filter(|k| matches!(k, DirKey::Legacy(r, _) if under(r)))
+                .cloned()
+                .collect();
+            for key in dirs {
+                removed.extend(self.remove_dir_and_tags(&key));
+            }
+        }
+        // Deepest first, so parents are empty when their turn comes.
+        nodes.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        for n in nodes {
+            let empty_of_layout = self
+                .nodes
+                .get(&n)
+                .is_some_and(|node| node.tags.values().all(|t| t.layout != layout));
+            if empty_of_layout {
+                self.remove_node(&n, layout);
+            }
+        }
+        removed
+    }
+
+    /// Forgets a digest directory another writer removed, and the tags that named it.
+    pub fn remove_dir_and_tags(&mut self, key: &DirKey) -> Vec<(String, String)> {
+        let mut removed = Vec::new();
+        if self.refs(key).unwrap_or(0) > 0 {
+            let named: Vec<(String, String)> = self
+                .nodes
+                .iter()
+                .flat_map(|(r, n)| {
+                    n.tags
+                        .iter()
+                        .filter(|(_, t)| t.key == *key)
+                        .map(move |(t, _)| (r.clone(), t.clone()))
+                })
+                .collect();
+            for (r, t) in named {
+                self.remove_tag(&r, &t);
+                removed.push((r, t));
+            }
+        }
+        self.remove_dir(key);
+        removed
+    }
+
     /// Moves the subtree at `from` to `to` (which must not exist), re-keying legacy
     /// digest directories that move with their repository.
     pub fn move_subtree(&mut self, from: &str, to: &str) {

@@ -25,6 +25,7 @@ mod ops;
 mod recover;
 #[cfg(test)]
 mod tests;
+pub mod watch;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -80,6 +81,9 @@ pub struct Store {
     index: RwLock<Index>,
     opts: Options,
     in_use: std::sync::OnceLock<std::sync::Arc<dyn InUse>>,
+    /// Other writers' changes, once [`Store::watch`] started watching.
+    watcher: Mutex<Option<watch::Watcher>>,
+    changes: Mutex<Vec<watch::Change>>,
 }
 
 /// Held for the whole of a change: the in-process mutex and the store's `flock`.
@@ -124,6 +128,8 @@ impl Store {
             index: RwLock::new(Index::new()),
             opts,
             in_use: std::sync::OnceLock::new(),
+            watcher: Mutex::new(None),
+            changes: Mutex::new(Vec::new()),
         };
         {
             let _g = store.lock()?;
@@ -131,6 +137,45 @@ impl Store {
             *store.index.write() = ix;
         }
         Ok(store)
+    }
+
+    /// Starts following other writers' changes (inotify); returns the descriptor to poll.
+    pub fn watch(&self) -> Result<std::os::fd::RawFd> {
+        let _g = self.lock()?;
+        let w =
+            watch::Watcher::new(&self.root, &self.index.read()).map_err(|e| StoreError::Io {
+                context: format!("inotify on {}", self.root.display()),
+                source: e.into(),
+            })?;
+        let fd = w.fd();
+        *self.watcher.lock() = Some(w);
+        Ok(fd)
+    }
+
+    /// Applies other writers' pending changes (taking the lock) and returns every change
+    /// not yet handed out.
+    pub fn sync_external(&self) -> Result<Vec<watch::Change>> {
+        {
+            let _g = self.lock()?;
+            self.sync_locked();
+        }
+        Ok(self.take_changes())
+    }
+
+    /// Changes by other writers found since the last call.
+    pub fn take_changes(&self) -> Vec<watch::Change> {
+        std::mem::take(&mut *self.changes.lock())
+    }
+
+    /// With the lock held: brings the index up to date with other writers' changes.
+    fn sync_locked(&self) {
+        let mut w = self.watcher.lock();
+        if let Some(w) = w.as_mut() {
+            let found = w.apply(&self.root, &mut self.index.write());
+            if !found.is_empty() {
+                self.changes.lock().extend(found);
+            }
+        }
     }
 
     /// Installs the mount's in-use check (once).

@@ -46,6 +46,7 @@ impl Store {
     pub fn create_tag(&self, repo: &str, tag: &[u8], target: &Target) -> Result<Digest> {
         let tag = check_new_tag(repo, tag)?;
         let _g = self.lock()?;
+        self.sync_locked();
         let digest = self.resolve(target)?;
         {
             let ix = self.index();
@@ -81,6 +82,7 @@ impl Store {
     /// Returns the directories collected.
     pub fn remove_tag(&self, repo: &str, tag: &str) -> Result<Vec<DirKey>> {
         let _g = self.lock()?;
+        self.sync_locked();
         let t = self
             .index()
             .tag(repo, tag)
@@ -110,6 +112,7 @@ impl Store {
         let to_tag = check_new_tag(to_repo, to_tag)?;
         let to = (to_repo, to_tag);
         let _g = self.lock()?;
+        self.sync_locked();
         let src = self
             .index()
             .tag(from.0, from.1)
@@ -341,6 +344,7 @@ impl Store {
             return Err(StoreError::NameTooLong(path));
         }
         let _g = self.lock()?;
+        self.sync_locked();
         {
             let ix = self.index();
             let node = ix
@@ -371,6 +375,7 @@ impl Store {
     /// `rmdir tags/PATH`: removes an empty repository directory from both layouts.
     pub fn rmdir(&self, path: &str) -> Result<()> {
         let _g = self.lock()?;
+        self.sync_locked();
         self.rmdir_locked(path)
     }
 
@@ -469,6 +474,7 @@ impl Store {
             )));
         }
         let _g = self.lock()?;
+        self.sync_locked();
         let node = self
             .index()
             .node(from)
@@ -552,6 +558,16 @@ impl Store {
             }
         }
         self.index.write().move_subtree(from, &to);
+        if let Some(w) = self.watcher.lock().as_mut() {
+            for (has, lay) in [
+                (node.content, Layout::Content),
+                (node.legacy, Layout::Legacy),
+            ] {
+                if has {
+                    w.renamed(lay, from, &to);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -1,0 +1,407 @@
+//! Other writers: an image puller (hypeman), `imagefs import` or `imagefs gc` may change the
+//! store while it is mounted. inotify watches `content/`, the store root and every repository
+//! directory of both layouts; each event names one entry, which is re-read and reconciled
+//! with the index, so an event costs one `lstat`/`readlink` whoever caused it. Our own
+//! changes produce events too; they find the index already right and change nothing.
+//!
+//! Events are applied under the store lock: by the mount's watcher thread within a fraction
+//! of a second, and by every change of our own before it decides anything (so a tag another
+//! writer just created is counted before GC looks at a reference count). imagefs never
+//! collects on another writer's behalf: a tag removed by someone else just goes.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use log::{debug, info, warn};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+
+use super::fsutil::TMP_PREFIX;
+use super::index::Index;
+use super::layout::{self, CONTENT, DirKey, Layout, PRIVATE, REPOSITORIES};
+use super::names::{self, Digest};
+
+/// What another writer changed, for the mount to drop from the kernel's caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A tag appeared, vanished or now names another digest.
+    Tag { repo: String, tag: String },
+    /// A repository directory appeared or vanished.
+    Dir(String),
+    /// A digest directory vanished.
+    DigestGone(Digest),
+}
+
+/// A watched directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Target {
+    Content,
+    /// A repository directory of a layout; ("", Legacy) is the store root and
+    /// ("", Content) is `repositories/`.
+    Repo(Layout, String),
+}
+
+pub struct Watcher {
+    inotify: Inotify,
+    targets: HashMap<WatchDescriptor, Target>,
+    wds: HashMap<Target, WatchDescriptor>,
+}
+
+const MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_ONLYDIR)
+    .union(AddWatchFlags::IN_DONT_FOLLOW);
+
+impl Watcher {
+    /// Watches the store's directories that the index knows.
+    pub fn new(root: &Path, ix: &Index) -> nix::Result<Watcher> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let mut w = Watcher {
+            inotify,
+            targets: HashMap::new(),
+            wds: HashMap::new(),
+        };
+        w.watch(root, Target::Content);
+        w.watch(root, Target::Repo(Layout::Content, String::new()));
+        w.watch(root, Target::Repo(Layout::Legacy, String::new()));
+        let nodes: Vec<(String, bool, bool)> = ix
+            .nodes()
+            .map(|(p, n)| (p.clone(), n.content, n.legacy))
+            .collect();
+        for (p, content, legacy) in nodes {
+            if content {
+                w.watch(root, Target::Repo(Layout::Content, p.clone()));
+            }
+            if legacy {
+                w.watch(root, Target::Repo(Layout::Legacy, p));
+            }
+        }
+        Ok(w)
+    }
+
+    /// The descriptor to poll for pending events.
+    pub fn fd(&self) -> RawFd {
+        self.inotify.as_fd().as_raw_fd()
+    }
+
+    fn dir(root: &Path, t: &Target) -> std::path::PathBuf {
+        match t {
+            Target::Content => root.join(CONTENT),
+            Target::Repo(Layout::Legacy, r) if r.is_empty() => root.to_path_buf(),
+            Target::Repo(l, r) => root.join(layout::repo_rel_dir(*l, r)),
+        }
+    }
+
+    /// Adds a watch; returns false if the directory could not be watched.
+    fn watch(&mut self, root: &Path, t: Target) -> bool {
+        if self.wds.contains_key(&t) {
+            return true;
+        }
+        let dir = Self::dir(root, &t);
+        match self.inotify.add_watch(&dir, MASK) {
+            Ok(wd) => {
+                // A directory moved by another writer keeps its descriptor: re-point it.
+                if let Some(old) = self.targets.insert(wd, t.clone()) {
+                    self.wds.remove(&old);
+                }
+                self.wds.insert(t, wd);
+                true
+            }
+            Err(nix::errno::Errno::ENOENT) => false,
+            Err(e) => {
+                warn!("cannot watch {} for other writers: {e}", dir.display());
+                false
+            }
+        }
+    }
+
+    fn unwatch_subtree(&mut self, layout: Layout, path: &str) {
+        let prefix = format!("{path}/");
+        let gone: Vec<Target> = self
+            .wds
+            .keys()
+            .filter(|t| matches!(t, Target::Repo(l, p) if *l == layout && (p == path || p.starts_with(&prefix))))
+            .cloned()
+            .collect();
+        for t in gone {
+            if let Some(wd) = self.wds.remove(&t) {
+                self.targets.remove(&wd);
+                let _ = self.inotify.rm_watch(wd);
+            }
+        }
+    }
+
+    /// Our own repository move: the watches moved with the directories.
+    pub fn renamed(&mut self, layout: Layout, from: &str, to: &str) {
+        let prefix = format!("{from}/");
+        let moved: Vec<(Target, WatchDescriptor)> = self
+            .wds
+            .iter()
+            .filter(|(t, _)| matches!(t, Target::Repo(l, p) if *l == layout && (p == from || p.starts_with(&prefix))))
+            .map(|(t, wd)| (t.clone(), *wd))
+            .collect();
+        for (t, wd) in moved {
+            if let Target::Repo(l, p) = t {
+                let new = Target::Repo(l, format!("{to}{}", &p[from.len()..]));
+                self.wds.remove(&Target::Repo(l, p));
+                self.targets.insert(wd, new.clone());
+                self.wds.insert(new, wd);
+            }
+        }
+    }
+
+    /// Reads every pending event and reconciles the entries they name with `ix`.
+    pub fn apply(&mut self, root: &Path, ix: &mut Index) -> Vec<Change> {
+        let mut changes = Vec::new();
+        loop {
+            let events = match self.inotify.read_events() {
+                Ok(ev) if !ev.is_empty() => ev,
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => {
+                    warn!("reading store events: {e}");
+                    break;
+                }
+            };
+            for ev in events {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    warn!("store event queue overflowed; re-reading every watched directory");
+                    let all: Vec<Target> = self.wds.keys().cloned().collect();
+                    for t in all {
+                        self.reconcile_dir(root, &t, ix, &mut changes);
+                    }
+                    continue;
+                }
+                if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    if let Some(t) = self.targets.remove(&ev.wd) {
+                        self.wds.remove(&t);
+                    }
+                    continue;
+                }
+                let (Some(t), Some(name)) = (self.targets.get(&ev.wd).cloned(), ev.name) else {
+                    continue;
+                };
+                if name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                    continue;
+                }
+                self.reconcile(root, &t, &name, ix, &mut changes);
+            }
+        }
+        changes
+    }
+
+    /// Re-reads every entry of a watched directory (a new watch may have missed some).
+    fn reconcile_dir(&mut self, root: &Path, t: &Target, ix: &mut Index, out: &mut Vec<Change>) {
+        let mut names: Vec<OsString> = std::fs::read_dir(Self::dir(root, t))
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        // Entries the index has that may have gone.
+        match t {
+            Target::Content => names.extend(
+                ix.dir_keys()
+                    .filter(|(k, _)| matches!(k, DirKey::Content(_)))
+                    .map(|(k, _)| k.digest().hex().into())
+                    .collect::<Vec<OsString>>(),
+            ),
+            Target::Repo(l, r) => {
+                if let Some(n) = ix.node(r) {
+                    names.extend(n.subdirs.iter().map(OsString::from));
+                    names.extend(
+                        n.tags
+                            .iter()
+                            .filter(|(_, tag)| tag.layout == *l)
+                            .map(|(k, _)| OsString::from(k)),
+                    );
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        for n in names {
+            if !n.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
+                self.reconcile(root, t, &n, ix, out);
+            }
+        }
+    }
+
+    /// Makes the index agree with the disk about entry `name` of watched directory `t`.
+    fn reconcile(
+        &mut self,
+        root: &Path,
+        t: &Target,
+        name: &OsStr,
+        ix: &mut Index,
+        out: &mut Vec<Change>,
+    ) {
+        let path = Self::dir(root, t).join(name);
+        let meta = std::fs::symlink_metadata(&path).ok();
+        match t {
+            Target::Content => {
+                let Some(d) = name.to_str().and_then(Digest::parse_hex) else {
+                    return;
+                };
+                let key = DirKey::Content(d);
+                match meta {
+                    Some(m) if m.is_dir() => {
+                        if !ix.has_dir(&key) {
+                            info!("another writer added {}", path.display());
+                            ix.add_dir(key);
+                        }
+                    }
+                    _ => {
+                        if ix.has_dir(&key) {
+                            info!("another writer removed {}", path.display());
+                            for (repo, tag) in ix.remove_dir_and_tags(&key) {
+                                out.push(Change::Tag { repo, tag });
+                            }
+                            out.push(Change::DigestGone(d));
+                        }
+                    }
+                }
+            }
+            Target::Repo(lay, repo) => {
+                self.reconcile_repo_entry(root, *lay, repo, name, meta, ix, out)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reconcile_repo_entry(
+        &mut self,
+        root: &Path,
+        lay: Layout,
+        repo: &str,
+        name: &OsStr,
+        meta: Option<std::fs::Metadata>,
+        ix: &mut Index,
+        out: &mut Vec<Change>,
+    ) {
+        let own = [CONTENT, REPOSITORIES, PRIVATE].map(OsStr::new);
+        if lay == Layout::Legacy && repo.is_empty() && own.contains(&name) {
+            return;
+        }
+        let Some(n) = name.to_str() else { return };
+        let ft = meta.as_ref().map(|m| m.file_type());
+        // A legacy digest directory.
+        if lay == Layout::Legacy
+            && !repo.is_empty()
+            && let Some(d) = Digest::parse_hex(n)
+        {
+            let key = DirKey::Legacy(repo.to_string(), d);
+            let is_dir = ft.is_some_and(|f| f.is_dir());
+            match (is_dir, ix.has_dir(&key)) {
+                (true, false) => ix.add_dir(key),
+                (false, true) => {
+                    for (repo, tag) in ix.remove_dir_and_tags(&key) {
+                        out.push(Change::Tag { repo, tag });
+                    }
+                    if ix.dirs_of(&d).next().is_none() {
+                        out.push(Change::DigestGone(d));
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        let sub = names::join(repo, n);
+        match ft {
+            Some(f) if f.is_symlink() => {
+                if repo.is_empty() || names::check_tag(n.as_bytes()).is_err() {
+                    return;
+                }
+                let want = std::fs::read_link(
+                    Self::dir(root, &Target::Repo(lay, repo.to_string())).join(n),
+                )
+                .ok()
+                .and_then(|t| layout::parse_tag_target(lay, repo, &t))
+                .filter(|k| ix.has_dir(k));
+                let have = ix
+                    .tag(repo, n)
+                    .filter(|t| t.layout == lay)
+                    .map(|t| t.key.clone());
+                if want == have {
+                    return;
+                }
+                if have.is_some() {
+                    ix.remove_tag(repo, n);
+                }
+                if let Some(key) = want {
+                    if ix.tag(repo, n).is_some() {
+                        // The same name in the other layout: the content layout's wins.
+                        if lay == Layout::Legacy {
+                            return;
+                        }
+                        ix.remove_tag(repo, n);
+                    }
+                    ix.add_tag(repo, n, key, lay);
+                }
+                debug!("another writer changed tag {repo}:{n}");
+                out.push(Change::Tag {
+                    repo: repo.to_string(),
+                    tag: n.to_string(),
+                });
+            }
+            Some(f) if f.is_dir() => {
+                if names::check_repo(&sub).is_err() {
+                    return;
+                }
+                let has = ix.node(&sub).is_some_and(|node| match lay {
+                    Layout::Content => node.content,
+                    Layout::Legacy => node.legacy,
+                });
+                if !has {
+                    ix.ensure_node(&sub, lay);
+                    out.push(Change::Dir(sub.clone()));
+                }
+                let t = Target::Repo(lay, sub);
+                if !self.wds.contains_key(&t) && self.watch(root, t.clone()) {
+                    // Entries made before the watch existed.
+                    self.reconcile_dir(root, &t, ix, out);
+                }
+            }
+            _ => {
+                // Gone (or not something we serve): forget what the index had there.
+                let had_tag = ix.tag(repo, n).is_some_and(|t| t.layout == lay);
+                if had_tag {
+                    ix.remove_tag(repo, n);
+                    out.push(Change::Tag {
+                        repo: repo.to_string(),
+                        tag: n.to_string(),
+                    });
+                }
+                let had_dir = ix.node(&sub).is_some_and(|node| match lay {
+                    Layout::Content => node.content,
+                    Layout::Legacy => node.legacy,
+                });
+                if had_dir && meta.is_none() {
+                    let prefix = format!("{sub}/");
+                    let digests: Vec<Digest> = ix
+                        .dir_keys()
+                        .filter_map(|(k, _)| match k {
+                            DirKey::Legacy(r, d)
+                                if lay == Layout::Legacy
+                                    && (*r == sub || r.starts_with(&prefix)) =>
+                            {
+                                Some(*d)
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    for (repo, tag) in ix.remove_subtree(&sub, lay) {
+                        out.push(Change::Tag { repo, tag });
+                    }
+                    for d in digests {
+                        if ix.dirs_of(&d).next().is_none() {
+                            out.push(Change::DigestGone(d));
+                        }
+                    }
+                    self.unwatch_subtree(lay, &sub);
+                    out.push(Change::Dir(sub));
+                }
+            }
+        }
+    }
+}
