@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,14 @@ from helpers import (  # noqa: E402
     ImageCache, Mount, Store, force_unmount, fuse_mounts_under, imagefs_bin, make_workdir,
 )
 
-BASE = Path(os.environ.get("IMAGEFS_TEST_TMP", "/tmp/imagefs-mount-tests"))
+# One directory per test session, so that concurrent runs (another engineer's, CI's) never see, nor
+# clean up, each other's mounts.
+if os.environ.get("IMAGEFS_TEST_TMP"):
+    BASE = Path(os.environ["IMAGEFS_TEST_TMP"])
+else:
+    BASE = Path(tempfile.mkdtemp(prefix="imagefs-mount-tests.", dir="/tmp"))
+BASE.mkdir(parents=True, exist_ok=True)
+os.chmod(BASE, 0o755)
 
 
 def pytest_configure(config):
@@ -153,3 +161,5 @@ def _no_mounts_left_behind():
         force_unmount(mp)
     time.sleep(0.1)
     assert not fuse_mounts_under(BASE), "fuse mounts left behind"
+    if not os.environ.get("IMAGEFS_TEST_TMP"):
+        shutil.rmtree(BASE, ignore_errors=True)

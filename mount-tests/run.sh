@@ -13,10 +13,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
 cd "$here"
+export IMAGEFS_TEST_TMP="$(mktemp -d /tmp/imagefs-mount-tests.XXXXXX)"
+chmod 755 "$IMAGEFS_TEST_TMP"
 status=0
 python3 -m pytest -q "$@" || status=$?
-# never leave a mount behind
-grep -o ' /tmp/imagefs-mount-tests/[^ ]*' /proc/mounts | while read -r mp; do
+# never leave a mount behind (only this run's: concurrent runs use their own directory)
+{ grep -o " $IMAGEFS_TEST_TMP/[^ ]*" /proc/mounts || true; } | while read -r mp; do
   fusermount3 -u "$mp" 2>/dev/null || umount -l "$mp" 2>/dev/null || true
 done
+grep -q " $IMAGEFS_TEST_TMP/" /proc/mounts || rm -rf "$IMAGEFS_TEST_TMP"
 exit $status

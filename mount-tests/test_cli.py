@@ -124,3 +124,22 @@ def test_busy_mountpoint_is_a_clear_error(store, mounter):
         for _ in range(3):
             if len(mounts_at(m.mnt)) > 1:
                 sh("umount", "-l", m.mnt)
+
+
+def test_umount_of_a_non_mount_is_a_clear_error(workdir):
+    d = workdir / "not-a-mount"
+    d.mkdir()
+    r = sh(imagefs_bin(), "umount", d, timeout=20)
+    assert r.returncode != 0
+    assert str(d) in r.stderr, r.stderr
+
+
+def test_store_that_is_a_file_is_a_clear_error(workdir, mnt):
+    f = workdir / "file-store"
+    f.write_text("x")
+    r = sh(imagefs_bin(), "mount", "--store", f, mnt, "--foreground", timeout=20)
+    try:
+        assert r.returncode != 0
+        assert str(f) in r.stderr, r.stderr
+    finally:
+        force_unmount(str(mnt))

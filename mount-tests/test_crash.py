@@ -11,11 +11,30 @@ import time
 
 import pytest
 
-from helpers import force_unmount, is_fuse_mounted
+from pathlib import Path
+
+from helpers import force_unmount, is_fuse_mounted, scan_store
 from stressworld import StressWorld, mount_consistency, start_workers
 
 ITERATIONS = int(os.environ.get("IMAGEFS_CRASH_ITERATIONS", "20"))
 SEED = int(os.environ.get("IMAGEFS_CRASH_SEED", str(int(time.time()))))
+
+
+def interrupted_state(root: Path) -> list[str]:
+    """What a kill -9 left behind before repair (informational): .imagefs entries, temp files."""
+    seen = []
+    priv = root / ".imagefs"
+    if priv.is_dir():
+        for d in sorted(priv.iterdir()):
+            if d.is_dir() and any(d.iterdir()):
+                seen.append(f"{d.name}:{len(list(d.iterdir()))}")
+    st = scan_store(root)
+    if st.strays:
+        seen.append(f"temp:{len(st.strays)}")
+    dangling = [k for k, v in st.tags.items() if v is None]
+    if dangling:
+        seen.append(f"dangling:{len(dangling)}")
+    return seen
 
 
 @pytest.mark.slow
@@ -25,22 +44,23 @@ def test_crash_loop(store, mounter, workdir):
     w = StressWorld(store, key="crash")
     mnt = workdir / "mnt"
     mnt.mkdir()
-    history = []
+    history, states = [], []
     for i in range(ITERATIONS + 1):
         m = mounter(store, mnt)
         v = w.violations() + mount_consistency(mnt, store.root)
-        assert not v, (f"iteration {i} (seed {SEED}; previous: {history[-1] if history else None}): "
+        assert not v, (f"iteration {i} (IMAGEFS_CRASH_SEED={SEED}; {history[-1] if history else ''}): "
                        f"after remount/repair:\n" + "\n".join(v) + "\n--- repair log:\n" + m.log_tail(30))
+        priv = store.root / ".imagefs"
+        left = [f"{d.name}/{e.name}" for d in priv.iterdir() if d.is_dir() for e in d.iterdir()] \
+            if priv.is_dir() else []
+        assert not left, f"iteration {i}: bookkeeping left after repair: {left}\n" + m.log_tail(30)
+        assert m.stop() == 0
         if i == ITERATIONS:
-            assert m.stop() == 0
             break
-        st_digests = set(os.listdir(mnt / "digests"))
-        if len(st_digests & set(w.pool)) < 3:
-            assert m.stop() == 0
-            w.replenish()
-            m = mounter(store, mnt)
+        w.replenish()
+        m = mounter(store, mnt)
         procs = start_workers(mnt, w.spec(), rnd.choice([2, 4, 8]), 60, 1000 + i, workdir, crash=True)
-        delay = rnd.uniform(0.02, 1.0)
+        delay = 0.15 + rnd.uniform(0.0, 0.6)   # python start-up, then a random moment in the stream
         time.sleep(delay)
         m.kill9()
         for p, _ in procs:
@@ -52,4 +72,76 @@ def test_crash_loop(store, mounter, workdir):
                 raise AssertionError(f"iteration {i}: a worker hung after the daemon was killed")
         force_unmount(str(mnt))
         assert not is_fuse_mounted(mnt)
-        history.append(f"iteration {i}: killed after {delay:.3f}s")
+        states.append(interrupted_state(store.root))
+        history.append(f"iteration {i}: killed after {delay:.3f}s, left {states[-1]}")
+    print("\n".join(history))
+
+
+@pytest.mark.slow
+def test_crash_during_promotion(workdir, images, mounter):
+    """kill -9 in the middle of promoting a legacy digest with many tags into content/ (triggered by
+    tagging it in another repository): after the remount every old tag still names the digest, the
+    digest exists exactly once, and the new tag is either fully there or absent."""
+    import threading
+    from helpers import Store, scan_store
+    from world import assert_tag
+    rnd = random.Random(SEED + 1)
+    n_tags = 150
+    iterations = max(3, ITERATIONS // 2)
+    seen = []
+    for it in range(iterations):
+        store = Store(workdir / f"promo-store-{it}", images)
+        hx = store.add_digest("promo", layout="legacy", repo="old.example.com/repo")
+        other = store.add_digest("promo-other", layout="legacy", repo="old.example.com/repo")
+        for i in range(n_tags):
+            store.tag("old.example.com/repo", f"v{i}", hx, layout="legacy")
+        store.tag("old.example.com/repo", "other", other, layout="legacy")
+        mnt = workdir / f"promo-mnt-{it}"
+        mnt.mkdir()
+        m = mounter(store, mnt)
+        os.makedirs(mnt / "tags/new.example.com/repo")
+        res = {}
+
+        def tag():
+            try:
+                os.symlink(hx, mnt / "tags/new.example.com/repo/latest")
+                res["r"] = "ok"
+            except OSError as e:
+                res["r"] = e.errno
+
+        t = threading.Thread(target=tag)
+        t.start()
+        delay = rnd.uniform(0.0, 0.15)
+        time.sleep(delay)
+        m.kill9()
+        t.join(15)
+        assert not t.is_alive(), "ln -s still blocked after the daemon was killed"
+        force_unmount(str(mnt))
+        pre = scan_store(store.root)
+        rewritten = sum(1 for k, lay in pre.tag_layout.items() if k[0] == "old.example.com/repo" and lay == "content")
+        seen.append(f"killed after {delay:.3f}s: digest at {[l[0] for l in pre.locations.get(hx, [])]}, "
+                    f"{rewritten}/{n_tags + 1} tags rewritten, ln -s {res.get('r')}")
+        m2 = mounter(store, mnt)
+        v = check_invariants_promo(store, hx, other)
+        assert not v, f"iteration {it} (killed after {delay:.3f}s, ln -s: {res}):\n" + "\n".join(v) + \
+            "\n--- repair log:\n" + m2.log_tail(20)
+        for i in range(0, n_tags, 37):
+            assert_tag(mnt, store, "old.example.com/repo", f"v{i}", hx)
+        assert_tag(mnt, store, "old.example.com/repo", "other", other)
+        st = scan_store(store.root)
+        if res.get("r") == "ok":
+            assert st.tags.get(("new.example.com/repo", "latest")) == hx
+        assert m2.stop() == 0
+    print("\n".join(seen))
+
+
+def check_invariants_promo(store, hx, other):
+    from helpers import check_invariants, scan_store
+    v = check_invariants(store.root, ever_tagged={hx, other})
+    st = scan_store(store.root)
+    if len(st.locations.get(hx, [])) != 1:
+        v.append(f"digest {hx[:12]} at {st.locations.get(hx)} (expected exactly one place)")
+    missing = [t for t in (f"v{i}" for i in range(150)) if st.tags.get(("old.example.com/repo", t)) != hx]
+    if missing:
+        v.append(f"{len(missing)} old tags lost or dangling, e.g. {missing[:5]}")
+    return v

@@ -126,3 +126,43 @@ def test_group_writable_repo(store, mounter):
     assert_tag(m.mnt, store, "team/app", "v2", hx)
     res = probe([["unlink", t / "v2"]])  # no supplementary group -> no write permission
     assert res == ["EACCES"], res
+
+
+def test_mkdir_by_user_gives_user_a_repository(store, mounter):
+    """POSIX: a directory made with mkdir belongs to its maker. A user who makes a repository inside one it
+    owns can then tag in it; the store dir carries that owner (and the mode asked for, less umask)."""
+    hx = store.add_digest("perm-mk")
+    store.tag("docker.io/mine/app", "v1", hx)
+    mine = store.root / "repositories/docker.io/mine/app"
+    os.chown(mine, UID, UID)
+    m = mounter(store, allow_other=True)
+    t = m.mnt / "tags/docker.io/mine/app"
+    r = as_user("sh", "-c", f"umask 022 && mkdir -m 0750 {t}/sub && ln -s {hx} {t}/sub/v1")
+    assert r.returncode == 0, r.stderr
+    st = os.stat(store.root / "repositories/docker.io/mine/app/sub")
+    assert (st.st_uid, st.st_gid) == (UID, UID), (st.st_uid, st.st_gid)
+    assert oct(st.st_mode & 0o7777) == oct(0o750)
+    mst = os.stat(t / "sub")
+    assert (mst.st_uid, mst.st_gid, oct(mst.st_mode & 0o7777)) == (UID, UID, oct(0o750))
+    assert_tag(m.mnt, store, "docker.io/mine/app/sub", "v1", hx)
+
+
+def test_root_mkdir_mode(store, mounter):
+    hx = store.add_digest("perm-mode")
+    store.tag("x/y", "v1", hx)
+    m = mounter(store)
+    old = os.umask(0o022)
+    try:
+        os.mkdir(m.mnt / "tags/x/private", 0o700)
+    finally:
+        os.umask(old)
+    assert oct(os.stat(store.root / "repositories/x/private").st_mode & 0o7777) == oct(0o700)
+    assert oct(os.stat(m.mnt / "tags/x/private").st_mode & 0o7777) == oct(0o700)
+
+
+def test_without_allow_other_other_users_are_kept_out(store, mounter):
+    hx = store.add_digest("perm-noao")
+    store.tag("a/b", "v1", hx)
+    m = mounter(store)
+    res = probe([["listdir", m.mnt / "tags"], ["readlink", m.mnt / "tags/a/b/v1"]])
+    assert res == ["EACCES", "EACCES"], res

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -230,8 +231,7 @@ def test_owners_and_modes_follow_store(store, mounter, layout):
     assert _ugm(T(mnt, w.r1).parent) == (4244, 4245, 0o750, stat.S_IFDIR)
     assert _ugm(mnt / "digests") == (0, 0, 0o755, stat.S_IFDIR)
     assert stat.S_ISLNK(os.lstat(T(mnt, w.r1, "t1")).st_mode)
-    r = sh("ls", "-ld", "--numeric-uid-gid", T(mnt, w.r1), mnt / "digests")
-    lines = r.stdout.splitlines()
+    lines = [sh("ls", "-ld", "--numeric-uid-gid", p).stdout for p in (T(mnt, w.r1), mnt / "digests")]
     assert lines[0].split()[0] == "drwxrwxr-x" and lines[0].split()[2:4] == ["4242", "4343"], lines
     assert lines[1].split()[0] == "drwxr-xr-x" and lines[1].split()[2:4] == ["0", "0"], lines
     # digest files are read-only for everybody
@@ -265,13 +265,31 @@ def test_open_image_survives_last_untag(store, mounter, layout):
             off += len(chunk)
         assert data[:100] == first
         assert hashlib.sha256(data).hexdigest() == hx
-        # the open directory still lists and opens its files
-        assert "metadata.json" in os.listdir(dfd)
-        mfd = os.open("metadata.json", os.O_RDONLY, dir_fd=dfd)
+        # the open directory (and a cwd inside it) still lists, looks up and opens its files
+        problems = []
+        checks = [
+            ("fstat of the open image fd", lambda: os.fstat(fd).st_size == len(data)),
+            ("fstat of the open dir fd", lambda: stat.S_ISDIR(os.fstat(dfd).st_mode)),
+            ("readdir of the open dir fd", lambda: sorted(os.listdir(dfd))[:2] == ["metadata.json", "rootfs.erofs"]),
+            ("openat(dirfd, metadata.json)", lambda: b'"status"' in _read_at(dfd, "metadata.json")),
+            ("fchdir into the open dir", lambda: os.fchdir(dfd) or True),
+            ("stat rootfs.erofs relative to cwd", lambda: os.stat("rootfs.erofs").st_size == len(data)),
+            ("listdir of cwd", lambda: "metadata.json" in os.listdir(".")),
+        ]
+        old_cwd = os.getcwd()
         try:
-            assert b'"status"' in os.read(mfd, 1 << 16)
+            for desc, fn in checks:
+                if "cwd" in desc and any(p.startswith("fchdir") for p in problems):
+                    problems.append(f"{desc}: not tried (fchdir failed)")
+                    continue
+                try:
+                    if not fn():
+                        problems.append(f"{desc}: wrong result")
+                except OSError as e:
+                    problems.append(f"{desc}: {e}")
         finally:
-            os.close(mfd)
+            os.chdir(old_cwd)
+        assert not problems, "in-use digest directory yanked after its last tag went:\n" + "\n".join(problems)
     finally:
         os.close(fd)
         os.close(dfd)
@@ -286,3 +304,135 @@ def test_open_image_survives_last_untag(store, mounter, layout):
     while time.monotonic() < deadline and trash.exists() and os.listdir(trash):
         time.sleep(0.1)
     assert not trash.exists() or not os.listdir(trash), f"trash still holds {os.listdir(trash)}"
+
+
+def _read_at(dfd, name):
+    f = os.open(name, os.O_RDONLY, dir_fd=dfd)
+    try:
+        return os.read(f, 1 << 16)
+    finally:
+        os.close(f)
+
+
+# ------------------------------------------------------------------ read-type operations everywhere
+def test_read_ops_served_everywhere(wm):
+    w, mnt = wm
+    hx = w.d["d1"]
+    paths = [mnt, mnt / "tags", T(mnt, w.r1).parent, T(mnt, w.r1), T(mnt, w.r1, "t1"), mnt / "digests",
+             mnt / "digests" / hx, mnt / "digests" / hx / "metadata.json", mnt / "digests" / hx / "rootfs.erofs"]
+    failures = []
+    for p in paths:
+        for desc, fn in [
+            ("lstat", lambda: os.lstat(p)),
+            ("stat", lambda: os.stat(p)),
+            ("access R_OK", lambda: os.access(p, os.R_OK) or (_ for _ in ()).throw(OSError(13, "access false"))),
+            ("listxattr", lambda: os.listxattr(p, follow_symlinks=False)),
+            ("statvfs", lambda: os.statvfs(p)),
+        ]:
+            try:
+                fn()
+            except OSError as e:
+                failures.append(f"{desc} {p}: {e}")
+        try:
+            os.getxattr(p, "user.imagefs-test-absent", follow_symlinks=False)
+            failures.append(f"getxattr {p}: absent attribute returned a value")
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                failures.append(f"getxattr {p}: {errno.errorcode.get(e.errno)}, expected ENODATA")
+    for d in paths[:4] + [paths[5], paths[6]]:
+        try:
+            os.listdir(d)
+        except OSError as e:
+            failures.append(f"readdir {d}: {e}")
+        if not os.access(d, os.X_OK):
+            failures.append(f"access X_OK {d}: false")
+    assert not failures, "\n".join(failures)
+    # readdir reports the right types (ls -F)
+    r = sh("ls", "-F", T(mnt, w.r1))
+    assert "t1@" in r.stdout.split(), r.stdout
+    r = sh("ls", "-F", mnt / "digests" / hx)
+    assert "metadata.json" in r.stdout.split(), r.stdout
+
+
+# ------------------------------------------------------------------ store entries that do not fit
+def test_strays_ignored_not_served_not_deleted(store, mounter):
+    hx = store.add_digest("stray-a")
+    store.tag("docker.io/library/app", "v1", hx)
+    root = store.root
+    strays = {
+        "repositories/docker.io/library/app/notes.txt": "file",
+        "repositories/docker.io/library/app/outside": ("link", "/etc"),
+        "repositories/docker.io/library/app/dangling": ("link", "../../../../content/" + "e" * 64),
+        "repositories/docker.io/library/app/Bad:Tag": ("link", "../../../../content/" + hx),
+        "repositories/UPPER/x": ("link", "../../content/" + hx),
+        "content/not-a-digest": "dir",
+        "content/README": "file",
+        "legacyrepo/v1": ("link", "../etc"),
+    }
+    for rel, kind in strays.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "file":
+            p.write_text("stray\n")
+        elif kind == "dir":
+            p.mkdir()
+        else:
+            os.symlink(kind[1], p)
+    m = mounter(store)
+    mnt = m.mnt
+    assert os.listdir(T(mnt, "docker.io/library/app")) == ["v1"]
+    assert "UPPER" not in os.listdir(mnt / "tags")
+    assert os.listdir(mnt / "digests") == [hx]
+    assert "legacyrepo" not in os.listdir(mnt / "tags") or os.listdir(T(mnt, "legacyrepo")) == []
+    for name in ("notes.txt", "outside", "dangling", "Bad:Tag"):
+        expect_errno(errno.ENOENT, os.lstat, T(mnt, "docker.io/library/app", name))
+    # untagging the last tag of the repository deletes no stray
+    os.unlink(T(mnt, "docker.io/library/app", "v1"))
+    assert not store.content_dir(hx).exists()
+    for rel in strays:
+        assert os.path.lexists(root / rel), f"stray {rel} was deleted"
+    # one warning per entry (also after the store was changed around them)
+    log = [ln for ln in m.log_text().splitlines() if " WARN " in ln]
+    bad = []
+    # the warning names the entry: its store path, or for a dangling tag repo:tag; a malformed
+    # repository directory is one entry (its contents are not looked at)
+    names = {"repositories/UPPER/x": "repositories/UPPER"}
+    for rel in strays:
+        alt = re.escape("docker.io/library/app:" + rel.split("/")[-1]) + r"\b"
+        pat = re.compile(re.escape(str(root / names.get(rel, rel))) + r"(:| ->)|" + alt)
+        n = sum(1 for ln in log if pat.search(ln))
+        if n != 1:
+            bad.append(f"{rel}: {n} warnings")
+    assert not bad, "expected exactly one warning per stray entry: " + ", ".join(bad) + "\n" + "\n".join(log)
+
+
+@pytest.mark.parametrize("role", ["dp", "dconv", "df"])
+def test_rootfs_erofs_served_only_for_ready(wm, role):
+    """DESIGN.md 3: "rootfs/ and rootfs.erofs are served for ready digests". A pending/converting image
+    may still be being written by the puller; serving it under long TTLs + keep_cache would pin a partial
+    image in the kernel's cache. Interpretation: not served (ENOENT, not listed) unless ready."""
+    w, mnt = wm
+    hx = w.d[role]
+    assert (w.ddir(role) / "rootfs.erofs").is_file()  # the store has one
+    d = mnt / "digests" / hx
+    assert "metadata.json" in os.listdir(d)
+    assert "rootfs.erofs" not in os.listdir(d), f"{w.store.status[hx]} digest serves rootfs.erofs"
+    expect_errno(errno.ENOENT, os.stat, d / "rootfs.erofs")
+
+
+def test_mmap_rootfs_erofs_survives_gc(store, mounter):
+    """A VMM maps rootfs.erofs: the mapping reads the store's bytes, also after the last tag went."""
+    import mmap
+    w = build_world(store, "content")
+    mnt = mounter(store).mnt
+    hx = w.d["d2"]
+    want = (w.ddir("d2") / "rootfs.erofs").read_bytes()
+    with open(mnt / "digests" / hx / "rootfs.erofs", "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        try:
+            assert mm[:] == want
+            os.unlink(T(mnt, w.r1, "only"))
+            assert not w.ddir("d2").exists()
+            assert hashlib.sha256(mm[:]).hexdigest() == hx
+        finally:
+            mm.close()

@@ -76,7 +76,7 @@ def test_ls_coreutils(wm):
 
 # ------------------------------------------------------------------ ln -s target forms
 FORMS = ["hex", "sha256", "rel-digests", "abs-digests", "any-path-digests", "rel-tag-same-repo",
-         "rel-tag-other-repo", "abs-tag"]
+         "dot-rel-tag", "rel-tag-other-repo", "rel-tag-via-mount-root", "abs-tag"]
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -84,7 +84,7 @@ def test_symlink_target_forms(wm, form):
     w, mnt = wm
     repo = w.r1
     depth = 1 + len(repo.split("/"))
-    if form in ("rel-tag-other-repo",):
+    if form in ("rel-tag-other-repo", "rel-tag-via-mount-root"):
         hx = w.d["dx"]
     else:
         hx = w.d["d1"] if "tag" in form else w.d["d3"]
@@ -95,6 +95,8 @@ def test_symlink_target_forms(wm, form):
         "abs-digests": str(mnt / "digests" / hx),
         "any-path-digests": "/nonexistent/elsewhere/digests/" + hx,
         "rel-tag-same-repo": "t1",
+        "dot-rel-tag": "./t1",
+        "rel-tag-via-mount-root": "../" * depth + "tags/" + w.r2 + "/v1",
         "rel-tag-other-repo": "../" * len(repo.split("/")) + w.r2 + "/v1",
         "abs-tag": str(mnt / "tags" / repo / "t1"),
     }[form]
@@ -106,13 +108,14 @@ def test_symlink_target_forms(wm, form):
     if w.layout == "content":
         assert os.readlink(w.root / "repositories" / repo / "new") == content_target(repo, hx)
     else:
-        if form == "rel-tag-other-repo":
+        if form in ("rel-tag-other-repo", "rel-tag-via-mount-root"):
             # dx lived only in r2's legacy dir: tagging it in r1 promotes it into content/
             assert os.readlink(w.root / "repositories" / repo / "new") == content_target(repo, hx)
         else:
             assert os.readlink(w.root / repo / "new") == hx
     # nothing else changed
-    assert {k: v for k, v in st.tags.items() if k != (repo, "new")} == before.tags or form == "rel-tag-other-repo"
+    assert {k: v for k, v in st.tags.items() if k != (repo, "new")} == before.tags or \
+        form in ("rel-tag-other-repo", "rel-tag-via-mount-root")
     # readlink via coreutils
     assert sh("readlink", T(mnt, repo, "new")).stdout.strip() == mount_target(repo, hx)
 
@@ -505,8 +508,12 @@ def test_rmdir(wm):
 def test_rm_r_repository(wm):
     w, mnt = wm
     r = sh("rm", "-r", T(mnt, w.r1))
-    assert r.returncode == 0, r.stderr
-    expect_errno(errno.ENOENT, os.stat, T(mnt, w.r1))
+    if w.layout == "content":
+        assert r.returncode == 0, r.stderr
+        expect_errno(errno.ENOENT, os.stat, T(mnt, w.r1))
+    # (legacy: r1's store dir still holds untagged digests; whether rmdir then succeeds is checked
+    #  separately in test_rm_r_legacy_repo_holding_untagged_digests)
+    assert os.listdir(T(mnt, w.r1)) == [] if os.path.isdir(T(mnt, w.r1)) else True
     st = scan_store(w.root)
     assert not [k for k in st.tags if k[0] == w.r1]
     for role in ("d1", "d2", "df"):
@@ -520,16 +527,32 @@ def test_rm_r_repository(wm):
     no_garbage(w)
 
 
+def test_rm_r_legacy_repo_holding_untagged_digests(store, mounter):
+    """A legacy repository dir that, after its tags are gone, still holds never-tagged / pending digest
+    dirs in the store: the mount shows it empty, so POSIX users expect rm -r (its rmdir) to succeed."""
+    w = build_world(store, "legacy")
+    mnt = mounter(store).mnt
+    r = sh("rm", "-r", T(mnt, w.r1))
+    assert not [t for t in scan_store(w.root).tags if t[0] == w.r1]
+    assert w.ddir("d3").is_dir() and w.ddir("dp").is_dir()
+    assert r.returncode == 0, f"rm -r of a repository whose listing is empty failed: {r.stderr}"
+    expect_errno(errno.ENOENT, os.stat, T(mnt, w.r1))
+
+
 # ------------------------------------------------------------------ promotion of legacy digests
 def test_legacy_digest_promoted_when_tagged_in_other_repo(store, mounter):
     w = build_world(store, "legacy")
     mnt = mounter(store).mnt
     hx = w.d["d1"]
+    meta = (store.root / w.r1 / hx / "metadata.json").read_bytes()
+    manifest = (store.root / w.r1 / hx / "manifest.json").read_bytes()
     assert sh("mkdir", "-p", T(mnt, "docker.io/library/newhome")).returncode == 0
     r = sh("ln", "-s", "sha256:" + hx, T(mnt, "docker.io/library/newhome", "latest"))
     assert r.returncode == 0, r.stderr
     assert (store.root / "content" / hx / "rootfs.erofs").is_file(), "not promoted into content/<hex>"
     assert not (store.root / w.r1 / hx).exists(), "legacy digest dir still there after promotion"
+    assert (store.root / "content" / hx / "metadata.json").read_bytes() == meta, "metadata.json changed"
+    assert (store.root / "content" / hx / "manifest.json").read_bytes() == manifest
     assert os.readlink(store.root / "repositories/docker.io/library/newhome/latest") == \
         content_target("docker.io/library/newhome", hx)
     # r1's tags of d1 rewritten into repositories/, still resolving, readlink unchanged in the mount
@@ -590,3 +613,61 @@ def test_other_writer_changes_appear(store, mounter):
         time.sleep(0.05)
     assert not os.path.lexists(T(mnt, "docker.io/library/ext", "old"))
     assert store.content_dir(hx).is_dir(), "imagefs must not collect on another writer's behalf"
+
+
+def test_state_survives_remount(wm, mounter):
+    w, mnt = wm
+    os.symlink(w.d["d3"], T(mnt, w.r1, "n1"))
+    os.rename(T(mnt, w.r1, "only"), T(mnt, w.r2, "moved"))
+    os.unlink(T(mnt, w.r1, "broken"))
+    assert sh("mkdir", "-p", T(mnt, "empty/repo")).returncode == 0
+    renameat2(T(mnt, w.r1, "t1"), T(mnt, w.r2, "v1"), RENAME_EXCHANGE)
+    view, digests = mount_view_of(mnt), sorted(os.listdir(mnt / "digests"))
+    sh("fusermount3", "-u", mnt)
+    m2 = mounter(w.store)
+    assert mount_view_of(m2.mnt) == view
+    assert sorted(os.listdir(m2.mnt / "digests")) == digests
+    assert T(m2.mnt, "empty/repo").is_dir()
+    assert w.d["df"] not in digests
+    no_garbage(w)
+
+
+def mount_view_of(mnt):
+    from helpers import mount_view
+    return mount_view(mnt)
+
+
+def test_collected_digest_leaves_digests_at_once(store, mounter):
+    """Repeated: a digest the kernel has cached (dentry + attrs, long TTL) must be gone from digests/
+    when the rm of its last tag returns, not a moment later."""
+    n = 20
+    hexes = []
+    for i in range(n):
+        hx = store.add_digest(f"inval-{i}")
+        store.tag("docker.io/library/inval", f"v{i}", hx)
+        hexes.append(hx)
+    mnt = mounter(store).mnt
+    stale = []
+    for i, hx in enumerate(hexes):
+        os.stat(mnt / "digests" / hx / "metadata.json")
+        os.unlink(T(mnt, "docker.io/library/inval", f"v{i}"))
+        try:
+            os.stat(mnt / "digests" / hx)
+            stale.append(hx[:12])
+        except FileNotFoundError:
+            pass
+    assert not stale, f"{len(stale)}/{n} collected digests still stat-able in digests/ right after rm returned"
+
+
+def test_dereferencing_forms_hit_the_digest_dir(wm):
+    """DESIGN.md's note: a tag is a symlink to a directory, so `ln -sf NEW TAG` / `mv A TAG` without the
+    no-dereference flags act inside the digest directory: EROFS, and nothing changes."""
+    w, mnt = wm
+    before = snapshot(w.root)
+    r = sh("ln", "-sf", w.d["d3"], T(mnt, w.r1, "only"))
+    assert r.returncode == 1 and "Read-only file system" in r.stderr, r
+    r = sh("mv", T(mnt, w.r1, "t1"), T(mnt, w.r1, "only"))
+    assert r.returncode == 1 and "Read-only file system" in r.stderr, r
+    assert snapshot(w.root) == before
+    assert_tag(mnt, w, w.r1, "only", w.d["d2"])
+    assert_tag(mnt, w, w.r1, "t1", w.d["d1"])

@@ -45,7 +45,7 @@ def main():
     counts, unexpected, created = {}, [], set()
     deadline = time.monotonic() + float(seconds)
     while time.monotonic() < deadline:
-        op = rnd.choices(["symlink", "unlink", "rename", "noreplace", "exchange"], [45, 20, 20, 8, 7])[0]
+        op = rnd.choices(["symlink", "unlink", "rename", "noreplace", "exchange"], [50, 15, 20, 8, 7])[0]
         a, b = rnd.choice(tags), rnd.choice(tags)
         try:
             if op == "symlink":
