@@ -137,6 +137,13 @@ pub struct ScannedDir {
     pub layout: Layout,
 }
 
+/// An entry of the store the scan ignored, and why (each is also logged as a warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
 /// What one scan of the store found.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -145,6 +152,19 @@ pub struct Scan {
     pub repo_dirs: Vec<ScannedDir>,
     /// Leftover temporary files of interrupted tag installs (safe to delete under the lock).
     pub temp_files: Vec<PathBuf>,
+    /// Entries that do not fit (stray files, malformed names, tags naming nothing the
+    /// store could hold), in the order found; `imagefs fsck` reports them.
+    pub problems: Vec<Problem>,
+}
+
+/// Logs `PATH: REASON; ignored` and records it.
+fn ignore(scan: &mut Scan, path: &Path, reason: impl Into<String>) {
+    let reason = reason.into();
+    warn!("{}: {reason}; ignored", path.display());
+    scan.problems.push(Problem {
+        path: path.to_path_buf(),
+        reason,
+    });
 }
 
 /// Reads the whole store. Symlinks are read, never followed.
@@ -157,10 +177,7 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
                 let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
                 match name.to_str().and_then(Digest::parse_hex) {
                     Some(d) if is_dir => scan.digest_dirs.push(DirKey::Content(d)),
-                    _ => warn!(
-                        "{}: not a digest directory; ignored",
-                        entry.path().display()
-                    ),
+                    _ => ignore(&mut scan, &entry.path(), "not a digest directory"),
                 }
             }
         }
@@ -179,6 +196,7 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         scan.tags.extend(p.tags);
         scan.repo_dirs.extend(p.repo_dirs);
         scan.temp_files.extend(p.temp_files);
+        scan.problems.extend(p.problems);
     }
     Ok(scan)
 }
@@ -235,7 +253,7 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && repo.is_empty() => return subs,
         Err(e) => {
-            warn!("{}: cannot read: {e}; ignored", dir.display());
+            ignore(scan, &dir, format!("cannot read: {e}"));
             return subs;
         }
     };
@@ -276,13 +294,13 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
                     if sub.len() <= names::MAX_REPO_LEN {
                         subs.push(sub);
                     } else {
-                        warn!("{}: repository name too long; ignored", path.display());
+                        ignore(scan, &path, "repository name too long");
                     }
                 }
-                Err(_) => warn!("{}: not a valid repository name; ignored", path.display()),
+                Err(_) => ignore(scan, &path, "not a valid repository name"),
             }
         } else {
-            warn!("{}: stray file; ignored", path.display());
+            ignore(scan, &path, "stray file");
         }
     }
     subs
@@ -290,17 +308,17 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
 
 fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Scan) {
     if repo.is_empty() {
-        warn!("{}: a tag needs a repository; ignored", path.display());
+        ignore(scan, path, "a tag needs a repository");
         return;
     }
     let Ok(tag) = names::check_tag(name.as_bytes()) else {
-        warn!("{}: not a valid tag name; ignored", path.display());
+        ignore(scan, path, "not a valid tag name");
         return;
     };
     let target = match std::fs::read_link(path) {
         Ok(t) => t,
         Err(e) => {
-            warn!("{}: cannot read link: {e}; ignored", path.display());
+            ignore(scan, path, format!("cannot read link: {e}"));
             return;
         }
     };
@@ -311,11 +329,20 @@ fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Sc
             layout,
             key,
         }),
-        None => warn!(
-            "{} -> {}: does not name a digest directory of the store; ignored",
-            path.display(),
-            target.display()
-        ),
+        None => {
+            warn!(
+                "{} -> {}: does not name a digest directory of the store; ignored",
+                path.display(),
+                target.display()
+            );
+            scan.problems.push(Problem {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "tag -> {}: does not name a digest directory of the store (outside it, or malformed)",
+                    target.display()
+                ),
+            });
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub mod lockfile;
 pub mod metadata;
 pub mod names;
 mod ops;
-mod recover;
+pub mod recover;
 #[cfg(test)]
 mod tests;
 pub mod watch;
@@ -109,6 +109,12 @@ impl Store {
         let root = root
             .canonicalize()
             .ctx(|| format!("store {}", root.display()))?;
+        if root == Path::new("/") {
+            // Its legacy layout would be the whole filesystem.
+            return Err(StoreError::Invalid(
+                "store /: refusing to use the filesystem root as an image store".into(),
+            ));
+        }
         let journal = Journal::new(&root);
         journal
             .create_dirs()

@@ -1,0 +1,595 @@
+//! `imagefs fsck`: checks a store, and with `--repair` fixes what can be fixed safely.
+//!
+//! Under the store lock: interrupted changes (journal intents), leftover temporary files,
+//! the trash, entries the scan ignores (stray files, malformed names, tags naming nothing the
+//! store could hold), dangling tags, tags the mount ignores, digest directories without a
+//! readable status, untagged digests (information only: digest-only pulls are legitimate).
+//! After the lock is released (so a live mount is not held up): the sha256 of each ready
+//! image, and a full read of it through our erofs reader.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, lock, lock_for_reading, out, status_of,
+};
+use crate::image::{FileKind, Image, Nid};
+use crate::store::index::Tag;
+use crate::store::journal::{Intent, Journal};
+use crate::store::layout::{self, DirKey};
+use crate::store::lockfile;
+use crate::store::metadata::Status;
+use crate::store::recover;
+
+/// Arguments of `imagefs fsck`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FsckArgs {
+    /// The hypeman image store (the directory holding `content/`, `repositories/` and legacy
+    /// repository directories).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// Repair what can be repaired: finish or roll back interrupted changes as a mount does,
+    /// remove leftover temporary files, empty the trash (only when no mount serves the
+    /// store), remove dangling tags (after listing them). Stray files, malformed entries,
+    /// bad metadata and corrupt images are reported, never touched.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// How bad a finding is: only problems make the exit status 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Problem,
+}
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// An interrupted collection (a GC intent record): a half-collected digest.
+    HalfCollected,
+    /// Another interrupted change (promote, move, exchange, relink).
+    Interrupted,
+    /// An intent record that cannot be read.
+    BadIntent,
+    /// A leftover temporary file of an interrupted tag install.
+    TempFile,
+    /// An entry of `.imagefs/trash/`.
+    Trash,
+    /// An entry the scan ignores: stray file, malformed name, tag outside the store.
+    Ignored,
+    /// A tag naming a digest directory that does not exist.
+    DanglingTag,
+    /// A well-formed tag the mount ignores (a clash).
+    ShadowedTag,
+    /// A digest directory without metadata.json.
+    NoMetadata,
+    /// metadata.json unreadable, or its status missing or unknown.
+    BadStatus,
+    /// A ready digest directory without a rootfs.erofs file.
+    NoImage,
+    /// sha256(rootfs.erofs) is not the directory's name.
+    DigestMismatch,
+    /// The image cannot be read in full.
+    CorruptImage,
+    /// A finished digest directory no tag names.
+    Untagged,
+    /// A directory that went away while fsck ran (collected meanwhile).
+    Vanished,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    pub kind: Kind,
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Info => "info",
+            Severity::Problem => "problem",
+        };
+        write!(f, "{sev}: {}: {}", self.path.display(), self.reason)
+    }
+}
+
+fn problem(kind: Kind, path: impl Into<PathBuf>, reason: impl Into<String>) -> Finding {
+    Finding {
+        severity: Severity::Problem,
+        kind,
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+fn info(kind: Kind, path: impl Into<PathBuf>, reason: impl Into<String>) -> Finding {
+    Finding {
+        severity: Severity::Info,
+        kind,
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The result of the structural check (under the lock).
+pub struct Structure {
+    pub findings: Vec<Finding>,
+    pub view: View,
+    /// Ready digest directories whose image is to be read in full.
+    pub images: Vec<DirKey>,
+}
+
+/// Checks everything but the images' contents. The caller holds the store lock.
+/// `mounted`: a live mount serves the store (its trash is then not a problem).
+pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> {
+    let mut f = Vec::new();
+    let journal = Journal::new(root);
+    let pending = journal
+        .pending()
+        .map_err(|e| format!("{}: {e}", journal.dir.display()))?;
+    for (path, intent) in pending {
+        f.push(match intent {
+            None => problem(Kind::BadIntent, path, "unreadable intent record"),
+            Some(Intent::Gc { dir }) => problem(
+                Kind::HalfCollected,
+                path,
+                format!("half-collected digest: the collection of {dir} was interrupted"),
+            ),
+            Some(other) => problem(
+                Kind::Interrupted,
+                path,
+                format!(
+                    "interrupted change: {}",
+                    serde_json::to_string(&other).unwrap_or_default()
+                ),
+            ),
+        });
+    }
+    let view = View::read(root)?;
+    for t in &view.scan.temp_files {
+        f.push(problem(
+            Kind::TempFile,
+            t,
+            "leftover temporary file of an interrupted change",
+        ));
+    }
+    match std::fs::read_dir(journal.trash()) {
+        Ok(rd) => {
+            let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for p in entries {
+                f.push(if mounted {
+                    info(
+                        Kind::Trash,
+                        p,
+                        "in the trash; kept, a live mount may still serve it to its users",
+                    )
+                } else {
+                    problem(Kind::Trash, p, "leftover in the trash")
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => f.push(problem(Kind::Trash, journal.trash(), e.to_string())),
+    }
+    for p in &view.scan.problems {
+        f.push(problem(Kind::Ignored, &p.path, p.reason.clone()));
+    }
+    let mut tags = view.scan.tags.clone();
+    tags.sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
+    for t in &tags {
+        let path = root
+            .join(layout::repo_rel_dir(t.layout, &t.repo))
+            .join(&t.tag);
+        if !view.index.has_dir(&t.key) {
+            f.push(problem(
+                Kind::DanglingTag,
+                path,
+                format!(
+                    "dangling tag: names {}, which is not in the store",
+                    t.key.rel_path().display()
+                ),
+            ));
+            continue;
+        }
+        let want = Tag {
+            key: t.key.clone(),
+            layout: t.layout,
+        };
+        if view.index.tag(&t.repo, &t.tag) != Some(&want) {
+            let why = if view
+                .index
+                .node(&t.repo)
+                .is_some_and(|n| n.subdirs.contains(&t.tag))
+            {
+                "its name clashes with a repository directory"
+            } else {
+                "the content layout has a tag of the same name"
+            };
+            f.push(problem(
+                Kind::ShadowedTag,
+                path,
+                format!("tag ignored by the mount: {why}"),
+            ));
+        }
+    }
+    let mut images = Vec::new();
+    for key in view.dirs() {
+        let dir = root.join(key.rel_path());
+        let md = dir.join("metadata.json");
+        if std::fs::symlink_metadata(&md).is_err() {
+            f.push(problem(Kind::NoMetadata, &dir, "no metadata.json"));
+            continue;
+        }
+        let status = match status_of(root, &key) {
+            Ok(s) => s,
+            Err(reason) => {
+                f.push(problem(Kind::BadStatus, &dir, reason));
+                continue;
+            }
+        };
+        if status.collectable() && view.index.refs(&key) == Some(0) {
+            f.push(info(
+                Kind::Untagged,
+                &dir,
+                format!(
+                    "untagged {} digest (a digest-only pull, or its tags were removed by another program); `imagefs gc` removes it",
+                    status.as_str()
+                ),
+            ));
+        }
+        if status != Status::Ready {
+            continue;
+        }
+        let img = dir.join("rootfs.erofs");
+        match std::fs::symlink_metadata(&img) {
+            Ok(m) if m.is_file() => images.push(key),
+            Ok(_) => f.push(problem(
+                Kind::NoImage,
+                img,
+                "status is ready, but rootfs.erofs is not a regular file",
+            )),
+            Err(e) => f.push(problem(
+                Kind::NoImage,
+                img,
+                format!("status is ready, but rootfs.erofs cannot be read: {e}"),
+            )),
+        }
+    }
+    Ok(Structure {
+        findings: f,
+        view,
+        images,
+    })
+}
+
+/// sha256 of a whole file, as lowercase hex.
+fn sha256_hex(file: &File) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What a full read of one image went through.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadStats {
+    pub dirs: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+}
+
+/// Reads a whole image through our reader: every directory, regular file, symlink and the
+/// xattrs of every inode. The error names the path inside the image.
+pub fn read_image(file: File) -> Result<ReadStats, String> {
+    let img = Image::open(file).map_err(|e| format!("cannot open: {e}"))?;
+    let mut stats = ReadStats::default();
+    let mut seen: HashSet<Nid> = HashSet::new();
+    let mut stack: Vec<(Nid, Vec<u8>)> = vec![(img.root(), b"/".to_vec())];
+    let mut buf = vec![0u8; 1 << 20];
+    while let Some((nid, path)) = stack.pop() {
+        let shown = || String::from_utf8_lossy(&path).into_owned();
+        if !seen.insert(nid) {
+            // A hard link to a file already read; a directory seen twice is a loop.
+            let kind = img.inode(nid).map(|i| i.kind);
+            if matches!(kind, Ok(FileKind::Directory)) {
+                return Err(format!("{}: directory loop (nid {})", shown(), nid.0));
+            }
+            continue;
+        }
+        let ino = img.inode(nid).map_err(|e| format!("{}: {e}", shown()))?;
+        img.xattrs(nid)
+            .map_err(|e| format!("{}: xattrs: {e}", shown()))?;
+        match ino.kind {
+            FileKind::Directory => {
+                stats.dirs += 1;
+                let mut entries = Vec::new();
+                img.readdir(nid, 0, |e| {
+                    entries.push((e.name.to_vec(), e.nid));
+                    true
+                })
+                .map_err(|e| format!("{}: readdir: {e}", shown()))?;
+                for (name, child) in entries.into_iter().rev() {
+                    let mut p = path.clone();
+                    if p.last() != Some(&b'/') {
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(&name);
+                    stack.push((child, p));
+                }
+            }
+            FileKind::Regular => {
+                stats.files += 1;
+                let mut off = 0u64;
+                while off < ino.size {
+                    let n = img
+                        .read(nid, off, &mut buf)
+                        .map_err(|e| format!("{}: read at {off}: {e}", shown()))?;
+                    if n == 0 {
+                        return Err(format!(
+                            "{}: data ends at {off}, its size is {}",
+                            shown(),
+                            ino.size
+                        ));
+                    }
+                    off += n as u64;
+                }
+                stats.bytes += off;
+            }
+            FileKind::Symlink => {
+                stats.symlinks += 1;
+                img.readlink(nid)
+                    .map_err(|e| format!("{}: readlink: {e}", shown()))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(stats)
+}
+
+/// Verifies one ready digest directory: sha256 (when no manifest.json names the digest
+/// instead) and a full read through the reader.
+pub fn verify_image(root: &Path, key: &DirKey) -> Vec<Finding> {
+    let dir = root.join(key.rel_path());
+    let path = dir.join("rootfs.erofs");
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return vec![info(
+                Kind::Vanished,
+                path,
+                "went away while fsck ran (collected meanwhile?); not checked",
+            )];
+        }
+        Err(e) => {
+            return vec![problem(
+                Kind::CorruptImage,
+                path,
+                format!("cannot open: {e}"),
+            )];
+        }
+    };
+    let mut f = Vec::new();
+    // An OCI import names its directory by the manifest digest, kept in manifest.json; only
+    // other images are named by the sha256 of their bytes.
+    if std::fs::symlink_metadata(dir.join("manifest.json")).is_err() {
+        match sha256_hex(&file) {
+            Ok(h) if h == key.digest().hex() => {}
+            Ok(h) => f.push(problem(
+                Kind::DigestMismatch,
+                &path,
+                format!(
+                    "sha256 of the image is {h}, but its directory is named {} (and it has no manifest.json)",
+                    key.digest().hex()
+                ),
+            )),
+            Err(e) => f.push(problem(
+                Kind::CorruptImage,
+                &path,
+                format!("cannot read: {e}"),
+            )),
+        }
+    }
+    if let Err(e) = read_image(file) {
+        f.push(problem(
+            Kind::CorruptImage,
+            &path,
+            format!("corrupt image: {e}"),
+        ));
+    }
+    f
+}
+
+/// Verifies images with a few threads; results in the order of `keys`.
+pub fn verify_images(root: &Path, keys: &[DirKey]) -> Vec<Finding> {
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 4)
+        .min(keys.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Vec<Finding>)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(key) = keys.get(i) else { return };
+                    let r = verify_image(root, key);
+                    results
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((i, r));
+                }
+            });
+        }
+    });
+    let mut r = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    r.sort_by_key(|x| x.0);
+    r.into_iter().flat_map(|x| x.1).collect()
+}
+
+fn count(f: &[Finding], sev: Severity) -> usize {
+    f.iter().filter(|x| x.severity == sev).count()
+}
+
+pub(crate) fn run_to(args: &FsckArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32 {
+    let root = match check_store(&args.store) {
+        Ok(r) => r,
+        Err(msg) => {
+            out(e, format!("imagefs fsck: {msg}"));
+            return EXIT_FAILED;
+        }
+    };
+    let mounted = lockfile::is_mounted(&root);
+    let guard = if args.repair {
+        lock(&root).map(Some)
+    } else {
+        lock_for_reading(&root)
+    };
+    let guard = match guard {
+        Ok(g) => g,
+        Err(msg) => {
+            out(e, format!("imagefs fsck: {msg}"));
+            return EXIT_FAILED;
+        }
+    };
+    let first = match check_structure(&root, mounted) {
+        Ok(s) => s,
+        Err(msg) => {
+            out(e, format!("imagefs fsck: {msg}"));
+            return EXIT_FAILED;
+        }
+    };
+    for f in &first.findings {
+        out(o, f.to_string());
+    }
+    let mut repaired = 0usize;
+    let mut repair_failed = false;
+    let end = if args.repair {
+        match repair(&root, mounted, o) {
+            Ok((n, ok)) => {
+                repaired = n;
+                repair_failed = !ok;
+            }
+            Err(msg) => {
+                out(e, format!("imagefs fsck: repair: {msg}"));
+                repair_failed = true;
+            }
+        }
+        match check_structure(&root, mounted) {
+            Ok(s) => s,
+            Err(msg) => {
+                out(e, format!("imagefs fsck: {msg}"));
+                return EXIT_FAILED;
+            }
+        }
+    } else {
+        first
+    };
+    drop(guard);
+
+    let image_findings = verify_images(&root, &end.images);
+    for f in &image_findings {
+        out(o, f.to_string());
+    }
+    let problems =
+        count(&end.findings, Severity::Problem) + count(&image_findings, Severity::Problem);
+    let untagged = end
+        .findings
+        .iter()
+        .filter(|f| f.kind == Kind::Untagged)
+        .count();
+    let mut summary = format!(
+        "{}: {} tags, {} digest directories ({untagged} untagged), {} images read in full; ",
+        root.display(),
+        end.view.index.tag_count(),
+        end.view.dirs().len(),
+        end.images.len(),
+    );
+    if args.repair {
+        summary.push_str(&format!("{repaired} repairs; "));
+    }
+    if problems == 0 {
+        summary.push_str("clean");
+    } else if args.repair {
+        summary.push_str(&format!("{problems} problems remain"));
+    } else {
+        summary.push_str(&format!("{problems} problems"));
+    }
+    out(o, summary);
+    if problems > 0 || repair_failed {
+        EXIT_PROBLEMS
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Repairs under the lock (held by the caller): replays the journal as a mount does (the
+/// trash is emptied only when no mount is live), then removes dangling tags. Returns the
+/// number of repairs and whether every attempted repair succeeded.
+pub fn repair(root: &Path, mounted: bool, o: &mut dyn Write) -> Result<(usize, bool), String> {
+    let rec = recover::replay(root, !mounted).map_err(|e| e.to_string())?;
+    let mut n = rec.actions.len();
+    for a in &rec.actions {
+        out(o, format!("repaired: {a}"));
+    }
+    for f in &rec.failures {
+        out(o, format!("repair failed: {f}"));
+    }
+    let mut ok = rec.failures.is_empty();
+    let now = check_structure(root, mounted)?;
+    for f in now.findings.iter().filter(|f| f.kind == Kind::DanglingTag) {
+        match std::fs::remove_file(&f.path) {
+            Ok(()) => {
+                n += 1;
+                out(
+                    o,
+                    format!("repaired: removed dangling tag {}", f.path.display()),
+                );
+            }
+            Err(err) => {
+                ok = false;
+                out(
+                    o,
+                    format!(
+                        "repair failed: remove dangling tag {}: {err}",
+                        f.path.display()
+                    ),
+                );
+            }
+        }
+    }
+    Ok((n, ok))
+}
+
+/// `imagefs fsck`; returns the exit status.
+pub fn run(args: FsckArgs) -> i32 {
+    // Every finding is reported on stdout; the scan's own warnings would repeat them.
+    if std::env::var_os("RUST_LOG").is_none() {
+        log::set_max_level(log::LevelFilter::Error);
+    }
+    super::with_stdio(|o, e| run_to(&args, o, e))
+}

@@ -1,0 +1,199 @@
+//! `imagefs gc`: removes finished digest directories that no tag names.
+//!
+//! Under the store lock, with the mount's crash-safe steps: a GC intent record, an atomic
+//! rename into `.imagefs/trash/`, the deletion, then the record goes. A crash at any point is
+//! finished by the next mount or `imagefs fsck --repair`.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{
+    EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, dir_bytes, human, lock, out, status_of,
+};
+use crate::store::fsutil;
+use crate::store::journal::{Intent, Journal};
+use crate::store::layout::DirKey;
+use crate::store::names::Digest;
+
+/// Arguments of `imagefs gc`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GcArgs {
+    /// The hypeman image store (the directory holding `content/`, `repositories/` and legacy
+    /// repository directories).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// List what would be removed, and the bytes it would free, without removing anything.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+/// A digest directory `gc` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub key: DirKey,
+    pub status: &'static str,
+}
+
+/// Digests that some symlink of the store may name although the scan could not read it as
+/// a tag (malformed targets, dangling tags): their directories are never collected.
+fn protected_digests(view: &View) -> HashSet<Digest> {
+    let mut set: HashSet<Digest> = view
+        .scan
+        .tags
+        .iter()
+        .filter(|t| !view.index.has_dir(&t.key))
+        .map(|t| t.key.digest())
+        .collect();
+    for p in &view.scan.problems {
+        if let Ok(t) = std::fs::read_link(&p.path)
+            && let Some(d) = t
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(Digest::parse_hex)
+        {
+            set.insert(d);
+        }
+    }
+    set
+}
+
+/// What `gc` would remove from the store, in order; `kept` gets a line for each directory
+/// kept for a reason worth telling (unknown status, possibly named by a malformed link).
+/// The caller holds the store lock.
+pub fn candidates(root: &Path, view: &View, kept: &mut Vec<String>) -> Vec<Candidate> {
+    // Every tag the scan read counts, also those the index ignores (a name clash).
+    let named: HashSet<&DirKey> = view.scan.tags.iter().map(|t| &t.key).collect();
+    let protected = protected_digests(view);
+    let mut out = Vec::new();
+    for key in view.dirs() {
+        if view.index.refs(&key).unwrap_or(0) > 0 || named.contains(&key) {
+            continue;
+        }
+        let rel = key.rel_path();
+        if protected.contains(&key.digest()) {
+            kept.push(format!(
+                "kept {}: a malformed or dangling tag names sha256:{}",
+                rel.display(),
+                key.digest()
+            ));
+            continue;
+        }
+        match status_of(root, &key) {
+            Ok(s) if s.collectable() => out.push(Candidate {
+                key,
+                status: s.as_str(),
+            }),
+            Ok(_) => {} // a pull in progress: never collected
+            Err(reason) => kept.push(format!("kept {}: status unknown: {reason}", rel.display())),
+        }
+    }
+    out
+}
+
+/// Removes one digest directory with the mount's crash-safe steps.
+pub fn collect(root: &Path, journal: &Journal, key: &DirKey) -> Result<(), String> {
+    let dir = key.rel_path().to_string_lossy().into_owned();
+    let rec = journal
+        .record(&Intent::Gc { dir: dir.clone() })
+        .map_err(|e| {
+            format!(
+                "{}: cannot record the GC intent: {e}",
+                journal.dir.display()
+            )
+        })?;
+    let trashed = match journal.move_to_trash(root, key) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = journal.done(&rec);
+            return Err(format!(
+                "{}: cannot move into {}: {e}",
+                root.join(&dir).display(),
+                journal.trash().display()
+            ));
+        }
+    };
+    // As the mount does: if the deletion fails, the intent stays and the trash entry is
+    // deleted by the next mount (or `imagefs fsck --repair` when no mount is live).
+    fsutil::remove_tree(&trashed).map_err(|e| format!("delete {}: {e}", trashed.display()))?;
+    journal
+        .done(&rec)
+        .map_err(|e| format!("{}: {e}", rec.display()))
+}
+
+pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32 {
+    let root = match check_store(&args.store) {
+        Ok(r) => r,
+        Err(msg) => {
+            out(e, format!("imagefs gc: {msg}"));
+            return EXIT_FAILED;
+        }
+    };
+    let _lock = match lock(&root) {
+        Ok(l) => l,
+        Err(msg) => {
+            out(e, format!("imagefs gc: {msg}"));
+            return EXIT_FAILED;
+        }
+    };
+    let view = match View::read(&root) {
+        Ok(v) => v,
+        Err(msg) => {
+            out(e, format!("imagefs gc: {msg}"));
+            return EXIT_FAILED;
+        }
+    };
+    let mut kept = Vec::new();
+    let cands = candidates(&root, &view, &mut kept);
+    for k in &kept {
+        out(e, format!("imagefs gc: {k}"));
+    }
+    let journal = Journal::new(&root);
+    let (mut n, mut bytes, mut failed) = (0usize, 0u64, 0usize);
+    for c in &cands {
+        let path = root.join(c.key.rel_path());
+        let size = dir_bytes(&path);
+        let what = format!(
+            "{} (sha256:{}, {}, {})",
+            path.display(),
+            c.key.digest(),
+            c.status,
+            human(size)
+        );
+        if args.dry_run {
+            out(o, format!("would remove {what}"));
+        } else if let Err(msg) = collect(&root, &journal, &c.key) {
+            out(e, format!("imagefs gc: {msg}"));
+            failed += 1;
+            continue;
+        } else {
+            out(o, format!("removed {what}"));
+        }
+        n += 1;
+        bytes += size;
+    }
+    let verb = if args.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    let freed = if args.dry_run {
+        "would reclaim"
+    } else {
+        "reclaimed"
+    };
+    out(
+        o,
+        format!(
+            "{verb} {n} digest director{}, {freed} {} ({bytes} bytes)",
+            if n == 1 { "y" } else { "ies" },
+            human(bytes)
+        ),
+    );
+    if failed > 0 { EXIT_PROBLEMS } else { EXIT_OK }
+}
+
+/// `imagefs gc`; returns the exit status.
+pub fn run(args: GcArgs) -> i32 {
+    super::with_stdio(|o, e| run_to(&args, o, e))
+}

@@ -1,0 +1,464 @@
+//! Applies tar layers to a tree: regular files, directories, symlinks, hard links, devices
+//! and fifos with their modes, owners, mtimes and xattrs (PAX `SCHILY.xattr.*`), plus OCI
+//! whiteouts (`.wh.<name>`) and opaque directories (`.wh..wh..opq`).
+//!
+//! Nothing is ever written outside the tree:
+//! - entry names are cleaned lexically (a leading `/` is dropped, `.` ignored, `..` pops);
+//!   a name that climbs above the root is refused, as is a hard link whose target does;
+//! - every parent directory is opened component by component with `O_NOFOLLOW`; a symlink
+//!   met on the way is resolved *inside* the tree (an absolute target restarts at the tree's
+//!   root, `..` stops at it), as docker does (`FollowSymlinkInScope`);
+//! - the last component is created with `O_EXCL`/`mknodat`/`symlinkat` and changed only with
+//!   calls that do not follow it.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use super::at;
+use super::{ImportError, Result};
+
+/// Longest chain of symlinks followed while resolving one parent path.
+const MAX_LINKS: usize = 40;
+
+/// How a tar stream is applied.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Interpret `.wh.` entries as OCI whiteouts (layers); a plain rootfs tar keeps them as files.
+    pub whiteouts: bool,
+}
+
+/// Creates the (empty) root of a tree: root-owned, 0755.
+pub fn create_root(tree: &Path) -> Result<()> {
+    std::fs::create_dir(tree).map_err(|e| ImportError::io(tree.display(), e))?;
+    std::fs::set_permissions(tree, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(|e| ImportError::io(tree.display(), e))
+}
+
+/// Extracts a plain (uncompressed) tar file into a new tree at `tree`.
+pub fn extract_tar_file(tar: &Path, shown: &Path, tree: &Path) -> Result<()> {
+    create_root(tree)?;
+    let f = std::fs::File::open(tar).map_err(|e| ImportError::io(shown.display(), e))?;
+    apply(
+        tree,
+        io::BufReader::with_capacity(1 << 20, f),
+        Options { whiteouts: false },
+    )
+    .map_err(|e| e.into_import(&shown.display().to_string()))
+}
+
+/// Why a layer could not be applied.
+#[derive(Debug)]
+pub enum LayerError {
+    /// Reading the archive failed (truncated, corrupt, bad gzip...).
+    Read(io::Error),
+    /// One entry was refused or could not be written.
+    Entry { entry: String, reason: String },
+    /// The tree itself could not be opened.
+    Tree(io::Error),
+}
+
+impl LayerError {
+    pub fn into_import(self, what: &str) -> ImportError {
+        match self {
+            LayerError::Read(e) => ImportError::source(what, format!("reading the archive: {e}")),
+            LayerError::Entry { entry, reason } => {
+                ImportError::source(what, format!("entry {entry:?}: {reason}"))
+            }
+            LayerError::Tree(e) => ImportError::source(what, format!("the extraction tree: {e}")),
+        }
+    }
+}
+
+fn entry_err(entry: &[u8], reason: impl std::fmt::Display) -> LayerError {
+    LayerError::Entry {
+        entry: String::from_utf8_lossy(entry).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Cleans a tar entry name into components. `Err` if it climbs above the root.
+pub fn clean_path(name: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for c in name.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                if out.pop().is_none() {
+                    return Err("the path leaves the image root (\"..\")".into());
+                }
+            }
+            c => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+/// The tree being written, and what this layer has written so far (for opaque dirs).
+struct Tree {
+    root: OwnedFd,
+    whiteouts: bool,
+    unpacked: HashSet<Vec<u8>>,
+}
+
+fn join(comps: &[Vec<u8>]) -> Vec<u8> {
+    comps.join(&b'/')
+}
+
+impl Tree {
+    /// Opens the directory `comps` (resolving symlinks inside the tree). Missing directories
+    /// are created (0755, root) when `create`.
+    fn open_dir(&self, comps: &[Vec<u8>], create: bool) -> io::Result<OwnedFd> {
+        let mut stack: Vec<OwnedFd> = vec![self.root.try_clone()?];
+        let mut todo: std::collections::VecDeque<Vec<u8>> = comps.iter().cloned().collect();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_slice() {
+                b"" | b"." => continue,
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let name = at::cstring(&c)?;
+            let cur = stack
+                .last()
+                .ok_or_else(|| io::Error::other("empty stack"))?;
+            match at::open_dir(cur.as_fd(), &name) {
+                Ok(fd) => stack.push(fd),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                    match at::mkdir(cur.as_fd(), &name, 0o755) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                        Err(e) => return Err(e),
+                    }
+                    todo.push_front(c);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                    let st = at::lstat(cur.as_fd(), &name)?;
+                    if !at::is_symlink(&st) {
+                        return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+                    }
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    let target = at::readlink(cur.as_fd(), &name)?;
+                    if target.first() == Some(&b'/') {
+                        stack.truncate(1);
+                    }
+                    for t in target.split(|&b| b == b'/').rev() {
+                        todo.push_front(t.to_vec());
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        stack.pop().ok_or_else(|| io::Error::other("empty stack"))
+    }
+
+    fn apply_entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+    ) -> std::result::Result<(), LayerError> {
+        let raw_name = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let comps = clean_path(&raw_name).map_err(|r| entry_err(&raw_name, r))?;
+        let meta = EntryMeta::read(entry).map_err(|r| entry_err(&raw_name, r))?;
+        let Some((name, parent)) = comps.split_last() else {
+            // The root itself ("./"): only its metadata.
+            if kind.is_dir() {
+                let root = self.root.try_clone().map_err(LayerError::Tree)?;
+                meta.apply_dir(root.as_fd())
+                    .map_err(|e| entry_err(&raw_name, e))?;
+            }
+            return Ok(());
+        };
+        if self.whiteouts && name.starts_with(b".wh.") {
+            return self
+                .whiteout(parent, name)
+                .map_err(|e| entry_err(&raw_name, e));
+        }
+        let cname = at::cstring(name).map_err(|e| entry_err(&raw_name, e))?;
+        let dir = self
+            .open_dir(parent, true)
+            .map_err(|e| entry_err(&raw_name, format!("parent directory: {e}")))?;
+        let dir = dir.as_fd();
+        let existing = at::lstat_opt(dir, &cname).map_err(|e| entry_err(&raw_name, e))?;
+        let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(at::is_dir);
+        // A hard link to the very path it replaces keeps what is there.
+        let link_target = match kind {
+            tar::EntryType::Link => {
+                let t = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| entry_err(&raw_name, "hard link without a target"))?;
+                Some(
+                    clean_path(&t)
+                        .map_err(|r| entry_err(&raw_name, format!("hard link target: {r}")))?,
+                )
+            }
+            _ => None,
+        };
+        if link_target.as_deref() == Some(comps.as_slice()) {
+            return Ok(());
+        }
+        if existing.is_some() && !keep_dir {
+            at::remove_tree(dir, &cname)
+                .map_err(|e| entry_err(&raw_name, format!("replacing: {e}")))?;
+        }
+        // The entry and its ancestors were written by this layer (an opaque marker later in
+        // the layer must keep them).
+        for n in 1..=comps.len() {
+            self.unpacked.insert(join(&comps[..n]));
+        }
+        let fail = |e: io::Error| entry_err(&raw_name, e);
+        match kind {
+            tar::EntryType::Directory => {
+                if !keep_dir {
+                    at::mkdir(dir, &cname, 0o700).map_err(fail)?;
+                }
+                let fd = at::open_dir(dir, &cname).map_err(fail)?;
+                meta.apply_dir(fd.as_fd()).map_err(fail)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let mut f = at::create_file(dir, &cname).map_err(fail)?;
+                let want = entry.size();
+                let n = io::copy(entry, &mut f).map_err(LayerError::Read)?;
+                if n != want && kind != tar::EntryType::GNUSparse {
+                    return Err(LayerError::Read(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{}: {n} of {want} bytes (truncated archive)",
+                            String::from_utf8_lossy(&raw_name)
+                        ),
+                    )));
+                }
+                drop(f);
+                meta.apply_at(dir, &cname, false).map_err(fail)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| entry_err(&raw_name, "symlink without a target"))?;
+                let target = at::cstring(&target).map_err(fail)?;
+                at::symlink(&target, dir, &cname).map_err(fail)?;
+                meta.apply_at(dir, &cname, true).map_err(fail)?;
+            }
+            tar::EntryType::Link => {
+                let target = link_target.unwrap_or_default();
+                let Some((tname, tparent)) = target.split_last() else {
+                    return Err(entry_err(&raw_name, "hard link to the root directory"));
+                };
+                let tdir = self.open_dir(tparent, false).map_err(|e| {
+                    entry_err(
+                        &raw_name,
+                        format!(
+                            "hard link target {:?}: {e}",
+                            String::from_utf8_lossy(&join(&target))
+                        ),
+                    )
+                })?;
+                let tname = at::cstring(tname).map_err(fail)?;
+                at::link(tdir.as_fd(), &tname, dir, &cname).map_err(|e| {
+                    entry_err(
+                        &raw_name,
+                        format!(
+                            "hard link to {:?}: {e}",
+                            String::from_utf8_lossy(&join(&target))
+                        ),
+                    )
+                })?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let fmt = match kind {
+                    tar::EntryType::Char => libc::S_IFCHR,
+                    tar::EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                let dev = libc::makedev(major, minor);
+                at::mknod(dir, &cname, fmt | 0o600, dev).map_err(fail)?;
+                meta.apply_at(dir, &cname, false).map_err(fail)?;
+            }
+            other => {
+                log::warn!(
+                    "{}: unsupported tar entry type {other:?}; skipped",
+                    String::from_utf8_lossy(&raw_name)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `.wh.<name>` removes `<name>` from the lower layers; `.wh..wh..opq` empties the
+    /// directory of what lower layers put there.
+    fn whiteout(&self, parent: &[Vec<u8>], name: &[u8]) -> io::Result<()> {
+        let dir = match self.open_dir(parent, false) {
+            Ok(d) => d,
+            // Nothing below to hide.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if name == b".wh..wh..opq" {
+            return self.opaque(dir.as_fd(), &join(parent));
+        }
+        if name.starts_with(b".wh..wh.") {
+            // aufs bookkeeping (.wh..wh.plnk, ...): not part of the image.
+            return Ok(());
+        }
+        let victim = &name[4..];
+        if victim.is_empty() || victim == b"." || victim == b".." {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "whiteout of nothing",
+            ));
+        }
+        at::remove_tree(dir.as_fd(), &at::cstring(victim)?)
+    }
+
+    /// Removes every entry under `dir` (path `rel`) that this layer did not write.
+    fn opaque(&self, dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<()> {
+        for child in at::list(dir)? {
+            let mut path = rel.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(&child);
+            let c = at::cstring(&child)?;
+            if !self.unpacked.contains(&path) {
+                at::remove_tree(dir, &c)?;
+            } else if at::lstat(dir, &c).is_ok_and(|st| at::is_dir(&st)) {
+                let sub = at::open_dir(dir, &c)?;
+                self.opaque(sub.as_fd(), &path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An entry's owner, mode, mtime and xattrs.
+struct EntryMeta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+    xattrs: Vec<(std::ffi::CString, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<EntryMeta, String> {
+        let h = entry.header();
+        // Ids from the header, unless PAX records override them (then the header's may be blank).
+        let mut uid = h.uid().ok().and_then(|v| u32::try_from(v).ok());
+        let mut gid = h.gid().ok().and_then(|v| u32::try_from(v).ok());
+        let mode = h.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777;
+        let mut mtime = h.mtime().map(|m| m as i64).unwrap_or(0);
+        let mut xattrs = Vec::new();
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax {
+                let ext = ext.map_err(|e| format!("bad PAX header: {e}"))?;
+                let Ok(key) = ext.key() else { continue };
+                let value = ext.value_bytes();
+                let parse = || {
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
+                };
+                if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
+                    let k = std::ffi::CString::new(x)
+                        .map_err(|_| "xattr name contains NUL".to_string())?;
+                    xattrs.push((k, value.to_vec()));
+                } else if key == "uid" {
+                    uid = Some(
+                        parse()
+                            .and_then(|v| u32::try_from(v).ok())
+                            .ok_or("bad PAX uid")?,
+                    );
+                } else if key == "gid" {
+                    gid = Some(
+                        parse()
+                            .and_then(|v| u32::try_from(v).ok())
+                            .ok_or("bad PAX gid")?,
+                    );
+                } else if key == "mtime" {
+                    mtime = parse().unwrap_or(mtime);
+                }
+            }
+        }
+        Ok(EntryMeta {
+            uid: uid.ok_or("bad uid field")?,
+            gid: gid.ok_or("bad gid field")?,
+            mode,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// Owner, mode, xattrs of an open directory (its mtime would change as entries are added;
+    /// `mkfs.erofs -T` fixes every timestamp anyway).
+    fn apply_dir(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let dot = c".";
+        at::lchown(fd, dot, self.uid, self.gid)?;
+        at::chmod(fd, dot, self.mode)?;
+        for (k, v) in &self.xattrs {
+            at::set_xattr(fd, dot, k, v)?;
+        }
+        Ok(())
+    }
+
+    /// Owner, mode (not for symlinks), xattrs and mtime of `name` in `dir`.
+    fn apply_at(&self, dir: BorrowedFd<'_>, name: &CStr, symlink: bool) -> io::Result<()> {
+        at::lchown(dir, name, self.uid, self.gid)?;
+        if !symlink {
+            // After chown, which clears set-id bits.
+            at::chmod(dir, name, self.mode)?;
+        }
+        for (k, v) in &self.xattrs {
+            at::set_xattr(dir, name, k, v)?;
+        }
+        at::set_mtime(dir, name, self.mtime)
+    }
+}
+
+/// Applies one tar stream to the tree at `tree`.
+pub fn apply<R: Read>(
+    tree: &Path,
+    reader: R,
+    opts: Options,
+) -> std::result::Result<(), LayerError> {
+    let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
+    let mut t = Tree {
+        root,
+        whiteouts: opts.whiteouts,
+        unpacked: HashSet::new(),
+    };
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(LayerError::Read)?;
+    for entry in entries {
+        let mut entry = entry.map_err(LayerError::Read)?;
+        t.apply_entry(&mut entry)?;
+    }
+    // Read to the end: a layer's digest covers its trailing blocks too.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,363 @@
+use super::*;
+
+use std::os::unix::fs::MetadataExt;
+
+/// A layer built in memory; entries are (name, kind, data-or-target).
+struct L(tar::Builder<Vec<u8>>);
+
+impl L {
+    fn new() -> L {
+        L(tar::Builder::new(Vec::new()))
+    }
+
+    fn raw(
+        &mut self,
+        name: &[u8],
+        kind: tar::EntryType,
+        mode: u32,
+        link: Option<&[u8]>,
+        data: &[u8],
+    ) {
+        let mut h = tar::Header::new_gnu();
+        {
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name);
+            if let Some(l) = link {
+                old.linkname[..l.len()].copy_from_slice(l);
+            }
+        }
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(1000);
+        h.set_gid(1001);
+        h.set_mtime(1_600_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.0.append(&h, data).expect("append");
+    }
+
+    fn dir(mut self, name: &str) -> L {
+        self.raw(name.as_bytes(), tar::EntryType::Directory, 0o755, None, b"");
+        self
+    }
+
+    fn file(mut self, name: &str, data: &str) -> L {
+        self.raw(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            0o644,
+            None,
+            data.as_bytes(),
+        );
+        self
+    }
+
+    fn symlink(mut self, name: &str, target: &str) -> L {
+        self.raw(
+            name.as_bytes(),
+            tar::EntryType::Symlink,
+            0o777,
+            Some(target.as_bytes()),
+            b"",
+        );
+        self
+    }
+
+    fn hardlink(mut self, name: &str, target: &str) -> L {
+        self.raw(
+            name.as_bytes(),
+            tar::EntryType::Link,
+            0o644,
+            Some(target.as_bytes()),
+            b"",
+        );
+        self
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().expect("finish")
+    }
+}
+
+fn layer_opts() -> Options {
+    Options { whiteouts: true }
+}
+
+fn new_tree() -> (tempfile::TempDir, std::path::PathBuf) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let t = d.path().join("rootfs");
+    create_root(&t).expect("root");
+    (d, t)
+}
+
+fn apply_l(tree: &Path, l: L) -> std::result::Result<(), LayerError> {
+    apply(tree, &l.bytes()[..], layer_opts())
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn files_dirs_links_and_metadata() {
+    let (_d, t) = new_tree();
+    apply_l(
+        &t,
+        L::new()
+            .dir("etc/")
+            .file("etc/passwd", "root")
+            .file("./bin/sh", "#!")
+            .symlink("bin/ash", "sh")
+            .hardlink("bin/sh2", "bin/sh"),
+    )
+    .expect("apply");
+    assert_eq!(
+        std::fs::read_to_string(t.join("etc/passwd")).expect("read"),
+        "root"
+    );
+    let m = std::fs::symlink_metadata(t.join("etc/passwd")).expect("stat");
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1001, 0o644));
+    assert_eq!(m.mtime(), 1_600_000_000);
+    assert_eq!(
+        std::fs::read_link(t.join("bin/ash"))
+            .expect("link")
+            .to_str(),
+        Some("sh")
+    );
+    let a = std::fs::metadata(t.join("bin/sh")).expect("sh");
+    let b = std::fs::metadata(t.join("bin/sh2")).expect("sh2");
+    assert_eq!(a.ino(), b.ino());
+    // bin/ had no entry: created 0755 root.
+    let bin = std::fs::metadata(t.join("bin")).expect("bin");
+    assert_eq!((bin.uid(), bin.mode() & 0o7777), (0, 0o755));
+    assert_eq!(std::fs::metadata(t.join("etc")).expect("etc").uid(), 1000);
+}
+
+#[test]
+fn whiteouts_remove_lower_entries() {
+    let (_d, t) = new_tree();
+    apply_l(
+        &t,
+        L::new()
+            .dir("a/")
+            .file("a/x", "1")
+            .dir("a/sub/")
+            .file("a/sub/y", "2")
+            .file("b", "3")
+            .file("c", "4"),
+    )
+    .expect("lower");
+    apply_l(
+        &t,
+        L::new()
+            .file("a/.wh.sub", "")
+            .file(".wh.b", "")
+            .file(".wh.missing", "")
+            .file("nodir/.wh.x", "")
+            .file("c", "changed"),
+    )
+    .expect("upper");
+    assert_eq!(names(&t), ["a", "c"]);
+    assert_eq!(names(&t.join("a")), ["x"]);
+    assert_eq!(std::fs::read_to_string(t.join("c")).expect("c"), "changed");
+}
+
+#[test]
+fn opaque_dirs_hide_lower_contents_but_keep_this_layers() {
+    let (_d, t) = new_tree();
+    apply_l(
+        &t,
+        L::new()
+            .dir("o/")
+            .file("o/old", "1")
+            .dir("o/d/")
+            .file("o/d/deep", "2")
+            .file("keep", "3"),
+    )
+    .expect("lower");
+    // Entries of this layer before and after the marker survive; lower ones go.
+    apply_l(
+        &t,
+        L::new()
+            .dir("o/")
+            .file("o/new1", "a")
+            .dir("o/d/")
+            .file("o/.wh..wh..opq", "")
+            .file("o/new2", "b"),
+    )
+    .expect("upper");
+    assert_eq!(names(&t), ["keep", "o"]);
+    assert_eq!(names(&t.join("o")), ["d", "new1", "new2"]);
+    assert!(names(&t.join("o/d")).is_empty());
+    // No whiteout markers are left in the tree.
+    assert!(!t.join("o/.wh..wh..opq").exists());
+}
+
+#[test]
+fn a_plain_tar_keeps_whiteout_names_as_files() {
+    let (_d, t) = new_tree();
+    let l = L::new().file(".wh.x", "");
+    apply(&t, &l.bytes()[..], Options { whiteouts: false }).expect("apply");
+    assert_eq!(names(&t), [".wh.x"]);
+}
+
+#[test]
+fn a_type_change_replaces_the_lower_entry() {
+    let (_d, t) = new_tree();
+    apply_l(&t, L::new().dir("x/").file("x/f", "1").file("y", "2")).expect("lower");
+    apply_l(&t, L::new().file("x", "now a file").dir("y/")).expect("upper");
+    assert!(std::fs::symlink_metadata(t.join("x")).expect("x").is_file());
+    assert!(std::fs::symlink_metadata(t.join("y")).expect("y").is_dir());
+}
+
+#[test]
+fn dotdot_escapes_are_refused() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let t = outer.path().join("rootfs");
+    create_root(&t).expect("root");
+    for name in ["../evil", "a/../../evil", "/../evil"] {
+        let mut l = L::new();
+        l.raw(name.as_bytes(), tar::EntryType::Regular, 0o644, None, b"x");
+        match apply(&t, &l.bytes()[..], layer_opts()) {
+            Err(LayerError::Entry { reason, .. }) => assert!(reason.contains("leaves"), "{reason}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let mut l = L::new();
+    l.raw(
+        b"link",
+        tar::EntryType::Link,
+        0o644,
+        Some(b"../../etc/passwd"),
+        b"",
+    );
+    assert!(matches!(
+        apply(&t, &l.bytes()[..], layer_opts()),
+        Err(LayerError::Entry { .. })
+    ));
+    assert_eq!(names(outer.path()), ["rootfs"]);
+    // Inner ".." and absolute names stay inside.
+    apply_l(&t, L::new().file("a/../inside", "1").file("/abs", "2")).expect("inside");
+    assert_eq!(names(&t), ["abs", "inside"]);
+}
+
+#[test]
+fn writes_through_symlinks_stay_inside_the_tree() {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let victim = outer.path().join("victim");
+    std::fs::create_dir(&victim).expect("victim");
+    let t = outer.path().join("rootfs");
+    create_root(&t).expect("root");
+    let abs = victim.to_str().expect("utf8").to_string();
+    apply_l(
+        &t,
+        L::new()
+            .symlink("up", "../../../../..")
+            .symlink("abs", &abs)
+            .symlink("loop", "loop")
+            .dir("real/")
+            .symlink("rel", "real"),
+    )
+    .expect("links");
+    // Through each link: the write lands inside the tree.
+    apply_l(
+        &t,
+        L::new()
+            .file("up/escaped1", "x")
+            .file("abs/escaped2", "x")
+            .file("rel/f", "x")
+            .hardlink("hl", "rel/f"),
+    )
+    .expect("writes");
+    assert!(names(&victim).is_empty(), "{:?}", names(&victim));
+    assert_eq!(names(outer.path()), ["rootfs", "victim"]);
+    assert!(t.join("escaped1").is_file());
+    assert!(
+        t.join(abs.trim_start_matches('/'))
+            .join("escaped2")
+            .is_file()
+    );
+    assert!(t.join("real/f").is_file());
+    // The link itself is never replaced by following it: a file over a symlink replaces the link.
+    apply_l(&t, L::new().file("abs", "plain")).expect("replace link");
+    assert!(
+        std::fs::symlink_metadata(t.join("abs"))
+            .expect("abs")
+            .is_file()
+    );
+    // A symlink loop as a parent is an error, not a hang.
+    assert!(apply_l(&t, L::new().file("loop/x", "x")).is_err());
+    // Whiteouts through a symlink to outside stay inside too.
+    std::fs::write(victim.join("keep"), "k").expect("keep");
+    apply_l(&t, L::new().symlink("abs2", &abs)).expect("abs2");
+    apply_l(
+        &t,
+        L::new()
+            .file("abs2/.wh.keep", "")
+            .file("abs2/.wh..wh..opq", ""),
+    )
+    .expect("wh");
+    assert_eq!(names(&victim), ["keep"]);
+}
+
+#[test]
+fn truncated_and_garbage_archives_are_errors() {
+    let (_d, t) = new_tree();
+    let full = L::new().file("big", &"z".repeat(10_000)).bytes();
+    let cut = &full[..512 + 3000];
+    assert!(matches!(
+        apply(&t, cut, layer_opts()),
+        Err(LayerError::Read(_))
+    ));
+    let (_d2, t2) = new_tree();
+    let header_cut = &full[..300];
+    assert!(apply(&t2, header_cut, layer_opts()).is_err());
+}
+
+#[test]
+fn pax_xattrs_and_ids() {
+    let (_d, t) = new_tree();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.test", b"hello".as_slice()),
+        ("uid", b"70000".as_slice()),
+    ])
+    .expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_path("f").expect("path");
+    h.set_size(1);
+    h.set_mode(0o4755);
+    h.set_gid(5);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).expect("append");
+    apply(&t, &b.into_inner().expect("tar")[..], layer_opts()).expect("apply");
+    let m = std::fs::metadata(t.join("f")).expect("f");
+    assert_eq!((m.uid(), m.mode() & 0o7777), (70000, 0o4755));
+    let mut buf = [0u8; 16];
+    let p = std::ffi::CString::new(t.join("f").to_str().expect("utf8")).expect("c");
+    // SAFETY: valid strings and buffer.
+    let n = unsafe {
+        libc::lgetxattr(
+            p.as_ptr(),
+            c"user.test".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(&buf[..n.max(0) as usize], b"hello");
+}
+
+#[test]
+fn clean_paths() {
+    let c = |s: &str| clean_path(s.as_bytes()).map(|v| join(&v));
+    assert_eq!(c("./a//b/./c/"), Ok(b"a/b/c".to_vec()));
+    assert_eq!(c("/a/b/../c"), Ok(b"a/c".to_vec()));
+    assert_eq!(c("./"), Ok(Vec::new()));
+    assert!(c("..").is_err());
+    assert!(c("a/../..").is_err());
+}

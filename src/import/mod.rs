@@ -1,0 +1,451 @@
+//! `imagefs import`: turns a directory, a tar archive, an erofs image or an OCI image (an
+//! OCI image layout directory or a `docker save` tarball) into a digest directory of the
+//! store, and tags it.
+//!
+//! Steps, each in its own module:
+//!
+//! 1. [`source`] finds out what SOURCE is, by its contents (magic bytes), never its name.
+//! 2. [`oci`] reads an OCI layout or `docker save` archive (index -> manifest -> config,
+//!    layers); [`layer`] applies tar layers into a fresh tree with whiteouts and opaque
+//!    directories, never writing outside the tree (every path is resolved component by
+//!    component with `O_NOFOLLOW`, symlinks are resolved inside the tree).
+//! 3. [`build`] runs `mkfs.erofs -zlz4` reproducibly and hashes the image.
+//! 4. [`install`] moves the digest directory into `content/<hex>` and installs the tag,
+//!    under the store's writer lock ([`crate::store::lockfile::StoreLock`]).
+//!
+//! All the work happens in `STORE/.imagefs/import/<unique>/` (same filesystem as the
+//! store, so the install is one rename). That directory is removed on every error path;
+//! one left by a killed import is removed by the next import (a live import holds an
+//! `flock` on its directory, a dead one does not).
+//!
+//! Digest naming: OCI images are named by the sha256 of their manifest blob, as hypeman
+//! names pulled images; everything else (directories, tars, erofs images, and legacy
+//! `docker save` archives, which carry no manifest blob) by the sha256 of `rootfs.erofs`.
+//!
+//! References: `--tag REPO:TAG` is taken literally (no `docker.io/library/` is added), so
+//! the tag shows in the mount under exactly the name given; `:TAG` defaults to `latest`.
+
+mod at;
+pub mod build;
+pub mod install;
+pub mod layer;
+pub mod oci;
+pub mod source;
+
+use std::io::IsTerminal;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::store::Digest;
+use crate::store::names::{self, NameError};
+
+/// `imagefs import`'s command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The hypeman image store (an existing directory).
+    #[arg(long, value_name = "DIR")]
+    pub store: PathBuf,
+    /// The tag to give the image: REPO:TAG, e.g. docker.io/library/alpine:3.20. The
+    /// repository is taken as written (no docker.io/library/ is added); ":TAG" defaults to
+    /// "latest". An existing tag of that name is moved to the imported image.
+    #[arg(long = "tag", value_name = "REPO:TAG")]
+    pub reference: String,
+    /// What to import: a directory (the root file tree), a tar archive of one (plain or
+    /// gzip), an erofs image (used as is), an OCI image layout directory (as `skopeo copy
+    /// ... oci:DIR` writes it) or a `docker save` tarball (plain or gzip). The kind is
+    /// found from the contents, not the file name.
+    #[arg(value_name = "SOURCE")]
+    pub source: PathBuf,
+    /// No progress lines, even on a terminal (they go to stderr, only when it is one).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOutcome {
+    pub digest: Digest,
+    pub repo: String,
+    pub tag: String,
+    /// The digest directory was already in the store: only the tag was (re)installed.
+    pub reused: bool,
+}
+
+/// Why an import failed. Every variant names the path (or name) it is about and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("invalid reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+    /// The source is unusable: unknown kind, malformed manifest, missing blob, a layer
+    /// that tries to escape, a truncated archive...
+    #[error("{path}: {reason}")]
+    Source { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mkfs.erofs: {0}")]
+    Build(String),
+    #[error("store {path}: {reason}")]
+    Store { path: String, reason: String },
+}
+
+impl ImportError {
+    pub(crate) fn source(path: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        ImportError::Source {
+            path: path.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        ImportError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ImportError>;
+
+/// Progress lines on stderr, only when enabled (stderr is a terminal and not --quiet).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    enabled: bool,
+}
+
+impl Progress {
+    pub fn new(enabled: bool) -> Progress {
+        Progress { enabled }
+    }
+
+    pub fn say(&self, msg: impl std::fmt::Display) {
+        if self.enabled {
+            eprintln!("imagefs import: {msg}");
+        }
+    }
+}
+
+/// Splits `REPO[:TAG]` and checks both against the store's grammar. The tag separator is
+/// the last `:` after the last `/` (a registry host may carry a `:port`).
+pub fn parse_reference(reference: &str) -> std::result::Result<(String, String), String> {
+    if reference.contains('@') {
+        return Err("a digest reference (REPO@sha256:...) cannot be a tag; give REPO:TAG".into());
+    }
+    let slash = reference.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match reference[slash..].rfind(':') {
+        Some(i) => (&reference[..slash + i], &reference[slash + i + 1..]),
+        None => (reference, "latest"),
+    };
+    match names::check_repo(repo) {
+        Ok(()) => {}
+        Err(NameError::TooLong) => {
+            return Err(format!(
+                "repository {repo:?} is longer than {} bytes",
+                names::MAX_REPO_LEN
+            ));
+        }
+        Err(NameError::Invalid) => {
+            return Err(format!(
+                "repository {repo:?} is not a valid name: lowercase components \
+                 [a-z0-9]+ joined by '.', '_', '__' or '-', separated by '/'; the first \
+                 may be a registry host such as registry.example.com:5000"
+            ));
+        }
+    }
+    match names::check_tag(tag.as_bytes()) {
+        Ok(_) => Ok((repo.to_string(), tag.to_string())),
+        Err(NameError::TooLong) => Err(format!(
+            "tag {tag:?} is longer than {} bytes",
+            names::MAX_TAG_LEN
+        )),
+        Err(NameError::Invalid) => Err(format!(
+            "tag {tag:?} is not a valid tag: [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"
+        )),
+    }
+}
+
+/// Imports `source` into the store at `store` and tags it `reference` (REPO:TAG).
+pub fn import(
+    store: &Path,
+    reference: &str,
+    source: &Path,
+    progress: bool,
+) -> Result<ImportOutcome> {
+    let progress = Progress::new(progress);
+    let (repo, tag) = parse_reference(reference).map_err(|reason| ImportError::Reference {
+        reference: reference.to_string(),
+        reason,
+    })?;
+    let store = match std::fs::metadata(store) {
+        Ok(m) if m.is_dir() => store
+            .canonicalize()
+            .map_err(|e| ImportError::io(store.display(), e))?,
+        Ok(_) => {
+            return Err(ImportError::Store {
+                path: store.display().to_string(),
+                reason: "not a directory".into(),
+            });
+        }
+        Err(e) => {
+            return Err(ImportError::Store {
+                path: store.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let kind = source::detect(source)?;
+    progress.say(format_args!("{}: {}", source.display(), kind.describe()));
+    let work = WorkDir::create(&store)?;
+    let out = work.path().join("digest");
+    std::fs::create_dir(&out).map_err(|e| ImportError::io(out.display(), e))?;
+    let image = out.join("rootfs.erofs");
+    let name = format!("{repo}:{tag}");
+
+    let (digest, meta) = match kind {
+        source::Kind::Erofs => {
+            progress.say("copying the erofs image");
+            build::copy_image(source, &image)?;
+            let (digest, size) = build::hash_file(&image)?;
+            (digest, install::MetaInput::plain(&name, digest, size))
+        }
+        source::Kind::Dir => {
+            progress.say("building the erofs image");
+            build::mkfs(source, &image)?;
+            let (digest, size) = build::hash_file(&image)?;
+            (digest, install::MetaInput::plain(&name, digest, size))
+        }
+        source::Kind::Tar { gzip } => {
+            let tar = if gzip {
+                progress.say("decompressing");
+                let plain = work.path().join("source.tar");
+                source::gunzip_to(source, &plain)?;
+                plain
+            } else {
+                source.to_path_buf()
+            };
+            let tree = work.path().join("rootfs");
+            match oci::TarBlobs::index(&tar, source)? {
+                Some(blobs) => from_image(&blobs, &name, &tree, &image, progress)?,
+                None => {
+                    progress.say("extracting");
+                    layer::extract_tar_file(&tar, source, &tree)?;
+                    progress.say("building the erofs image");
+                    build::mkfs(&tree, &image)?;
+                    let (digest, size) = build::hash_file(&image)?;
+                    (digest, install::MetaInput::plain(&name, digest, size))
+                }
+            }
+        }
+        source::Kind::OciDir => {
+            let blobs = oci::DirBlobs::new(source);
+            let tree = work.path().join("rootfs");
+            from_image(&blobs, &name, &tree, &image, progress)?
+        }
+    };
+    install::write_metadata(&out, &meta)?;
+    progress.say(format_args!("installing sha256:{digest}"));
+    let reused = install::install(&store, &out, digest, &repo, &tag)?;
+    drop(work);
+    Ok(ImportOutcome {
+        digest,
+        repo,
+        tag,
+        reused,
+    })
+}
+
+/// Applies an OCI / docker-save image's layers into `tree` and builds `image` from it.
+fn from_image(
+    blobs: &dyn oci::Blobs,
+    name: &str,
+    tree: &Path,
+    image: &Path,
+    progress: Progress,
+) -> Result<(Digest, install::MetaInput)> {
+    let plan = oci::plan(blobs, name)?;
+    layer::create_root(tree)?;
+    let n = plan.layers.len();
+    for (i, l) in plan.layers.iter().enumerate() {
+        progress.say(format_args!(
+            "layer {}/{n} {}{}",
+            i + 1,
+            l.path,
+            l.size
+                .map(|s| format!(" ({})", human_size(s)))
+                .unwrap_or_default()
+        ));
+        oci::apply_layer(blobs, l, tree)?;
+    }
+    progress.say("building the erofs image");
+    build::mkfs(tree, image)?;
+    let (erofs_digest, size) = build::hash_file(image)?;
+    let digest = plan.manifest_digest.unwrap_or(erofs_digest);
+    let meta = install::MetaInput::from_config(name, digest, size, &plan.config);
+    Ok((digest, meta))
+}
+
+fn human_size(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64)
+    } else if n >= 1 << 10 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// `STORE/.imagefs/import/<unique>/`: removed when dropped. Holds an `flock` on itself so a
+/// later import can tell a dead import's leftovers from a live one's.
+struct WorkDir {
+    path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl WorkDir {
+    fn create(store: &Path) -> Result<WorkDir> {
+        let base = store.join(crate::store::layout::PRIVATE).join("import");
+        std::fs::create_dir_all(&base).map_err(|e| ImportError::io(base.display(), e))?;
+        // Sweeping and creating happen under an exclusive flock on `base`, so a sweep never
+        // sees a directory created but not yet locked.
+        let base_lock =
+            std::fs::File::open(&base).map_err(|e| ImportError::io(base.display(), e))?;
+        flock_blocking(&base_lock).map_err(|e| ImportError::io(base.display(), e))?;
+        sweep_stale(&base);
+        let path = base.join(crate::store::fsutil::unique_name("import"));
+        std::fs::create_dir(&path).map_err(|e| ImportError::io(path.display(), e))?;
+        let lock = match std::fs::File::open(&path) {
+            // SAFETY: flock on a descriptor this function owns.
+            Ok(f) if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 => f,
+            Ok(_) | Err(_) => {
+                let e = std::io::Error::last_os_error();
+                let _ = std::fs::remove_dir(&path);
+                return Err(ImportError::io(path.display(), e));
+            }
+        };
+        // mkfs.erofs inherits the lock, so the directory is not swept while a build that
+        // outlived a killed import still writes into it.
+        // SAFETY: fcntl on a descriptor owned here.
+        unsafe { libc::fcntl(lock.as_raw_fd(), libc::F_SETFD, 0) };
+        drop(base_lock);
+        Ok(WorkDir { path, _lock: lock })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = crate::store::fsutil::remove_tree(&self.path) {
+            log::warn!("{}: cannot remove: {e}", self.path.display());
+        }
+    }
+}
+
+fn flock_blocking(f: &std::fs::File) -> std::io::Result<()> {
+    loop {
+        // SAFETY: flock on an open file.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Removes work directories of imports that died (nobody holds their lock).
+fn sweep_stale(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in rd.flatten() {
+        let p = entry.path();
+        let Ok(f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor owned here; released when `f` is dropped.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            match crate::store::fsutil::remove_tree(&p) {
+                Ok(()) => log::info!("{}: removed what a killed import left", p.display()),
+                Err(e) => log::warn!(
+                    "{}: cannot remove a killed import's leftovers: {e}",
+                    p.display()
+                ),
+            }
+        }
+    }
+}
+
+/// `imagefs import`: runs [`import`], prints the outcome, returns the exit status.
+pub fn run(args: ImportArgs) -> i32 {
+    let progress = !args.quiet && std::io::stderr().is_terminal();
+    match import(&args.store, &args.reference, &args.source, progress) {
+        Ok(o) => {
+            let what = if o.reused {
+                "already in the store; tag installed"
+            } else {
+                "stored"
+            };
+            println!("{}:{} sha256:{} ({what})", o.repo, o.tag, o.digest);
+            0
+        }
+        Err(e) => {
+            eprintln!("imagefs import: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references() {
+        let ok = |r: &str, repo: &str, tag: &str| {
+            assert_eq!(
+                parse_reference(r),
+                Ok((repo.to_string(), tag.to_string())),
+                "{r}"
+            );
+        };
+        ok("alpine", "alpine", "latest");
+        ok("alpine:3.20", "alpine", "3.20");
+        ok(
+            "docker.io/library/alpine:latest",
+            "docker.io/library/alpine",
+            "latest",
+        );
+        ok("localhost:5000/a/b", "localhost:5000/a/b", "latest");
+        ok("localhost:5000/a/b:v1", "localhost:5000/a/b", "v1");
+        ok(
+            "reg.example.com/x_y/z:_T-1.",
+            "reg.example.com/x_y/z",
+            "_T-1.",
+        );
+        for bad in [
+            "",
+            ":x",
+            "Alpine:1",
+            "alpine:",
+            "alpine:.x",
+            "a//b:1",
+            "/a:1",
+            "a/:1",
+            "alpine@sha256:0000",
+            "a/b:c/d",
+            "a:b:c",
+            "x/.y:1",
+        ] {
+            assert!(parse_reference(bad).is_err(), "{bad}");
+        }
+        let long_tag = format!("a:{}", "t".repeat(129));
+        assert!(parse_reference(&long_tag).unwrap_err().contains("longer"));
+    }
+}
