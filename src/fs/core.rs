@@ -617,13 +617,7 @@ impl ImageFs {
                     nid: Nid(*nid),
                 }
             }
-            NodeKey::Metrics => {
-                let (tags, digests) = {
-                    let ix = self.store.index();
-                    (ix.tag_count(), ix.digests().count())
-                };
-                Handle::Bytes(self.metrics.render(tags, digests).into_bytes())
-            }
+            NodeKey::Metrics => Handle::Bytes(self.render_metrics().into_bytes()),
             k => {
                 return Err(Error::new(
                     fuser::Errno::EISDIR,
@@ -820,6 +814,29 @@ impl ImageFs {
         Ok(())
     }
 
+    /// The metrics file's text, made at open.
+    fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (tags, digests, dirs) = {
+            let ix = self.store.index();
+            let dirs: Vec<std::path::PathBuf> = ix
+                .dir_keys()
+                .map(|(k, _)| self.store.root().join(k.rel_path()))
+                .collect();
+            (ix.tag_count(), ix.digests().count(), dirs)
+        };
+        let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
+        let in_use_only = self.inodes.lock().zombies.len();
+        self.metrics.render(&super::metrics::Gauges {
+            tags,
+            digests,
+            store_bytes: bytes,
+            collections: self.store.stats.collections.load(Relaxed),
+            bytes_reclaimed: self.store.stats.bytes_reclaimed.load(Relaxed),
+            in_use_only,
+        })
+    }
+
     /// Drops from the kernel's caches what other writers changed in the store.
     pub(super) fn apply_changes(&self, changes: Vec<store::watch::Change>) {
         use store::watch::Change;
@@ -858,9 +875,6 @@ impl ImageFs {
     /// no longer have any directory.
     fn collected(&self, keys: &[DirKey]) {
         for key in keys {
-            self.metrics
-                .collections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let d = key.digest();
             if self.store.digest_path(&d).is_none() {
                 self.inval.send_and_wait(

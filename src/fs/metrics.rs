@@ -34,8 +34,18 @@ const OPS: [&str; 23] = [
 /// errno values are small; anything larger lands in the last slot.
 const ERRNOS: usize = 134;
 
+/// Values taken from the store and the inode table when the file is opened.
+pub struct Gauges {
+    pub tags: usize,
+    pub digests: usize,
+    pub store_bytes: u64,
+    pub collections: u64,
+    pub bytes_reclaimed: u64,
+    /// Collected images still served because the kernel holds their inodes.
+    pub in_use_only: usize,
+}
+
 pub struct Metrics {
-    pub collections: AtomicU64,
     requests: [AtomicU64; OPS.len() + 1],
     errors: [AtomicU64; ERRNOS],
 }
@@ -43,7 +53,6 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            collections: AtomicU64::new(0),
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -61,17 +70,41 @@ impl Metrics {
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, tags: usize, digests: usize) -> String {
+    pub fn render(&self, g: &Gauges) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "# HELP imagefs_tags Tags in the store.");
-        let _ = writeln!(s, "# TYPE imagefs_tags gauge\nimagefs_tags {tags}");
-        let _ = writeln!(s, "# HELP imagefs_digests Digests in the store.");
-        let _ = writeln!(s, "# TYPE imagefs_digests gauge\nimagefs_digests {digests}");
-        let _ = writeln!(
-            s,
-            "# HELP imagefs_collections_total Digest directories removed by eager GC.\n\
-             # TYPE imagefs_collections_total counter\nimagefs_collections_total {}",
-            self.collections.load(Ordering::Relaxed)
+        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        metric("imagefs_tags", "gauge", "Tags in the store.", g.tags as u64);
+        metric(
+            "imagefs_digests",
+            "gauge",
+            "Digests in the store.",
+            g.digests as u64,
+        );
+        metric(
+            "imagefs_store_bytes",
+            "gauge",
+            "Disk space used by the store's digest directories.",
+            g.store_bytes,
+        );
+        metric(
+            "imagefs_collections_total",
+            "counter",
+            "Digest directories removed by eager GC since mount.",
+            g.collections,
+        );
+        metric(
+            "imagefs_reclaimed_bytes_total",
+            "counter",
+            "Disk space freed by eager GC since mount.",
+            g.bytes_reclaimed,
+        );
+        metric(
+            "imagefs_in_use_only_images",
+            "gauge",
+            "Collected images still served because a process uses them.",
+            g.in_use_only as u64,
         );
         let _ = writeln!(
             s,

@@ -103,6 +103,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Disk space used by a tree, in bytes (allocated blocks; symlinks not followed).
+pub fn tree_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = m.blocks() * 512;
+    if !m.is_dir() {
+        return own;
+    }
+    let children: u64 = std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0);
+    own + children
+}
+
 /// Removes a directory tree; a missing tree is not an error.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {

@@ -60,6 +60,15 @@ pub trait InUse: Send + Sync {
     fn retain(&self, digest: &Digest, trashed: &Path) -> bool;
 }
 
+/// What eager GC has done since the store was opened.
+#[derive(Debug, Default)]
+pub struct GcStats {
+    /// Digest directories collected.
+    pub collections: std::sync::atomic::AtomicU64,
+    /// Bytes of disk space freed (an in-use image counts when its last user goes).
+    pub bytes_reclaimed: std::sync::atomic::AtomicU64,
+}
+
 /// Options for opening a store.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -84,6 +93,7 @@ pub struct Store {
     /// Other writers' changes, once [`Store::watch`] started watching.
     watcher: Mutex<Option<watch::Watcher>>,
     changes: Mutex<Vec<watch::Change>>,
+    pub stats: GcStats,
 }
 
 /// Held for the whole of a change: the in-process mutex and the store's `flock`.
@@ -136,6 +146,7 @@ impl Store {
             in_use: std::sync::OnceLock::new(),
             watcher: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
+            stats: GcStats::default(),
         };
         {
             let _g = store.lock()?;
@@ -191,11 +202,17 @@ impl Store {
 
     /// Deletes a collected directory that was kept for its users (see [`InUse`]).
     pub fn release_trashed(&self, digest: &Digest, trashed: &Path) {
+        let bytes = fsutil::tree_bytes(trashed);
         match fsutil::remove_tree(trashed) {
-            Ok(()) => log::info!(
-                "released sha256:{digest} ({}): its last user is gone, the space is freed",
-                trashed.display()
-            ),
+            Ok(()) => {
+                self.stats
+                    .bytes_reclaimed
+                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                log::info!(
+                    "released sha256:{digest} ({}): its last user is gone, {bytes} bytes freed",
+                    trashed.display()
+                )
+            }
             Err(e) => log::error!(
                 "delete {}: {e}; the next mount will empty the trash",
                 trashed.display()

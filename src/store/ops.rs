@@ -752,6 +752,9 @@ impl Store {
             }
         };
         self.index.write().remove_dir(key);
+        self.stats
+            .collections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let d = key.digest();
         let last_dir = self.index().dirs_of(&d).next().is_none();
         if last_dir && self.in_use.get().is_some_and(|u| u.retain(&d, &trashed)) {
@@ -763,6 +766,7 @@ impl Store {
             );
             return vec![key.clone()];
         }
+        let bytes = fsutil::tree_bytes(&trashed);
         if let Err(e) = fsutil::remove_tree(&trashed) {
             log::error!(
                 "delete {}: {e}; will retry at next mount",
@@ -770,8 +774,14 @@ impl Store {
             );
             return vec![key.clone()];
         }
+        self.stats
+            .bytes_reclaimed
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         self.drop_intent(Some(rec));
-        info!("collected {} (last tag removed)", key.rel_path().display());
+        info!(
+            "collected {} (last tag removed, {bytes} bytes freed)",
+            key.rel_path().display()
+        );
         vec![key.clone()]
     }
 }
