@@ -9,9 +9,9 @@ missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}" \
     || { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${missing[@]}"; }
 fi
@@ -20,3 +20,5 @@ fi
 python3 -c 'import pytest' 2>/dev/null || python3 -m pip install --quiet pytest
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing" >&2; exit 1; }
 cargo build --release --locked 2>&1 | tail -n 2
+# On PATH for mount(8) and fstab (mount.fuse3 looks in the system's directories).
+$SUDO install -m 0755 target/release/imagefs /usr/local/bin/imagefs

@@ -2066,3 +2066,31 @@ fn a_digest_directory_removed_by_another_writer_takes_its_tags_out_of_the_index(
     assert!(store.index().node("b").is_none() && store.index().node("b/c").is_none());
     check(&store);
 }
+
+#[test]
+fn a_store_that_starts_empty_sees_its_first_pull() {
+    let fx = Fx::new();
+    let store = fx.open();
+    store.watch().expect("watch");
+    // content/ and repositories/ do not exist yet when the watch starts.
+    {
+        let _l = super::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+        fx.content(30, "ready").ctag("first/pull", "latest", 30);
+    }
+    store.sync_external().expect("sync");
+    assert_eq!(
+        store
+            .index()
+            .tag("first/pull", "latest")
+            .map(|t| t.key.clone()),
+        Some(DirKey::Content(dg(30)))
+    );
+    // Later writes into the new directories are seen too.
+    {
+        let _l = super::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+        fx.content(31, "ready").ctag("first/pull", "next", 31);
+    }
+    store.sync_external().expect("sync");
+    assert!(store.index().tag("first/pull", "next").is_some());
+    check(&store);
+}

@@ -279,9 +279,27 @@ impl Watcher {
         ix: &mut Index,
         out: &mut Vec<Change>,
     ) {
-        let own = [CONTENT, REPOSITORIES, PRIVATE].map(OsStr::new);
-        if lay == Layout::Legacy && repo.is_empty() && own.contains(&name) {
-            return;
+        if lay == Layout::Legacy && repo.is_empty() {
+            // The store's own directories: a `content/` or `repositories/` made after the
+            // mount (by the first pull, say) gets watched now.
+            let own = if name == OsStr::new(CONTENT) {
+                Some(Target::Content)
+            } else if name == OsStr::new(REPOSITORIES) {
+                Some(Target::Repo(Layout::Content, String::new()))
+            } else if name == OsStr::new(PRIVATE) {
+                return;
+            } else {
+                None
+            };
+            if let Some(t) = own {
+                if meta.as_ref().is_some_and(|m| m.is_dir())
+                    && !self.wds.contains_key(&t)
+                    && self.watch(root, t.clone())
+                {
+                    self.reconcile_dir(root, &t, ix, out);
+                }
+                return;
+            }
         }
         let Some(n) = name.to_str() else { return };
         let ft = meta.as_ref().map(|m| m.file_type());

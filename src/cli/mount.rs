@@ -1,146 +1,57 @@
-//! The command line: `imagefs mount`, `umount`, and the store tools `ls`, `fsck`, `gc`.
+//! `imagefs mount` and `imagefs umount`: checks, daemonizing, the FUSE session, signals.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use super::options;
 use crate::fs::{ImageFs, Shared};
 use crate::store::{Options, Store};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "imagefs",
-    version,
-    about = "A hypeman image store as a FUSE mount: tags are symlinks (ln -s, mv, rm), \
-             removing an image's last tag deletes it from disk at once."
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
+#[derive(clap::Args, Debug)]
+pub struct MountArgs {
+    /// The hypeman image store (its `content/`, `repositories/` and legacy directories).
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Where to mount it (an existing, empty directory).
+    mountpoint: PathBuf,
+    /// Stay in the foreground instead of daemonizing.
+    #[arg(long, short = 'f')]
+    foreground: bool,
+    /// Let other users use the mount (permissions are still checked by the kernel).
+    #[arg(long)]
+    allow_other: bool,
+    /// Threads serving kernel requests.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// When daemonized, append the log here (otherwise it is discarded once the mount
+    /// is ready; with --foreground the log goes to stderr).
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+    /// Serve store files with pread instead of FUSE passthrough.
+    #[arg(long)]
+    no_passthrough: bool,
+    /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
+    /// power failure; crashes of the daemon are still safe).
+    #[arg(long)]
+    no_sync: bool,
+    /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
+    /// threads=N, log_file=FILE, no_sync, no_passthrough, foreground, and the generic
+    /// dev, nodev, suid, nosuid, exec, noexec, atime, noatime; defaults, rw, auto,
+    /// noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is refused:
+    /// tags/ takes changes).
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    options: Vec<String>,
 }
 
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Mount a store. Returns once the mount answers (unless --foreground).
-    Mount {
-        /// The hypeman image store (its `content/`, `repositories/` and legacy directories).
-        #[arg(long, value_name = "DIR")]
-        store: PathBuf,
-        /// Where to mount it (an existing, empty directory).
-        mountpoint: PathBuf,
-        /// Stay in the foreground instead of daemonizing.
-        #[arg(long, short = 'f')]
-        foreground: bool,
-        /// Let other users use the mount (permissions are still checked by the kernel).
-        #[arg(long)]
-        allow_other: bool,
-        /// Threads serving kernel requests.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-        threads: u16,
-        /// When daemonized, append the log here (otherwise it is discarded once the mount
-        /// is ready; with --foreground the log goes to stderr).
-        #[arg(long, value_name = "FILE")]
-        log_file: Option<PathBuf>,
-        /// Serve store files with pread instead of FUSE passthrough.
-        #[arg(long)]
-        no_passthrough: bool,
-        /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
-        /// power failure; crashes of the daemon are still safe).
-        #[arg(long)]
-        no_sync: bool,
-    },
-    /// Unmount a mount made by `imagefs mount`; the daemon then exits.
-    Umount { mountpoint: PathBuf },
-    /// Import an image into the store and tag it: a directory, a tar archive (plain or
-    /// gzip), an erofs image, an OCI image layout directory or a `docker save` tarball.
-    ///
-    /// The image is built with `mkfs.erofs -zlz4` reproducibly (fixed timestamp and UUID)
-    /// into content/<hex>/rootfs.erofs with hypeman's metadata.json, and tagged
-    /// repositories/<REPO>/<TAG>, under the store lock; a mount of the store shows it. OCI
-    /// images (layers applied in order, with whiteouts and opaque directories) are named by
-    /// their manifest digest and take entrypoint, cmd, env and working_dir from their config;
-    /// everything else is named by the sha256 of its erofs image. Importing the same input
-    /// again stores nothing new and (re)installs the tag. Prints "REPO:TAG sha256:<hex>".
-    /// Exit status: 0 imported, 1 failed (the message names the path and the reason).
-    Import(crate::import::ImportArgs),
-    /// List tags and digests: one row per tag, then one per digest directory no tag names.
-    ///
-    /// Columns: TAG (REPO:TAG; `<none>` for an untagged digest), DIGEST (12 hex), SIZE (bytes
-    /// of the files in the digest directory, powers of 1000), REFS (tags naming the digest
-    /// directory), STATUS (metadata.json's). Safe while the store is mounted: it reads the
-    /// store under the store lock.
-    ///
-    /// Exit status: 0 listed, 2 could not read the store.
-    Ls(crate::admin::LsArgs),
-    /// Check a store: interrupted changes, leftovers, dangling and malformed tags, stray
-    /// files, metadata, and every ready image read in full.
-    ///
-    /// Reports one line per finding (`problem:` or `info:`, the path, the reason), then a
-    /// summary. Untagged digests are reported as information (digest-only pulls are
-    /// legitimate). The sha256 of rootfs.erofs must equal the digest directory's name unless
-    /// the directory has a manifest.json (OCI imports are named by the manifest digest).
-    /// Safe while the store is mounted: the check runs under the store lock, the images are
-    /// read after it is released, and the trash is left to the live mount.
-    ///
-    /// Exit status: 0 clean (or fully repaired), 1 problems remain, 2 could not run.
-    Fsck(crate::admin::FsckArgs),
-    /// Remove ready and failed digest directories that no tag names.
-    ///
-    /// These are digest-only pulls and what other writers left when they removed tags.
-    /// Digests being pulled (pending, pulling, converting) or with an unreadable status are
-    /// never removed. Each removal takes the mount's crash-safe steps under the store lock
-    /// (GC intent, rename into .imagefs/trash/, delete), so it is safe while the store is
-    /// mounted. Prints what was removed and the bytes reclaimed.
-    ///
-    /// Exit status: 0 done, 1 some removal failed, 2 could not run.
-    Gc(crate::admin::GcArgs),
-}
-
-pub fn main() -> i32 {
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,fuser::session=error"),
-    )
-    .format_timestamp_millis()
-    .init();
-    let cli = Cli::parse();
-    let result = match cli.cmd {
-        Cmd::Mount {
-            store,
-            mountpoint,
-            foreground,
-            allow_other,
-            threads,
-            log_file,
-            no_passthrough,
-            no_sync,
-        } => {
-            let opts = MountOpts {
-                foreground,
-                allow_other,
-                threads: threads.into(),
-                durable: !no_sync,
-                passthrough: !no_passthrough,
-                log_file,
-            };
-            mount(&store, &mountpoint, &opts)
-        }
-        Cmd::Umount { mountpoint } => umount(&mountpoint),
-        Cmd::Import(args) => return crate::import::run(args),
-        Cmd::Ls(args) => return crate::admin::ls::run(args),
-        Cmd::Fsck(args) => return crate::admin::fsck::run(args),
-        Cmd::Gc(args) => return crate::admin::gc::run(args),
-    };
-    match result {
-        Ok(()) => 0,
-        Err(msg) => {
-            eprintln!("imagefs: {msg}");
-            1
-        }
-    }
+/// Runs `imagefs mount`.
+pub fn run(args: MountArgs) -> Result<(), String> {
+    let opts = MountOpts::from_args(args)?;
+    let (store, mountpoint) = (opts.store.clone(), opts.mountpoint.clone());
+    mount(&store, &mountpoint, &opts)
 }
 
 fn is_mountpoint(path: &Path) -> bool {
@@ -205,12 +116,45 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
 }
 
 struct MountOpts {
+    store: PathBuf,
+    mountpoint: PathBuf,
+    /// Kernel mount flags from `-o` (dev, suid, exec, atime and their negations).
+    flags: Vec<MountOption>,
     foreground: bool,
     allow_other: bool,
     threads: usize,
     durable: bool,
     passthrough: bool,
     log_file: Option<PathBuf>,
+}
+
+impl MountOpts {
+    fn from_args(a: MountArgs) -> Result<MountOpts, String> {
+        let mut o = MountOpts {
+            store: a.store,
+            mountpoint: a.mountpoint,
+            flags: Vec::new(),
+            foreground: a.foreground,
+            allow_other: a.allow_other,
+            threads: a.threads.into(),
+            durable: !a.no_sync,
+            passthrough: !a.no_passthrough,
+            log_file: a.log_file,
+        };
+        for opt in a.options.iter().filter(|o| !o.is_empty()) {
+            match options::parse(opt)? {
+                options::Opt::AllowOther => o.allow_other = true,
+                options::Opt::Threads(n) => o.threads = n,
+                options::Opt::LogFile(p) => o.log_file = Some(p),
+                options::Opt::NoSync => o.durable = false,
+                options::Opt::NoPassthrough => o.passthrough = false,
+                options::Opt::Foreground => o.foreground = true,
+                options::Opt::Flag(f) => o.flags.push(f),
+                options::Opt::Ignored => {}
+            }
+        }
+        Ok(o)
+    }
 }
 
 fn mount(store: &Path, mountpoint: &Path, opts: &MountOpts) -> Result<(), String> {
@@ -304,11 +248,21 @@ fn serve(
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(store.root().display().to_string()),
-        MountOption::Subtype("imagefs".into()),
+        // A kernel option (fuser's Subtype is only passed to fusermount): the mount's type
+        // reads fuse.imagefs, as `mount -t fuse.imagefs` and fstab expect.
+        MountOption::CUSTOM("subtype=imagefs".into()),
         MountOption::DefaultPermissions,
-        MountOption::Suid,
-        MountOption::NoDev,
     ];
+    // Defaults: suid (a container rootfs needs its setuid binaries), nodev (device nodes
+    // in images are shown, not opened); -o may say otherwise.
+    let has = |a: &MountOption, b: &MountOption| opts.flags.contains(a) || opts.flags.contains(b);
+    if !has(&MountOption::Suid, &MountOption::NoSuid) {
+        config.mount_options.push(MountOption::Suid);
+    }
+    if !has(&MountOption::Dev, &MountOption::NoDev) {
+        config.mount_options.push(MountOption::NoDev);
+    }
+    config.mount_options.extend(opts.flags.iter().cloned());
     config.acl = if opts.allow_other {
         SessionACL::All
     } else {
@@ -363,7 +317,7 @@ fn detach_stdio(log: Option<std::fs::File>) {
     }
 }
 
-fn umount(mountpoint: &Path) -> Result<(), String> {
+pub fn umount(mountpoint: &Path) -> Result<(), String> {
     if !is_mountpoint(mountpoint) {
         return Err(format!("{}: not mounted", mountpoint.display()));
     }

@@ -1,0 +1,72 @@
+"""Other writers (DESIGN.md 4): changes made directly in the store while it is mounted show
+in the mount within a second, with the kernel's caches dropped; eager GC never removes a
+digest another writer tagged meanwhile; imagefs never collects on their behalf."""
+import os
+import time
+
+from helpers import flock_store
+
+WITHIN = 1.0
+
+
+def eventually(pred, timeout=WITHIN):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def T(mnt, repo, tag):
+    return mnt / "tags" / repo / tag
+
+
+def test_cached_tag_retargeted_and_removed_by_another_writer(store, mounter):
+    a = store.add_digest("ow-a")
+    b = store.add_digest("ow-b")
+    store.tag("docker.io/library/ow", "t", a)
+    store.tag("docker.io/library/ow", "gone", a)
+    mnt = mounter(store).mnt
+    # The kernel has both cached now.
+    assert os.readlink(T(mnt, "docker.io/library/ow", "t")).endswith(a)
+    assert os.path.isdir(T(mnt, "docker.io/library/ow", "gone"))
+    link = store.root / "repositories/docker.io/library/ow/t"
+    with flock_store(store.root):
+        tmp = link.with_name(".retarget")
+        os.symlink(os.readlink(link).replace(a, b), tmp)
+        os.rename(tmp, link)
+        os.unlink(store.root / "repositories/docker.io/library/ow/gone")
+    assert eventually(lambda: os.readlink(T(mnt, "docker.io/library/ow", "t")).endswith(b)), \
+        "a tag another writer retargeted still shows its old digest"
+    assert eventually(lambda: not os.path.lexists(T(mnt, "docker.io/library/ow", "gone")))
+    # Not collected on the other writer's behalf: a is untagged now but stays.
+    assert (store.root / "content" / a).is_dir()
+    assert eventually(lambda: a in os.listdir(mnt / "digests"))
+
+
+def test_digest_and_repository_added_by_another_writer(store, mounter):
+    mnt = mounter(store).mnt
+    assert os.listdir(mnt / "tags") == []
+    with flock_store(store.root):
+        hx = store.add_digest("ow-new")
+        store.tag("quay.io/team/app", "v1", hx)
+    assert eventually(lambda: os.path.lexists(T(mnt, "quay.io/team/app", "v1")))
+    assert os.readlink(T(mnt, "quay.io/team/app", "v1")) == f"../../../../digests/{hx}"
+    assert (mnt / "digests" / hx / "metadata.json").is_file()
+    # And it can be tagged through the mount right away.
+    os.symlink(hx, T(mnt, "quay.io/team/app", "v2"))
+
+
+def test_gc_never_removes_a_digest_another_writer_tagged_meanwhile(store, mounter):
+    mnt = mounter(store).mnt
+    os.makedirs(mnt / "tags/docker.io/library/race")
+    for i in range(20):
+        hx = store.add_digest(f"race-{i}")
+        os.symlink(hx, T(mnt, "docker.io/library/race", f"mine{i}"))
+        # Another writer tags it too, then our rm of the last tag we knew of comes at once.
+        with flock_store(store.root):
+            store.tag("elsewhere.io/x", f"theirs{i}", hx)
+        os.unlink(T(mnt, "docker.io/library/race", f"mine{i}"))
+        assert (store.root / "content" / hx).is_dir(), f"iteration {i}: a tagged digest was collected"
+    assert eventually(lambda: len(os.listdir(T(mnt, "elsewhere.io/x", "").parent / "x")) == 20)

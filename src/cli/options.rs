@@ -1,0 +1,122 @@
+//! The mount-helper conventions: `-o` option strings, and the argument order mount.fuse3
+//! uses (`imagefs STORE MOUNTPOINT -o OPTIONS`, from `mount -t fuse.imagefs` or fstab).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use fuser::MountOption;
+
+/// Subcommands, to tell them from a mount helper's first argument (a store path).
+const SUBCOMMANDS: [&str; 8] = [
+    "mount",
+    "umount",
+    "import",
+    "ls",
+    "fsck",
+    "gc",
+    "help",
+    "completions",
+];
+
+/// Rewrites `imagefs STORE MNT [-o OPTS]` into `imagefs mount --store STORE MNT [-o OPTS]`.
+pub fn helper_argv(args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    if args.len() < 3 || first.starts_with('-') || SUBCOMMANDS.contains(&first) {
+        return args;
+    }
+    let mut out: Vec<OsString> = vec![args[0].clone(), "mount".into(), "--store".into()];
+    out.extend(args[1..].iter().cloned());
+    out
+}
+
+/// One `-o` option.
+#[derive(Debug, PartialEq)]
+pub enum Opt {
+    AllowOther,
+    Threads(usize),
+    LogFile(PathBuf),
+    NoSync,
+    NoPassthrough,
+    Foreground,
+    Flag(MountOption),
+    /// Said by mount(8)/fstab for their own use, or always true here.
+    Ignored,
+}
+
+pub fn parse(opt: &str) -> Result<Opt, String> {
+    let (key, value) = match opt.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (opt, None),
+    };
+    Ok(match (key, value) {
+        ("allow_other", None) => Opt::AllowOther,
+        ("threads", Some(v)) => match v.parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => Opt::Threads(n),
+            _ => return Err(format!("-o threads={v}: expected 1 to 64")),
+        },
+        ("log_file", Some(v)) if !v.is_empty() => Opt::LogFile(PathBuf::from(v)),
+        ("no_sync", None) => Opt::NoSync,
+        ("no_passthrough", None) => Opt::NoPassthrough,
+        ("foreground", None) => Opt::Foreground,
+        ("dev", None) => Opt::Flag(MountOption::Dev),
+        ("nodev", None) => Opt::Flag(MountOption::NoDev),
+        ("suid", None) => Opt::Flag(MountOption::Suid),
+        ("nosuid", None) => Opt::Flag(MountOption::NoSuid),
+        ("exec", None) => Opt::Flag(MountOption::Exec),
+        ("noexec", None) => Opt::Flag(MountOption::NoExec),
+        ("atime", None) => Opt::Flag(MountOption::Atime),
+        ("noatime", None) => Opt::Flag(MountOption::NoAtime),
+        // Always on (the kernel checks permissions), or for mount(8) and systemd.
+        ("default_permissions" | "defaults" | "rw" | "auto" | "noauto" | "user" | "users"
+        | "nouser" | "nofail" | "_netdev" | "relatime" | "async", None) => Opt::Ignored,
+        (k, _) if k.starts_with("x-") || k.starts_with("comment=") => Opt::Ignored,
+        // tags/ is writable; a read-only mount is not offered.
+        ("ro", None) => return Err("-o ro: imagefs mounts are read-write (tags/ takes ln -s, mv, rm); digests/ is always read-only".into()),
+        _ => return Err(format!("-o {opt}: unknown mount option")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn mount_helper_argv_becomes_a_mount_subcommand() {
+        assert_eq!(
+            helper_argv(os(&["imagefs", "/s", "/m", "-o", "allow_other"])),
+            os(&[
+                "imagefs",
+                "mount",
+                "--store",
+                "/s",
+                "/m",
+                "-o",
+                "allow_other"
+            ])
+        );
+        let sub = os(&["imagefs", "ls", "--store", "/s"]);
+        assert_eq!(helper_argv(sub.clone()), sub);
+        let flag = os(&["imagefs", "--help", "x"]);
+        assert_eq!(helper_argv(flag.clone()), flag);
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse("allow_other"), Ok(Opt::AllowOther));
+        assert_eq!(parse("threads=8"), Ok(Opt::Threads(8)));
+        assert!(parse("threads=0").is_err());
+        assert_eq!(parse("nosuid"), Ok(Opt::Flag(MountOption::NoSuid)));
+        assert_eq!(parse("x-systemd.automount"), Ok(Opt::Ignored));
+        assert_eq!(parse("nofail"), Ok(Opt::Ignored));
+        assert!(parse("ro").is_err());
+        assert!(parse("bogus").is_err());
+        assert_eq!(
+            parse("log_file=/var/log/i.log"),
+            Ok(Opt::LogFile("/var/log/i.log".into()))
+        );
+    }
+}
