@@ -112,7 +112,9 @@ def mounter(request, workdir):
             mnt = workdir / f"mnt{counter[0]}"
             mnt.mkdir(mode=0o755, exist_ok=True)
             os.chmod(mnt, 0o755)
-        m = Mount(Path(getattr(store_root, "root", store_root)), Path(mnt),
+        # A store object has .root; a path is the root itself (a Path's own .root is "/").
+        root = store_root if isinstance(store_root, (str, os.PathLike)) else store_root.root
+        m = Mount(Path(root), Path(mnt),
                   workdir / f"imagefs-{counter[0]}.log", **opts)
         mounts.append(m)
         if start:

@@ -309,6 +309,18 @@ def trash_entries(root: Path) -> list:
     return sorted(os.listdir(t))
 
 
+def wait_trash_empty(root: Path, timeout=5.0) -> list:
+    """An image the kernel still holds inodes of goes to .imagefs/trash/ and is freed on FUSE forget,
+    which follows the kernel's invalidation shortly: wait for it. Returns what is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = trash_entries(root)
+        if not left:
+            return []
+        time.sleep(0.02)
+    return trash_entries(root)
+
+
 def check_invariants(root: Path, *, ever_tagged: set, never_tagged: set = frozenset(),
                      check_hashes=True) -> list[str]:
     """The store invariants of DESIGN.md section 4, checked on disk. Returns a list of violations."""

@@ -68,7 +68,9 @@ def test_gc_races_tag_creation(store, mounter):
     to the same digest. Either the new tag wins (and the digest stays) or GC wins (and ln -s says ENOENT);
     never a tag pointing at a removed digest."""
     import errno
+    import random
     import threading
+    import time
     from helpers import check_invariants, scan_store
     n = int(os.environ.get("IMAGEFS_RACE_ITERATIONS", "60"))
     hexes = []
@@ -83,8 +85,12 @@ def test_gc_races_tag_creation(store, mounter):
         barrier = threading.Barrier(2)
         res = {}
 
+        jitter = random.Random(i).uniform(0, 0.004)
+
         def rm():
             barrier.wait()
+            if i % 3 == 1:
+                time.sleep(jitter)
             try:
                 os.unlink(repo / f"x{i}")
                 res["rm"] = "ok"
@@ -93,6 +99,8 @@ def test_gc_races_tag_creation(store, mounter):
 
         def ln():
             barrier.wait()
+            if i % 3 == 2:
+                time.sleep(jitter)
             try:
                 os.symlink(hx if i % 2 else f"x{i}", repo / f"y{i}")   # by digest, or through the dying tag
                 res["ln"] = "ok"
