@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::store::{Digest, Target};
+use crate::store::{Digest, Target, names};
 
 /// Parses `target` for a link created in repository `repo`; `mountpoint` is the mount's
 /// absolute path. `None`: the target names neither a digest nor a tag of this mount.
@@ -23,29 +23,19 @@ pub fn parse(target: &Path, repo: &str, mountpoint: &Path) -> Option<Target> {
         return Some(Target::Digest(d));
     }
     // Resolve lexically, from the mount's root, to a path inside the mount.
-    let mut stack: Vec<&str> = Vec::new();
-    let rest: Vec<&str> = if s.starts_with('/') {
-        let mp = mountpoint.to_str()?;
-        let inside = s.strip_prefix(mp)?;
+    let resolved = if s.starts_with('/') {
+        let inside = s.strip_prefix(mountpoint.to_str()?)?;
         if !(inside.is_empty() || inside.starts_with('/')) {
             return None;
         }
-        inside.split('/').collect()
+        names::resolve_lexically(Vec::new(), inside)?
     } else {
-        stack.push("tags");
-        stack.extend(repo.split('/').filter(|c| !c.is_empty()));
-        s.split('/').collect()
+        let start = std::iter::once("tags")
+            .chain(repo.split('/').filter(|c| !c.is_empty()))
+            .collect();
+        names::resolve_lexically(start, s)?
     };
-    for c in rest {
-        match c {
-            "" | "." => {}
-            ".." => {
-                stack.pop()?;
-            }
-            c => stack.push(c),
-        }
-    }
-    match stack.as_slice() {
+    match resolved.as_slice() {
         ["digests", hex] => Digest::parse_hex(hex).map(Target::Digest),
         ["tags", path @ .., tag] if !path.is_empty() => Some(Target::Tag {
             repo: path.join("/"),

@@ -98,22 +98,13 @@ pub fn parse_tag_target(layout: Layout, repo: &str, target: &Path) -> Option<Dir
         Layout::Legacy => Digest::parse_hex(t).map(|d| DirKey::Legacy(repo.to_string(), d)),
         Layout::Content => {
             // Resolve lexically from STORE/repositories/<repo>.
-            let mut stack: Vec<&str> = std::iter::once(REPOSITORIES)
-                .chain(repo.split('/').filter(|c| !c.is_empty()))
-                .collect();
             if t.starts_with('/') {
                 return None;
             }
-            for c in t.split('/') {
-                match c {
-                    "" | "." => {}
-                    ".." => {
-                        stack.pop()?;
-                    }
-                    c => stack.push(c),
-                }
-            }
-            match stack.as_slice() {
+            let start = std::iter::once(REPOSITORIES)
+                .chain(repo.split('/').filter(|c| !c.is_empty()))
+                .collect();
+            match names::resolve_lexically(start, t)?.as_slice() {
                 [CONTENT, hex] => Digest::parse_hex(hex).map(DirKey::Content),
                 _ => None,
             }

@@ -201,6 +201,22 @@ pub fn split_last(path: &str) -> (&str, &str) {
     }
 }
 
+/// Walks the relative path `rel` from the directory `stack` (its components, from a top
+/// that cannot be climbed above), without touching the filesystem. `None` if `rel` climbs
+/// above the top.
+pub fn resolve_lexically<'a>(mut stack: Vec<&'a str>, rel: &'a str) -> Option<Vec<&'a str>> {
+    for c in rel.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                stack.pop()?;
+            }
+            c => stack.push(c),
+        }
+    }
+    Some(stack)
+}
+
 /// Number of components of a repository path ("" has none).
 pub fn depth(path: &str) -> usize {
     if path.is_empty() {
@@ -269,5 +285,10 @@ mod tests {
         assert_eq!(split_last("a"), ("", "a"));
         assert_eq!(depth(""), 0);
         assert_eq!(depth("a/b"), 2);
+        assert_eq!(
+            resolve_lexically(vec!["a", "b"], "../c/./d"),
+            Some(vec!["a", "c", "d"])
+        );
+        assert_eq!(resolve_lexically(vec!["a"], "../../x"), None);
     }
 }
