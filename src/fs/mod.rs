@@ -126,6 +126,10 @@ impl ImageFs {
     }
 }
 
+/// Open flags for files whose bytes never change while open: the kernel keeps their pages,
+/// and, since nothing is ever written through the mount, does not send FLUSH on close.
+const IMMUTABLE_FILE: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE.union(FopenFlags::FOPEN_NOFLUSH);
+
 /// getxattr/listxattr: the size when asked for it, the bytes when they fit, else ERANGE.
 fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
     if size == 0 {
@@ -397,15 +401,18 @@ impl Filesystem for Shared {
                 match id {
                     Some(id) => {
                         fs.handles.lock().attach_backing(fh, id.clone());
-                        reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
+                        reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &id)
                     }
-                    None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                    None => reply.opened(FileHandle(fh), IMMUTABLE_FILE),
                 }
             }
             Handle::File { .. } | Handle::ImageFile { .. } => {
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+                reply.opened(FileHandle(fh), IMMUTABLE_FILE)
             }
-            _ => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+            _ => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_NOFLUSH,
+            ),
         }
     }
 
