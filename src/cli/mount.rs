@@ -177,6 +177,9 @@ fn mount(store: &Path, mountpoint: &Path, opts: &MountOpts) -> Result<(), String
     )
     .map_err(|e| e.to_string())?;
     let store = Arc::new(store);
+    // The scan's threads leave freed memory in their malloc arenas; give it back.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     {
         let ix = store.index();
         log::info!(
