@@ -1,7 +1,7 @@
 //! The filesystem's logic, in terms of inodes, names and [`Result`]: what each kernel
 //! request means for the store. The adapter in `mod.rs` only replies.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -9,26 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{FileAttr, FileType, INodeNo};
-use log::{Level, info};
+use log::Level;
 
+use super::ImageFs;
 use super::attr::{self, IMMUTABLE_TTL, TAGS_TTL};
 use super::errno::{Error, Result};
-use super::handles::{DirEntry, Handle};
-use super::inodes::{self, NodeKey};
-use super::notify::Inval;
+use super::handles::Handle;
+use super::inodes::NodeKey;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
-use super::{ImageFs, target};
 use crate::image::Nid;
-use crate::store::{self, DirKey, RenameMode, names};
-
-/// One directory entry on its way to a READDIR or READDIRPLUS reply.
-struct Item {
-    key: Option<NodeKey>,
-    kind: FileType,
-    name: OsString,
-    /// The offset that resumes after this entry.
-    next: u64,
-}
+use crate::store::{self, DirKey, names};
 
 /// Which part of the tree a node belongs to decides what a change to it gets.
 enum Area {
@@ -36,7 +26,7 @@ enum Area {
     ReadOnly(String),
 }
 
-fn name_str(name: &OsStr) -> Result<&str> {
+pub(super) fn name_str(name: &OsStr) -> Result<&str> {
     name.to_str()
         .ok_or_else(|| Error::not_found(format!("{}: not UTF-8", name.to_string_lossy())))
 }
@@ -65,7 +55,7 @@ impl ImageFs {
     }
 
     /// For a change inside directory `parent`: the `tags/` path, or the errno refusing it.
-    fn tags_parent(&self, parent: u64, what: &str) -> Result<String> {
+    pub(super) fn tags_parent(&self, parent: u64, what: &str) -> Result<String> {
         match self.area(parent)? {
             Area::Tags(p) => Ok(p),
             Area::ReadOnly(a) => Err(Error::read_only(format!("{what} in {a}"))),
@@ -107,7 +97,7 @@ impl ImageFs {
         }
     }
 
-    fn child_key(&self, parent: &NodeKey, name: &OsStr) -> Result<NodeKey> {
+    pub(super) fn child_key(&self, parent: &NodeKey, name: &OsStr) -> Result<NodeKey> {
         let missing = || Error::not_found(format!("{parent:?}/{}", name.to_string_lossy()));
         match parent {
             NodeKey::Root => match name.as_bytes() {
@@ -172,7 +162,7 @@ impl ImageFs {
     }
 
     /// Attributes of a node (its `ino` field filled by the caller) and their TTL.
-    fn attr_of(&self, key: &NodeKey) -> Result<(FileAttr, Duration)> {
+    pub(super) fn attr_of(&self, key: &NodeKey) -> Result<(FileAttr, Duration)> {
         let dir = |n: u64| {
             let mut a = attr::synthetic(0, FileType::Directory, 0o755, 0, self.started);
             a.nlink = u32::try_from(2 + n).unwrap_or(u32::MAX);
@@ -268,7 +258,7 @@ impl ImageFs {
         self.entry(key)
     }
 
-    fn entry(&self, key: NodeKey) -> Result<(FileAttr, Duration)> {
+    pub(super) fn entry(&self, key: NodeKey) -> Result<(FileAttr, Duration)> {
         let (mut a, ttl) = self.attr_of(&key)?;
         a.ino = INodeNo(self.inodes.lock().lookup(key));
         Ok((a, ttl))
@@ -291,135 +281,11 @@ impl ImageFs {
     }
 
     /// The open image of digest `d`.
-    fn image(&self, d: &store::Digest) -> Result<Arc<crate::image::Image>> {
+    pub(super) fn image(&self, d: &store::Digest) -> Result<Arc<crate::image::Image>> {
         let dir = self
             .digest_dir(d)
             .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
         self.images.get(d, &dir)
-    }
-
-    /// Up to a reply's worth of entries of an open directory, from `offset`.
-    fn dir_items(&self, fh: u64, offset: u64) -> Result<Vec<Item>> {
-        /// More than a 4 KiB reply can hold; the rest is fetched again from its offset.
-        const BATCH: usize = 256;
-        let h =
-            self.handles.lock().get(fh).ok_or_else(|| {
-                Error::new(fuser::Errno::EBADF, Level::Warn, format!("handle {fh}"))
-            })?;
-        let mut items = Vec::new();
-        match &*h {
-            Handle::Dir(entries) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                for (i, e) in entries.iter().enumerate().skip(start).take(BATCH) {
-                    items.push(Item {
-                        key: e.key.clone(),
-                        kind: e.kind,
-                        name: e.name.clone(),
-                        next: (i + 1) as u64,
-                    });
-                }
-                Ok(items)
-            }
-            Handle::ImageDir {
-                digest, image, nid, ..
-            } => {
-                // Offsets 1 and 2 are `.` and `..`; the image's own offsets are >= 12.
-                for (off, name) in [(1, "."), (2, "..")] {
-                    if offset < off {
-                        items.push(Item {
-                            key: None,
-                            kind: FileType::Directory,
-                            name: name.into(),
-                            next: off,
-                        });
-                    }
-                }
-                let from = if offset <= 2 { 0 } else { offset };
-                let mut failed = None;
-                image
-                    .readdir(*nid, from, |e| {
-                        let kind = match e.kind {
-                            Some(k) => rootfs::file_type(k),
-                            None => match image.inode(e.nid) {
-                                Ok(i) => rootfs::file_type(i.kind),
-                                Err(err) => {
-                                    failed = Some(err);
-                                    return false;
-                                }
-                            },
-                        };
-                        items.push(Item {
-                            key: Some(NodeKey::Rootfs(*digest, e.nid.0)),
-                            kind,
-                            name: OsStr::from_bytes(e.name).to_os_string(),
-                            next: e.offset,
-                        });
-                        items.len() < BATCH
-                    })
-                    .map_err(|e| self.images.error(digest, e))?;
-                match failed {
-                    Some(e) => Err(self.images.error(digest, e)),
-                    None => Ok(items),
-                }
-            }
-            _ => Err(Error::new(
-                fuser::Errno::ENOTDIR,
-                Level::Debug,
-                "not a directory handle",
-            )),
-        }
-    }
-
-    /// READDIR: calls `add(ino, next_offset, kind, name)` until it returns true (full).
-    pub(super) fn readdir(
-        &self,
-        dir: u64,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
-    ) -> Result<()> {
-        let items = self.dir_items(fh, offset)?;
-        let mut inodes = self.inodes.lock();
-        for it in items {
-            let ino = match &it.key {
-                Some(k) => inodes.readdir_ino(k),
-                None => dir,
-            };
-            if add(ino, it.next, it.kind, &it.name) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// READDIRPLUS: like [`readdir`](Self::readdir) with attributes; every entry handed
-    /// to the kernel (but `.` and `..`) counts a lookup, as LOOKUP would.
-    pub(super) fn readdirplus(
-        &self,
-        dir: u64,
-        fh: u64,
-        offset: u64,
-        mut add: impl FnMut(u64, &OsStr, &FileAttr, Duration) -> bool,
-    ) -> Result<()> {
-        let items = self.dir_items(fh, offset)?;
-        for it in items {
-            let Some(key) = it.key else {
-                let (a, ttl) = self.getattr(dir)?;
-                if add(it.next, &it.name, &a, ttl) {
-                    break;
-                }
-                continue;
-            };
-            // An entry that went away since opendir (a tag removed) is skipped.
-            let Ok((a, ttl)) = self.entry(key) else {
-                continue;
-            };
-            if add(it.next, &it.name, &a, ttl) {
-                self.forget(a.ino.0, 1);
-                break;
-            }
-        }
-        Ok(())
     }
 
     /// An extended attribute's value (`Some(name)`) or the list of names (`None`).
@@ -439,7 +305,7 @@ impl ImageFs {
 
     /// The directory behind `digests/<hex>/`: in the store, or, for a collected digest
     /// still in use, in the trash.
-    fn digest_dir(&self, d: &store::Digest) -> Option<std::path::PathBuf> {
+    pub(super) fn digest_dir(&self, d: &store::Digest) -> Option<std::path::PathBuf> {
         self.store
             .digest_path(d)
             .or_else(|| self.inodes.lock().zombies.get(d).cloned())
@@ -466,122 +332,6 @@ impl ImageFs {
                 format!("{k:?}: not a symlink"),
             )),
         }
-    }
-
-    /// Opens a directory; the flag says whether its listing is immutable (an image's).
-    pub(super) fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
-        let key = self.key(ino)?;
-        if let NodeKey::Rootfs(d, nid) = key {
-            let image = self.image(&d)?;
-            let i = image
-                .inode(Nid(nid))
-                .map_err(|e| self.images.error(&d, e))?;
-            if i.kind != crate::image::FileKind::Directory {
-                return Err(Error::new(
-                    fuser::Errno::ENOTDIR,
-                    Level::Debug,
-                    "not a directory",
-                ));
-            }
-            let fh = self.handles.lock().insert(Handle::ImageDir {
-                digest: d,
-                image,
-                nid: Nid(nid),
-            });
-            return Ok((fh, true));
-        }
-        let mut entries = vec![
-            DirEntry {
-                key: None,
-                kind: FileType::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                key: None,
-                kind: FileType::Directory,
-                name: "..".into(),
-            },
-        ];
-        let mut children: Vec<(NodeKey, FileType, OsString)> = Vec::new();
-        match &key {
-            NodeKey::Root => {
-                for (n, k) in [
-                    ("tags", NodeKey::TagsDir(String::new())),
-                    ("digests", NodeKey::Digests),
-                    (".imagefs", NodeKey::Private),
-                ] {
-                    children.push((k, FileType::Directory, n.into()));
-                }
-            }
-            NodeKey::TagsDir(p) => {
-                let ix = self.store.index();
-                let node = ix
-                    .node(p)
-                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
-                for s in &node.subdirs {
-                    children.push((
-                        NodeKey::TagsDir(names::join(p, s)),
-                        FileType::Directory,
-                        s.into(),
-                    ));
-                }
-                for t in node.tags.keys() {
-                    children.push((
-                        NodeKey::Tag(p.clone(), t.clone()),
-                        FileType::Symlink,
-                        t.into(),
-                    ));
-                }
-            }
-            NodeKey::Digests => {
-                for d in self.store.index().digests() {
-                    children.push((NodeKey::Digest(*d), FileType::Directory, d.hex().into()));
-                }
-            }
-            NodeKey::Digest(d) => {
-                let dir = self
-                    .digest_dir(d)
-                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
-                let rd = std::fs::read_dir(&dir)
-                    .map_err(|e| Error::io(dir.display().to_string(), &e))?;
-                let mut names: Vec<OsString> = rd
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| e.file_name())
-                    .filter(|n| {
-                        !n.as_bytes()
-                            .starts_with(store::fsutil::TMP_PREFIX.as_bytes())
-                    })
-                    .collect();
-                names.sort();
-                if is_ready(&dir) {
-                    children.push((NodeKey::Rootfs(*d, 0), FileType::Directory, ROOTFS.into()));
-                } else {
-                    names.retain(|n| n != ROOTFS_IMAGE);
-                }
-                for n in names {
-                    children.push((NodeKey::DigestFile(*d, n.clone()), FileType::RegularFile, n));
-                }
-            }
-            NodeKey::Private => {
-                children.push((NodeKey::Metrics, FileType::RegularFile, "metrics".into()));
-            }
-            k => {
-                return Err(Error::new(
-                    fuser::Errno::ENOTDIR,
-                    Level::Debug,
-                    format!("{k:?}: not a directory"),
-                ));
-            }
-        }
-        for (k, kind, name) in children {
-            entries.push(DirEntry {
-                key: Some(k),
-                kind,
-                name,
-            });
-        }
-        Ok((self.handles.lock().insert(Handle::Dir(entries)), false))
     }
 
     pub(super) fn open(&self, ino: u64, flags: i32) -> Result<(u64, Arc<Handle>)> {
@@ -672,148 +422,6 @@ impl ImageFs {
         }
     }
 
-    pub(super) fn mkdir(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> Result<(FileAttr, Duration)> {
-        let p = self.tags_parent(parent, "mkdir")?;
-        self.store.mkdir(&p, name.as_bytes(), mode, uid, gid)?;
-        let name = name_str(name)?;
-        self.entry(NodeKey::TagsDir(names::join(&p, name)))
-    }
-
-    pub(super) fn symlink(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        target: &Path,
-    ) -> Result<(FileAttr, Duration)> {
-        let p = self.tags_parent(parent, "symlink")?;
-        let tag = store::check_new_tag(&p, name.as_bytes())?.to_string();
-        let t = target::parse(target, &p, &self.mountpoint).ok_or_else(|| {
-            Error::new(
-                fuser::Errno::ENOENT,
-                Level::Info,
-                format!(
-                    "ln -s {} tags/{p}/{tag}: the target names no digest and no tag of this mount",
-                    target.display()
-                ),
-            )
-        })?;
-        let d = self.store.create_tag(&p, tag.as_bytes(), &t)?;
-        info!("tagged {p}:{tag} -> sha256:{d}");
-        self.entry(NodeKey::Tag(p, tag))
-    }
-
-    pub(super) fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
-        let p = self.tags_parent(parent, "unlink")?;
-        let name = name_str(name)?;
-        let is_dir = self
-            .store
-            .index()
-            .node(&p)
-            .is_some_and(|n| n.subdirs.contains(name));
-        if is_dir {
-            return Err(Error::new(
-                fuser::Errno::EISDIR,
-                Level::Info,
-                format!("unlink tags/{p}/{name}: is a directory"),
-            ));
-        }
-        let collected = self.store.remove_tag(&p, name)?;
-        info!("untagged {p}:{name}");
-        self.inodes
-            .lock()
-            .detach(&NodeKey::Tag(p, name.to_string()));
-        self.collected(&collected);
-        Ok(())
-    }
-
-    pub(super) fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
-        let p = self.tags_parent(parent, "rmdir")?;
-        let name = name_str(name)?;
-        let path = names::join(&p, name);
-        self.store.rmdir(&path)?;
-        self.inodes.lock().detach(&NodeKey::TagsDir(path));
-        Ok(())
-    }
-
-    pub(super) fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> Result<()> {
-        let p = self.tags_parent(parent, "rename")?;
-        let np = self.tags_parent(newparent, "rename")?;
-        let mode = if flags & libc::RENAME_EXCHANGE != 0 {
-            RenameMode::Exchange
-        } else if flags & libc::RENAME_NOREPLACE != 0 {
-            RenameMode::NoReplace
-        } else if flags == 0 {
-            RenameMode::Replace
-        } else {
-            return Err(Error::new(
-                fuser::Errno::EINVAL,
-                Level::Info,
-                format!("rename flags {flags:#x} not supported"),
-            ));
-        };
-        let name = name_str(name)?;
-        let (is_dir, is_tag) = {
-            let ix = self.store.index();
-            let node = ix.node(&p);
-            (
-                node.is_some_and(|n| n.subdirs.contains(name)),
-                node.is_some_and(|n| n.tags.contains_key(name)),
-            )
-        };
-        if is_dir {
-            let from = names::join(&p, name);
-            self.store
-                .rename_dir(&from, &np, newname.as_bytes(), mode)?;
-            let to = names::join(&np, name_str(newname)?);
-            self.inodes.lock().rename_subtree(&from, &to);
-            info!("moved tags/{from} to tags/{to}");
-            return Ok(());
-        }
-        if !is_tag {
-            return Err(Error::not_found(format!("tags/{p}/{name}")));
-        }
-        let collected = self
-            .store
-            .rename_tag((&p, name), &np, newname.as_bytes(), mode)?;
-        let newname = name_str(newname)?;
-        let (a, b) = (
-            NodeKey::Tag(p.clone(), name.into()),
-            NodeKey::Tag(np.clone(), newname.into()),
-        );
-        let moved = {
-            let mut inodes = self.inodes.lock();
-            if mode == RenameMode::Exchange {
-                inodes.exchange(&a, &b);
-            } else {
-                inodes.rename(&a, b.clone());
-            }
-            [inodes.ino_of(&a), inodes.ino_of(&b)]
-        };
-        // The kernel caches symlink text (FUSE_CACHE_SYMLINKS); a tag that moved to another
-        // depth, or swapped targets, now reads differently.
-        for ino in moved.into_iter().flatten() {
-            self.inval
-                .send_and_wait(Inval::Inode(ino), Duration::from_secs(1));
-        }
-        info!("renamed {p}:{name} to {np}:{newname}");
-        self.collected(&collected);
-        Ok(())
-    }
-
     /// The metrics file's text, made at open.
     fn render_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
@@ -836,62 +444,11 @@ impl ImageFs {
             in_use_only,
         })
     }
-
-    /// Drops from the kernel's caches what other writers changed in the store.
-    pub(super) fn apply_changes(&self, changes: Vec<store::watch::Change>) {
-        use store::watch::Change;
-        for c in changes {
-            match c {
-                Change::Tag { repo, tag } => {
-                    let (parent, ino) = {
-                        let mut inodes = self.inodes.lock();
-                        let key = NodeKey::Tag(repo.clone(), tag.clone());
-                        let ino = inodes.ino_of(&key);
-                        inodes.detach(&key);
-                        (inodes.ino_of(&NodeKey::TagsDir(repo)), ino)
-                    };
-                    if let Some(p) = parent {
-                        self.inval.send(Inval::Entry(p, tag.into()));
-                    }
-                    if let Some(i) = ino {
-                        self.inval.send(Inval::Inode(i));
-                    }
-                }
-                Change::Dir(path) => {
-                    let (parent, last) = names::split_last(&path);
-                    if let Some(p) = self.inodes.lock().ino_of(&NodeKey::TagsDir(parent.into())) {
-                        self.inval.send(Inval::Entry(p, last.into()));
-                    }
-                }
-                Change::DigestGone(d) => {
-                    self.inval
-                        .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
-                }
-            }
-        }
-    }
-
-    /// After GC removed digest directories: drop what the kernel caches of digests that
-    /// no longer have any directory.
-    fn collected(&self, keys: &[DirKey]) {
-        for key in keys {
-            let d = key.digest();
-            if self.store.digest_path(&d).is_none() {
-                self.inval.send_and_wait(
-                    Inval::Entry(inodes::DIGESTS, d.hex().into()),
-                    Duration::from_secs(1),
-                );
-                if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(d)) {
-                    self.inval.send(Inval::Inode(ino));
-                }
-            }
-        }
-    }
 }
 
 /// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress
 /// may still be writing the image.
-fn is_ready(dir: &Path) -> bool {
+pub(super) fn is_ready(dir: &Path) -> bool {
     matches!(
         store::metadata::read_status(dir),
         Ok(store::metadata::Status::Ready)
@@ -899,7 +456,7 @@ fn is_ready(dir: &Path) -> bool {
 }
 
 /// The text of a tag's symlink: up to the mount's root, then `digests/<hex>`.
-fn link_text(repo: &str, key: &DirKey) -> String {
+pub(super) fn link_text(repo: &str, key: &DirKey) -> String {
     format!(
         "{}digests/{}",
         "../".repeat(names::depth(repo) + 1),

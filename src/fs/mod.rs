@@ -7,7 +7,9 @@
 //! `.imagefs/metrics` the counters.
 
 mod attr;
+mod changes;
 mod core;
+mod dirs;
 mod errno;
 mod handles;
 pub mod inodes;

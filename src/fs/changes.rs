@@ -1,0 +1,212 @@
+//! Changes through `tags/`: ln -s, rm, mv, mkdir, rmdir; and what the kernel must forget
+//! after our GC or another writer's change.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::Duration;
+
+use fuser::FileAttr;
+use log::{Level, info};
+
+use super::core::name_str;
+use super::errno::{Error, Result};
+use super::inodes::{self, NodeKey};
+use super::notify::Inval;
+use super::{ImageFs, target};
+use crate::store::{self, DirKey, RenameMode, names};
+
+impl ImageFs {
+    pub(super) fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(FileAttr, Duration)> {
+        let p = self.tags_parent(parent, "mkdir")?;
+        self.store.mkdir(&p, name.as_bytes(), mode, uid, gid)?;
+        let name = name_str(name)?;
+        self.entry(NodeKey::TagsDir(names::join(&p, name)))
+    }
+
+    pub(super) fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<(FileAttr, Duration)> {
+        let p = self.tags_parent(parent, "symlink")?;
+        let tag = store::check_new_tag(&p, name.as_bytes())?.to_string();
+        let t = target::parse(target, &p, &self.mountpoint).ok_or_else(|| {
+            Error::new(
+                fuser::Errno::ENOENT,
+                Level::Info,
+                format!(
+                    "ln -s {} tags/{p}/{tag}: the target names no digest and no tag of this mount",
+                    target.display()
+                ),
+            )
+        })?;
+        let d = self.store.create_tag(&p, tag.as_bytes(), &t)?;
+        info!("tagged {p}:{tag} -> sha256:{d}");
+        self.entry(NodeKey::Tag(p, tag))
+    }
+
+    pub(super) fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.tags_parent(parent, "unlink")?;
+        let name = name_str(name)?;
+        let is_dir = self
+            .store
+            .index()
+            .node(&p)
+            .is_some_and(|n| n.subdirs.contains(name));
+        if is_dir {
+            return Err(Error::new(
+                fuser::Errno::EISDIR,
+                Level::Info,
+                format!("unlink tags/{p}/{name}: is a directory"),
+            ));
+        }
+        let collected = self.store.remove_tag(&p, name)?;
+        info!("untagged {p}:{name}");
+        self.inodes
+            .lock()
+            .detach(&NodeKey::Tag(p, name.to_string()));
+        self.collected(&collected);
+        Ok(())
+    }
+
+    pub(super) fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let p = self.tags_parent(parent, "rmdir")?;
+        let name = name_str(name)?;
+        let path = names::join(&p, name);
+        self.store.rmdir(&path)?;
+        self.inodes.lock().detach(&NodeKey::TagsDir(path));
+        Ok(())
+    }
+
+    pub(super) fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let p = self.tags_parent(parent, "rename")?;
+        let np = self.tags_parent(newparent, "rename")?;
+        let mode = if flags & libc::RENAME_EXCHANGE != 0 {
+            RenameMode::Exchange
+        } else if flags & libc::RENAME_NOREPLACE != 0 {
+            RenameMode::NoReplace
+        } else if flags == 0 {
+            RenameMode::Replace
+        } else {
+            return Err(Error::new(
+                fuser::Errno::EINVAL,
+                Level::Info,
+                format!("rename flags {flags:#x} not supported"),
+            ));
+        };
+        let name = name_str(name)?;
+        let (is_dir, is_tag) = {
+            let ix = self.store.index();
+            let node = ix.node(&p);
+            (
+                node.is_some_and(|n| n.subdirs.contains(name)),
+                node.is_some_and(|n| n.tags.contains_key(name)),
+            )
+        };
+        if is_dir {
+            let from = names::join(&p, name);
+            self.store
+                .rename_dir(&from, &np, newname.as_bytes(), mode)?;
+            let to = names::join(&np, name_str(newname)?);
+            self.inodes.lock().rename_subtree(&from, &to);
+            info!("moved tags/{from} to tags/{to}");
+            return Ok(());
+        }
+        if !is_tag {
+            return Err(Error::not_found(format!("tags/{p}/{name}")));
+        }
+        let collected = self
+            .store
+            .rename_tag((&p, name), &np, newname.as_bytes(), mode)?;
+        let newname = name_str(newname)?;
+        let (a, b) = (
+            NodeKey::Tag(p.clone(), name.into()),
+            NodeKey::Tag(np.clone(), newname.into()),
+        );
+        let moved = {
+            let mut inodes = self.inodes.lock();
+            if mode == RenameMode::Exchange {
+                inodes.exchange(&a, &b);
+            } else {
+                inodes.rename(&a, b.clone());
+            }
+            [inodes.ino_of(&a), inodes.ino_of(&b)]
+        };
+        // The kernel caches symlink text (FUSE_CACHE_SYMLINKS); a tag that moved to another
+        // depth, or swapped targets, now reads differently.
+        for ino in moved.into_iter().flatten() {
+            self.inval
+                .send_and_wait(Inval::Inode(ino), Duration::from_secs(1));
+        }
+        info!("renamed {p}:{name} to {np}:{newname}");
+        self.collected(&collected);
+        Ok(())
+    }
+
+    /// Drops from the kernel's caches what other writers changed in the store.
+    pub(super) fn apply_changes(&self, changes: Vec<store::watch::Change>) {
+        use store::watch::Change;
+        for c in changes {
+            match c {
+                Change::Tag { repo, tag } => {
+                    let (parent, ino) = {
+                        let mut inodes = self.inodes.lock();
+                        let key = NodeKey::Tag(repo.clone(), tag.clone());
+                        let ino = inodes.ino_of(&key);
+                        inodes.detach(&key);
+                        (inodes.ino_of(&NodeKey::TagsDir(repo)), ino)
+                    };
+                    if let Some(p) = parent {
+                        self.inval.send(Inval::Entry(p, tag.into()));
+                    }
+                    if let Some(i) = ino {
+                        self.inval.send(Inval::Inode(i));
+                    }
+                }
+                Change::Dir(path) => {
+                    let (parent, last) = names::split_last(&path);
+                    if let Some(p) = self.inodes.lock().ino_of(&NodeKey::TagsDir(parent.into())) {
+                        self.inval.send(Inval::Entry(p, last.into()));
+                    }
+                }
+                Change::DigestGone(d) => {
+                    self.inval
+                        .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                }
+            }
+        }
+    }
+
+    /// After GC removed digest directories: drop what the kernel caches of digests that
+    /// no longer have any directory.
+    fn collected(&self, keys: &[DirKey]) {
+        for key in keys {
+            let d = key.digest();
+            if self.store.digest_path(&d).is_none() {
+                self.inval.send_and_wait(
+                    Inval::Entry(inodes::DIGESTS, d.hex().into()),
+                    Duration::from_secs(1),
+                );
+                if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(d)) {
+                    self.inval.send(Inval::Inode(ino));
+                }
+            }
+        }
+    }
+}
