@@ -47,6 +47,11 @@ impl Error {
         )
     }
 
+    /// The errno's text, for log lines ("No such file or directory (os error 2)").
+    pub fn errno_name(&self) -> String {
+        std::io::Error::from_raw_os_error(i32::from(self.errno)).to_string()
+    }
+
     /// Prefixes the reason with what was being done ("ln -s X tags/R/T").
     pub fn context(mut self, what: impl std::fmt::Display) -> Error {
         self.reason = format!("{what}: {}", self.reason);

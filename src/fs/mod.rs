@@ -64,12 +64,6 @@ macro_rules! fail {
     }};
 }
 
-impl Error {
-    fn errno_name(&self) -> String {
-        std::io::Error::from_raw_os_error(i32::from(self.errno)).to_string()
-    }
-}
-
 impl ImageFs {
     pub fn new(store: Arc<Store>, mountpoint: &Path, passthrough: bool) -> ImageFs {
         let inodes = Arc::new(Mutex::new(Inodes::default()));
