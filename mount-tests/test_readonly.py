@@ -270,7 +270,7 @@ def test_open_image_survives_last_untag(store, mounter, layout):
         checks = [
             ("fstat of the open image fd", lambda: os.fstat(fd).st_size == len(data)),
             ("fstat of the open dir fd", lambda: stat.S_ISDIR(os.fstat(dfd).st_mode)),
-            ("readdir of the open dir fd", lambda: sorted(os.listdir(dfd))[:2] == ["metadata.json", "rootfs.erofs"]),
+            ("readdir of the open dir fd", lambda: {"metadata.json", "rootfs", "rootfs.erofs"} <= set(os.listdir(dfd))),
             ("openat(dirfd, metadata.json)", lambda: b'"status"' in _read_at(dfd, "metadata.json")),
             ("fchdir into the open dir", lambda: os.fchdir(dfd) or True),
             ("stat rootfs.erofs relative to cwd", lambda: os.stat("rootfs.erofs").st_size == len(data)),
@@ -436,3 +436,18 @@ def test_mmap_rootfs_erofs_survives_gc(store, mounter):
             assert hashlib.sha256(mm[:]).hexdigest() == hx
         finally:
             mm.close()
+
+
+def test_listing_of_a_ready_digest_shows_rootfs_with_its_attributes(wm):
+    """A listing (READDIRPLUS) must show rootfs/ with the same inode a lookup gives."""
+    w, mnt = wm
+    ready = [h for h in os.listdir(mnt / "digests")
+             if b'"ready"' in (mnt / "digests" / h / "metadata.json").read_bytes()]
+    assert ready
+    for h in ready:
+        d = mnt / "digests" / h
+        entries = {e.name: e for e in os.scandir(d)}
+        assert {"metadata.json", "rootfs", "rootfs.erofs"} <= set(entries), sorted(entries)
+        assert entries["rootfs"].is_dir(follow_symlinks=False)
+        assert entries["rootfs"].inode() == os.lstat(d / "rootfs").st_ino
+        assert os.listdir(d / "rootfs"), "rootfs/ lists the image's tree"

@@ -174,6 +174,7 @@ impl ImageFs {
                     };
                     if let Some(p) = parent {
                         self.inval.send(Inval::Entry(p, tag.into()));
+                        self.inval.send(Inval::Inode(p));
                     }
                     if let Some(i) = ino {
                         self.inval.send(Inval::Inode(i));
@@ -183,12 +184,15 @@ impl ImageFs {
                     let (parent, last) = names::split_last(&path);
                     if let Some(p) = self.inodes.lock().ino_of(&NodeKey::TagsDir(parent.into())) {
                         self.inval.send(Inval::Entry(p, last.into()));
+                        self.inval.send(Inval::Inode(p));
                     }
                 }
                 Change::DigestGone(d) => {
                     self.inval
                         .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                    self.inval.send(Inval::Inode(inodes::DIGESTS));
                 }
+                Change::DigestAdded => self.inval.send(Inval::Inode(inodes::DIGESTS)),
             }
         }
     }
@@ -203,6 +207,9 @@ impl ImageFs {
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),
                     Duration::from_secs(1),
                 );
+                // The kernel caches the listing of digests/ (no OPENDIR).
+                self.inval
+                    .send_and_wait(Inval::Inode(inodes::DIGESTS), Duration::from_secs(1));
                 if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(d)) {
                     self.inval.send(Inval::Inode(ino));
                 }

@@ -220,7 +220,19 @@ impl ImageFs {
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
                 let mut a = attr::from_metadata(0, FileType::Directory, &stat(&p)?, true);
                 a.size = 4096;
-                (a, IMMUTABLE_TTL)
+                if is_ready(&p) {
+                    a.nlink = 3;
+                    (a, IMMUTABLE_TTL)
+                } else {
+                    // Its listing gains rootfs/ when the pull finishes: the mtime follows
+                    // metadata.json so the kernel's cached listing is dropped then.
+                    if let Ok(m) = std::fs::metadata(p.join("metadata.json"))
+                        && let Ok(t) = m.modified()
+                    {
+                        a.mtime = a.mtime.max(t);
+                    }
+                    (a, TAGS_TTL)
+                }
             }
             NodeKey::DigestFile(d, name) => {
                 let p = self
@@ -377,7 +389,7 @@ impl ImageFs {
             }
         };
         let h = Arc::new(h);
-        let fh = self.handles.lock().insert_arc(h.clone());
+        let fh = self.handles.lock().insert(h.clone());
         Ok((fh, h))
     }
 
@@ -414,7 +426,7 @@ impl ImageFs {
                 buf.truncate(n);
                 Ok(buf)
             }
-            Handle::Dir(_) | Handle::Backed { .. } | Handle::ImageDir { .. } => Err(Error::new(
+            Handle::Backed { .. } => Err(Error::new(
                 fuser::Errno::EISDIR,
                 Level::Debug,
                 "read of a directory",

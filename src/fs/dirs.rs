@@ -1,6 +1,12 @@
-//! Directories: opening, listing with READDIR and READDIRPLUS, resuming by offset.
-//! Listings of `tags/` and `digests/` are snapshots taken at opendir (stable offsets); an
-//! image's directories are read straight from the image by its own offsets.
+//! Directories: listing with READDIR and READDIRPLUS, resumed by offset, without OPENDIR.
+//!
+//! OPENDIR is answered ENOSYS: the kernel then stops sending OPENDIR/RELEASEDIR (two round
+//! trips per directory a walk enters) and caches every listing in its page cache. Image
+//! directories never change. The listings of `tags/` and `digests/` do: the kernel drops
+//! its cache itself after a change made through the mount in that directory, and imagefs
+//! invalidates the rest (GC emptying `digests/`, other writers) through the notifier.
+//! Offsets: 1 and 2 are `.` and `..`; in an image directory the image's own offsets
+//! (>= 12) follow; elsewhere the offset counts entries of the sorted listing.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -12,7 +18,6 @@ use log::Level;
 use super::ImageFs;
 use super::core::is_ready;
 use super::errno::{Error, Result};
-use super::handles::{DirEntry, Handle};
 use super::inodes::NodeKey;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::image::Nid;
@@ -28,87 +33,172 @@ struct Item {
 }
 
 impl ImageFs {
-    /// Up to a reply's worth of entries of an open directory, from `offset`.
-    fn dir_items(&self, fh: u64, offset: u64) -> Result<Vec<Item>> {
+    /// Up to a reply's worth of entries of directory `ino`, from `offset`.
+    fn dir_items(&self, ino: u64, offset: u64) -> Result<Vec<Item>> {
         /// More than a 4 KiB reply can hold; the rest is fetched again from its offset.
         const BATCH: usize = 256;
-        let h =
-            self.handles.lock().get(fh).ok_or_else(|| {
-                Error::new(fuser::Errno::EBADF, Level::Warn, format!("handle {fh}"))
-            })?;
+        let key = self.key(ino)?;
         let mut items = Vec::new();
-        match &*h {
-            Handle::Dir(entries) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX);
-                for (i, e) in entries.iter().enumerate().skip(start).take(BATCH) {
-                    items.push(Item {
-                        key: e.key.clone(),
-                        kind: e.kind,
-                        name: e.name.clone(),
-                        next: (i + 1) as u64,
-                    });
-                }
-                Ok(items)
+        for (off, name) in [(1, "."), (2, "..")] {
+            if offset < off {
+                items.push(Item {
+                    key: None,
+                    kind: FileType::Directory,
+                    name: name.into(),
+                    next: off,
+                });
             }
-            Handle::ImageDir {
-                digest, image, nid, ..
-            } => {
-                // Offsets 1 and 2 are `.` and `..`; the image's own offsets are >= 12.
-                for (off, name) in [(1, "."), (2, "..")] {
-                    if offset < off {
-                        items.push(Item {
-                            key: None,
-                            kind: FileType::Directory,
-                            name: name.into(),
-                            next: off,
-                        });
-                    }
-                }
-                let from = if offset <= 2 { 0 } else { offset };
-                let mut failed = None;
-                image
-                    .readdir(*nid, from, |e| {
-                        let kind = match e.kind {
-                            Some(k) => rootfs::file_type(k),
-                            None => match image.inode(e.nid) {
-                                Ok(i) => rootfs::file_type(i.kind),
-                                Err(err) => {
-                                    failed = Some(err);
-                                    return false;
-                                }
-                            },
-                        };
-                        items.push(Item {
-                            key: Some(NodeKey::Rootfs(*digest, e.nid.0)),
-                            kind,
-                            name: OsStr::from_bytes(e.name).to_os_string(),
-                            next: e.offset,
-                        });
-                        items.len() < BATCH
-                    })
-                    .map_err(|e| self.images.error(digest, e))?;
-                match failed {
-                    Some(e) => Err(self.images.error(digest, e)),
-                    None => Ok(items),
-                }
-            }
-            _ => Err(Error::new(
-                fuser::Errno::ENOTDIR,
-                Level::Debug,
-                "not a directory handle",
-            )),
         }
+        if let NodeKey::Rootfs(d, nid) = key {
+            let image = self.image(&d)?;
+            let from = if offset <= 2 { 0 } else { offset };
+            let mut failed = None;
+            image
+                .readdir(Nid(nid), from, |e| {
+                    let kind = match e.kind {
+                        Some(k) => rootfs::file_type(k),
+                        None => match image.inode(e.nid) {
+                            Ok(i) => rootfs::file_type(i.kind),
+                            Err(err) => {
+                                failed = Some(err);
+                                return false;
+                            }
+                        },
+                    };
+                    items.push(Item {
+                        key: Some(NodeKey::Rootfs(d, e.nid.0)),
+                        kind,
+                        name: OsStr::from_bytes(e.name).to_os_string(),
+                        next: e.offset,
+                    });
+                    items.len() < BATCH
+                })
+                .map_err(|e| self.images.error(&d, e))?;
+            return match failed {
+                Some(e) => Err(self.images.error(&d, e)),
+                None => Ok(items),
+            };
+        }
+        let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
+        let want = BATCH.saturating_sub(items.len());
+        for (i, (k, kind, name)) in self.children(&key, skip, want)?.into_iter().enumerate() {
+            items.push(Item {
+                key: Some(k),
+                kind,
+                name,
+                next: (skip + i + 3) as u64,
+            });
+        }
+        Ok(items)
+    }
+
+    /// Entries `skip..skip + max` of a directory outside the images, in listing order.
+    fn children(
+        &self,
+        key: &NodeKey,
+        skip: usize,
+        max: usize,
+    ) -> Result<Vec<(NodeKey, FileType, OsString)>> {
+        let window = |it: &mut dyn Iterator<Item = (NodeKey, FileType, OsString)>| {
+            it.skip(skip).take(max).collect::<Vec<_>>()
+        };
+        Ok(match key {
+            NodeKey::Root => window(
+                &mut [
+                    ("tags", NodeKey::TagsDir(String::new())),
+                    ("digests", NodeKey::Digests),
+                    (".imagefs", NodeKey::Private),
+                ]
+                .into_iter()
+                .map(|(n, k)| (k, FileType::Directory, n.into())),
+            ),
+            NodeKey::TagsDir(p) => {
+                let ix = self.store.index();
+                let node = ix
+                    .node(p)
+                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
+                let dirs = node.subdirs.iter().map(|s| {
+                    (
+                        NodeKey::TagsDir(names::join(p, s)),
+                        FileType::Directory,
+                        OsString::from(s),
+                    )
+                });
+                let tags = node.tags.keys().map(|t| {
+                    (
+                        NodeKey::Tag(p.clone(), t.clone()),
+                        FileType::Symlink,
+                        OsString::from(t),
+                    )
+                });
+                window(&mut dirs.chain(tags))
+            }
+            NodeKey::Digests => {
+                // Skipping over the keys is cheap; only the window is formatted.
+                let ix = self.store.index();
+                let v: Vec<store::Digest> = ix.digests().skip(skip).take(max).copied().collect();
+                v.into_iter()
+                    .map(|d| (NodeKey::Digest(d), FileType::Directory, d.hex().into()))
+                    .collect()
+            }
+            NodeKey::Digest(d) => window(&mut self.digest_listing(d)?.into_iter()),
+            NodeKey::Private => window(&mut std::iter::once((
+                NodeKey::Metrics,
+                FileType::RegularFile,
+                "metrics".into(),
+            ))),
+            k => {
+                return Err(Error::new(
+                    fuser::Errno::ENOTDIR,
+                    Level::Debug,
+                    format!("{k:?}: not a directory"),
+                ));
+            }
+        })
+    }
+
+    /// `digests/<hex>/`: `rootfs/` (when ready) and the digest directory's regular files.
+    fn digest_listing(&self, d: &store::Digest) -> Result<Vec<(NodeKey, FileType, OsString)>> {
+        let dir = self
+            .digest_dir(d)
+            .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
+        let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(dir.display().to_string(), &e))?;
+        let mut names: Vec<OsString> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name())
+            .filter(|n| {
+                !n.as_bytes()
+                    .starts_with(store::fsutil::TMP_PREFIX.as_bytes())
+            })
+            .collect();
+        names.sort();
+        let mut out = Vec::new();
+        if is_ready(&dir) {
+            // An image that does not open is still listed: its lookup answers EIO.
+            let root = self.images.get(d, &dir).map(|i| i.root().0).unwrap_or(0);
+            out.push((
+                NodeKey::Rootfs(*d, root),
+                FileType::Directory,
+                ROOTFS.into(),
+            ));
+        } else {
+            names.retain(|n| n != ROOTFS_IMAGE);
+        }
+        for n in names {
+            out.push((NodeKey::DigestFile(*d, n.clone()), FileType::RegularFile, n));
+        }
+        Ok(out)
     }
 
     /// READDIR: calls `add(ino, next_offset, kind, name)` until it returns true (full).
     pub(super) fn readdir(
         &self,
         dir: u64,
-        fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(fh, offset)?;
+        let items = self.dir_items(dir, offset)?;
         let mut inodes = self.inodes.lock();
         for it in items {
             let ino = match &it.key {
@@ -127,11 +217,10 @@ impl ImageFs {
     pub(super) fn readdirplus(
         &self,
         dir: u64,
-        fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, &OsStr, &FileAttr, Duration) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(fh, offset)?;
+        let items = self.dir_items(dir, offset)?;
         for it in items {
             let Some(key) = it.key else {
                 let (a, ttl) = self.getattr(dir)?;
@@ -140,7 +229,7 @@ impl ImageFs {
                 }
                 continue;
             };
-            // An entry that went away since opendir (a tag removed) is skipped.
+            // An entry that went away meanwhile (a tag removed) is skipped.
             let Ok((a, ttl)) = self.entry(key) else {
                 continue;
             };
@@ -150,121 +239,5 @@ impl ImageFs {
             }
         }
         Ok(())
-    }
-
-    /// Opens a directory; the flag says whether its listing is immutable (an image's).
-    pub(super) fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
-        let key = self.key(ino)?;
-        if let NodeKey::Rootfs(d, nid) = key {
-            let image = self.image(&d)?;
-            let i = image
-                .inode(Nid(nid))
-                .map_err(|e| self.images.error(&d, e))?;
-            if i.kind != crate::image::FileKind::Directory {
-                return Err(Error::new(
-                    fuser::Errno::ENOTDIR,
-                    Level::Debug,
-                    "not a directory",
-                ));
-            }
-            let fh = self.handles.lock().insert(Handle::ImageDir {
-                digest: d,
-                image,
-                nid: Nid(nid),
-            });
-            return Ok((fh, true));
-        }
-        let mut entries = vec![
-            DirEntry {
-                key: None,
-                kind: FileType::Directory,
-                name: ".".into(),
-            },
-            DirEntry {
-                key: None,
-                kind: FileType::Directory,
-                name: "..".into(),
-            },
-        ];
-        let mut children: Vec<(NodeKey, FileType, OsString)> = Vec::new();
-        match &key {
-            NodeKey::Root => {
-                for (n, k) in [
-                    ("tags", NodeKey::TagsDir(String::new())),
-                    ("digests", NodeKey::Digests),
-                    (".imagefs", NodeKey::Private),
-                ] {
-                    children.push((k, FileType::Directory, n.into()));
-                }
-            }
-            NodeKey::TagsDir(p) => {
-                let ix = self.store.index();
-                let node = ix
-                    .node(p)
-                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
-                for s in &node.subdirs {
-                    children.push((
-                        NodeKey::TagsDir(names::join(p, s)),
-                        FileType::Directory,
-                        s.into(),
-                    ));
-                }
-                for t in node.tags.keys() {
-                    children.push((
-                        NodeKey::Tag(p.clone(), t.clone()),
-                        FileType::Symlink,
-                        t.into(),
-                    ));
-                }
-            }
-            NodeKey::Digests => {
-                for d in self.store.index().digests() {
-                    children.push((NodeKey::Digest(*d), FileType::Directory, d.hex().into()));
-                }
-            }
-            NodeKey::Digest(d) => {
-                let dir = self
-                    .digest_dir(d)
-                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
-                let rd = std::fs::read_dir(&dir)
-                    .map_err(|e| Error::io(dir.display().to_string(), &e))?;
-                let mut names: Vec<OsString> = rd
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| e.file_name())
-                    .filter(|n| {
-                        !n.as_bytes()
-                            .starts_with(store::fsutil::TMP_PREFIX.as_bytes())
-                    })
-                    .collect();
-                names.sort();
-                if is_ready(&dir) {
-                    children.push((NodeKey::Rootfs(*d, 0), FileType::Directory, ROOTFS.into()));
-                } else {
-                    names.retain(|n| n != ROOTFS_IMAGE);
-                }
-                for n in names {
-                    children.push((NodeKey::DigestFile(*d, n.clone()), FileType::RegularFile, n));
-                }
-            }
-            NodeKey::Private => {
-                children.push((NodeKey::Metrics, FileType::RegularFile, "metrics".into()));
-            }
-            k => {
-                return Err(Error::new(
-                    fuser::Errno::ENOTDIR,
-                    Level::Debug,
-                    format!("{k:?}: not a directory"),
-                ));
-            }
-        }
-        for (k, kind, name) in children {
-            entries.push(DirEntry {
-                key: Some(k),
-                kind,
-                name,
-            });
-        }
-        Ok((self.handles.lock().insert(Handle::Dir(entries)), false))
     }
 }

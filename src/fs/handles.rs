@@ -1,37 +1,19 @@
-//! Open file and directory handles.
+//! Open file handles (directories have none: OPENDIR is not used).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::fs::File;
 use std::sync::{Arc, Weak};
 
-use fuser::{BackingId, FileType};
+use fuser::BackingId;
 
-use super::inodes::NodeKey;
 use crate::image::{Image, Nid};
 use crate::store::Digest;
-
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    /// The node named, or `None` for `.` and `..` (which name the directory itself).
-    pub key: Option<NodeKey>,
-    pub kind: FileType,
-    pub name: OsString,
-}
 
 pub enum Handle {
     /// A store file opened for passthrough: the kernel reads it; we keep the backing id.
     Backed { _id: Arc<BackingId> },
-    /// A directory listing, snapshotted at opendir so offsets stay stable.
-    Dir(Vec<DirEntry>),
     /// A store file, read with pread (or by the kernel through `backing`).
     File { file: File },
-    /// A directory of an image, listed straight from the image with its own offsets.
-    ImageDir {
-        digest: Digest,
-        image: Arc<Image>,
-        nid: Nid,
-    },
     /// A regular file of an image.
     ImageFile {
         digest: Digest,
@@ -51,13 +33,7 @@ pub struct Handles {
 }
 
 impl Handles {
-    pub fn insert(&mut self, h: Handle) -> u64 {
-        self.next += 1;
-        self.open.insert(self.next, Arc::new(h));
-        self.next
-    }
-
-    pub fn insert_arc(&mut self, h: Arc<Handle>) -> u64 {
+    pub fn insert(&mut self, h: Arc<Handle>) -> u64 {
         self.next += 1;
         self.open.insert(self.next, h);
         self.next

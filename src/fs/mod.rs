@@ -176,6 +176,9 @@ impl Filesystem for Shared {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // Listings are cached (no OPENDIR): at the start of a listing the kernel checks
+            // the directory's mtime, so a repository changed by another writer is re-read.
+            InitFlags::FUSE_AUTO_INVAL_DATA,
         ] {
             if caps.contains(cap) {
                 let _ = config.add_capabilities(cap);
@@ -474,31 +477,23 @@ impl Filesystem for Shared {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fs = &self.0;
-        fs.metrics.request("opendir");
-        match fs.opendir(ino.0) {
-            // An image's directories never change: the kernel may keep their listings.
-            Ok((fh, true)) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => fail!(fs, reply, "opendir", e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS: the kernel stops asking, opens directories itself and caches listings
+        // (see dirs.rs for how changed listings are invalidated).
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         let fs = &self.0;
         fs.metrics.request("readdirplus");
-        let r = fs.readdirplus(ino.0, fh.0, offset, |off, name, attr, ttl| {
+        let r = fs.readdirplus(ino.0, offset, |off, name, attr, ttl| {
             reply.add(attr.ino, off, name, &ttl, attr, Generation(0))
         });
         match r {
@@ -511,13 +506,13 @@ impl Filesystem for Shared {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let fs = &self.0;
         fs.metrics.request("readdir");
-        let r = fs.readdir(ino.0, fh.0, offset, |ino, off, kind, name| {
+        let r = fs.readdir(ino.0, offset, |ino, off, kind, name| {
             reply.add(INodeNo(ino), off, kind, name)
         });
         match r {

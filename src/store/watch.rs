@@ -32,6 +32,8 @@ pub enum Change {
     Dir(String),
     /// A digest directory vanished.
     DigestGone(Digest),
+    /// A digest directory appeared.
+    DigestAdded,
 }
 
 /// A watched directory.
@@ -249,6 +251,7 @@ impl Watcher {
                         if !ix.has_dir(&key) {
                             info!("another writer added {}", path.display());
                             ix.add_dir(key);
+                            out.push(Change::DigestAdded);
                         }
                     }
                     _ => {
@@ -311,7 +314,10 @@ impl Watcher {
             let key = DirKey::Legacy(repo.to_string(), d);
             let is_dir = ft.is_some_and(|f| f.is_dir());
             match (is_dir, ix.has_dir(&key)) {
-                (true, false) => ix.add_dir(key),
+                (true, false) => {
+                    ix.add_dir(key);
+                    out.push(Change::DigestAdded);
+                }
                 (false, true) => {
                     for (repo, tag) in ix.remove_dir_and_tags(&key) {
                         out.push(Change::Tag { repo, tag });
