@@ -70,3 +70,46 @@ def test_gc_never_removes_a_digest_another_writer_tagged_meanwhile(store, mounte
         os.unlink(T(mnt, "docker.io/library/race", f"mine{i}"))
         assert (store.root / "content" / hx).is_dir(), f"iteration {i}: a tagged digest was collected"
     assert eventually(lambda: len(os.listdir(T(mnt, "elsewhere.io/x", "").parent / "x")) == 20)
+
+
+def test_cached_listings_follow_other_writers(store, mounter):
+    """Listings are cached by the kernel (no OPENDIR): another writer's changes must still
+    show in readdir of tags/ repositories and of digests/ within a second."""
+    a = store.add_digest("ls-a")
+    store.tag("docker.io/library/ls", "one", a)
+    mnt = mounter(store).mnt
+    repo = mnt / "tags/docker.io/library/ls"
+    # Fill the kernel's caches.
+    assert os.listdir(repo) == ["one"]
+    assert os.listdir(mnt / "digests") == [a]
+    with flock_store(store.root):
+        b = store.add_digest("ls-b")
+        store.tag("docker.io/library/ls", "two", b)
+        os.unlink(store.root / "repositories/docker.io/library/ls/one")
+    assert eventually(lambda: sorted(os.listdir(repo)) == ["two"]), os.listdir(repo)
+    assert eventually(lambda: sorted(os.listdir(mnt / "digests")) == sorted([a, b]))
+    # Our own GC empties digests/ before rm returns, cached listing or not.
+    os.unlink(repo / "two")
+    assert b not in os.listdir(mnt / "digests")
+    # And a removal by another writer (imagefs gc would do this) leaves the listing too.
+    with flock_store(store.root):
+        import shutil
+        shutil.rmtree(store.root / "content" / a)
+    assert eventually(lambda: os.listdir(mnt / "digests") == [])
+
+
+def test_a_pull_that_finishes_shows_rootfs(store, mounter):
+    """A pending digest's listing has no rootfs/; once the puller marks it ready, the
+    (cached) listing shows it within the attribute timeout."""
+    hx = store.add_digest("pull", status="pending")
+    mnt = mounter(store).mnt
+    d = mnt / "digests" / hx
+    assert "rootfs" not in os.listdir(d) and "rootfs.erofs" not in os.listdir(d)
+    md = store.root / "content" / hx / "metadata.json"
+    time.sleep(0.01)
+    with flock_store(store.root):
+        tmp = md.with_name(".metadata.json.tmp")
+        tmp.write_bytes(md.read_bytes().replace(b'"pending"', b'"ready"'))
+        os.rename(tmp, md)
+    assert eventually(lambda: {"rootfs", "rootfs.erofs"} <= set(os.listdir(d)), timeout=2.5), os.listdir(d)
+    assert os.listdir(d / "rootfs")
