@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The operations counted, in the order of their counters.
-const OPS: [&str; 23] = [
+const OPS: [&str; 22] = [
     "readdirplus",
     "create",
     "removexattr",
@@ -23,7 +23,6 @@ const OPS: [&str; 23] = [
     "open",
     "read",
     "write",
-    "opendir",
     "readdir",
     "statfs",
     "setxattr",

@@ -521,18 +521,6 @@ impl Filesystem for Shared {
         }
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.0.handles.lock().remove(fh.0);
-        reply.ok();
-    }
-
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = &self.0;
         fs.metrics.request("statfs");
