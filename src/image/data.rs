@@ -159,6 +159,17 @@ impl Image {
                 break;
             }
             let ext = z.map(&self.src, &self.sb, cur)?;
+            // A whole LZ4 extent inside the request (sequential reads of small pclusters):
+            // decode straight into the caller's buffer, no cache entry, no extra copy.
+            if cur == ext.la && ext.decode == Decode::Lz4 && ext.llen <= rest.len() as u64 {
+                let llen = to_usize(ext.llen, "extent length")?;
+                if let Some(dst) = rest.get_mut(..llen) {
+                    self.decode_lz4(&ext, dst)?;
+                    done += llen;
+                    cur += ext.llen;
+                    continue;
+                }
+            }
             let data = self.extent_data(info, &ext)?;
             let within = to_usize(cur - ext.la, "extent offset")?;
             let src = data
@@ -174,6 +185,36 @@ impl Image {
             }
             done += n;
             cur += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Decodes the LZ4 extent `ext` into `out` (exactly `ext.llen` bytes).
+    fn decode_lz4(&self, ext: &Extent, out: &mut [u8]) -> Result<(), ImageError> {
+        let raw = self
+            .src
+            .read_vec(ext.pa, to_usize(ext.plen, "pcluster length")?)?;
+        self.lz4_into(&raw, out)
+    }
+
+    /// Decodes one LZ4 pcluster (with its 0-padding, if the image uses it) into `out`,
+    /// which it must fill exactly.
+    fn lz4_into(&self, raw: &[u8], out: &mut [u8]) -> Result<(), ImageError> {
+        let mut input: &[u8] = raw;
+        if self.sb.has(FEAT_ZERO_PADDING) {
+            let scan = raw.len().min(to_usize(self.sb.block_size(), "block size")?);
+            let lead = raw.iter().take(scan).take_while(|&&b| b == 0).count();
+            if lead == scan {
+                return corrupt("lz4 pcluster is all padding");
+            }
+            input = raw.get(lead..).unwrap_or_default();
+        }
+        let n = lz4::decompress(input, out)?;
+        if n != out.len() {
+            return corrupt(format!(
+                "lz4 pcluster decoded to {n} bytes, expected {}",
+                out.len()
+            ));
         }
         Ok(())
     }
@@ -202,22 +243,8 @@ impl Image {
                 }
             }
             Decode::Lz4 => {
-                let mut input: &[u8] = &raw;
-                if self.sb.has(FEAT_ZERO_PADDING) {
-                    let scan = raw.len().min(to_usize(self.sb.block_size(), "block size")?);
-                    let lead = raw.iter().take(scan).take_while(|&&b| b == 0).count();
-                    if lead == scan {
-                        return corrupt("lz4 pcluster is all padding");
-                    }
-                    input = raw.get(lead..).unwrap_or_default();
-                }
                 let mut out = vec![0u8; llen];
-                let n = lz4::decompress(input, &mut out)?;
-                if n != llen {
-                    return corrupt(format!(
-                        "lz4 pcluster decoded to {n} bytes, expected {llen}"
-                    ));
-                }
+                self.lz4_into(&raw, &mut out)?;
                 Some(out)
             }
         };
