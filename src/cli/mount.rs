@@ -186,7 +186,7 @@ fn mount(store: &Path, mountpoint: &Path, opts: &MountOpts) -> Result<(), String
             "store {}: {} tags, {} digests",
             store.root().display(),
             ix.tag_count(),
-            ix.digests().count()
+            ix.digest_count()
         );
     }
     // Daemonize before any thread exists: the child serves, the parent waits for its word.

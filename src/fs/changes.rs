@@ -188,6 +188,7 @@ impl ImageFs {
                     }
                 }
                 Change::DigestGone(d) => {
+                    self.ready.lock().remove(&d);
                     self.inval
                         .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
@@ -203,6 +204,7 @@ impl ImageFs {
         for key in keys {
             let d = key.digest();
             if self.store.digest_path(&d).is_none() {
+                self.ready.lock().remove(&d);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),
                     Duration::from_secs(1),

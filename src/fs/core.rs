@@ -131,7 +131,7 @@ impl ImageFs {
             }
             NodeKey::Digest(d) => {
                 let dir = self.digest_dir(d).ok_or_else(missing)?;
-                if (name == ROOTFS_IMAGE || name == ROOTFS) && !is_ready(&dir) {
+                if (name == ROOTFS_IMAGE || name == ROOTFS) && !self.digest_ready(d, &dir) {
                     return Err(missing());
                 }
                 if name == ROOTFS {
@@ -173,7 +173,7 @@ impl ImageFs {
         };
         Ok(match key {
             NodeKey::Root => (dir(3), TAGS_TTL),
-            NodeKey::Digests => (dir(self.store.index().digests().count() as u64), TAGS_TTL),
+            NodeKey::Digests => (dir(self.store.index().digest_count() as u64), TAGS_TTL),
             NodeKey::Private => {
                 let mut a = dir(0);
                 a.perm = 0o555;
@@ -220,7 +220,7 @@ impl ImageFs {
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
                 let mut a = attr::from_metadata(0, FileType::Directory, &stat(&p)?, true);
                 a.size = 4096;
-                if is_ready(&p) {
+                if self.digest_ready(d, &p) {
                     a.nlink = 3;
                     (a, IMMUTABLE_TTL)
                 } else {
@@ -434,6 +434,19 @@ impl ImageFs {
         }
     }
 
+    /// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress
+    /// may still be writing the image.
+    pub(super) fn digest_ready(&self, d: &store::Digest, dir: &Path) -> bool {
+        if self.ready.lock().contains(d) {
+            return true;
+        }
+        let ready = is_ready(dir);
+        if ready {
+            self.ready.lock().insert(*d);
+        }
+        ready
+    }
+
     /// The metrics file's text, made at open.
     fn render_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
@@ -443,7 +456,7 @@ impl ImageFs {
                 .dir_keys()
                 .map(|(k, _)| self.store.root().join(k.rel_path()))
                 .collect();
-            (ix.tag_count(), ix.digests().count(), dirs)
+            (ix.tag_count(), ix.digest_count(), dirs)
         };
         let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
         let in_use_only = self.inodes.lock().zombies.len();
@@ -458,9 +471,8 @@ impl ImageFs {
     }
 }
 
-/// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress
-/// may still be writing the image.
-pub(super) fn is_ready(dir: &Path) -> bool {
+/// Whether a digest directory's metadata.json says `ready`.
+fn is_ready(dir: &Path) -> bool {
     matches!(
         store::metadata::read_status(dir),
         Ok(store::metadata::Status::Ready)

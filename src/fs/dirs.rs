@@ -16,7 +16,6 @@ use fuser::{FileAttr, FileType};
 use log::Level;
 
 use super::ImageFs;
-use super::core::is_ready;
 use super::errno::{Error, Result};
 use super::inodes::NodeKey;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
@@ -174,7 +173,7 @@ impl ImageFs {
             .collect();
         names.sort();
         let mut out = Vec::new();
-        if is_ready(&dir) {
+        if self.digest_ready(d, &dir) {
             // An image that does not open is still listed: its lookup answers EIO.
             let root = self.images.get(d, &dir).map(|i| i.root().0).unwrap_or(0);
             out.push((

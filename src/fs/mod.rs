@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 pub use errno::Error;
 use handles::{Handle, Handles};
 use inodes::Inodes;
-use metrics::Metrics;
+use metrics::{Metrics, Op};
 use notify::Invalidator;
 
 use crate::store::Store;
@@ -46,6 +46,9 @@ pub struct ImageFs {
     inodes: Arc<Mutex<Inodes>>,
     handles: Mutex<Handles>,
     images: rootfs::Images,
+    /// Digests seen `ready`: a finished pull does not go back, so metadata.json is read
+    /// once per digest, not on every lookup and getattr under `digests/<hex>/`.
+    ready: Mutex<std::collections::HashSet<crate::store::Digest>>,
     inval: Invalidator,
     metrics: Metrics,
     /// Use FUSE passthrough for store files when the kernel offers it.
@@ -74,6 +77,7 @@ impl ImageFs {
             inodes,
             handles: Mutex::new(Handles::default()),
             images: rootfs::Images::default(),
+            ready: Mutex::default(),
             inval: Invalidator::default(),
             metrics: Metrics::default(),
             want_passthrough: passthrough,
@@ -189,7 +193,7 @@ impl Filesystem for Shared {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = &self.0;
-        fs.metrics.request("lookup");
+        fs.metrics.request(Op::Lookup);
         match fs.lookup(parent.0, name) {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
             Err(e) => fail!(fs, reply, "lookup", e),
@@ -202,7 +206,7 @@ impl Filesystem for Shared {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let fs = &self.0;
-        fs.metrics.request("getattr");
+        fs.metrics.request(Op::GetAttr);
         match fs.getattr(ino.0) {
             Ok((a, ttl)) => reply.attr(&ttl, &a),
             Err(e) => fail!(fs, reply, "getattr", e),
@@ -228,13 +232,13 @@ impl Filesystem for Shared {
         reply: ReplyAttr,
     ) {
         let fs = &self.0;
-        fs.metrics.request("setattr");
+        fs.metrics.request(Op::SetAttr);
         fail!(fs, reply, "setattr", fs.refuse_change(ino.0, "setattr"))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let fs = &self.0;
-        fs.metrics.request("readlink");
+        fs.metrics.request(Op::ReadLink);
         match fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => fail!(fs, reply, "readlink", e),
@@ -252,7 +256,7 @@ impl Filesystem for Shared {
         reply: ReplyEntry,
     ) {
         let fs = &self.0;
-        fs.metrics.request("mknod");
+        fs.metrics.request(Op::Mknod);
         fail!(
             fs,
             reply,
@@ -271,7 +275,7 @@ impl Filesystem for Shared {
         reply: ReplyEntry,
     ) {
         let fs = &self.0;
-        fs.metrics.request("mkdir");
+        fs.metrics.request(Op::Mkdir);
         let r = fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid());
         fs.apply_changes(fs.store.take_changes());
         match r {
@@ -282,7 +286,7 @@ impl Filesystem for Shared {
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = &self.0;
-        fs.metrics.request("unlink");
+        fs.metrics.request(Op::Unlink);
         let r = fs.unlink(parent.0, name);
         fs.apply_changes(fs.store.take_changes());
         match r {
@@ -293,7 +297,7 @@ impl Filesystem for Shared {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let fs = &self.0;
-        fs.metrics.request("rmdir");
+        fs.metrics.request(Op::Rmdir);
         let r = fs.rmdir(parent.0, name);
         fs.apply_changes(fs.store.take_changes());
         match r {
@@ -311,7 +315,7 @@ impl Filesystem for Shared {
         reply: ReplyEntry,
     ) {
         let fs = &self.0;
-        fs.metrics.request("symlink");
+        fs.metrics.request(Op::Symlink);
         let r = fs.symlink(parent.0, link_name, target);
         fs.apply_changes(fs.store.take_changes());
         match r {
@@ -338,7 +342,7 @@ impl Filesystem for Shared {
         reply: ReplyEmpty,
     ) {
         let fs = &self.0;
-        fs.metrics.request("rename");
+        fs.metrics.request(Op::Rename);
         let r = fs.rename(parent.0, name, newparent.0, newname, flags.bits());
         fs.apply_changes(fs.store.take_changes());
         match r {
@@ -363,7 +367,7 @@ impl Filesystem for Shared {
         reply: ReplyEntry,
     ) {
         let fs = &self.0;
-        fs.metrics.request("link");
+        fs.metrics.request(Op::Link);
         fail!(
             fs,
             reply,
@@ -374,7 +378,7 @@ impl Filesystem for Shared {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let fs = &self.0;
-        fs.metrics.request("open");
+        fs.metrics.request(Op::Open);
         let (fh, h) = match fs.open(ino.0, flags.0) {
             Ok(x) => x,
             Err(e) => return fail!(fs, reply, "open", e),
@@ -427,7 +431,7 @@ impl Filesystem for Shared {
         reply: ReplyData,
     ) {
         let fs = &self.0;
-        fs.metrics.request("read");
+        fs.metrics.request(Op::Read);
         match fs.read(fh.0, offset, size) {
             Ok(b) => reply.data(&b),
             Err(e) => fail!(fs, reply, "read", e),
@@ -447,7 +451,7 @@ impl Filesystem for Shared {
         reply: ReplyWrite,
     ) {
         let fs = &self.0;
-        fs.metrics.request("write");
+        fs.metrics.request(Op::Write);
         fail!(fs, reply, "write", fs.refuse_change(ino.0, "write"))
     }
 
@@ -492,7 +496,7 @@ impl Filesystem for Shared {
         mut reply: ReplyDirectoryPlus,
     ) {
         let fs = &self.0;
-        fs.metrics.request("readdirplus");
+        fs.metrics.request(Op::ReaddirPlus);
         let r = fs.readdirplus(ino.0, offset, |off, name, attr, ttl| {
             reply.add(attr.ino, off, name, &ttl, attr, Generation(0))
         });
@@ -511,7 +515,7 @@ impl Filesystem for Shared {
         mut reply: ReplyDirectory,
     ) {
         let fs = &self.0;
-        fs.metrics.request("readdir");
+        fs.metrics.request(Op::Readdir);
         let r = fs.readdir(ino.0, offset, |ino, off, kind, name| {
             reply.add(INodeNo(ino), off, kind, name)
         });
@@ -523,7 +527,7 @@ impl Filesystem for Shared {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = &self.0;
-        fs.metrics.request("statfs");
+        fs.metrics.request(Op::StatFs);
         match nix::sys::statvfs::statvfs(fs.store.root()) {
             Ok(s) => reply.statfs(
                 s.blocks(),
@@ -555,13 +559,13 @@ impl Filesystem for Shared {
         reply: ReplyEmpty,
     ) {
         let fs = &self.0;
-        fs.metrics.request("setxattr");
+        fs.metrics.request(Op::SetXattr);
         fail!(fs, reply, "setxattr", fs.refuse_change(ino.0, "setxattr"))
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let fs = &self.0;
-        fs.metrics.request("getxattr");
+        fs.metrics.request(Op::GetXattr);
         match fs.xattr(ino.0, Some(name)) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => fail!(fs, reply, "getxattr", e),
@@ -570,7 +574,7 @@ impl Filesystem for Shared {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let fs = &self.0;
-        fs.metrics.request("listxattr");
+        fs.metrics.request(Op::ListXattr);
         match fs.xattr(ino.0, None) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => fail!(fs, reply, "listxattr", e),
@@ -579,7 +583,7 @@ impl Filesystem for Shared {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         let fs = &self.0;
-        fs.metrics.request("removexattr");
+        fs.metrics.request(Op::RemoveXattr);
         fail!(
             fs,
             reply,
@@ -619,7 +623,7 @@ impl Filesystem for Shared {
         reply: ReplyCreate,
     ) {
         let fs = &self.0;
-        fs.metrics.request("create");
+        fs.metrics.request(Op::Create);
         fail!(
             fs,
             reply,

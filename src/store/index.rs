@@ -111,6 +111,10 @@ impl Index {
         self.digests.get(digest).into_iter().flatten()
     }
 
+    pub fn digest_count(&self) -> usize {
+        self.digests.len()
+    }
+
     pub fn digests(&self) -> impl Iterator<Item = &Digest> {
         self.digests.keys()
     }
