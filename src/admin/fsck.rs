@@ -11,12 +11,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use sha2::{Digest as _, Sha256};
 
 use super::{
     EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, lock, lock_for_reading, out, status_of,
@@ -275,24 +272,6 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
     })
 }
 
-/// sha256 of a whole file, as lowercase hex.
-fn sha256_hex(file: &File) -> std::io::Result<String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = match file.read_at(&mut buf, off) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// What a full read of one image went through.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReadStats {
@@ -396,7 +375,7 @@ pub fn verify_image(root: &Path, key: &DirKey) -> Vec<Finding> {
     // An OCI import names its directory by the manifest digest, kept in manifest.json; only
     // other images are named by the sha256 of their bytes.
     if std::fs::symlink_metadata(dir.join("manifest.json")).is_err() {
-        match sha256_hex(&file) {
+        match crate::store::fsutil::sha256_of(&file).map(|(d, _)| d.hex()) {
             Ok(h) if h == key.digest().hex() => {}
             Ok(h) => f.push(problem(
                 Kind::DigestMismatch,

@@ -5,11 +5,8 @@
 //! the tree's names, contents, types, modes, owners, xattrs and hard links. (Without `-T`
 //! the build time makes every image differ.) File mtimes therefore read as 0 in the image.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::Command;
-
-use sha2::{Digest as _, Sha256};
 
 use super::{ImportError, Result};
 use crate::store::Digest;
@@ -49,21 +46,9 @@ pub fn mkfs(tree: &Path, image: &Path) -> Result<()> {
 
 /// The sha256 and size of a file.
 pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
-    let mut f = std::fs::File::open(path).map_err(|e| ImportError::io(path.display(), e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ImportError::io(path.display(), e)),
-        };
-        h.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((Digest::from_bytes(h.finalize().into()), size))
+    std::fs::File::open(path)
+        .and_then(crate::store::fsutil::sha256_of)
+        .map_err(|e| ImportError::io(path.display(), e))
 }
 
 /// Copies an existing erofs image after checking that the reader can open it.

@@ -103,6 +103,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// The sha256 and length of everything `r` yields (an image file, say).
+pub fn sha256_of(mut r: impl std::io::Read) -> io::Result<(super::names::Digest, u64)> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(buf.get(..n).unwrap_or_default());
+        size += n as u64;
+    }
+    Ok((super::names::Digest::from_bytes(h.finalize().into()), size))
+}
+
 /// Disk space used by a tree, in bytes (allocated blocks; symlinks not followed).
 pub fn tree_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
