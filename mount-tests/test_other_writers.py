@@ -69,7 +69,7 @@ def test_gc_never_removes_a_digest_another_writer_tagged_meanwhile(store, mounte
             store.tag("elsewhere.io/x", f"theirs{i}", hx)
         os.unlink(T(mnt, "docker.io/library/race", f"mine{i}"))
         assert (store.root / "content" / hx).is_dir(), f"iteration {i}: a tagged digest was collected"
-    assert eventually(lambda: len(os.listdir(T(mnt, "elsewhere.io/x", "").parent / "x")) == 20)
+    assert eventually(lambda: len(os.listdir(mnt / "tags/elsewhere.io/x")) == 20)
 
 
 def test_cached_listings_follow_other_writers(store, mounter):
