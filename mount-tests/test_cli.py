@@ -47,12 +47,25 @@ def test_daemonizing_mount_and_umount(store, mnt, mounter):
 
 
 def test_foreground_exits_after_fusermount_u(store, mounter):
+    # Plain `fusermount3 -u` unmounts a mount with no image trees mounted inside it.
     _store(store)
-    m = mounter(store)
+    m = mounter(store, extra_args=["--no-rootfs-mounts"])
     r = sh("fusermount3", "-u", m.mnt)
     assert r.returncode == 0, r.stderr
     rc = m.proc.wait(timeout=5)
     assert rc == 0, f"daemon exit code {rc} after fusermount3 -u\n{m.log_tail()}"
+
+
+def test_foreground_exits_after_lazy_fusermount_u(store, mounter):
+    # With the image trees mounted inside (the default), the kernel refuses a plain
+    # unmount of the parent (EBUSY); `fusermount3 -u -z` takes the whole tree.
+    _store(store)
+    m = mounter(store)
+    r = sh("fusermount3", "-u", "-z", m.mnt)
+    assert r.returncode == 0, r.stderr
+    rc = m.proc.wait(timeout=5)
+    assert rc == 0, f"daemon exit code {rc} after fusermount3 -u -z\n{m.log_tail()}"
+    assert not [l for l in open("/proc/self/mountinfo") if f" {m.mnt}" in l], "mounts left behind"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

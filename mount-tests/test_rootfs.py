@@ -411,21 +411,26 @@ def test_rootfs_is_read_only(varied_mount, kernel_views, workdir):
         ("symlink", lambda: os.symlink("x", root / "newlink")),
         ("link", lambda: os.link(f, root / "newhard")),
         ("mknod fifo", lambda: os.mkfifo(root / "newfifo")),
-        ("rmdir rootfs itself", lambda: os.rmdir(root)),
-        ("rename rootfs itself", lambda: os.rename(root, root.parent / "rootfs2")),
+        # rmdir and rename of a mountpoint are refused by the kernel itself (EBUSY), before
+        # imagefs is asked: rootfs/ is a read-only mount of its own (README, "rootfs/").
+        ("rmdir rootfs itself", lambda: os.rmdir(root), errno.EBUSY if os.path.ismount(root) else E),
+        ("rename rootfs itself", lambda: os.rename(root, root.parent / "rootfs2"),
+         errno.EBUSY if os.path.ismount(root) else E),
         ("setxattr on rootfs itself", lambda: os.setxattr(root, "user.x", b"1")),
         ("chmod rootfs itself", lambda: os.chmod(root, 0o700)),
         ("mknod chr", lambda: os.mknod(root / "newchr", stat.S_IFCHR | 0o600, os.makedev(1, 3))),
     ]
-    for desc, fn in ops:
+    for desc, fn, *want in ops:
+        want = want[0] if want else E
         try:
             r = fn()
             if isinstance(r, int):
                 os.close(r)
             failures.append(f"{desc}: succeeded")
         except OSError as e:
-            if e.errno != E:
-                failures.append(f"{desc}: {errno.errorcode.get(e.errno, e.errno)} instead of EROFS")
+            if e.errno != want:
+                failures.append(f"{desc}: {errno.errorcode.get(e.errno, e.errno)} instead of "
+                                f"{errno.errorcode[want]}")
     for cmd in (["touch", f], ["touch", root / "new"], ["mkdir", root / "nd"], ["rm", "-f", f],
                 ["mv", f, root / "mv"], ["chmod", "777", f], ["setfattr", "-n", "user.x", "-v", "1", f],
                 ["ln", "-s", "a", root / "s"], ["rm", "-rf", root / "deep"]):
@@ -682,7 +687,9 @@ def test_bad_images_fail_with_eio(workdir, mounter):
     hx_co = add_raw_digest(root, hashlib.sha256(corrupt).hexdigest(), corrupt, repo="bad/images", tag="corrupt")
     hx_sb = add_raw_digest(root, hashlib.sha256(nosb).hexdigest(), nosb, repo="bad/images", tag="nosb")
     m = mounter(StoreRoot(root))
-    log_start = len(m.log_text().splitlines())
+    # From the start: mounting the image trees (right after the mount) already meets the
+    # garbage superblock.
+    log_start = 0
     EIO = (errno.EIO, errno.EUCLEAN)
 
     problems = []

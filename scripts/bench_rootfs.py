@@ -330,12 +330,15 @@ class Fs:
 
     def mount(self): ...
 
+    def unmount_cmd(self) -> list:
+        return ["fusermount3", "-u", str(self.mnt)]
+
     def _fuse_stop(self):
         m = str(self.mnt)
         if mounted(m):
-            r = run(["fusermount3", "-u", m], check=False)
+            r = run(self.unmount_cmd(), check=False)
             if r.returncode != 0:
-                log(f"fusermount3 -u {m}: {r.stderr.strip()}; lazy unmount")
+                log(f"{' '.join(self.unmount_cmd())}: {r.stderr.strip()}; lazy unmount")
                 run(["umount", "-l", m], check=False)
         if self.proc is not None:
             try:
@@ -402,6 +405,10 @@ class ImageFs(Fs):
         super().__init__(work)
         self.binary, self.store, self.hexd, self.threads = binary, store, hexd, threads
 
+    def unmount_cmd(self) -> list:
+        # Also unmounts the image trees mounted inside (fusermount3 -u would say busy).
+        return [str(self.binary), "umount", str(self.mnt)]
+
     @property
     def root(self) -> Path:
         return self.mnt / "digests" / self.hexd / "rootfs"
@@ -419,6 +426,13 @@ class ImageFs(Fs):
         self.cmd = " ".join(cmd)
         wait_for(lambda: mounted(str(self.mnt)) and (self.root / "bigfile").exists(), 30,
                  "imagefs", self.proc, self.logf)
+        # The image tree is a read-only mount of its own on rootfs/, made right after the
+        # main mount answers (unless --no-rootfs-mounts or not possible): measure that.
+        own = lambda: os.stat(self.root).st_dev != os.stat(self.mnt).st_dev
+        deadline = time.monotonic() + 5
+        while not own() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log(f"imagefs: rootfs/ is {'a read-only mount of its own' if own() else 'served by the main mount'}")
 
     def unmount(self):
         self._fuse_stop()

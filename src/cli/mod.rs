@@ -2,6 +2,7 @@
 
 mod mount;
 mod options;
+mod rootfs_mounts;
 
 use std::path::PathBuf;
 

@@ -4,11 +4,13 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::options;
-use crate::fs::{ImageFs, Shared};
+use super::{options, rootfs_mounts};
+use crate::fs::{ImageFs, ImagesConn, Shared};
 use crate::store::{Options, Store};
 
 #[derive(clap::Args, Debug)]
@@ -34,12 +36,16 @@ pub struct MountArgs {
     /// Serve store files with pread instead of FUSE passthrough.
     #[arg(long)]
     no_passthrough: bool,
+    /// Serve every `digests/<hex>/rootfs/` from the main mount instead of a read-only
+    /// mount of its own on it (slower; `fusermount3 -u` then works without `-z`).
+    #[arg(long)]
+    no_rootfs_mounts: bool,
     /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
     /// power failure; crashes of the daemon are still safe).
     #[arg(long)]
     no_sync: bool,
     /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
-    /// threads=N, log_file=FILE, no_sync, no_passthrough, foreground, and the generic
+    /// threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts, foreground, and the generic
     /// dev, nodev, suid, nosuid, exec, noexec, atime, noatime; defaults, rw, auto,
     /// noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is refused:
     /// tags/ takes changes).
@@ -69,7 +75,7 @@ fn is_mountpoint(path: &Path) -> bool {
     })
 }
 
-fn unescape_mountinfo(s: &str) -> String {
+pub(super) fn unescape_mountinfo(s: &str) -> String {
     s.replace("\\040", " ")
         .replace("\\011", "\t")
         .replace("\\012", "\n")
@@ -125,6 +131,7 @@ struct MountOpts {
     threads: usize,
     durable: bool,
     passthrough: bool,
+    rootfs_mounts: bool,
     log_file: Option<PathBuf>,
 }
 
@@ -139,6 +146,7 @@ impl MountOpts {
             threads: a.threads.into(),
             durable: !a.no_sync,
             passthrough: !a.no_passthrough,
+            rootfs_mounts: !a.no_rootfs_mounts,
             log_file: a.log_file,
         };
         for opt in a.options.iter().filter(|o| !o.is_empty()) {
@@ -148,6 +156,7 @@ impl MountOpts {
                 options::Opt::LogFile(p) => o.log_file = Some(p),
                 options::Opt::NoSync => o.durable = false,
                 options::Opt::NoPassthrough => o.passthrough = false,
+                options::Opt::NoRootfsMounts => o.rootfs_mounts = false,
                 options::Opt::Foreground => o.foreground = true,
                 options::Opt::Flag(f) => o.flags.push(f),
                 options::Opt::Ignored => {}
@@ -278,13 +287,24 @@ fn serve(
     fs.start_notifier(session.notifier());
     raise_readahead(mp);
     fs.start_watcher()?;
+    let images = if opts.rootfs_mounts {
+        ImageTrees::start(&fs, store.root(), mp, opts, &config)
+    } else {
+        None
+    };
     let mut unmounter = session.unmount_callable();
     let mp_owned = mp.to_path_buf();
+    let stop_binding = images.as_ref().map(|t| (t.stop.clone(), fs.clone()));
     std::thread::Builder::new()
         .name("imagefs-signals".into())
         .spawn(move || {
             if let Ok(sig) = sigs.wait() {
                 log::info!("{sig:?}: unmounting {}", mp_owned.display());
+                if let Some((stop, fs)) = &stop_binding {
+                    stop.store(true, Ordering::Relaxed);
+                    fs.digests_changed.raise();
+                    rootfs_mounts::detach_below(&mp_owned);
+                }
                 if let Err(e) = unmounter.unmount() {
                     log::warn!("unmount {}: {e}; detaching it lazily", mp_owned.display());
                     let _ = nix::mount::umount2(&mp_owned, nix::mount::MntFlags::MNT_DETACH);
@@ -297,9 +317,104 @@ fn serve(
         let _ = std::fs::File::from(w).write_all(b"ok");
         detach_stdio(log);
     }
-    session.run().map_err(|e| format!("session: {e}"))?;
+    let r = session.run().map_err(|e| format!("session: {e}"));
     log::info!("unmounted {}", mp.display());
-    Ok(())
+    if let Some(t) = images {
+        t.finish(&fs);
+    }
+    r
+}
+
+/// The read-only connection serving image trees, and the thread keeping them mounted.
+struct ImageTrees {
+    stop: Arc<AtomicBool>,
+    binder: std::thread::JoinHandle<()>,
+    /// Ends when the kernel drops the superblock: after the detached mount (held by the
+    /// binder) and every bind of it are gone, including lazily detached ones still in use.
+    session: std::sync::mpsc::Receiver<()>,
+}
+
+impl ImageTrees {
+    /// Best effort: without the mount API (or privileges) the main mount serves `rootfs/`.
+    fn start(
+        fs: &Arc<ImageFs>,
+        source: &Path,
+        mp: &Path,
+        opts: &MountOpts,
+        config: &Config,
+    ) -> Option<ImageTrees> {
+        let flags = rootfs_mounts::Flags {
+            nosuid: opts.flags.contains(&MountOption::NoSuid),
+            nodev: !opts.flags.contains(&MountOption::Dev),
+            noexec: opts.flags.contains(&MountOption::NoExec),
+            allow_other: opts.allow_other,
+        };
+        let made = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map(OwnedFd::from)
+            .and_then(|dev| {
+                let mnt = rootfs_mounts::create(&dev, source, &flags)?;
+                let session =
+                    Session::from_fd(ImagesConn(fs.clone()), dev, config.acl, config.clone())?;
+                Ok((mnt, session))
+            });
+        let (mnt, session) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                log::info!(
+                    "rootfs/ is served by the main mount: no read-only mount of its own ({e})"
+                );
+                return None;
+            }
+        };
+        fs.start_images_notifier(session.notifier());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("imagefs-images".into())
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    log::warn!("image trees session: {e}");
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            log::error!("thread: {e}");
+            return None;
+        }
+        // A stat of the superblock is a request: only now that its session runs.
+        if let Ok(dev) = rootfs_mounts::device(&mnt) {
+            set_readahead(&format!(
+                "{}:{}",
+                nix::sys::stat::major(dev),
+                nix::sys::stat::minor(dev)
+            ));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fs2, stop2, mp2, mnt) = (fs.clone(), stop.clone(), mp.to_path_buf(), Arc::new(mnt));
+        let binder = std::thread::Builder::new()
+            .name("imagefs-binds".into())
+            .spawn(move || rootfs_mounts::keep_bound(fs2, mnt, mp2, stop2))
+            .ok()?;
+        Some(ImageTrees {
+            stop,
+            binder,
+            session: done,
+        })
+    }
+
+    /// After the main mount is gone: stops binding, lets the superblock go, and waits for
+    /// processes still inside an image tree (a container) to leave it.
+    fn finish(self, fs: &ImageFs) {
+        self.stop.store(true, Ordering::Relaxed);
+        fs.digests_changed.raise();
+        let _ = self.binder.join();
+        if self.session.recv_timeout(Duration::from_secs(1)).is_err() {
+            log::info!("waiting for processes still using an image tree to leave it");
+            let _ = self.session.recv();
+        }
+    }
 }
 
 /// The kernel offers FUSE at most 128 KiB of readahead at init; images are read
@@ -319,6 +434,11 @@ fn raise_readahead(mp: &Path) {
     }) else {
         return;
     };
+    set_readahead(&dev);
+}
+
+/// Sets the readahead of bdi `dev` ("major:minor") to 1 MiB.
+fn set_readahead(dev: &str) {
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     match std::fs::write(&path, "1024") {
         Ok(()) => log::debug!("{path}: readahead 1 MiB"),
@@ -350,7 +470,21 @@ pub fn umount(mountpoint: &Path) -> Result<(), String> {
         return Err(format!("{}: not mounted", mountpoint.display()));
     }
     if nix::unistd::geteuid().is_root() {
-        nix::mount::umount(mountpoint).map_err(|e| match e {
+        // The image trees mounted on digests/<hex>/rootfs go first (lazily: a container
+        // inside keeps its tree, and the daemon serves it until the container leaves).
+        // The daemon may mount one again meanwhile: try a few times.
+        let mp = mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| mountpoint.to_path_buf());
+        let mut tries = 0;
+        let r = loop {
+            rootfs_mounts::detach_below(&mp);
+            match nix::mount::umount(&mp) {
+                Err(nix::errno::Errno::EBUSY) if tries < 3 => tries += 1,
+                r => break r,
+            }
+        };
+        r.map_err(|e| match e {
             nix::errno::Errno::EBUSY => format!(
                 "{}: busy (a process uses it); stop it, or `umount -l` to detach lazily",
                 mountpoint.display()

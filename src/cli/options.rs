@@ -37,6 +37,7 @@ pub enum Opt {
     LogFile(PathBuf),
     NoSync,
     NoPassthrough,
+    NoRootfsMounts,
     Foreground,
     Flag(MountOption),
     /// Said by mount(8)/fstab for their own use, or always true here.
@@ -57,6 +58,7 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
         ("log_file", Some(v)) if !v.is_empty() => Opt::LogFile(PathBuf::from(v)),
         ("no_sync", None) => Opt::NoSync,
         ("no_passthrough", None) => Opt::NoPassthrough,
+        ("no_rootfs_mounts", None) => Opt::NoRootfsMounts,
         ("foreground", None) => Opt::Foreground,
         ("dev", None) => Opt::Flag(MountOption::Dev),
         ("nodev", None) => Opt::Flag(MountOption::NoDev),

@@ -189,13 +189,32 @@ impl ImageFs {
                 }
                 Change::DigestGone(d) => {
                     self.ready.lock().remove(&d);
+                    self.forget_rootfs_mount(&d);
                     self.inval
                         .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
                 }
-                Change::DigestAdded => self.inval.send(Inval::Inode(inodes::DIGESTS)),
+                Change::DigestAdded => {
+                    self.inval.send(Inval::Inode(inodes::DIGESTS));
+                    self.digests_changed.raise();
+                }
             }
         }
+    }
+
+    /// A digest left the store: the kernel drops its `rootfs` dentry, which detaches the
+    /// image tree's bind mount on it (lazily: processes inside keep it), and the read-only
+    /// connection drops its entry, so the image is released once nobody uses it.
+    fn forget_rootfs_mount(&self, d: &store::Digest) {
+        if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*d)) {
+            self.inval.send_and_wait(
+                Inval::Entry(ino, super::rootfs::ROOTFS.into()),
+                Duration::from_secs(1),
+            );
+        }
+        // The read-only connection's root is inode 1 on that connection.
+        self.inval_images
+            .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
     }
 
     /// After GC removed digest directories: drop what the kernel caches of digests that
@@ -205,6 +224,7 @@ impl ImageFs {
             let d = key.digest();
             if self.store.digest_path(&d).is_none() {
                 self.ready.lock().remove(&d);
+                self.forget_rootfs_mount(&d);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),
                     Duration::from_secs(1),

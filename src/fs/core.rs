@@ -50,6 +50,7 @@ impl ImageFs {
             }
             NodeKey::Rootfs(..) => Area::ReadOnly("rootfs/".into()),
             NodeKey::Private | NodeKey::Metrics => Area::ReadOnly(".imagefs/".into()),
+            NodeKey::ImagesRoot => Area::ReadOnly("rootfs/".into()),
             NodeKey::Gone(_) => return Err(Error::not_found("removed node")),
         })
     }
@@ -151,6 +152,14 @@ impl ImageFs {
                     Err(e) => Err(self.images.error(d, e)),
                 }
             }
+            // The read-only connection's root: `<hex>` is that digest's `rootfs/`.
+            NodeKey::ImagesRoot => {
+                let d = name_str(name)
+                    .ok()
+                    .and_then(store::Digest::parse_hex)
+                    .ok_or_else(missing)?;
+                self.child_key(&NodeKey::Digest(d), OsStr::new(ROOTFS))
+            }
             NodeKey::Private if name == "metrics" => Ok(NodeKey::Metrics),
             NodeKey::Private | NodeKey::Gone(_) => Err(missing()),
             NodeKey::Tag(..) | NodeKey::DigestFile(..) | NodeKey::Metrics => Err(Error::new(
@@ -174,7 +183,7 @@ impl ImageFs {
         Ok(match key {
             NodeKey::Root => (dir(3), TAGS_TTL),
             NodeKey::Digests => (dir(self.store.index().digest_count() as u64), TAGS_TTL),
-            NodeKey::Private => {
+            NodeKey::Private | NodeKey::ImagesRoot => {
                 let mut a = dir(0);
                 a.perm = 0o555;
                 (a, TAGS_TTL)
@@ -393,6 +402,22 @@ impl ImageFs {
         Ok((fh, h))
     }
 
+    /// A read without a handle: the read-only connection never opens (its OPEN answers
+    /// ENOSYS), so the kernel names only the inode, always an image's regular file.
+    pub(super) fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        match self.key(ino)? {
+            NodeKey::Rootfs(d, nid) => {
+                let image = self.image(&d)?;
+                self.read_image(&d, &image, Nid(nid), offset, size)
+            }
+            k => Err(Error::new(
+                fuser::Errno::EISDIR,
+                Level::Debug,
+                format!("{k:?}: not a file"),
+            )),
+        }
+    }
+
     pub(super) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h =
             self.handles.lock().get(fh).ok_or_else(|| {
@@ -419,12 +444,7 @@ impl ImageFs {
                 Ok(b[start..end].to_vec())
             }
             Handle::ImageFile { digest, image, nid } => {
-                let mut buf = vec![0u8; size as usize];
-                let n = image
-                    .read(*nid, offset, &mut buf)
-                    .map_err(|e| self.images.error(digest, e))?;
-                buf.truncate(n);
-                Ok(buf)
+                self.read_image(digest, image, *nid, offset, size)
             }
             Handle::Backed { .. } => Err(Error::new(
                 fuser::Errno::EISDIR,
@@ -432,6 +452,22 @@ impl ImageFs {
                 "read of a directory",
             )),
         }
+    }
+
+    fn read_image(
+        &self,
+        d: &store::Digest,
+        image: &crate::image::Image,
+        nid: Nid,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; size as usize];
+        let n = image
+            .read(nid, offset, &mut buf)
+            .map_err(|e| self.images.error(d, e))?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     /// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress

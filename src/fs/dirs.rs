@@ -141,6 +141,8 @@ impl ImageFs {
                     .collect()
             }
             NodeKey::Digest(d) => window(&mut self.digest_listing(d)?.into_iter()),
+            // Not listed: it is reached only by the bind mounts, each through its own name.
+            NodeKey::ImagesRoot => Vec::new(),
             NodeKey::Private => window(&mut std::iter::once((
                 NodeKey::Metrics,
                 FileType::RegularFile,

@@ -13,6 +13,9 @@ pub const TAGS: u64 = 2;
 pub const DIGESTS: u64 = 3;
 pub const PRIVATE: u64 = 4;
 pub const METRICS: u64 = 5;
+/// The root of the second, read-only connection (the image trees; see `images_conn.rs`),
+/// which the kernel calls 1 there.
+pub const IMAGES_ROOT: u64 = 6;
 const FIRST_DYNAMIC: u64 = 16;
 /// Image inodes get numbers that stay the same across forgets, so hard links keep sharing
 /// one `st_ino` however long a walk takes: `(slot + 1) << NID_BITS | nid`, with one slot per
@@ -33,6 +36,8 @@ pub enum NodeKey {
     Rootfs(Digest, u64),
     Private,
     Metrics,
+    /// The root of the read-only connection: one entry per ready digest, its image's root.
+    ImagesRoot,
     /// A node that was replaced or removed while the kernel still held it.
     Gone(u64),
 }
@@ -82,6 +87,7 @@ impl Default for Inodes {
             (DIGESTS, NodeKey::Digests),
             (PRIVATE, NodeKey::Private),
             (METRICS, NodeKey::Metrics),
+            (IMAGES_ROOT, NodeKey::ImagesRoot),
         ] {
             t.by_key.insert(key.clone(), ino);
             t.by_ino.insert(ino, Entry { key, lookups: 0 });

@@ -37,6 +37,7 @@ use handles::{Handle, Handles};
 use inodes::Inodes;
 use metrics::{Metrics, Op};
 use notify::Invalidator;
+pub use notify::Signal;
 
 use crate::store::Store;
 
@@ -50,6 +51,10 @@ pub struct ImageFs {
     /// once per digest, not on every lookup and getattr under `digests/<hex>/`.
     ready: Mutex<std::collections::HashSet<crate::store::Digest>>,
     inval: Invalidator,
+    /// Invalidations for the read-only connection that serves the image trees.
+    inval_images: Invalidator,
+    /// Raised when digests come or go, for the thread that keeps image trees mounted.
+    pub digests_changed: Signal,
     metrics: Metrics,
     /// Use FUSE passthrough for store files when the kernel offers it.
     want_passthrough: bool,
@@ -67,6 +72,10 @@ macro_rules! fail {
     }};
 }
 
+// After `fail!`, which it uses.
+mod images_conn;
+pub use images_conn::ImagesConn;
+
 impl ImageFs {
     pub fn new(store: Arc<Store>, mountpoint: &Path, passthrough: bool) -> ImageFs {
         let inodes = Arc::new(Mutex::new(Inodes::default()));
@@ -79,6 +88,8 @@ impl ImageFs {
             images: rootfs::Images::default(),
             ready: Mutex::default(),
             inval: Invalidator::default(),
+            inval_images: Invalidator::default(),
+            digests_changed: Signal::default(),
             metrics: Metrics::default(),
             want_passthrough: passthrough,
             passthrough: AtomicBool::new(false),
@@ -124,6 +135,27 @@ impl ImageFs {
     pub fn start_notifier(&self, notifier: Notifier) {
         self.inval.start(notifier);
     }
+
+    /// The same for the read-only connection's session.
+    pub fn start_images_notifier(&self, notifier: Notifier) {
+        self.inval_images.start(notifier);
+    }
+
+    /// Digests whose `rootfs/` can be served now (present in the store and ready).
+    pub fn ready_digests(&self) -> Vec<crate::store::Digest> {
+        let all: Vec<crate::store::Digest> = self.store.index().digests().copied().collect();
+        all.into_iter()
+            .filter(|d| {
+                self.digest_dir(d)
+                    .is_some_and(|dir| self.digest_ready(d, &dir))
+            })
+            .collect()
+    }
+
+    /// Is digest `d` still in the store?
+    pub fn has_digest(&self, d: &crate::store::Digest) -> bool {
+        self.store.digest_path(d).is_some()
+    }
 }
 
 /// Open flags for files whose bytes never change while open: the kernel keeps their pages,
@@ -138,6 +170,35 @@ fn xattr_reply(reply: ReplyXattr, v: &[u8], size: u32) {
         reply.data(v);
     } else {
         reply.error(Errno::ERANGE);
+    }
+}
+
+/// What STATFS reports: the store's filesystem.
+struct StatFs {
+    blocks: u64,
+    bfree: u64,
+    bavail: u64,
+    files: u64,
+    ffree: u64,
+    bsize: u32,
+    namelen: u32,
+    frsize: u32,
+}
+
+impl ImageFs {
+    fn statfs(&self) -> Result<StatFs, Error> {
+        let s = nix::sys::statvfs::statvfs(self.store.root())
+            .map_err(|e| Error::io("statfs", &std::io::Error::from(e)))?;
+        Ok(StatFs {
+            blocks: s.blocks(),
+            bfree: s.blocks_free(),
+            bavail: s.blocks_available(),
+            files: s.files(),
+            ffree: s.files_free(),
+            bsize: u32::try_from(s.block_size()).unwrap_or(4096),
+            namelen: u32::try_from(s.name_max()).unwrap_or(255),
+            frsize: u32::try_from(s.fragment_size()).unwrap_or(4096),
+        })
     }
 }
 
@@ -463,8 +524,9 @@ impl Filesystem for Shared {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written through the mount.
-        reply.ok();
+        // Nothing is ever written through the mount. ENOSYS: the kernel stops sending
+        // FLUSH on close (for files opened without FOPEN_NOFLUSH, e.g. with no OPEN).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -528,23 +590,11 @@ impl Filesystem for Shared {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let fs = &self.0;
         fs.metrics.request(Op::StatFs);
-        match nix::sys::statvfs::statvfs(fs.store.root()) {
+        match fs.statfs() {
             Ok(s) => reply.statfs(
-                s.blocks(),
-                s.blocks_free(),
-                s.blocks_available(),
-                s.files(),
-                s.files_free(),
-                u32::try_from(s.block_size()).unwrap_or(4096),
-                u32::try_from(s.name_max()).unwrap_or(255),
-                u32::try_from(s.fragment_size()).unwrap_or(4096),
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
-            Err(e) => fail!(
-                fs,
-                reply,
-                "statfs",
-                Error::io("statfs", &std::io::Error::from(e))
-            ),
+            Err(e) => fail!(fs, reply, "statfs", e),
         }
     }
 

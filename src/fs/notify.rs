@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::time::Duration;
 
 use fuser::{INodeNo, Notifier};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 #[derive(Debug)]
 pub enum Inval {
@@ -73,5 +73,28 @@ impl Invalidator {
         if let Err(e) = spawned {
             log::error!("cannot start the invalidation thread: {e}");
         }
+    }
+}
+
+/// Raised when digests may have appeared or gone; waited on by whoever mounts image trees.
+#[derive(Default)]
+pub struct Signal {
+    raised: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    pub fn raise(&self) {
+        *self.raised.lock() = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until raised or `limit` passed; returns whether it was raised (and lowers it).
+    pub fn wait(&self, limit: Duration) -> bool {
+        let mut r = self.raised.lock();
+        if !*r {
+            let _ = self.cv.wait_for(&mut r, limit);
+        }
+        std::mem::take(&mut *r)
     }
 }

@@ -1,0 +1,181 @@
+"""digests/<hex>/rootfs/ as a read-only mount of its own (README, "rootfs/: a mount of its own").
+
+The daemon serves the image trees from a second FUSE superblock, read-only, and mounts one
+directory of it on every ready digest's rootfs/. These tests check that the mounts follow the
+store (a new or finished image gets one, the last untag drops it and releases the image), that a
+process inside one keeps working through an untag or an unmount, and that `imagefs umount`,
+`--no-rootfs-mounts` and the plain-unmount refusal behave as the README says.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import expect_errno, imagefs_bin, pid_alive, sh
+from rootfs_tree import StoreRoot, add_image, build_busybox_tree, mkfs, wait_until
+
+
+def mounts_below(mnt: Path) -> dict[str, list[str]]:
+    """Mount point -> mountinfo fields, for every mount strictly below mnt."""
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4].startswith(f"{mnt}/"):
+                out[fields[4]] = fields
+    return out
+
+
+def tree_mount(mnt: Path, hx: str) -> Path:
+    return mnt / "digests" / hx / "rootfs"
+
+
+def is_own_mount(mnt: Path, hx: str) -> bool:
+    try:
+        return os.stat(tree_mount(mnt, hx)).st_dev != os.stat(mnt).st_dev
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def images(workdir):
+    """Two busybox images (different hostnames), built once per test."""
+    out = []
+    for name in ("a", "b"):
+        tree = workdir / f"tree-{name}"
+        build_busybox_tree(tree, hostname=f"host-{name}\n".encode())
+        out.append(mkfs(workdir / f"{name}.erofs", tree, "lz4"))
+    return out
+
+
+def test_ready_images_are_read_only_mounts_of_their_own(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    hb = add_image(root, images[1], repo="mounts/b", tag="v1", status="pulling")
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5), f"no mount on rootfs/ of {ha}\n{m.log_tail()}"
+    below = mounts_below(m.mnt)
+    fields = below.get(str(tree_mount(m.mnt, ha)))
+    assert fields, f"{tree_mount(m.mnt, ha)} not in mountinfo: {list(below)}"
+    sep = fields.index("-")
+    assert "ro" in fields[5].split(","), f"mount options {fields[5]}: not read-only"
+    assert fields[sep + 1] == "fuse.imagefs", fields
+    assert "ro" in fields[sep + 3].split(","), f"superblock options {fields[sep + 3]}: not read-only"
+    assert str(tree_mount(m.mnt, hb)) not in below, "an image still pulling has no rootfs/ yet"
+
+    # the same inode number as the main mount lists for it, through digests/ and tags/
+    ent = {e.name: e.inode() for e in os.scandir(m.mnt / "digests" / ha)}
+    assert os.stat(tree_mount(m.mnt, ha)).st_ino == ent["rootfs"]
+    via_tag = m.mnt / "tags" / "mounts" / "a" / "v1" / "rootfs"
+    assert os.stat(via_tag).st_dev == os.stat(tree_mount(m.mnt, ha)).st_dev
+    assert (via_tag / "etc" / "hostname").read_bytes() == b"host-a\n"
+    expect_errno(errno.EROFS, os.open, via_tag / "new", os.O_CREAT | os.O_WRONLY, 0o644)
+    expect_errno(errno.EROFS, os.mkdir, via_tag / "newdir")
+
+    # the pull finishes: its tree is mounted within a few seconds
+    meta = root / "content" / hb / "metadata.json"
+    doc = json.loads(meta.read_text())
+    doc["status"] = "ready"
+    tmp = meta.with_name(".tmp-meta")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, meta)
+    assert wait_until(lambda: is_own_mount(m.mnt, hb), 6), f"finished pull: no mount on rootfs/\n{m.log_tail()}"
+    assert (tree_mount(m.mnt, hb) / "etc" / "hostname").read_bytes() == b"host-b\n"
+
+
+def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+
+    # another writer adds an image and its tag
+    hb = add_image(root, images[1], repo="mounts/b", tag="v1")
+    assert wait_until(lambda: is_own_mount(m.mnt, hb), 5), f"new image: no mount on rootfs/\n{m.log_tail()}"
+    rb = tree_mount(m.mnt, hb)
+    assert (rb / "etc" / "hostname").read_bytes() == b"host-b\n"
+    subprocess.run(["find", str(rb)], check=True, capture_output=True)  # the kernel now caches its tree
+
+    os.unlink(m.mnt / "tags" / "mounts" / "b" / "v1")
+    assert str(rb) not in mounts_below(m.mnt), "the mount of a collected image must go before rm returns"
+    assert hb not in os.listdir(m.mnt / "digests")
+    assert not (root / "content" / hb).exists()
+    # nothing uses it: the image is released (its trash entry deleted) without any cache drop
+    trash = root / ".imagefs" / "trash"
+    assert wait_until(lambda: not trash.exists() or not os.listdir(trash), 5), \
+        f"collected image kept: {os.listdir(trash)}\n{m.log_tail()}"
+    # the other image is untouched
+    assert is_own_mount(m.mnt, ha)
+    assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
+
+
+def test_umount_takes_the_image_trees_along(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    r = sh(imagefs_bin(), "umount", m.mnt, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert mounts_below(m.mnt) == {}
+    assert m.proc.wait(timeout=10) == 0, m.log_tail()
+
+
+def test_plain_unmount_of_the_parent_is_refused_while_trees_are_mounted(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    r = sh("fusermount3", "-u", m.mnt)
+    assert r.returncode != 0 and "busy" in r.stderr.lower(), (r.returncode, r.stderr)
+    # nothing was lost: the mount still works
+    assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
+    assert os.listdir(m.mnt / "tags" / "mounts" / "a") == ["v1"]
+
+
+def test_a_process_inside_a_tree_outlives_umount(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    inside = tree_mount(m.mnt, ha) / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        r = sh(imagefs_bin(), "umount", m.mnt, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert mounts_below(m.mnt) == {}
+        # the process still reads its tree (names never looked up before, too)
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
+        time.sleep(0.5)
+        assert m.proc.poll() is None, "the daemon must keep serving a tree still in use"
+    finally:
+        p.kill()
+        p.wait()
+    assert m.proc.wait(timeout=10) == 0, m.log_tail()
+    assert not pid_alive(m.proc.pid)
+
+
+def test_no_rootfs_mounts_serves_rootfs_from_the_main_mount(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root), extra_args=["-o", "no_rootfs_mounts"])
+    rootfs = tree_mount(m.mnt, ha)
+    assert (rootfs / "etc" / "hostname").read_bytes() == b"host-a\n"
+    time.sleep(0.5)
+    assert mounts_below(m.mnt) == {}
+    assert os.stat(rootfs).st_dev == os.stat(m.mnt).st_dev

@@ -1,0 +1,270 @@
+//! Image trees on their own read-only FUSE superblock, bind-mounted on every
+//! `digests/<hex>/rootfs` of the main mount (why: `fs/images_conn.rs`).
+//!
+//! The superblock is made with the kernel's mount API (fsopen, fsconfig, fsmount) and never
+//! attached anywhere itself: the daemon holds it as a detached mount, and clones one
+//! directory of it (`<hex>`, the image root) per ready digest with `open_tree` onto the
+//! main mount with `move_mount`. A thread keeps that true as digests come and go.
+//!
+//! Removal needs nothing from here: when a digest leaves the store, the daemon invalidates
+//! the kernel's `rootfs` dentry of it, and the kernel detaches the mounts on an invalidated
+//! dentry lazily, so a process inside (a container) keeps its tree until it leaves.
+//! Without the mount API or privileges (not root) the main mount serves `rootfs/` itself.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::fs::ImageFs;
+use crate::store::Digest;
+
+// From linux/mount.h (the libc crate has the syscall numbers, not these).
+const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+const MOUNT_ATTR_RDONLY: libc::c_uint = 0x1;
+const MOUNT_ATTR_NOSUID: libc::c_uint = 0x2;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
+const MOUNT_ATTR_NOEXEC: libc::c_uint = 0x8;
+const OPEN_TREE_CLONE: libc::c_uint = 0x1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// How the image trees are mounted: like the main mount, but read-only.
+pub struct Flags {
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub allow_other: bool,
+}
+
+fn cstr(s: &str) -> std::io::Result<CString> {
+    CString::new(s).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
+
+/// The syscall's result, or its errno (kept, so that callers can tell EIO) named `what`.
+fn check(r: libc::c_long, what: &str) -> std::io::Result<libc::c_long> {
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        log::debug!("{what}: {e}");
+        Err(e)
+    } else {
+        Ok(r)
+    }
+}
+
+/// `e` with the step that failed, for messages.
+fn during(what: &str, e: std::io::Error) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
+fn fd_from(r: libc::c_long) -> OwnedFd {
+    // SAFETY: `r` is a descriptor a syscall just returned to us and nobody else owns.
+    unsafe { OwnedFd::from_raw_fd(r as RawFd) }
+}
+
+fn fsconfig(
+    fs: &OwnedFd,
+    cmd: libc::c_uint,
+    key: Option<&str>,
+    value: Option<&str>,
+) -> std::io::Result<()> {
+    let key = key.map(cstr).transpose()?;
+    let value = value.map(cstr).transpose()?;
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: fsconfig reads the NUL-terminated strings (or NULL) for the call's duration.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            cmd,
+            ptr(&key),
+            ptr(&value),
+            0 as libc::c_int,
+        )
+    };
+    let what = format!(
+        "fsconfig {}",
+        key.as_ref()
+            .map_or("create".into(), |k| k.to_string_lossy())
+    );
+    check(r, &what).map_err(|e| during(&what, e))?;
+    Ok(())
+}
+
+/// Makes the read-only superblock for connection `dev` (an open /dev/fuse) and returns it
+/// as a detached mount. The kernel queues FUSE_INIT on `dev` before this returns.
+pub fn create(dev: &OwnedFd, source: &Path, f: &Flags) -> std::io::Result<OwnedFd> {
+    let fuse = cstr("fuse")?;
+    // SAFETY: a NUL-terminated name; the result is checked.
+    let fs = fd_from(
+        check(
+            unsafe { libc::syscall(libc::SYS_fsopen, fuse.as_ptr(), FSOPEN_CLOEXEC) },
+            "fsopen fuse",
+        )
+        .map_err(|e| during("fsopen fuse", e))?,
+    );
+    let s = |k: &str, v: &str| fsconfig(&fs, FSCONFIG_SET_STRING, Some(k), Some(v));
+    s("source", &source.to_string_lossy())?;
+    s("subtype", "imagefs")?;
+    s("fd", &dev.as_raw_fd().to_string())?;
+    s("rootmode", "40555")?;
+    s("user_id", &nix::unistd::geteuid().to_string())?;
+    s("group_id", &nix::unistd::getegid().to_string())?;
+    let mut flags = vec!["ro", "default_permissions"];
+    if f.allow_other {
+        flags.push("allow_other");
+    }
+    for flag in flags {
+        fsconfig(&fs, FSCONFIG_SET_FLAG, Some(flag), None)?;
+    }
+    fsconfig(&fs, FSCONFIG_CMD_CREATE, None, None)?;
+    let mut attrs = MOUNT_ATTR_RDONLY;
+    for (on, a) in [
+        (f.nosuid, MOUNT_ATTR_NOSUID),
+        (f.nodev, MOUNT_ATTR_NODEV),
+        (f.noexec, MOUNT_ATTR_NOEXEC),
+    ] {
+        if on {
+            attrs |= a;
+        }
+    }
+    // SAFETY: plain integer arguments; the result is checked.
+    let mnt = check(
+        unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) },
+        "fsmount",
+    )
+    .map_err(|e| during("fsmount", e))?;
+    Ok(fd_from(mnt))
+}
+
+/// Mounts image `d` of the detached mount `images` on `target`.
+fn bind(images: &OwnedFd, d: &Digest, target: &Path) -> std::io::Result<OwnedFd> {
+    let hex = cstr(&d.hex())?;
+    // SAFETY: a NUL-terminated relative path under a descriptor we own; checked.
+    let tree = fd_from(check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                images.as_raw_fd(),
+                hex.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            )
+        },
+        "open_tree",
+    )?);
+    let empty = cstr("")?;
+    let to = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: NUL-terminated paths, descriptors we own; checked.
+    check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            )
+        },
+        "move_mount",
+    )?;
+    Ok(tree)
+}
+
+/// The device number of the image trees' superblock.
+pub fn device(images: &OwnedFd) -> std::io::Result<u64> {
+    let st = nix::sys::stat::fstat(images).map_err(std::io::Error::from)?;
+    Ok(st.st_dev)
+}
+
+/// Keeps every ready digest's `rootfs` of mountpoint `mp` bound to its image tree until
+/// `stop` is set: at start, whenever digests change, and every two seconds (a pull that
+/// finished, a mount someone detached).
+pub fn keep_bound(fs: Arc<ImageFs>, images: Arc<OwnedFd>, mp: PathBuf, stop: Arc<AtomicBool>) {
+    let dev = match device(&images) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("image trees: {e}; rootfs/ is served by the main mount");
+            return;
+        }
+    };
+    // Digests whose tree did not mount: tried again when digests change, not every round.
+    let mut failed = std::collections::HashSet::new();
+    let mut first = true;
+    loop {
+        let changed = first || fs.digests_changed.wait(Duration::from_secs(2));
+        first = false;
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        for d in fs.ready_digests() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if !changed && failed.contains(&d) {
+                continue;
+            }
+            let target = mp.join("digests").join(d.hex()).join("rootfs");
+            match std::fs::metadata(&target) {
+                Ok(m) if m.dev() == dev => continue,
+                Ok(_) => {}
+                // Gone meanwhile, or the mount is going away.
+                Err(_) => continue,
+            }
+            match bind(&images, &d, &target) {
+                Ok(tree) => {
+                    failed.remove(&d);
+                    log::debug!("{}: image tree mounted", target.display());
+                    // Collected between the listing and the mount: the kernel may have
+                    // dropped the dentry before the mount landed on it, so undo it here.
+                    if !fs.has_digest(&d) {
+                        detach(Path::new(&format!("/proc/self/fd/{}", tree.as_raw_fd())));
+                    }
+                }
+                // A bad image: its lookup has logged the reason, naming the digest.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                    failed.insert(d);
+                }
+                Err(e) if failed.insert(d) => {
+                    log::warn!(
+                        "{}: mounting the image tree: {e}; served by the main mount",
+                        target.display()
+                    );
+                }
+                Err(e) => log::debug!("{}: {e}", target.display()),
+            }
+        }
+    }
+}
+
+fn detach(p: &Path) {
+    if let Err(e) = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+        log::debug!("detach {}: {e}", p.display());
+    }
+}
+
+/// Detaches (lazily) every mount below `mp`, deepest first: the image trees, before the
+/// main mount is unmounted.
+pub fn detach_below(mp: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let prefix = format!("{}/", mp.display());
+    let mut below: Vec<String> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(super::mount::unescape_mountinfo))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    below.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
+    for m in below {
+        detach(Path::new(&m));
+    }
+}
