@@ -459,15 +459,19 @@ def _kill(p: subprocess.Popen):
         pass
 
 
-def test_in_use_never_yanked(workdir, mounter):
+@pytest.mark.parametrize("trees", ["own-mounts", "main-mount"])
+def test_in_use_never_yanked(workdir, mounter, trees):
     tree = workdir / "bbtree"
     build_busybox_tree(tree)
     img = mkfs(workdir / "bb.erofs", tree, "lz4")
     root = workdir / "rstore"
     root.mkdir()
     hx = add_image(root, img, repo="busybox/inuse", tag="only")
-    m = mounter(StoreRoot(root))
+    m = mounter(StoreRoot(root), extra_args=[] if trees == "own-mounts" else ["--no-rootfs-mounts"])
     rootfs = R(m, hx)
+    # Both ways of serving the tree: a read-only mount of its own (the default), or the main mount.
+    assert wait_until(lambda: os.path.ismount(rootfs) == (trees == "own-mounts"), 5), \
+        f"rootfs/ ismount={os.path.ismount(rootfs)} with {trees}"
     expect = {rel: (tree / rel).read_bytes() for rel in ("data/random-2M", "data/text", "etc/hostname")}
     big_want = hashlib.sha256(expect["data/random-2M"]).hexdigest()
 
@@ -558,8 +562,10 @@ def test_in_use_never_yanked(workdir, mounter):
     assert ok, f"STORE/.imagefs/trash still holds {os.listdir(trash)} 5 s after the last user went"
     assert not (root / "content" / hx).exists()
     # (the line may name the digest by a 12-hex-digit prefix, as the trash entry does)
-    lines = [ln for ln in m.log_text().splitlines() if hx[:12] in ln and re.search(r"releas|freed", ln, re.I)]
-    assert lines, f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"
+    # (the log line is written right after the trash entry goes: wait for it briefly)
+    def release_lines():
+        return [ln for ln in m.log_text().splitlines() if hx[:12] in ln and re.search(r"releas|freed", ln, re.I)]
+    assert wait_until(release_lines, 2), f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"
     assert pid_alive(m.daemon_pid)
 
 

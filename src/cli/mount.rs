@@ -4,13 +4,12 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use super::{options, rootfs_mounts};
-use crate::fs::{ImageFs, ImagesConn, Shared};
+use crate::fs::{ImageFs, Shared};
 use crate::store::{Options, Store};
 
 #[derive(clap::Args, Debug)]
@@ -45,10 +44,10 @@ pub struct MountArgs {
     #[arg(long)]
     no_sync: bool,
     /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
-    /// threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts, foreground, and the generic
-    /// dev, nodev, suid, nosuid, exec, noexec, atime, noatime; defaults, rw, auto,
-    /// noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is refused:
-    /// tags/ takes changes).
+    /// threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts, foreground,
+    /// and the generic dev, nodev, suid, nosuid, exec, noexec, atime, noatime; defaults,
+    /// rw, auto, noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is
+    /// refused: tags/ takes changes).
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     options: Vec<String>,
 }
@@ -288,7 +287,13 @@ fn serve(
     raise_readahead(mp);
     fs.start_watcher()?;
     let images = if opts.rootfs_mounts {
-        ImageTrees::start(&fs, store.root(), mp, opts, &config)
+        let flags = rootfs_mounts::Flags {
+            nosuid: opts.flags.contains(&MountOption::NoSuid),
+            nodev: !opts.flags.contains(&MountOption::Dev),
+            noexec: opts.flags.contains(&MountOption::NoExec),
+            allow_other: opts.allow_other,
+        };
+        rootfs_mounts::ImageTrees::start(&fs, store.root(), mp, &flags, &config)
     } else {
         None
     };
@@ -325,98 +330,6 @@ fn serve(
     r
 }
 
-/// The read-only connection serving image trees, and the thread keeping them mounted.
-struct ImageTrees {
-    stop: Arc<AtomicBool>,
-    binder: std::thread::JoinHandle<()>,
-    /// Ends when the kernel drops the superblock: after the detached mount (held by the
-    /// binder) and every bind of it are gone, including lazily detached ones still in use.
-    session: std::sync::mpsc::Receiver<()>,
-}
-
-impl ImageTrees {
-    /// Best effort: without the mount API (or privileges) the main mount serves `rootfs/`.
-    fn start(
-        fs: &Arc<ImageFs>,
-        source: &Path,
-        mp: &Path,
-        opts: &MountOpts,
-        config: &Config,
-    ) -> Option<ImageTrees> {
-        let flags = rootfs_mounts::Flags {
-            nosuid: opts.flags.contains(&MountOption::NoSuid),
-            nodev: !opts.flags.contains(&MountOption::Dev),
-            noexec: opts.flags.contains(&MountOption::NoExec),
-            allow_other: opts.allow_other,
-        };
-        let made = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .map(OwnedFd::from)
-            .and_then(|dev| {
-                let mnt = rootfs_mounts::create(&dev, source, &flags)?;
-                let session =
-                    Session::from_fd(ImagesConn(fs.clone()), dev, config.acl, config.clone())?;
-                Ok((mnt, session))
-            });
-        let (mnt, session) = match made {
-            Ok(x) => x,
-            Err(e) => {
-                log::info!(
-                    "rootfs/ is served by the main mount: no read-only mount of its own ({e})"
-                );
-                return None;
-            }
-        };
-        fs.start_images_notifier(session.notifier());
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("imagefs-images".into())
-            .spawn(move || {
-                if let Err(e) = session.run() {
-                    log::warn!("image trees session: {e}");
-                }
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            log::error!("thread: {e}");
-            return None;
-        }
-        // A stat of the superblock is a request: only now that its session runs.
-        if let Ok(dev) = rootfs_mounts::device(&mnt) {
-            set_readahead(&format!(
-                "{}:{}",
-                nix::sys::stat::major(dev),
-                nix::sys::stat::minor(dev)
-            ));
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let (fs2, stop2, mp2, mnt) = (fs.clone(), stop.clone(), mp.to_path_buf(), Arc::new(mnt));
-        let binder = std::thread::Builder::new()
-            .name("imagefs-binds".into())
-            .spawn(move || rootfs_mounts::keep_bound(fs2, mnt, mp2, stop2))
-            .ok()?;
-        Some(ImageTrees {
-            stop,
-            binder,
-            session: done,
-        })
-    }
-
-    /// After the main mount is gone: stops binding, lets the superblock go, and waits for
-    /// processes still inside an image tree (a container) to leave it.
-    fn finish(self, fs: &ImageFs) {
-        self.stop.store(true, Ordering::Relaxed);
-        fs.digests_changed.raise();
-        let _ = self.binder.join();
-        if self.session.recv_timeout(Duration::from_secs(1)).is_err() {
-            log::info!("waiting for processes still using an image tree to leave it");
-            let _ = self.session.recv();
-        }
-    }
-}
-
 /// The kernel offers FUSE at most 128 KiB of readahead at init; images are read
 /// sequentially, and decoding costs per request, so ask the mount's bdi for 1 MiB (the
 /// largest FUSE request). Best effort: without it reads are just smaller.
@@ -438,7 +351,7 @@ fn raise_readahead(mp: &Path) {
 }
 
 /// Sets the readahead of bdi `dev` ("major:minor") to 1 MiB.
-fn set_readahead(dev: &str) {
+pub(super) fn set_readahead(dev: &str) {
     let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     match std::fs::write(&path, "1024") {
         Ok(()) => log::debug!("{path}: readahead 1 MiB"),

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::fs::ImageFs;
+use fuser::{Config, Session};
+
+use crate::fs::{ImageFs, ImagesConn};
 use crate::store::Digest;
 
 // From linux/mount.h (the libc crate has the syscall numbers, not these).
@@ -100,7 +102,7 @@ fn fsconfig(
 
 /// Makes the read-only superblock for connection `dev` (an open /dev/fuse) and returns it
 /// as a detached mount. The kernel queues FUSE_INIT on `dev` before this returns.
-pub fn create(dev: &OwnedFd, source: &Path, f: &Flags) -> std::io::Result<OwnedFd> {
+fn create(dev: &OwnedFd, source: &Path, f: &Flags) -> std::io::Result<OwnedFd> {
     let fuse = cstr("fuse")?;
     // SAFETY: a NUL-terminated name; the result is checked.
     let fs = fd_from(
@@ -144,6 +146,92 @@ pub fn create(dev: &OwnedFd, source: &Path, f: &Flags) -> std::io::Result<OwnedF
     Ok(fd_from(mnt))
 }
 
+/// The read-only connection serving image trees, and the thread keeping them mounted.
+pub struct ImageTrees {
+    pub stop: Arc<AtomicBool>,
+    binder: std::thread::JoinHandle<()>,
+    /// Ends when the kernel drops the superblock: after the detached mount (held by the
+    /// binder) and every bind of it are gone, including lazily detached ones still in use.
+    session: std::sync::mpsc::Receiver<()>,
+}
+
+impl ImageTrees {
+    /// Best effort: without the mount API (or privileges) the main mount serves `rootfs/`.
+    pub fn start(
+        fs: &Arc<ImageFs>,
+        source: &Path,
+        mp: &Path,
+        flags: &Flags,
+        config: &Config,
+    ) -> Option<ImageTrees> {
+        let made = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .map(OwnedFd::from)
+            .and_then(|dev| {
+                let mnt = create(&dev, source, flags)?;
+                let session =
+                    Session::from_fd(ImagesConn(fs.clone()), dev, config.acl, config.clone())?;
+                Ok((mnt, session))
+            });
+        let (mnt, session) = match made {
+            Ok(x) => x,
+            Err(e) => {
+                log::info!(
+                    "rootfs/ is served by the main mount: no read-only mount of its own ({e})"
+                );
+                return None;
+            }
+        };
+        fs.start_images_notifier(session.notifier());
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("imagefs-images".into())
+            .spawn(move || {
+                if let Err(e) = session.run() {
+                    log::warn!("image trees session: {e}");
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            log::error!("thread: {e}");
+            return None;
+        }
+        // A stat of the superblock is a request: only now that its session runs.
+        if let Ok(dev) = device(&mnt) {
+            super::mount::set_readahead(&format!(
+                "{}:{}",
+                nix::sys::stat::major(dev),
+                nix::sys::stat::minor(dev)
+            ));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (fs2, stop2, mp2) = (fs.clone(), stop.clone(), mp.to_path_buf());
+        let binder = std::thread::Builder::new()
+            .name("imagefs-binds".into())
+            .spawn(move || keep_bound(fs2, mnt, mp2, stop2))
+            .ok()?;
+        Some(ImageTrees {
+            stop,
+            binder,
+            session: done,
+        })
+    }
+
+    /// After the main mount is gone: stops binding, lets the superblock go, and waits for
+    /// processes still inside an image tree (a container) to leave it.
+    pub fn finish(self, fs: &ImageFs) {
+        self.stop.store(true, Ordering::Relaxed);
+        fs.digests_changed.raise();
+        let _ = self.binder.join();
+        if self.session.recv_timeout(Duration::from_secs(1)).is_err() {
+            log::info!("waiting for processes still using an image tree to leave it");
+            let _ = self.session.recv();
+        }
+    }
+}
+
 /// Mounts image `d` of the detached mount `images` on `target`.
 fn bind(images: &OwnedFd, d: &Digest, target: &Path) -> std::io::Result<OwnedFd> {
     let hex = cstr(&d.hex())?;
@@ -180,7 +268,7 @@ fn bind(images: &OwnedFd, d: &Digest, target: &Path) -> std::io::Result<OwnedFd>
 }
 
 /// The device number of the image trees' superblock.
-pub fn device(images: &OwnedFd) -> std::io::Result<u64> {
+fn device(images: &OwnedFd) -> std::io::Result<u64> {
     let st = nix::sys::stat::fstat(images).map_err(std::io::Error::from)?;
     Ok(st.st_dev)
 }
@@ -188,7 +276,7 @@ pub fn device(images: &OwnedFd) -> std::io::Result<u64> {
 /// Keeps every ready digest's `rootfs` of mountpoint `mp` bound to its image tree until
 /// `stop` is set: at start, whenever digests change, and every two seconds (a pull that
 /// finished, a mount someone detached).
-pub fn keep_bound(fs: Arc<ImageFs>, images: Arc<OwnedFd>, mp: PathBuf, stop: Arc<AtomicBool>) {
+fn keep_bound(fs: Arc<ImageFs>, images: OwnedFd, mp: PathBuf, stop: Arc<AtomicBool>) {
     let dev = match device(&images) {
         Ok(d) => d,
         Err(e) => {
@@ -257,14 +345,46 @@ pub fn detach_below(mp: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
+    for m in mounts_below(&info, mp) {
+        detach(Path::new(&m));
+    }
+}
+
+/// The mount points strictly below `mp` in a mountinfo text, deepest first.
+fn mounts_below(mountinfo: &str, mp: &Path) -> Vec<String> {
     let prefix = format!("{}/", mp.display());
-    let mut below: Vec<String> = info
+    let mut below: Vec<String> = mountinfo
         .lines()
         .filter_map(|l| l.split(' ').nth(4).map(super::mount::unescape_mountinfo))
         .filter(|m| m.starts_with(&prefix))
         .collect();
     below.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
-    for m in below {
-        detach(Path::new(&m));
+    below
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_below_takes_only_deeper_mounts_deepest_first() {
+        let info = "\
+22 1 0:21 / /mnt/images rw - fuse.imagefs /store rw
+23 22 0:22 /ab /mnt/images/digests/ab/rootfs ro - fuse.imagefs /store ro
+24 1 0:23 / /mnt/images2 rw - tmpfs none rw
+25 22 0:22 /cd /mnt/images/digests/cd/rootfs ro - fuse.imagefs /store ro
+26 23 0:24 / /mnt/images/digests/ab/rootfs/proc rw - proc proc rw
+27 22 0:25 / /mnt/images/with\\040space rw - tmpfs none rw
+";
+        assert_eq!(
+            mounts_below(info, Path::new("/mnt/images")),
+            vec![
+                "/mnt/images/digests/ab/rootfs/proc",
+                "/mnt/images/digests/ab/rootfs",
+                "/mnt/images/digests/cd/rootfs",
+                "/mnt/images/with space",
+            ]
+        );
+        assert!(mounts_below(info, Path::new("/mnt/other")).is_empty());
     }
 }

@@ -215,6 +215,9 @@ impl ImageFs {
         // The read-only connection's root is inode 1 on that connection.
         self.inval_images
             .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
+        // Had another directory of the same digest stayed (legacy and content layouts),
+        // its tree is mounted again.
+        self.digests_changed.raise();
     }
 
     /// After GC removed digest directories: drop what the kernel caches of digests that
