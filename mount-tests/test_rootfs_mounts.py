@@ -179,3 +179,44 @@ def test_no_rootfs_mounts_serves_rootfs_from_the_main_mount(workdir, images, mou
     time.sleep(0.5)
     assert mounts_below(m.mnt) == {}
     assert os.stat(rootfs).st_dev == os.stat(m.mnt).st_dev
+
+
+def test_a_tree_in_use_through_the_main_mount_is_never_mounted_over(workdir, images, mounter):
+    """A process inside the main mount's copy of a tree (it got there before the tree's own mount
+    existed) must not have a mount land over it: `..` would then lead into another device and
+    find/tar would stop short. The daemon waits until the tree is no longer in use."""
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root))
+    target = str(tree_mount(m.mnt, ha))
+    assert wait_until(lambda: target in mounts_below(m.mnt), 5)
+    want = len(subprocess.run(["find", "."], cwd=workdir / "tree-a" / "data", capture_output=True,
+                              check=True).stdout.splitlines())
+    p = None
+    for _ in range(3):
+        # Take the tree's own mount away (as a failed `imagefs umount` would) and step into the
+        # main mount's copy before the daemon's next round (every 2 s) mounts it again.
+        assert sh("umount", "-l", target).returncode == 0
+        p = subprocess.Popen(["sleep", "1000"], cwd=tree_mount(m.mnt, ha) / "data", stdin=subprocess.DEVNULL)
+        if os.stat(f"/proc/{p.pid}/cwd").st_dev == os.stat(m.mnt).st_dev:
+            break
+        p.kill()
+        p.wait()  # the daemon was quicker: try again
+    else:
+        pytest.fail("could not get a process into the main mount's copy of the tree")
+    try:
+        cwd = f"/proc/{p.pid}/cwd"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            r = subprocess.run(["find", "."], cwd=cwd, capture_output=True)
+            assert r.returncode == 0, r.stderr
+            assert len(r.stdout.splitlines()) == want
+            assert target not in mounts_below(m.mnt), "a mount landed on a tree in use"
+            time.sleep(0.2)
+    finally:
+        p.kill()
+        p.wait()
+    # nobody is inside any more: the daemon drops what the kernel only caches and mounts the tree
+    assert wait_until(lambda: target in mounts_below(m.mnt), 10), m.log_tail()
+    assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"

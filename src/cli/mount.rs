@@ -251,6 +251,7 @@ fn serve(
     sigs.thread_block()
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
+    raise_open_files_limit();
     // Tells `imagefs fsck`/`gc` that a mount serves this store (its trash may hold images
     // still in use).
     let _mounted = crate::store::lockfile::hold_mounted(store.root())
@@ -328,6 +329,21 @@ fn serve(
         t.finish(&fs);
     }
     r
+}
+
+/// Each image in use holds its `rootfs.erofs` open, and each FUSE thread a /dev/fuse clone:
+/// a store of thousands of images would hit the usual soft limit of 1024 descriptors, so
+/// take the hard limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::debug!("open files limit stays {soft}: {e}");
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The kernel offers FUSE at most 128 KiB of readahead at init; images are read

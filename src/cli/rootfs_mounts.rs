@@ -11,14 +11,14 @@
 //! dentry lazily, so a process inside (a container) keeps its tree until it leaves.
 //! Without the mount API or privileges (not root) the main mount serves `rootfs/` itself.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{Config, Session};
 
@@ -275,41 +275,60 @@ fn device(images: &OwnedFd) -> std::io::Result<u64> {
 
 /// Keeps every ready digest's `rootfs` of mountpoint `mp` bound to its image tree until
 /// `stop` is set: at start, whenever digests change, and every two seconds (a pull that
-/// finished, a mount someone detached).
+/// finished, a tree someone detached, a tree that was in use).
+///
+/// A tree is never mounted over while the kernel holds inodes of the main mount's copy of
+/// it: a process inside that copy (a walk started before the mount) would find `..` of
+/// its directories leading into the mount, another device, and `find` or `tar` would
+/// stop short (seen in a mount test). Such a digest stays served by the main mount until
+/// the kernel lets go; what it only caches it is asked to drop.
 fn keep_bound(fs: Arc<ImageFs>, images: OwnedFd, mp: PathBuf, stop: Arc<AtomicBool>) {
-    let dev = match device(&images) {
-        Ok(d) => d,
-        Err(e) => {
-            log::error!("image trees: {e}; rootfs/ is served by the main mount");
-            return;
-        }
-    };
-    // Digests whose tree did not mount: tried again when digests change, not every round.
-    let mut failed = std::collections::HashSet::new();
+    /// A tree that did not mount (a bad image) is not tried again sooner.
+    const RETRY: Duration = Duration::from_secs(30);
+    let mut failed: HashMap<Digest, Instant> = HashMap::new();
     let mut first = true;
     loop {
-        let changed = first || fs.digests_changed.wait(Duration::from_secs(2));
+        if !first {
+            fs.digests_changed.wait(Duration::from_secs(2));
+        }
         first = false;
         if stop.load(Ordering::Relaxed) {
             return;
         }
+        failed.retain(|_, t| t.elapsed() < RETRY);
+        let mounted = match std::fs::read_to_string("/proc/self/mountinfo") {
+            Ok(info) => trees_mounted(&info, &mp),
+            Err(e) => {
+                log::warn!("image trees: /proc/self/mountinfo: {e}");
+                continue;
+            }
+        };
         for d in fs.ready_digests() {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            if !changed && failed.contains(&d) {
+            if mounted.contains(&d.hex()) || failed.contains_key(&d) {
                 continue;
             }
             let target = mp.join("digests").join(d.hex()).join("rootfs");
-            match std::fs::metadata(&target) {
-                Ok(m) if m.dev() == dev => continue,
-                Ok(_) => {}
-                // Gone meanwhile, or the mount is going away.
-                Err(_) => continue,
+            if fs.tree_in_use(&d) {
+                // Perhaps only cached (a listing of digests/<hex>/, a walk that ended):
+                // the kernel drops it unless in use, and forgets its inodes at once. The
+                // stat first brings back the `rootfs` dentry if an earlier round dropped
+                // it while a process was below it: what that process left cached hangs
+                // under it, out of reach of the kernel's lookups until then.
+                let _ = std::fs::symlink_metadata(&target);
+                fs.drop_cached_tree(&d);
+                std::thread::sleep(Duration::from_millis(20));
+                if fs.tree_in_use(&d) {
+                    log::debug!(
+                        "sha256:{d}: its tree is in use through the main mount; not mounted yet"
+                    );
+                    continue;
+                }
             }
             match bind(&images, &d, &target) {
                 Ok(tree) => {
-                    failed.remove(&d);
                     log::debug!("{}: image tree mounted", target.display());
                     // Collected between the listing and the mount: the kernel may have
                     // dropped the dentry before the mount landed on it, so undo it here.
@@ -317,20 +336,31 @@ fn keep_bound(fs: Arc<ImageFs>, images: OwnedFd, mp: PathBuf, stop: Arc<AtomicBo
                         detach(Path::new(&format!("/proc/self/fd/{}", tree.as_raw_fd())));
                     }
                 }
-                // A bad image: its lookup has logged the reason, naming the digest.
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                    failed.insert(d);
+                Err(e) => {
+                    // A bad image's lookup has logged the reason (naming the digest) once.
+                    if e.raw_os_error() != Some(libc::EIO) {
+                        log::warn!(
+                            "{}: mounting the image tree: {e}; served by the main mount",
+                            target.display()
+                        );
+                    }
+                    failed.insert(d, Instant::now());
                 }
-                Err(e) if failed.insert(d) => {
-                    log::warn!(
-                        "{}: mounting the image tree: {e}; served by the main mount",
-                        target.display()
-                    );
-                }
-                Err(e) => log::debug!("{}: {e}", target.display()),
             }
         }
     }
+}
+
+/// The hex names of the digests whose `rootfs` below `mp` has a mount on it.
+fn trees_mounted(mountinfo: &str, mp: &Path) -> std::collections::HashSet<String> {
+    let digests = format!("{}/digests/", mp.display());
+    mounts_below(mountinfo, mp)
+        .into_iter()
+        .filter_map(|m| {
+            let hex = m.strip_prefix(&digests)?.strip_suffix("/rootfs")?;
+            (!hex.contains('/')).then(|| hex.to_string())
+        })
+        .collect()
 }
 
 fn detach(p: &Path) {
@@ -386,5 +416,8 @@ mod tests {
             ]
         );
         assert!(mounts_below(info, Path::new("/mnt/other")).is_empty());
+        let trees = trees_mounted(info, Path::new("/mnt/images"));
+        assert_eq!(trees.len(), 2);
+        assert!(trees.contains("ab") && trees.contains("cd"));
     }
 }

@@ -65,6 +65,8 @@ pub struct Inodes {
     next: u64,
     /// digest -> how many inodes under `digests/<hex>/` the kernel holds.
     held: HashMap<Digest, u32>,
+    /// digest -> how many of those are in its image tree (`rootfs/` and below).
+    held_tree: HashMap<Digest, u32>,
     /// Collected digests still in use: where their directory waits in the trash.
     pub zombies: HashMap<Digest, PathBuf>,
     /// Image slots for stable inode numbers (never reused within a mount).
@@ -78,6 +80,7 @@ impl Default for Inodes {
             by_ino: HashMap::new(),
             next: FIRST_DYNAMIC,
             held: HashMap::new(),
+            held_tree: HashMap::new(),
             zombies: HashMap::new(),
             slots: HashMap::new(),
         };
@@ -93,6 +96,16 @@ impl Default for Inodes {
             t.by_ino.insert(ino, Entry { key, lookups: 0 });
         }
         t
+    }
+}
+
+/// One fewer held inode of `d`.
+fn release(counts: &mut HashMap<Digest, u32>, d: &Digest) {
+    if let Some(n) = counts.get_mut(d) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(d);
+        }
     }
 }
 
@@ -119,6 +132,9 @@ impl Inodes {
         });
         if let Some(d) = key.digest() {
             *self.held.entry(d).or_default() += 1;
+        }
+        if let NodeKey::Rootfs(d, _) = key {
+            *self.held_tree.entry(d).or_default() += 1;
         }
         self.by_key.insert(key.clone(), ino);
         self.by_ino.insert(ino, Entry { key, lookups: 1 });
@@ -169,13 +185,11 @@ impl Inodes {
         if self.by_key.get(&e.key) == Some(&ino) {
             self.by_key.remove(&e.key);
         }
-        if let Some(d) = e.key.digest()
-            && let Some(n) = self.held.get_mut(&d)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.held.remove(&d);
-            }
+        if let Some(d) = e.key.digest() {
+            release(&mut self.held, &d);
+        }
+        if let NodeKey::Rootfs(d, _) = e.key {
+            release(&mut self.held_tree, &d);
         }
         Some(e.key)
     }
@@ -183,6 +197,12 @@ impl Inodes {
     /// Does the kernel hold any inode under `digests/<hex>/`?
     pub fn holds(&self, d: &Digest) -> bool {
         self.held.contains_key(d)
+    }
+
+    /// Does the kernel hold any inode of digest `d`'s image tree (through either
+    /// connection)?
+    pub fn holds_tree(&self, d: &Digest) -> bool {
+        self.held_tree.contains_key(d)
     }
 
     /// The node `key` no longer exists: its inode (if the kernel holds one) becomes `Gone`.

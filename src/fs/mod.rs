@@ -152,6 +152,30 @@ impl ImageFs {
             .collect()
     }
 
+    /// Does the kernel hold an inode of digest `d`'s image tree? Before its tree is
+    /// mounted of its own, that means the main mount's copy is (or was just) in use.
+    pub fn tree_in_use(&self, d: &crate::store::Digest) -> bool {
+        self.inodes.lock().holds_tree(d)
+    }
+
+    /// Asks the kernel to drop its cached `digests/<hex>/rootfs` dentry (and whatever it
+    /// caches below it that nobody uses), in both connections, so that a tree held only by
+    /// the cache is let go.
+    pub fn drop_cached_tree(&self, d: &crate::store::Digest) {
+        let limit = std::time::Duration::from_secs(1);
+        let ino = self.inodes.lock().ino_of(&inodes::NodeKey::Digest(*d));
+        if let Some(ino) = ino {
+            self.inval
+                .send_and_wait(notify::Inval::Entry(ino, rootfs::ROOTFS.into()), limit);
+        }
+        // And the read-only connection's entry, left cached by a mount of it that someone
+        // detached (root there is inode 1).
+        self.inval_images.send_and_wait(
+            notify::Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()),
+            limit,
+        );
+    }
+
     /// Is digest `d` still in the store?
     pub fn has_digest(&self, d: &crate::store::Digest) -> bool {
         self.store.digest_path(d).is_some()
