@@ -220,3 +220,17 @@ def test_a_tree_in_use_through_the_main_mount_is_never_mounted_over(workdir, ima
     # nobody is inside any more: the daemon drops what the kernel only caches and mounts the tree
     assert wait_until(lambda: target in mounts_below(m.mnt), 10), m.log_tail()
     assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
+
+
+def test_at_most_rootfs_mounts_max_trees_are_mounted(workdir, images, mounter):
+    root = workdir / "store"
+    root.mkdir()
+    hexes = [add_image(root, img, repo=f"mounts/{n}", tag="v1") for n, img in zip("ab", images)]
+    m = mounter(StoreRoot(root), extra_args=["-o", "rootfs_mounts_max=1"])
+    assert wait_until(lambda: len(mounts_below(m.mnt)) == 1, 5), m.log_tail()
+    time.sleep(2.5)  # a later round mounts no more
+    assert len(mounts_below(m.mnt)) == 1
+    # both trees read the same, one through its own mount, the other through the main mount
+    assert sorted(is_own_mount(m.mnt, hx) for hx in hexes) == [False, True]
+    for hx, name in zip(hexes, "ab"):
+        assert (tree_mount(m.mnt, hx) / "etc" / "hostname").read_bytes() == f"host-{name}\n".encode()

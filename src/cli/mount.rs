@@ -39,12 +39,19 @@ pub struct MountArgs {
     /// mount of its own on it (slower; `fusermount3 -u` then works without `-z`).
     #[arg(long)]
     no_rootfs_mounts: bool,
+    /// At most this many image trees are mounted of their own; the other images'
+    /// `rootfs/` is served by the main mount (each mounted tree is a mount-table line
+    /// and an open image).
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rootfs_mounts_max: u32,
     /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
     /// power failure; crashes of the daemon are still safe).
     #[arg(long)]
     no_sync: bool,
     /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
-    /// threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts, foreground,
+    /// threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts,
+    /// rootfs_mounts_max=N, foreground,
     /// and the generic dev, nodev, suid, nosuid, exec, noexec, atime, noatime; defaults,
     /// rw, auto, noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is
     /// refused: tags/ takes changes).
@@ -131,6 +138,7 @@ struct MountOpts {
     durable: bool,
     passthrough: bool,
     rootfs_mounts: bool,
+    rootfs_mounts_max: usize,
     log_file: Option<PathBuf>,
 }
 
@@ -146,6 +154,7 @@ impl MountOpts {
             durable: !a.no_sync,
             passthrough: !a.no_passthrough,
             rootfs_mounts: !a.no_rootfs_mounts,
+            rootfs_mounts_max: a.rootfs_mounts_max as usize,
             log_file: a.log_file,
         };
         for opt in a.options.iter().filter(|o| !o.is_empty()) {
@@ -156,6 +165,7 @@ impl MountOpts {
                 options::Opt::NoSync => o.durable = false,
                 options::Opt::NoPassthrough => o.passthrough = false,
                 options::Opt::NoRootfsMounts => o.rootfs_mounts = false,
+                options::Opt::RootfsMountsMax(n) => o.rootfs_mounts_max = n,
                 options::Opt::Foreground => o.foreground = true,
                 options::Opt::Flag(f) => o.flags.push(f),
                 options::Opt::Ignored => {}
@@ -293,6 +303,7 @@ fn serve(
             nodev: !opts.flags.contains(&MountOption::Dev),
             noexec: opts.flags.contains(&MountOption::NoExec),
             allow_other: opts.allow_other,
+            max_trees: opts.rootfs_mounts_max,
         };
         rootfs_mounts::ImageTrees::start(&fs, store.root(), mp, &flags, &config)
     } else {

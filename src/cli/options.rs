@@ -38,6 +38,7 @@ pub enum Opt {
     NoSync,
     NoPassthrough,
     NoRootfsMounts,
+    RootfsMountsMax(usize),
     Foreground,
     Flag(MountOption),
     /// Said by mount(8)/fstab for their own use, or always true here.
@@ -59,6 +60,10 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
         ("no_sync", None) => Opt::NoSync,
         ("no_passthrough", None) => Opt::NoPassthrough,
         ("no_rootfs_mounts", None) => Opt::NoRootfsMounts,
+        ("rootfs_mounts_max", Some(v)) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => Opt::RootfsMountsMax(n),
+            _ => return Err(format!("-o rootfs_mounts_max={v}: expected a number from 1 up")),
+        },
         ("foreground", None) => Opt::Foreground,
         ("dev", None) => Opt::Flag(MountOption::Dev),
         ("nodev", None) => Opt::Flag(MountOption::NoDev),
@@ -111,6 +116,9 @@ mod tests {
         assert_eq!(parse("allow_other"), Ok(Opt::AllowOther));
         assert_eq!(parse("threads=8"), Ok(Opt::Threads(8)));
         assert!(parse("threads=0").is_err());
+        assert_eq!(parse("no_rootfs_mounts"), Ok(Opt::NoRootfsMounts));
+        assert_eq!(parse("rootfs_mounts_max=3"), Ok(Opt::RootfsMountsMax(3)));
+        assert!(parse("rootfs_mounts_max=0").is_err());
         assert_eq!(parse("nosuid"), Ok(Opt::Flag(MountOption::NoSuid)));
         assert_eq!(parse("x-systemd.automount"), Ok(Opt::Ignored));
         assert_eq!(parse("nofail"), Ok(Opt::Ignored));

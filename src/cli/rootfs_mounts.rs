@@ -44,6 +44,8 @@ pub struct Flags {
     pub nodev: bool,
     pub noexec: bool,
     pub allow_other: bool,
+    /// At most this many trees mounted at once.
+    pub max_trees: usize,
 }
 
 fn cstr(s: &str) -> std::io::Result<CString> {
@@ -208,9 +210,10 @@ impl ImageTrees {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let (fs2, stop2, mp2) = (fs.clone(), stop.clone(), mp.to_path_buf());
+        let max_trees = flags.max_trees;
         let binder = std::thread::Builder::new()
             .name("imagefs-binds".into())
-            .spawn(move || keep_bound(fs2, mnt, mp2, stop2))
+            .spawn(move || keep_bound(fs2, mnt, mp2, max_trees, stop2))
             .ok()?;
         Some(ImageTrees {
             stop,
@@ -273,19 +276,26 @@ fn device(images: &OwnedFd) -> std::io::Result<u64> {
     Ok(st.st_dev)
 }
 
-/// Keeps every ready digest's `rootfs` of mountpoint `mp` bound to its image tree until
-/// `stop` is set: at start, whenever digests change, and every two seconds (a pull that
-/// finished, a tree someone detached, a tree that was in use).
+/// Keeps ready digests' `rootfs` of mountpoint `mp` bound to their image trees (at most
+/// `max_trees` of them) until `stop` is set: at start, whenever digests change, and every
+/// two seconds (a pull that finished, a tree someone detached, a tree that was in use).
 ///
 /// A tree is never mounted over while the kernel holds inodes of the main mount's copy of
 /// it: a process inside that copy (a walk started before the mount) would find `..` of
 /// its directories leading into the mount, another device, and `find` or `tar` would
 /// stop short (seen in a mount test). Such a digest stays served by the main mount until
 /// the kernel lets go; what it only caches it is asked to drop.
-fn keep_bound(fs: Arc<ImageFs>, images: OwnedFd, mp: PathBuf, stop: Arc<AtomicBool>) {
+fn keep_bound(
+    fs: Arc<ImageFs>,
+    images: OwnedFd,
+    mp: PathBuf,
+    max_trees: usize,
+    stop: Arc<AtomicBool>,
+) {
     /// A tree that did not mount (a bad image) is not tried again sooner.
     const RETRY: Duration = Duration::from_secs(30);
     let mut failed: HashMap<Digest, Instant> = HashMap::new();
+    let mut said_full = false;
     let mut first = true;
     loop {
         if !first {
@@ -303,11 +313,25 @@ fn keep_bound(fs: Arc<ImageFs>, images: OwnedFd, mp: PathBuf, stop: Arc<AtomicBo
                 continue;
             }
         };
-        for d in fs.ready_digests() {
+        let mut count = mounted.len();
+        for d in fs.digests() {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
             if mounted.contains(&d.hex()) || failed.contains_key(&d) {
+                continue;
+            }
+            if count >= max_trees {
+                if !said_full {
+                    log::info!(
+                        "{count} image trees mounted, the most allowed (--rootfs-mounts-max); \
+                         the other images' rootfs/ is served by the main mount"
+                    );
+                    said_full = true;
+                }
+                break;
+            }
+            if !fs.serves_tree(&d) {
                 continue;
             }
             let target = mp.join("digests").join(d.hex()).join("rootfs");
@@ -329,6 +353,7 @@ fn keep_bound(fs: Arc<ImageFs>, images: OwnedFd, mp: PathBuf, stop: Arc<AtomicBo
             }
             match bind(&images, &d, &target) {
                 Ok(tree) => {
+                    count += 1;
                     log::debug!("{}: image tree mounted", target.display());
                     // Collected between the listing and the mount: the kernel may have
                     // dropped the dentry before the mount landed on it, so undo it here.

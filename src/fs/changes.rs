@@ -206,6 +206,9 @@ impl ImageFs {
     /// image tree's bind mount on it (lazily: processes inside keep it), and the read-only
     /// connection drops its entry, so the image is released once nobody uses it.
     fn forget_rootfs_mount(&self, d: &store::Digest) {
+        if !self.trees.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*d)) {
             self.inval.send_and_wait(
                 Inval::Entry(ino, super::rootfs::ROOTFS.into()),

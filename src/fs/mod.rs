@@ -55,6 +55,8 @@ pub struct ImageFs {
     inval_images: Invalidator,
     /// Raised when digests come or go, for the thread that keeps image trees mounted.
     pub digests_changed: Signal,
+    /// Whether image trees are mounted of their own (the read-only connection runs).
+    trees: AtomicBool,
     metrics: Metrics,
     /// Use FUSE passthrough for store files when the kernel offers it.
     want_passthrough: bool,
@@ -90,6 +92,7 @@ impl ImageFs {
             inval: Invalidator::default(),
             inval_images: Invalidator::default(),
             digests_changed: Signal::default(),
+            trees: AtomicBool::new(false),
             metrics: Metrics::default(),
             want_passthrough: passthrough,
             passthrough: AtomicBool::new(false),
@@ -139,17 +142,18 @@ impl ImageFs {
     /// The same for the read-only connection's session.
     pub fn start_images_notifier(&self, notifier: Notifier) {
         self.inval_images.start(notifier);
+        self.trees.store(true, Ordering::Relaxed);
     }
 
-    /// Digests whose `rootfs/` can be served now (present in the store and ready).
-    pub fn ready_digests(&self) -> Vec<crate::store::Digest> {
-        let all: Vec<crate::store::Digest> = self.store.index().digests().copied().collect();
-        all.into_iter()
-            .filter(|d| {
-                self.digest_dir(d)
-                    .is_some_and(|dir| self.digest_ready(d, &dir))
-            })
-            .collect()
+    /// Every digest of the store.
+    pub fn digests(&self) -> Vec<crate::store::Digest> {
+        self.store.index().digests().copied().collect()
+    }
+
+    /// Can digest `d`'s `rootfs/` be served now (present in the store and ready)?
+    pub fn serves_tree(&self, d: &crate::store::Digest) -> bool {
+        self.digest_dir(d)
+            .is_some_and(|dir| self.digest_ready(d, &dir))
     }
 
     /// Does the kernel hold an inode of digest `d`'s image tree? Before its tree is
