@@ -24,6 +24,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from helpers import sha256_file as sha256_bytes_of  # noqa: F401 (re-exported to the tests)
+
 # mkfs.erofs 1.5 variants: the three of the brief, plus two layouts the kernel also reads
 # (tail-packed compressed tails and big physical clusters).
 VARIANTS = {
@@ -50,12 +52,6 @@ def run(*args, check=True, timeout=300, **kw):
     return r
 
 
-def sha256_bytes_of(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ tree builders

@@ -663,6 +663,31 @@ def _walk_all(root: Path) -> tuple[list, int, list]:
     return errs, ops, short
 
 
+EIO = (errno.EIO, errno.EUCLEAN)
+
+
+def _fails_with_eio(what: str, fn, times: int = 15) -> list:
+    """Calls fn `times` times: each call must fail with EIO. Returns the problems."""
+    for _ in range(times):
+        try:
+            r = fn()
+        except OSError as e:
+            if e.errno not in EIO:
+                return [f"{what}: {errno.errorcode.get(e.errno)} instead of EIO"]
+            continue
+        return [f"{what}: succeeded ({len(r)} bytes or names)"]
+    return []
+
+
+def _walk_problems(label: str, root) -> tuple:
+    """Reads every file under root (_walk_all): (errors seen, problems: errnos other than EIO, short reads)."""
+    errs, ops, short = _walk_all(root)
+    print(f"{label} image: {ops} ops, {len(errs)} errors, e.g. {errs[:3]}")
+    problems = [f"{label}: {op} {pp!r}: {errno.errorcode.get(en)} (not EIO)" for op, pp, en in errs if en not in EIO]
+    problems += [f"{label}: short read without error {pp!r}: size {a}, read {b}" for pp, a, b in short]
+    return errs, problems
+
+
 def test_bad_images_fail_with_eio(workdir, mounter):
     tree = workdir / "bbtree"
     build_busybox_tree(tree, hostname=b"good\n")
@@ -693,62 +718,24 @@ def test_bad_images_fail_with_eio(workdir, mounter):
     hx_co = add_raw_digest(root, hashlib.sha256(corrupt).hexdigest(), corrupt, repo="bad/images", tag="corrupt")
     hx_sb = add_raw_digest(root, hashlib.sha256(nosb).hexdigest(), nosb, repo="bad/images", tag="nosb")
     m = mounter(StoreRoot(root))
-    # From the start: mounting the image trees (right after the mount) already meets the
-    # garbage superblock.
-    log_start = 0
-    EIO = (errno.EIO, errno.EUCLEAN)
 
-    problems = []
-    # the truncated image: data/random-2M fails with EIO; never a short read
-    p = R(m, hx_tr) / "data" / "random-2M"
-    for i in range(15):
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-            problems.append(f"truncated: read {p} succeeded with {len(data)} bytes (image cut at {cut}, "
-                            f"file data at {lo}..{hi})")
-            break
-        except OSError as e:
-            if e.errno not in EIO:
-                problems.append(f"truncated: read {p}: {errno.errorcode.get(e.errno)} instead of EIO")
-                break
-    errs, ops, short = _walk_all(R(m, hx_tr))
-    print(f"truncated image: {ops} ops, {len(errs)} errors, e.g. {errs[:3]}")
-    problems += [f"truncated: {op} {pp!r}: {errno.errorcode.get(en)} (not EIO)" for op, pp, en in errs if en not in EIO]
-    problems += [f"truncated: short read without error {pp!r}: size {a}, read {b}" for pp, a, b in short]
+    # the truncated image: data/random-2M fails with EIO, never a short read
+    problems = _fails_with_eio(f"truncated: read data/random-2M (image cut at {cut}, file data at {lo}..{hi})",
+                               lambda: (R(m, hx_tr) / "data" / "random-2M").read_bytes())
+    errs, walk_problems = _walk_problems("truncated", R(m, hx_tr))
+    problems += walk_problems
     if not errs:
         problems.append("truncated: a walk reading every file of the truncated image saw no error")
     # the corrupted image: data/text fails with EIO every time; other files of it still read
-    p = R(m, hx_co) / "data" / "text"
-    for i in range(15):
-        try:
-            with open(p, "rb") as f:
-                data = f.read()
-            problems.append(f"corrupt: read {p} succeeded ({len(data)} bytes)")
-            break
-        except OSError as e:
-            if e.errno not in EIO:
-                problems.append(f"corrupt: read {p}: {errno.errorcode.get(e.errno)} instead of EIO")
-                break
-    errs, ops, short = _walk_all(R(m, hx_co))
-    print(f"corrupt image: {ops} ops, {len(errs)} errors, e.g. {errs[:3]}")
-    problems += [f"corrupt: {op} {pp!r}: {errno.errorcode.get(en)} (not EIO)" for op, pp, en in errs if en not in EIO]
-    problems += [f"corrupt: short read without error {pp!r}: size {a}, read {b}" for pp, a, b in short]
+    problems += _fails_with_eio("corrupt: read data/text", lambda: (R(m, hx_co) / "data" / "text").read_bytes())
+    problems += _walk_problems("corrupt", R(m, hx_co))[1]
     try:
         if (R(m, hx_co) / "etc" / "hostname").read_bytes() != b"bad\n":
             problems.append("corrupt: an intact file of the corrupt image reads wrong")
     except OSError as e:
         problems.append(f"corrupt: an intact file of the corrupt image fails: {e!r}")
     # the image with a garbage superblock: the lookup of rootfs or its listing fails with EIO
-    for i in range(10):
-        try:
-            names = os.listdir(R(m, hx_sb))
-            problems.append(f"garbage superblock: listdir(rootfs) succeeded: {names[:5]}")
-            break
-        except OSError as e:
-            if e.errno not in EIO:
-                problems.append(f"garbage superblock: listdir(rootfs): {errno.errorcode.get(e.errno)} instead of EIO")
-                break
+    problems += _fails_with_eio("garbage superblock: listdir(rootfs)", lambda: os.listdir(R(m, hx_sb)), times=10)
     # the daemon is alive, the mount works, the good image is intact
     assert pid_alive(m.daemon_pid), f"the daemon died:\n{m.log_tail(30)}"
     assert (R(m, hx_good) / "etc" / "hostname").read_bytes() == b"good\n"
@@ -761,8 +748,9 @@ def test_bad_images_fail_with_eio(workdir, mounter):
     assert len(gd) == sum(len(ds) + len(fs) for _, ds, fs in os.walk(tree)) + 1
     assert sorted(os.listdir(m.mnt / "digests")) == sorted([hx_good, hx_tr, hx_co, hx_sb])
     assert not problems, "\n".join(problems)
-    # logged once per bad digest, naming it (not once per failing request)
-    new = m.log_text().splitlines()[log_start:]
+    # logged once per bad digest, naming it (not once per failing request); counted from the
+    # mount's start, since mounting the image trees right after it already meets the bad images
+    new = m.log_text().splitlines()
     print("\n".join(ln for ln in new if "ioctl" not in ln and ln.startswith("[")))
     assert not [ln for ln in new if "panic" in ln.lower()], "\n".join(new[-30:])
     for name, hx in (("truncated", hx_tr), ("corrupt", hx_co), ("garbage superblock", hx_sb)):

@@ -55,6 +55,18 @@ def images(workdir):
     return out
 
 
+def mount_one(workdir, images, mounter, **opts):
+    """A store with image a tagged mounts/a:v1, mounted; its tree's own mount is awaited
+    unless the options turn tree mounts off. Returns (store root, hex of a, mount)."""
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = mounter(StoreRoot(root), **opts)
+    if not opts:
+        assert wait_until(lambda: is_own_mount(m.mnt, ha), 5), f"no mount on rootfs/ of {ha}\n{m.log_tail()}"
+    return root, ha, m
+
+
 def test_ready_images_are_read_only_mounts_of_their_own(workdir, images, mounter):
     root = workdir / "store"
     root.mkdir()
@@ -92,11 +104,7 @@ def test_ready_images_are_read_only_mounts_of_their_own(workdir, images, mounter
 
 
 def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, mounter):
-    root = workdir / "store"
-    root.mkdir()
-    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root))
-    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    root, ha, m = mount_one(workdir, images, mounter)
 
     # another writer adds an image and its tag
     hb = add_image(root, images[1], repo="mounts/b", tag="v1")
@@ -119,11 +127,7 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, mounter
 
 
 def test_umount_takes_the_image_trees_along(workdir, images, mounter):
-    root = workdir / "store"
-    root.mkdir()
-    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root))
-    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    _, ha, m = mount_one(workdir, images, mounter)
     r = sh(imagefs_bin(), "umount", m.mnt, timeout=30)
     assert r.returncode == 0, r.stderr
     assert mounts_below(m.mnt) == {}
@@ -131,11 +135,7 @@ def test_umount_takes_the_image_trees_along(workdir, images, mounter):
 
 
 def test_plain_unmount_of_the_parent_is_refused_while_trees_are_mounted(workdir, images, mounter):
-    root = workdir / "store"
-    root.mkdir()
-    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root))
-    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    _, ha, m = mount_one(workdir, images, mounter)
     r = sh("fusermount3", "-u", m.mnt)
     assert r.returncode != 0 and "busy" in r.stderr.lower(), (r.returncode, r.stderr)
     # nothing was lost: the mount still works
@@ -144,11 +144,7 @@ def test_plain_unmount_of_the_parent_is_refused_while_trees_are_mounted(workdir,
 
 
 def test_a_process_inside_a_tree_outlives_umount(workdir, images, mounter):
-    root = workdir / "store"
-    root.mkdir()
-    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root))
-    assert wait_until(lambda: is_own_mount(m.mnt, ha), 5)
+    _, ha, m = mount_one(workdir, images, mounter)
     inside = tree_mount(m.mnt, ha) / "data"
     p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
     try:
@@ -170,10 +166,7 @@ def test_a_process_inside_a_tree_outlives_umount(workdir, images, mounter):
 
 
 def test_no_rootfs_mounts_serves_rootfs_from_the_main_mount(workdir, images, mounter):
-    root = workdir / "store"
-    root.mkdir()
-    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root), extra_args=["-o", "no_rootfs_mounts"])
+    _, ha, m = mount_one(workdir, images, mounter, extra_args=["-o", "no_rootfs_mounts"])
     rootfs = tree_mount(m.mnt, ha)
     assert (rootfs / "etc" / "hostname").read_bytes() == b"host-a\n"
     time.sleep(0.5)
@@ -185,12 +178,8 @@ def test_a_tree_in_use_through_the_main_mount_is_never_mounted_over(workdir, ima
     """A process inside the main mount's copy of a tree (it got there before the tree's own mount
     existed) must not have a mount land over it: `..` would then lead into another device and
     find/tar would stop short. The daemon waits until the tree is no longer in use."""
-    root = workdir / "store"
-    root.mkdir()
-    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root))
+    _, ha, m = mount_one(workdir, images, mounter)
     target = str(tree_mount(m.mnt, ha))
-    assert wait_until(lambda: target in mounts_below(m.mnt), 5)
     want = len(subprocess.run(["find", "."], cwd=workdir / "tree-a" / "data", capture_output=True,
                               check=True).stdout.splitlines())
     p = None

@@ -292,7 +292,7 @@ fn serve(
     };
     config.n_threads = Some(opts.threads);
     config.clone_fd = true;
-    let mut session = Session::new(Shared(fs.clone()), mp, &config)
+    let mut session = Session::new(Shared::main(fs.clone()), mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
     fs.start_notifier(session.notifier());
     raise_readahead(mp);

@@ -1,5 +1,5 @@
 //! Image trees on their own read-only FUSE superblock, bind-mounted on every
-//! `digests/<hex>/rootfs` of the main mount (why: `fs/images_conn.rs`).
+//! `digests/<hex>/rootfs` of the main mount (why: `fs::Shared`).
 //!
 //! The superblock is made with the kernel's mount API (fsopen, fsconfig, fsmount) and never
 //! attached anywhere itself: the daemon holds it as a detached mount, and clones one
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, Session};
 
-use crate::fs::{ImageFs, ImagesConn};
+use crate::fs::{ImageFs, Shared};
 use crate::store::Digest;
 
 // From linux/mount.h (the libc crate has the syscall numbers, not these).
@@ -174,7 +174,7 @@ impl ImageTrees {
             .and_then(|dev| {
                 let mnt = create(&dev, source, flags)?;
                 let session =
-                    Session::from_fd(ImagesConn(fs.clone()), dev, config.acl, config.clone())?;
+                    Session::from_fd(Shared::images(fs.clone()), dev, config.acl, config.clone())?;
                 Ok((mnt, session))
             });
         let (mnt, session) = match made {
@@ -318,7 +318,7 @@ fn keep_bound(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            if mounted.contains(&d.hex()) || failed.contains_key(&d) {
+            if mounted.contains(&d) || failed.contains_key(&d) {
                 continue;
             }
             if count >= max_trees {
@@ -376,14 +376,14 @@ fn keep_bound(
     }
 }
 
-/// The hex names of the digests whose `rootfs` below `mp` has a mount on it.
-fn trees_mounted(mountinfo: &str, mp: &Path) -> std::collections::HashSet<String> {
+/// The digests whose `rootfs` below `mp` has a mount on it.
+fn trees_mounted(mountinfo: &str, mp: &Path) -> std::collections::HashSet<Digest> {
     let digests = format!("{}/digests/", mp.display());
     mounts_below(mountinfo, mp)
         .into_iter()
         .filter_map(|m| {
             let hex = m.strip_prefix(&digests)?.strip_suffix("/rootfs")?;
-            (!hex.contains('/')).then(|| hex.to_string())
+            Digest::parse_hex(hex)
         })
         .collect()
 }
@@ -423,26 +423,33 @@ mod tests {
 
     #[test]
     fn mounts_below_takes_only_deeper_mounts_deepest_first() {
-        let info = "\
-22 1 0:21 / /mnt/images rw - fuse.imagefs /store rw
-23 22 0:22 /ab /mnt/images/digests/ab/rootfs ro - fuse.imagefs /store ro
+        let (a, c) = ("ab".repeat(32), "cd".repeat(32));
+        let info = format!(
+            "22 1 0:21 / /mnt/images rw - fuse.imagefs /store rw
+23 22 0:22 /{a} /mnt/images/digests/{a}/rootfs ro - fuse.imagefs /store ro
 24 1 0:23 / /mnt/images2 rw - tmpfs none rw
-25 22 0:22 /cd /mnt/images/digests/cd/rootfs ro - fuse.imagefs /store ro
-26 23 0:24 / /mnt/images/digests/ab/rootfs/proc rw - proc proc rw
+25 22 0:22 /{c} /mnt/images/digests/{c}/rootfs ro - fuse.imagefs /store ro
+26 23 0:24 / /mnt/images/digests/{a}/rootfs/proc rw - proc proc rw
 27 22 0:25 / /mnt/images/with\\040space rw - tmpfs none rw
-";
+28 22 0:26 / /mnt/images/digests/nothex/rootfs rw - tmpfs none rw
+"
+        );
         assert_eq!(
-            mounts_below(info, Path::new("/mnt/images")),
+            mounts_below(&info, Path::new("/mnt/images")),
             vec![
-                "/mnt/images/digests/ab/rootfs/proc",
-                "/mnt/images/digests/ab/rootfs",
-                "/mnt/images/digests/cd/rootfs",
-                "/mnt/images/with space",
+                format!("/mnt/images/digests/{a}/rootfs/proc"),
+                format!("/mnt/images/digests/{a}/rootfs"),
+                format!("/mnt/images/digests/{c}/rootfs"),
+                "/mnt/images/digests/nothex/rootfs".to_string(),
+                "/mnt/images/with space".to_string(),
             ]
         );
-        assert!(mounts_below(info, Path::new("/mnt/other")).is_empty());
-        let trees = trees_mounted(info, Path::new("/mnt/images"));
-        assert_eq!(trees.len(), 2);
-        assert!(trees.contains("ab") && trees.contains("cd"));
+        assert!(mounts_below(&info, Path::new("/mnt/other")).is_empty());
+        let trees = trees_mounted(&info, Path::new("/mnt/images"));
+        let want: std::collections::HashSet<Digest> = [&a, &c]
+            .iter()
+            .filter_map(|h| Digest::parse_hex(h))
+            .collect();
+        assert_eq!((trees.len(), trees), (2, want));
     }
 }

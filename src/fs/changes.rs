@@ -189,6 +189,7 @@ impl ImageFs {
                 }
                 Change::DigestGone(d) => {
                     self.ready.lock().remove(&d);
+                    self.images.close(&d);
                     self.forget_rootfs_mount(&d);
                     self.inval
                         .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
@@ -230,6 +231,9 @@ impl ImageFs {
             let d = key.digest();
             if self.store.digest_path(&d).is_none() {
                 self.ready.lock().remove(&d);
+                // An open image would keep its deleted file's space (a listing opens it
+                // without the kernel holding an inode).
+                self.images.close(&d);
                 self.forget_rootfs_mount(&d);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),

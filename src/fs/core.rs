@@ -303,6 +303,10 @@ impl ImageFs {
 
     /// The open image of digest `d`.
     pub(super) fn image(&self, d: &store::Digest) -> Result<Arc<crate::image::Image>> {
+        // Every request inside an image asks: no path built once it is open.
+        if let Some(img) = self.images.cached(d) {
+            return Ok(img);
+        }
         let dir = self
             .digest_dir(d)
             .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;

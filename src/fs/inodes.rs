@@ -13,7 +13,7 @@ pub const TAGS: u64 = 2;
 pub const DIGESTS: u64 = 3;
 pub const PRIVATE: u64 = 4;
 pub const METRICS: u64 = 5;
-/// The root of the second, read-only connection (the image trees; see `images_conn.rs`),
+/// The root of the second, read-only connection (the image trees; see `Shared`),
 /// which the kernel calls 1 there.
 pub const IMAGES_ROOT: u64 = 6;
 const FIRST_DYNAMIC: u64 = 16;

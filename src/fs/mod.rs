@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow,
+    AccessFlags, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow,
 };
 use parking_lot::Mutex;
 
@@ -73,10 +73,6 @@ macro_rules! fail {
         $reply.error(e.errno)
     }};
 }
-
-// After `fail!`, which it uses.
-mod images_conn;
-pub use images_conn::ImagesConn;
 
 impl ImageFs {
     pub fn new(store: Arc<Store>, mountpoint: &Path, passthrough: bool) -> ImageFs {
@@ -247,32 +243,92 @@ impl crate::store::InUse for Usage {
 }
 
 /// Shared so that the session owns one reference and the daemon another (for the notifier).
-pub struct Shared(pub Arc<ImageFs>);
+/// One FUSE connection onto the filesystem; the session owns it, the daemon keeps the
+/// [`ImageFs`] (for notifiers).
+///
+/// Two kinds. The main mount. And, with `images`, a second connection that serves the
+/// image trees alone, on a read-only superblock: its root holds one (unlisted) entry per
+/// ready digest, named by its hex, which is that image's root, and the daemon mounts
+/// `<hex>` of it on `digests/<hex>/rootfs` of the main mount (`cli/rootfs_mounts.rs`).
+/// Both share the inode table and numbers (an image's root is the same inode through
+/// either), the open images, counters and in-use accounting.
+///
+/// Why a second connection, measured in `scripts/bench_rootfs.py`: on a writable
+/// superblock the kernel drops a FUSE inode's cached atime after every uncached read or
+/// listing, so the next stat costs a GETATTR round trip; and the main connection answers
+/// OPEN (for passthrough of `rootfs.erofs` and for `.imagefs/metrics`), which costs two
+/// round trips per file. On the second one the superblock is read-only and OPEN, OPENDIR
+/// and FLUSH answer ENOSYS, so a warm walk or `tar` of an image sends no request at all.
+pub struct Shared {
+    fs: Arc<ImageFs>,
+    images: bool,
+}
+
+impl Shared {
+    /// The main mount.
+    pub fn main(fs: Arc<ImageFs>) -> Shared {
+        Shared { fs, images: false }
+    }
+
+    /// The read-only connection of image trees.
+    pub fn images(fs: Arc<ImageFs>) -> Shared {
+        Shared { fs, images: true }
+    }
+
+    /// The inode table's number for this connection's `ino`: the image-trees connection's
+    /// root (1 to the kernel) is [`inodes::IMAGES_ROOT`]; every other number is shared.
+    fn node(&self, ino: INodeNo) -> u64 {
+        if self.images && ino == INodeNo::ROOT {
+            inodes::IMAGES_ROOT
+        } else {
+            ino.0
+        }
+    }
+
+    /// The other way: the number the kernel knows for table inode `ino`.
+    fn kernel_ino(&self, ino: u64) -> INodeNo {
+        if self.images && ino == inodes::IMAGES_ROOT {
+            INodeNo::ROOT
+        } else {
+            INodeNo(ino)
+        }
+    }
+
+    fn kernel_attr(&self, mut a: FileAttr) -> FileAttr {
+        a.ino = self.kernel_ino(a.ino.0);
+        a
+    }
+}
 
 impl Filesystem for Shared {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let caps = config.capabilities();
-        if self.0.want_passthrough
+        if !self.images
+            && self.fs.want_passthrough
             && caps.contains(InitFlags::FUSE_PASSTHROUGH)
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             // Depth 1: backing files are on a plain filesystem, and an overlayfs may still
             // stack on top of this mount.
             && config.set_max_stack_depth(1).is_ok()
         {
-            self.0.passthrough.store(true, Ordering::Relaxed);
+            self.fs.passthrough.store(true, Ordering::Relaxed);
             log::info!("FUSE passthrough enabled for store files");
         }
         // Parallel lookups and readdirs in one directory; attributes with directory
         // listings (READDIRPLUS, used by the kernel when a listing is followed by stats).
-        for cap in [
+        let mut wanted = vec![
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
+        ];
+        if !self.images {
             // Listings are cached (no OPENDIR): at the start of a listing the kernel checks
             // the directory's mtime, so a repository changed by another writer is re-read.
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-        ] {
+            // Image trees never change.
+            wanted.push(InitFlags::FUSE_AUTO_INVAL_DATA);
+        }
+        for cap in wanted {
             if caps.contains(cap) {
                 let _ = config.add_capabilities(cap);
             }
@@ -281,23 +337,23 @@ impl Filesystem for Shared {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Lookup);
-        match fs.lookup(parent.0, name) {
+        match fs.lookup(self.node(parent), name) {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
             Err(e) => fail!(fs, reply, "lookup", e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.0.forget(ino.0, nlookup);
+        self.fs.forget(self.node(ino), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::GetAttr);
-        match fs.getattr(ino.0) {
-            Ok((a, ttl)) => reply.attr(&ttl, &a),
+        match fs.getattr(self.node(ino)) {
+            Ok((a, ttl)) => reply.attr(&ttl, &self.kernel_attr(a)),
             Err(e) => fail!(fs, reply, "getattr", e),
         }
     }
@@ -320,15 +376,20 @@ impl Filesystem for Shared {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::SetAttr);
-        fail!(fs, reply, "setattr", fs.refuse_change(ino.0, "setattr"))
+        fail!(
+            fs,
+            reply,
+            "setattr",
+            fs.refuse_change(self.node(ino), "setattr")
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::ReadLink);
-        match fs.readlink(ino.0) {
+        match fs.readlink(self.node(ino)) {
             Ok(t) => reply.data(&t),
             Err(e) => fail!(fs, reply, "readlink", e),
         }
@@ -344,13 +405,13 @@ impl Filesystem for Shared {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Mknod);
         fail!(
             fs,
             reply,
             "mknod",
-            fs.refuse_create(parent.0, name, "mknod")
+            fs.refuse_create(self.node(parent), name, "mknod")
         )
     }
 
@@ -363,35 +424,50 @@ impl Filesystem for Shared {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Mkdir);
-        let r = fs.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid());
+        let r = fs.mkdir(self.node(parent), name, mode & !umask, req.uid(), req.gid());
         fs.apply_changes(fs.store.take_changes());
         match r {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
-            Err(e) => fail!(fs, reply, "mkdir", e.context(fs.describe(parent.0, name))),
+            Err(e) => fail!(
+                fs,
+                reply,
+                "mkdir",
+                e.context(fs.describe(self.node(parent), name))
+            ),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Unlink);
-        let r = fs.unlink(parent.0, name);
+        let r = fs.unlink(self.node(parent), name);
         fs.apply_changes(fs.store.take_changes());
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => fail!(fs, reply, "unlink", e.context(fs.describe(parent.0, name))),
+            Err(e) => fail!(
+                fs,
+                reply,
+                "unlink",
+                e.context(fs.describe(self.node(parent), name))
+            ),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Rmdir);
-        let r = fs.rmdir(parent.0, name);
+        let r = fs.rmdir(self.node(parent), name);
         fs.apply_changes(fs.store.take_changes());
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => fail!(fs, reply, "rmdir", e.context(fs.describe(parent.0, name))),
+            Err(e) => fail!(
+                fs,
+                reply,
+                "rmdir",
+                e.context(fs.describe(self.node(parent), name))
+            ),
         }
     }
 
@@ -403,16 +479,16 @@ impl Filesystem for Shared {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Symlink);
-        let r = fs.symlink(parent.0, link_name, target);
+        let r = fs.symlink(self.node(parent), link_name, target);
         fs.apply_changes(fs.store.take_changes());
         match r {
             Ok((a, ttl)) => reply.entry(&ttl, &a, Generation(0)),
             Err(e) => {
                 let what = format!(
                     "{} -> {}",
-                    fs.describe(parent.0, link_name),
+                    fs.describe(self.node(parent), link_name),
                     target.display()
                 );
                 fail!(fs, reply, "symlink", e.context(what))
@@ -430,17 +506,23 @@ impl Filesystem for Shared {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Rename);
-        let r = fs.rename(parent.0, name, newparent.0, newname, flags.bits());
+        let r = fs.rename(
+            self.node(parent),
+            name,
+            self.node(newparent),
+            newname,
+            flags.bits(),
+        );
         fs.apply_changes(fs.store.take_changes());
         match r {
             Ok(()) => reply.ok(),
             Err(e) => {
                 let what = format!(
                     "{} -> {}",
-                    fs.describe(parent.0, name),
-                    fs.describe(newparent.0, newname)
+                    fs.describe(self.node(parent), name),
+                    fs.describe(self.node(newparent), newname)
                 );
                 fail!(fs, reply, "rename", e.context(what))
             }
@@ -455,33 +537,38 @@ impl Filesystem for Shared {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Link);
         fail!(
             fs,
             reply,
             "link",
-            fs.refuse_create(newparent.0, newname, "link")
+            fs.refuse_create(self.node(newparent), newname, "link")
         )
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Open);
-        let (fh, h) = match fs.open(ino.0, flags.0) {
+        if self.images {
+            // ENOSYS: the kernel opens every file of this connection itself from now on,
+            // keeping its page cache (images never change); reads name the inode.
+            return reply.error(Errno::ENOSYS);
+        }
+        let (fh, h) = match fs.open(self.node(ino), flags.0) {
             Ok(x) => x,
             Err(e) => return fail!(fs, reply, "open", e),
         };
         match &*h {
             Handle::File { file, .. } if fs.passthrough.load(Ordering::Relaxed) => {
                 // One backing id per inode, reused by every open of it.
-                let existing = fs.handles.lock().backing(ino.0);
+                let existing = fs.handles.lock().backing(self.node(ino));
                 let id = match existing {
                     Some(id) => Some(id),
                     None => match reply.open_backing(file) {
                         Ok(id) => {
                             let id = Arc::new(id);
-                            fs.handles.lock().set_backing(ino.0, &id);
+                            fs.handles.lock().set_backing(self.node(ino), &id);
                             Some(id)
                         }
                         Err(e) => {
@@ -511,7 +598,7 @@ impl Filesystem for Shared {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -519,9 +606,14 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Read);
-        match fs.read(fh.0, offset, size) {
+        let r = if self.images {
+            fs.read_inode(self.node(ino), offset, size)
+        } else {
+            fs.read(fh.0, offset, size)
+        };
+        match r {
             Ok(b) => reply.data(&b),
             Err(e) => fail!(fs, reply, "read", e),
         }
@@ -539,9 +631,14 @@ impl Filesystem for Shared {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Write);
-        fail!(fs, reply, "write", fs.refuse_change(ino.0, "write"))
+        fail!(
+            fs,
+            reply,
+            "write",
+            fs.refuse_change(self.node(ino), "write")
+        )
     }
 
     fn flush(
@@ -567,7 +664,7 @@ impl Filesystem for Shared {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.handles.lock().remove(fh.0);
+        self.fs.handles.lock().remove(fh.0);
         reply.ok();
     }
 
@@ -585,10 +682,11 @@ impl Filesystem for Shared {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::ReaddirPlus);
-        let r = fs.readdirplus(ino.0, offset, |off, name, attr, ttl| {
-            reply.add(attr.ino, off, name, &ttl, attr, Generation(0))
+        let r = fs.readdirplus(self.node(ino), offset, |off, name, attr, ttl| {
+            let a = self.kernel_attr(*attr);
+            reply.add(a.ino, off, name, &ttl, &a, Generation(0))
         });
         match r {
             Ok(()) => reply.ok(),
@@ -604,10 +702,10 @@ impl Filesystem for Shared {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Readdir);
-        let r = fs.readdir(ino.0, offset, |ino, off, kind, name| {
-            reply.add(INodeNo(ino), off, kind, name)
+        let r = fs.readdir(self.node(ino), offset, |ino, off, kind, name| {
+            reply.add(self.kernel_ino(ino), off, kind, name)
         });
         match r {
             Ok(()) => reply.ok(),
@@ -616,7 +714,7 @@ impl Filesystem for Shared {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::StatFs);
         match fs.statfs() {
             Ok(s) => reply.statfs(
@@ -636,37 +734,42 @@ impl Filesystem for Shared {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::SetXattr);
-        fail!(fs, reply, "setxattr", fs.refuse_change(ino.0, "setxattr"))
+        fail!(
+            fs,
+            reply,
+            "setxattr",
+            fs.refuse_change(self.node(ino), "setxattr")
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::GetXattr);
-        match fs.xattr(ino.0, Some(name)) {
+        match fs.xattr(self.node(ino), Some(name)) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => fail!(fs, reply, "getxattr", e),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::ListXattr);
-        match fs.xattr(ino.0, None) {
+        match fs.xattr(self.node(ino), None) {
             Ok(v) => xattr_reply(reply, &v, size),
             Err(e) => fail!(fs, reply, "listxattr", e),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::RemoveXattr);
         fail!(
             fs,
             reply,
             "removexattr",
-            fs.refuse_change(ino.0, "removexattr")
+            fs.refuse_change(self.node(ino), "removexattr")
         )
     }
 
@@ -700,13 +803,13 @@ impl Filesystem for Shared {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let fs = &self.0;
+        let fs = &self.fs;
         fs.metrics.request(Op::Create);
         fail!(
             fs,
             reply,
             "create",
-            fs.refuse_create(parent.0, name, "create")
+            fs.refuse_create(self.node(parent), name, "create")
         )
     }
 }

@@ -32,8 +32,8 @@ pub struct Images {
 impl Images {
     /// The open image of digest `d`, whose directory is `dir`.
     pub fn get(&self, d: &Digest, dir: &Path) -> Result<Arc<Image>, Error> {
-        if let Some(img) = self.open.lock().get(d) {
-            return Ok(img.clone());
+        if let Some(img) = self.cached(d) {
+            return Ok(img);
         }
         let path = dir.join(ROOTFS_IMAGE);
         let file =
@@ -42,7 +42,13 @@ impl Images {
         Ok(self.open.lock().entry(*d).or_insert(img).clone())
     }
 
-    /// Closes the image of a digest the kernel no longer holds anything of.
+    /// The image of digest `d`, if it is open.
+    pub fn cached(&self, d: &Digest) -> Option<Arc<Image>> {
+        self.open.lock().get(d).cloned()
+    }
+
+    /// Closes the image of a digest the kernel no longer holds anything of, or that left
+    /// the store (a digest still in use reopens it from the trash).
     pub fn close(&self, d: &Digest) {
         self.open.lock().remove(d);
     }
