@@ -240,20 +240,21 @@ pub fn build_tree(root: &Path, big: bool, many: bool) {
     set_mtime(&root.join("sym/rel"), 1_500_000_000, 1);
 }
 
-/// `mkfs.erofs ARGS IMG DIR`.
-pub fn mkfs(img: &Path, dir: &Path, args: &[&str]) {
-    let out = Command::new("mkfs.erofs")
-        .arg("--quiet")
-        .args(args)
-        .arg(img)
-        .arg(dir)
-        .output()
-        .expect("run mkfs.erofs");
+/// Run `cmd`; panics with its stderr, prefixed by `what`, unless it succeeds.
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "mkfs.erofs {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `mkfs.erofs ARGS IMG DIR`.
+pub fn mkfs(img: &Path, dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("mkfs.erofs");
+    cmd.arg("--quiet").args(args).arg(img).arg(dir);
+    run(&mut cmd, &format!("mkfs.erofs {args:?}"));
 }
 
 /// A kernel loop mount, unmounted on drop.
@@ -264,17 +265,9 @@ pub struct Mount {
 impl Mount {
     pub fn new(img: &Path, dir: &Path) -> Mount {
         fs::create_dir_all(dir).expect("mountpoint");
-        let out = Command::new("mount")
-            .args(["-t", "erofs", "-o", "loop,ro"])
-            .arg(img)
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "erofs", "-o", "loop,ro"]).arg(img).arg(dir);
+        run(&mut cmd, "mount");
         Mount {
             dir: dir.to_path_buf(),
         }
@@ -299,6 +292,15 @@ impl Scratch {
         need(needs, test).then(|| Scratch {
             tmp: tempfile::tempdir().expect("tempdir"),
         })
+    }
+
+    /// For tests that make images of the small varied tree but mount none: a
+    /// scratch directory with that tree in `src` (owners and device nodes need
+    /// root), or `None` when `test` cannot run here.
+    pub fn small_tree(test: &str) -> Option<Scratch> {
+        let t = Scratch::new(&[Need::Root, Need::MkfsErofs], test)?;
+        t.tree(false, false);
+        Some(t)
     }
 
     /// `name` in the temporary directory.

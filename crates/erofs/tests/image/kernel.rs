@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use imagefs_erofs::testing::Need;
@@ -51,16 +51,20 @@ pub struct Stats {
     pub xattrs: usize,
 }
 
+/// The kind the kernel shows, from std's file type (not the mode bits the reader decodes).
 fn kind_of(md: &fs::Metadata) -> FileKind {
-    match md.mode() & libc::S_IFMT {
-        libc::S_IFREG => FileKind::Regular,
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFCHR => FileKind::CharDevice,
-        libc::S_IFBLK => FileKind::BlockDevice,
-        libc::S_IFIFO => FileKind::Fifo,
-        _ => FileKind::Socket,
-    }
+    let t = md.file_type();
+    [
+        (t.is_file(), FileKind::Regular),
+        (t.is_dir(), FileKind::Directory),
+        (t.is_symlink(), FileKind::Symlink),
+        (t.is_char_device(), FileKind::CharDevice),
+        (t.is_block_device(), FileKind::BlockDevice),
+        (t.is_fifo(), FileKind::Fifo),
+    ]
+    .into_iter()
+    .find_map(|(is, kind)| is.then_some(kind))
+    .unwrap_or(FileKind::Socket)
 }
 
 fn compare_attrs(img: &Image, nid: Nid, p: &Path, st: &mut Stats) {

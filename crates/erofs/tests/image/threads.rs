@@ -44,11 +44,9 @@ fn all_files(img: &Image, chunk: usize) -> Vec<(Nid, Vec<u8>)> {
 
 #[test]
 fn shared_image_concurrent_reads_agree() {
-    let needs = [Need::Root, Need::MkfsErofs];
-    let Some(t) = Scratch::new(&needs, "shared_image_concurrent_reads_agree") else {
+    let Some(t) = Scratch::small_tree("shared_image_concurrent_reads_agree") else {
         return;
     };
-    t.tree(false, false);
     let p = t.mkfs("img.erofs", &["-zlz4hc", "-C16384"]);
     let img = Arc::new(open(&p));
     let want = all_files(&open(&p), 128 << 10);
@@ -66,11 +64,9 @@ fn shared_image_concurrent_reads_agree() {
 
 #[test]
 fn truncated_underneath_gives_errors() {
-    let needs = [Need::Root, Need::MkfsErofs];
-    let Some(t) = Scratch::new(&needs, "truncated_underneath_gives_errors") else {
+    let Some(t) = Scratch::small_tree("truncated_underneath_gives_errors") else {
         return;
     };
-    t.tree(false, false);
     let p = t.mkfs("img.erofs", &["-zlz4"]);
     let img = open(&p);
     let big = img
