@@ -68,7 +68,7 @@
 //! the pclusters of a request.
 //!
 //! # Feature `testing`
-//! [`testing`]: the skip policy of tests that need root, the kernel's erofs or
+//! Module `testing`: the skip policy of tests that need root, the kernel's erofs or
 //! `mkfs.erofs` (`IMAGEFS_TESTS_STRICT=1` makes them fail instead), and the
 //! walk and mutation targets shared by the mutation test and the fuzz target.
 
