@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use imagefs_erofs::{FileKind, Image, Nid};
+
 use super::{
     EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, lock, lock_for_reading, out, status_of,
 };
-use crate::image::{FileKind, Image, Nid};
 use crate::store::index::Tag;
 use crate::store::journal::{Intent, Journal};
 use crate::store::layout::{self, DirKey};

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{FileAttr, FileType, INodeNo};
+use imagefs_erofs::Nid;
 use log::Level;
 
 use super::ImageFs;
@@ -17,7 +18,6 @@ use super::errno::{Error, Result};
 use super::handles::Handle;
 use super::inodes::NodeKey;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
-use crate::image::Nid;
 use crate::store::{self, DirKey, names};
 
 /// Which part of the tree a node belongs to decides what a change to it gets.
@@ -302,7 +302,7 @@ impl ImageFs {
     }
 
     /// The open image of digest `d`.
-    pub(super) fn image(&self, d: &store::Digest) -> Result<Arc<crate::image::Image>> {
+    pub(super) fn image(&self, d: &store::Digest) -> Result<Arc<imagefs_erofs::Image>> {
         // Every request inside an image asks: no path built once it is open.
         if let Some(img) = self.images.cached(d) {
             return Ok(img);
@@ -379,7 +379,7 @@ impl ImageFs {
                 let i = image
                     .inode(Nid(*nid))
                     .map_err(|e| self.images.error(d, e))?;
-                if i.kind == crate::image::FileKind::Directory {
+                if i.kind == imagefs_erofs::FileKind::Directory {
                     return Err(Error::new(
                         fuser::Errno::EISDIR,
                         Level::Debug,
@@ -461,7 +461,7 @@ impl ImageFs {
     fn read_image(
         &self,
         d: &store::Digest,
-        image: &crate::image::Image,
+        image: &imagefs_erofs::Image,
         nid: Nid,
         offset: u64,
         size: u32,

@@ -13,13 +13,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use fuser::{FileAttr, FileType};
+use imagefs_erofs::Nid;
 use log::Level;
 
 use super::ImageFs;
 use super::errno::{Error, Result};
 use super::inodes::NodeKey;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
-use crate::image::Nid;
 use crate::store::{self, names};
 
 /// One directory entry on its way to a READDIR or READDIRPLUS reply.

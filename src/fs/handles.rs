@@ -5,8 +5,8 @@ use std::fs::File;
 use std::sync::{Arc, Weak};
 
 use fuser::BackingId;
+use imagefs_erofs::{Image, Nid};
 
-use crate::image::{Image, Nid};
 use crate::store::Digest;
 
 pub enum Handle {

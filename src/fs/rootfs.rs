@@ -9,12 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{FileAttr, FileType, INodeNo};
+use imagefs_erofs::{FileKind, Image, ImageError, Inode};
 use log::Level;
 use parking_lot::Mutex;
 
 use super::attr;
 use super::errno::Error;
-use crate::image::{FileKind, Image, ImageError, Inode};
 use crate::store::Digest;
 
 /// The name of the image tree inside a digest directory.
@@ -103,7 +103,7 @@ pub fn attr_of(i: &Inode) -> FileAttr {
 /// The value of xattr `name`, or the NUL-separated list of names (`name` = None).
 pub fn xattr(
     img: &Image,
-    nid: crate::image::Nid,
+    nid: imagefs_erofs::Nid,
     name: Option<&[u8]>,
 ) -> Result<Option<Vec<u8>>, ImageError> {
     let all = img.xattrs(nid)?;

@@ -54,7 +54,7 @@ pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
 /// Copies an existing erofs image after checking that the reader can open it.
 pub fn copy_image(src: &Path, dest: &Path) -> Result<()> {
     let f = std::fs::File::open(src).map_err(|e| ImportError::io(src.display(), e))?;
-    crate::image::Image::open(f).map_err(|e| ImportError::source(src.display(), e.to_string()))?;
+    imagefs_erofs::Image::open(f).map_err(|e| ImportError::source(src.display(), e.to_string()))?;
     std::fs::copy(src, dest).map_err(|e| {
         ImportError::io(
             format!("copying {} to {}", src.display(), dest.display()),

@@ -1,4 +1,6 @@
 //! Test fixtures: a varied source tree, mkfs.erofs, and kernel loop mounts.
+//! Also included by the examples, which use only part of it.
+#![allow(dead_code)]
 
 use std::ffi::{CString, OsStr};
 use std::fs;
@@ -7,20 +9,8 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Whether this machine can run the kernel tests.
-pub fn kernel_available() -> bool {
-    let ok = unsafe { libc::geteuid() } == 0
-        && Command::new("mkfs.erofs").arg("--help").output().is_ok()
-        && fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("erofs"));
-    if !ok {
-        assert!(
-            std::env::var("IMAGEFS_REQUIRE_KERNEL").is_err(),
-            "kernel erofs tests required but root/mkfs.erofs/erofs missing"
-        );
-        eprintln!("SKIP: needs root, mkfs.erofs and kernel erofs");
-    }
-    ok
-}
+use imagefs_erofs::Image;
+use imagefs_erofs::testing::{Need, need};
 
 /// Deterministic xorshift bytes.
 pub fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
@@ -250,20 +240,21 @@ pub fn build_tree(root: &Path, big: bool, many: bool) {
     set_mtime(&root.join("sym/rel"), 1_500_000_000, 1);
 }
 
-/// `mkfs.erofs ARGS IMG DIR`.
-pub fn mkfs(img: &Path, dir: &Path, args: &[&str]) {
-    let out = Command::new("mkfs.erofs")
-        .arg("--quiet")
-        .args(args)
-        .arg(img)
-        .arg(dir)
-        .output()
-        .expect("run mkfs.erofs");
+/// Run `cmd`; panics with its stderr, prefixed by `what`, unless it succeeds.
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     assert!(
         out.status.success(),
-        "mkfs.erofs {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `mkfs.erofs ARGS IMG DIR`.
+pub fn mkfs(img: &Path, dir: &Path, args: &[&str]) {
+    let mut cmd = Command::new("mkfs.erofs");
+    cmd.arg("--quiet").args(args).arg(img).arg(dir);
+    run(&mut cmd, &format!("mkfs.erofs {args:?}"));
 }
 
 /// A kernel loop mount, unmounted on drop.
@@ -274,17 +265,9 @@ pub struct Mount {
 impl Mount {
     pub fn new(img: &Path, dir: &Path) -> Mount {
         fs::create_dir_all(dir).expect("mountpoint");
-        let out = Command::new("mount")
-            .args(["-t", "erofs", "-o", "loop,ro"])
-            .arg(img)
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "erofs", "-o", "loop,ro"]).arg(img).arg(dir);
+        run(&mut cmd, "mount");
         Mount {
             dir: dir.to_path_buf(),
         }
@@ -297,11 +280,55 @@ impl Drop for Mount {
     }
 }
 
-/// Build the tree at `$IMAGEFS_TREE` (manual debugging aid).
-#[test]
-#[ignore]
-fn build_tree_at_env() {
-    if let Ok(p) = std::env::var("IMAGEFS_TREE") {
-        build_tree(Path::new(&p), std::env::var("IMAGEFS_BIG").is_ok(), true);
+/// A test's temporary directory: the source tree in `src`, images and the
+/// mountpoint beside it. Made only when the test can run here.
+pub struct Scratch {
+    tmp: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// `None` (after the skip policy's `SKIP` line) when `test` cannot run here.
+    pub fn new(needs: &[Need], test: &str) -> Option<Scratch> {
+        need(needs, test).then(|| Scratch {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        })
     }
+
+    /// For tests that make images of the small varied tree but mount none: a
+    /// scratch directory with that tree in `src` (owners and device nodes need
+    /// root), or `None` when `test` cannot run here.
+    pub fn small_tree(test: &str) -> Option<Scratch> {
+        let t = Scratch::new(&[Need::Root, Need::MkfsErofs], test)?;
+        t.tree(false, false);
+        Some(t)
+    }
+
+    /// `name` in the temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// The varied tree (see [`build_tree`]) in `src`; returns its path.
+    pub fn tree(&self, big: bool, many: bool) -> PathBuf {
+        let src = self.path("src");
+        build_tree(&src, big, many);
+        src
+    }
+
+    /// `mkfs.erofs ARGS NAME src`; returns the image's path.
+    pub fn mkfs(&self, name: &str, args: &[&str]) -> PathBuf {
+        let img = self.path(name);
+        mkfs(&img, &self.path("src"), args);
+        img
+    }
+
+    /// A kernel mount of `img` at `mnt`.
+    pub fn mount(&self, img: &Path) -> Mount {
+        Mount::new(img, &self.path("mnt"))
+    }
+}
+
+/// Our reader on the image at `p`.
+pub fn open(p: &Path) -> Image {
+    Image::open(fs::File::open(p).expect("open image")).expect("Image::open")
 }

@@ -3,8 +3,10 @@
 use std::fs;
 use std::sync::Arc;
 
-use super::fixture::{build_tree, kernel_available, mkfs};
-use crate::image::{FileKind, Image, ImageError, Nid};
+use imagefs_erofs::testing::Need;
+use imagefs_erofs::{FileKind, Image, ImageError, Nid};
+
+use super::fixture::{Scratch, open};
 
 /// (nid, content) of every regular file, read with 128 KiB reads.
 fn all_files(img: &Image, chunk: usize) -> Vec<(Nid, Vec<u8>)> {
@@ -42,19 +44,12 @@ fn all_files(img: &Image, chunk: usize) -> Vec<(Nid, Vec<u8>)> {
 
 #[test]
 fn shared_image_concurrent_reads_agree() {
-    if !kernel_available() {
+    let Some(t) = Scratch::small_tree("shared_image_concurrent_reads_agree") else {
         return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    build_tree(&src, false, false);
-    let p = tmp.path().join("img.erofs");
-    mkfs(&p, &src, &["-zlz4hc", "-C16384"]);
-    let img = Arc::new(Image::open(fs::File::open(&p).expect("open")).expect("Image"));
-    let want = all_files(
-        &Image::open(fs::File::open(&p).expect("open")).expect("Image"),
-        128 << 10,
-    );
+    };
+    let p = t.mkfs("img.erofs", &["-zlz4hc", "-C16384"]);
+    let img = Arc::new(open(&p));
+    let want = all_files(&open(&p), 128 << 10);
     let threads: Vec<_> = [4096usize, 128 << 10, 10_007, 1 << 20]
         .into_iter()
         .map(|chunk| {
@@ -69,15 +64,11 @@ fn shared_image_concurrent_reads_agree() {
 
 #[test]
 fn truncated_underneath_gives_errors() {
-    if !kernel_available() {
+    let Some(t) = Scratch::small_tree("truncated_underneath_gives_errors") else {
         return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    build_tree(&src, false, false);
-    let p = tmp.path().join("img.erofs");
-    mkfs(&p, &src, &["-zlz4"]);
-    let img = Image::open(fs::File::open(&p).expect("open")).expect("Image");
+    };
+    let p = t.mkfs("img.erofs", &["-zlz4"]);
+    let img = open(&p);
     let big = img
         .lookup(img.root(), b"big")
         .expect("lookup")
@@ -111,22 +102,21 @@ fn truncated_underneath_gives_errors() {
 
 #[test]
 fn superblock_checksum_is_verified_like_the_kernel() {
-    if !kernel_available() {
+    let needs = [Need::Root, Need::MkfsErofs, Need::KernelErofs];
+    let Some(t) = Scratch::new(&needs, "superblock_checksum_is_verified_like_the_kernel") else {
         return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
+    };
+    let src = t.path("src");
     fs::create_dir_all(&src).expect("mkdir");
     fs::write(src.join("f"), b"hello").expect("write");
-    let p = tmp.path().join("img.erofs");
-    mkfs(&p, &src, &[]);
-    Image::open(fs::File::open(&p).expect("open")).expect("valid image opens");
+    let p = t.mkfs("img.erofs", &[]);
+    open(&p);
     let mut bytes = fs::read(&p).expect("read");
     bytes[1024 + 300] ^= 0x40; // unused superblock space, covered by the crc
     fs::write(&p, &bytes).expect("write");
     let r = Image::open(fs::File::open(&p).expect("open"));
     assert!(matches!(r, Err(ImageError::Corrupt(_))), "{r:?}");
-    let mnt = tmp.path().join("mnt");
+    let mnt = t.path("mnt");
     fs::create_dir_all(&mnt).expect("mkdir");
     let st = std::process::Command::new("mount")
         .args(["-t", "erofs", "-o", "loop,ro"])

@@ -4,11 +4,16 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::fixture::{Mount, build_tree, kernel_available, mkfs, random_bytes};
-use crate::image::{FileKind, Image, Nid};
+use imagefs_erofs::testing::Need;
+use imagefs_erofs::{FileKind, Image, Nid};
+
+use super::fixture::{Scratch, open, random_bytes};
+
+/// What a differential test needs: a tree with devices and owners, mkfs, a kernel mount.
+const NEEDS: &[Need] = &[Need::Root, Need::MkfsErofs, Need::KernelErofs];
 
 /// Kernel xattrs of `p` (no follow), sorted by name.
 fn kernel_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -46,16 +51,20 @@ pub struct Stats {
     pub xattrs: usize,
 }
 
+/// The kind the kernel shows, from std's file type (not the mode bits the reader decodes).
 fn kind_of(md: &fs::Metadata) -> FileKind {
-    match md.mode() & libc::S_IFMT {
-        libc::S_IFREG => FileKind::Regular,
-        libc::S_IFDIR => FileKind::Directory,
-        libc::S_IFLNK => FileKind::Symlink,
-        libc::S_IFCHR => FileKind::CharDevice,
-        libc::S_IFBLK => FileKind::BlockDevice,
-        libc::S_IFIFO => FileKind::Fifo,
-        _ => FileKind::Socket,
-    }
+    let t = md.file_type();
+    [
+        (t.is_file(), FileKind::Regular),
+        (t.is_dir(), FileKind::Directory),
+        (t.is_symlink(), FileKind::Symlink),
+        (t.is_char_device(), FileKind::CharDevice),
+        (t.is_block_device(), FileKind::BlockDevice),
+        (t.is_fifo(), FileKind::Fifo),
+    ]
+    .into_iter()
+    .find_map(|(is, kind)| is.then_some(kind))
+    .unwrap_or(FileKind::Socket)
 }
 
 fn compare_attrs(img: &Image, nid: Nid, p: &Path, st: &mut Stats) {
@@ -183,16 +192,13 @@ fn walk(img: &Image, nid: Nid, p: &Path, st: &mut Stats) {
 
 /// Build, mkfs with `args`, mount, and compare everything.
 fn differential(tag: &str, args: &[&str]) {
-    if !kernel_available() {
+    let Some(t) = Scratch::new(NEEDS, &format!("kernel differential {tag}")) else {
         return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    build_tree(&src, true, true);
-    let img_path = tmp.path().join("img.erofs");
-    mkfs(&img_path, &src, args);
-    let mnt = Mount::new(&img_path, &tmp.path().join("mnt"));
-    let img = Image::open(fs::File::open(&img_path).expect("open")).expect("Image::open");
+    };
+    t.tree(true, true);
+    let img_path = t.mkfs("img.erofs", args);
+    let mnt = t.mount(&img_path);
+    let img = open(&img_path);
     let mut st = Stats::default();
     compare_attrs(&img, img.root(), &mnt.dir, &mut st);
     walk(&img, img.root(), &mnt.dir, &mut st);
@@ -336,21 +342,19 @@ fn kernel_chunked() {
 /// Multi-MB extents (lz4hc with 1 MiB pclusters on zeros and text).
 #[test]
 fn kernel_lz4_huge_extents() {
-    if !kernel_available() {
+    let Some(t) = Scratch::new(NEEDS, "kernel_lz4_huge_extents") else {
         return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
+    };
+    let src = t.path("src");
     fs::create_dir_all(&src).expect("mkdir");
     fs::write(src.join("zeros"), vec![0u8; 40 << 20]).expect("write");
     let text: Vec<u8> = (0..3_000_000u32)
         .flat_map(|i| format!("{} ", i % 1000).into_bytes())
         .collect();
     fs::write(src.join("text"), &text).expect("write");
-    let img_path = tmp.path().join("img.erofs");
-    mkfs(&img_path, &src, &["-zlz4hc", "-C1048576"]);
-    let mnt = Mount::new(&img_path, &tmp.path().join("mnt"));
-    let img = Image::open(fs::File::open(&img_path).expect("open")).expect("Image::open");
+    let img_path = t.mkfs("img.erofs", &["-zlz4hc", "-C1048576"]);
+    let mnt = t.mount(&img_path);
+    let img = open(&img_path);
     let mut st = Stats::default();
     walk(&img, img.root(), &mnt.dir, &mut st);
     assert_eq!(st.entries, 2);

@@ -1,15 +1,40 @@
-//! Measurements against the kernel (ignored by default; run with
-//! `cargo test --release --lib bench -- --ignored --nocapture`).
-//! Needs root; uses /usr/share as the tree and /usr/bin + /usr/lib bytes
-//! for the large file.
+//! Measurements of the reader against the kernel's erofs mount, and a read loop
+//! for profiling:
+//!
+//! ```text
+//! cargo run --release -p imagefs-erofs --example bench            # against the kernel
+//! cargo run --release -p imagefs-erofs --example bench -- read-loop IMG
+//! ```
+//!
+//! The comparison needs root, `mkfs.erofs` and kernel erofs; it uses
+//! `/usr/share` (or `$IMAGEFS_BENCH_TREE`) as the tree and `$IMAGEFS_BENCH_MB`
+//! (default 256) MiB of /usr/bin + /usr/lib bytes for the large file.
+//! `read-loop` reads `/big` of image IMG five times (profiling aid).
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use super::fixture::{Mount, kernel_available, mkfs};
-use crate::image::{FileKind, Image, Nid};
+use imagefs_erofs::testing::{Need, need};
+use imagefs_erofs::{FileKind, Image, Nid};
+
+#[path = "../tests/image/fixture.rs"]
+mod fixture;
+
+use fixture::{Mount, mkfs, open};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => bench_against_kernel(),
+        [cmd, img] if cmd == "read-loop" => read_loop_for_profiling(Path::new(img)),
+        _ => {
+            eprintln!("usage: bench [read-loop IMG]");
+            std::process::exit(2);
+        }
+    }
+}
 
 fn drop_caches() {
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
@@ -128,10 +153,11 @@ fn time<T>(f: impl FnOnce() -> T) -> (T, f64) {
     (r, t.elapsed().as_secs_f64())
 }
 
-#[test]
-#[ignore]
 fn bench_against_kernel() {
-    if !kernel_available() {
+    if !need(
+        &[Need::Root, Need::MkfsErofs, Need::KernelErofs],
+        "bench against the kernel",
+    ) {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -164,7 +190,7 @@ fn bench_against_kernel() {
         if round == "cold" {
             drop_caches();
         }
-        let img = Image::open(fs::File::open(&big_img).expect("open")).expect("Image");
+        let img = open(&big_img);
         let nid = img
             .lookup(img.root(), b"big")
             .expect("lookup")
@@ -187,7 +213,7 @@ fn bench_against_kernel() {
     }
     round_trip_cat(&kfile);
     {
-        let img = Image::open(fs::File::open(&big_img).expect("open")).expect("Image");
+        let img = open(&big_img);
         let nid = img
             .lookup(img.root(), b"big")
             .expect("lookup")
@@ -206,7 +232,7 @@ fn bench_against_kernel() {
         if round == "cold" {
             drop_caches();
         }
-        let img = Image::open(fs::File::open(&tree_img).expect("open")).expect("Image");
+        let img = open(&tree_img);
         let (no, to) = time(|| ours_walk(&img));
         assert_eq!(nk, no);
         eprintln!(
@@ -230,14 +256,9 @@ fn round_trip_cat(p: &Path) {
     );
 }
 
-/// Read `/big` of `$IMAGEFS_IMG` five times (profiling aid).
-#[test]
-#[ignore]
-fn read_loop_for_profiling() {
-    let Ok(p) = std::env::var("IMAGEFS_IMG") else {
-        return;
-    };
-    let img = Image::open(fs::File::open(p).expect("open")).expect("Image");
+/// Read `/big` of image `p` five times (profiling aid).
+fn read_loop_for_profiling(p: &Path) {
+    let img = open(p);
     let nid = img
         .lookup(img.root(), b"big")
         .expect("lookup")

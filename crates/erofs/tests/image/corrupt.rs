@@ -1,15 +1,15 @@
 //! Mutation test: corrupted and truncated images must give errors, never
 //! panics, hangs or unbounded allocations. Bounded in time.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
-use super::fixture::{build_tree, kernel_available, mkfs};
-use crate::image::inode::{Layout, inode_pos};
-use crate::image::{FileKind, Image};
+use imagefs_erofs::Image;
+use imagefs_erofs::testing::{mutation_targets, walk_all};
+
+use super::fixture::Scratch;
 
 struct Rng(u64);
 
@@ -34,98 +34,17 @@ fn memfile(bytes: &[u8]) -> File {
     f
 }
 
-/// Visit everything reachable, ignoring errors; returns (inodes, bytes) seen.
-fn walk_all(img: &Image, budget: &mut u64) -> (usize, u64, usize) {
-    let mut errors = 0usize;
-    let mut seen = HashSet::new();
-    let mut stack = vec![img.root()];
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 128 * 1024];
-    while let Some(nid) = stack.pop() {
-        if !seen.insert(nid) || *budget == 0 {
-            continue;
-        }
-        *budget -= 1;
-        let Ok(ino) = img.inode(nid) else {
-            errors += 1;
-            continue;
-        };
-        errors += usize::from(img.xattrs(nid).is_err());
-        match ino.kind {
-            FileKind::Directory => {
-                let mut names = Vec::new();
-                let r = img.readdir(nid, 0, |e| {
-                    names.push((e.name.to_vec(), e.nid, e.offset));
-                    names.len() < 20_000
-                });
-                errors += usize::from(r.is_err());
-                for (name, child, off) in names {
-                    let _ = img.lookup(nid, &name);
-                    if off % 5 == 0 {
-                        let _ = img.readdir(nid, off, |_| false);
-                    }
-                    stack.push(child);
-                }
-            }
-            FileKind::Regular => {
-                let mut off = 0u64;
-                while off < ino.size.min(1 << 20) {
-                    match img.read(nid, off, &mut buf) {
-                        Ok(0) => break,
-                        Err(_) => {
-                            errors += 1;
-                            break;
-                        }
-                        Ok(n) => {
-                            bytes += n as u64;
-                            off += n as u64;
-                        }
-                    }
-                }
-                let _ = img.read(nid, ino.size / 3, &mut buf[..5000]);
-            }
-            FileKind::Symlink => {
-                let _ = img.readlink(nid);
-            }
-            _ => {}
-        }
-    }
-    (seen.len(), bytes, errors)
-}
-
-/// Byte ranges worth mutating: superblock, and every inode's neighbourhood.
-fn interesting(img: &Image, len: usize) -> Vec<(u64, u64)> {
-    let mut v = vec![(1024u64, 128u64)];
-    let mut stack = vec![img.root()];
-    let mut seen = HashSet::new();
-    while let Some(nid) = stack.pop() {
-        if !seen.insert(nid) || seen.len() > 400 {
-            continue;
-        }
-        if let Ok(pos) = inode_pos(&img.sb, nid) {
-            v.push((pos, 512));
-        }
-        if let Ok(info) = img.info(nid)
-            && info.attr.kind == FileKind::Directory
-            && let Layout::Plain { start: Some(s) } | Layout::Inline { start: s } = info.layout
-        {
-            v.push((s, 4096));
-        }
-        let _ = img.readdir(nid, 0, |e| {
-            stack.push(e.nid);
-            stack.len() < 400
-        });
-    }
-    v.retain(|&(p, _)| p < len as u64);
-    v
-}
-
 fn fuzz_image(base: &[u8], seed: u64, deadline: Instant, min_iters: usize) -> usize {
     let clean = Image::open(memfile(base)).expect("clean image opens");
     let mut budget = u64::MAX;
-    let (n, _, e) = walk_all(&clean, &mut budget);
-    assert!(n > 10 && e == 0, "clean image: {n} inodes, {e} errors");
-    let targets = interesting(&clean, base.len());
+    let w = walk_all(&clean, &mut budget);
+    assert!(
+        w.inodes > 10 && w.errors == 0,
+        "clean image: {} inodes, {} errors",
+        w.inodes,
+        w.errors
+    );
+    let targets = mutation_targets(&clean, base.len());
     let mut rng = Rng(seed);
     let mut iters = 0;
     let mut opened = 0;
@@ -162,7 +81,7 @@ fn fuzz_image(base: &[u8], seed: u64, deadline: Instant, min_iters: usize) -> us
         let result = std::panic::catch_unwind(|| {
             if let Ok(image) = Image::open(memfile(&img)) {
                 let mut budget = 3000;
-                Some(walk_all(&image, &mut budget).2)
+                Some(walk_all(&image, &mut budget).errors)
             } else {
                 None
             }
@@ -195,12 +114,9 @@ fn fuzz_image(base: &[u8], seed: u64, deadline: Instant, min_iters: usize) -> us
 
 #[test]
 fn corrupted_images_never_panic() {
-    if !kernel_available() {
+    let Some(t) = Scratch::small_tree("corrupted_images_never_panic") else {
         return;
-    }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let src = tmp.path().join("src");
-    build_tree(&src, false, false);
+    };
     let budget: u64 = std::env::var("IMAGEFS_FUZZ_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -220,8 +136,7 @@ fn corrupted_images_never_panic() {
     let per = Duration::from_secs(budget) / variants.len() as u32;
     let mut total = 0;
     for (i, args) in variants.iter().enumerate() {
-        let p = tmp.path().join(format!("v{i}.erofs"));
-        mkfs(&p, &src, args);
+        let p = t.mkfs(&format!("v{i}.erofs"), args);
         let base = std::fs::read(&p).expect("read image");
         total += fuzz_image(
             &base,

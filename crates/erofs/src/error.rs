@@ -1,10 +1,10 @@
-//! Error type of the image module.
+//! Error type of the reader.
 //!
 //! Every failure caused by the image's bytes is [`ImageError::Corrupt`] (the
 //! FUSE layer answers `EIO`); [`ImageError::Unsupported`] is a valid image
 //! using a feature this reader does not implement (also `EIO`).
 
-/// Errors returned by [`crate::image::Image`].
+/// Errors returned by [`crate::Image`].
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// Reading the backing file failed.

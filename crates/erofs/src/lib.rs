@@ -1,9 +1,20 @@
-//! Read-only access to erofs images for the FUSE layer (`rootfs/`).
+//! imagefs-erofs: a read-only reader of erofs images, written for imagefs's
+//! `rootfs/` trees (the FUSE layer serves an image's files straight from it).
 //!
-//! This is our own reader of the erofs on-disk format (see `DESIGN.md`
-//! section 2: the kernel's erofs driver is the reference). It reads the
-//! image with `pread` only — never `mmap` — so an image truncated or
-//! rewritten underneath a mount gives `EIO`, never `SIGBUS`.
+//! This is our own reader of the erofs on-disk format; the kernel's erofs
+//! driver (`fs/erofs`) is the reference, and the tests compare this reader
+//! with a kernel mount of the same image entry by entry.
+//!
+//! # Rules
+//! * **pread only, never mmap**: the image is read with positional reads, so
+//!   an image truncated or rewritten underneath a reader gives an error
+//!   (`EIO`), never `SIGBUS`.
+//! * **Bounded caches**: every cache is per image and bounded (below); no
+//!   input makes memory grow without bound.
+//! * **Every offset and length from the image is checked; errors, never
+//!   panics**: bytes of a corrupt, truncated or hostile image give
+//!   [`ImageError::Corrupt`], never a panic, an unbounded loop or an
+//!   unbounded allocation. There is no `unsafe` code in this crate.
 //!
 //! # Supported format
 //! Superblock (block sizes 512 B..64 KiB; crc32c verified when flagged, as
@@ -12,17 +23,23 @@
 //! directories, xattrs (inline, shared, short and long name prefixes), LZ4
 //! compressed files with legacy and compact (4B/2B) indexes, big
 //! pclusters, 0-padding, HEAD2, uncompressed (shifted and interlaced)
-//! pclusters, and tail-packed inline pclusters (ztailpacking). Rejected
-//! with [`ImageError::Unsupported`]: fragments/dedupe (feature 0x20),
-//! 48-bit layout, metabox, extra devices, algorithms other than LZ4 (LZMA,
-//! DEFLATE, Zstandard).
+//! pclusters, and tail-packed inline pclusters (ztailpacking).
+//!
+//! # Refused
+//! Rejected with [`ImageError::Unsupported`]: fragments/dedupe (feature
+//! 0x20), 48-bit layout, metabox, extra devices, algorithms other than LZ4
+//! (LZMA, DEFLATE, Zstandard).
 //!
 //! # API contract
 //! * [`Image`] is `Send + Sync`; share it with `Arc`. All methods take `&self`.
 //! * [`Image::inode`] returns attributes exactly as the kernel shows them;
-//!   `ino` is the nid (the kernel's `st_ino`), so hard links share it. Nids
-//!   are < 2^51, so the FUSE layer can put an image number in the top bits
-//!   when several images share one mount.
+//!   `ino` is the nid (the kernel's `st_ino`), so hard links share it. An
+//!   inode is found only if its position in the image is below 2^56, so a
+//!   nid whose inode loads is below 2^51; nids that [`Image::readdir`] and
+//!   [`Image::lookup`] return are taken from directory entries and are
+//!   checked only when their inode is loaded. A caller that puts its own
+//!   bits above the nid (imagefs numbers several images' inodes in one
+//!   mount) must check the nid fits.
 //! * [`Image::lookup`] costs O(log n) block reads; names the FUSE layer
 //!   must never serve (`.`, `..`, empty, containing `/` or NUL) are never
 //!   found.
@@ -31,19 +48,31 @@
 //!   warning. Offsets are opaque and resumable; every offset handed out
 //!   is at least 12, so 0 means "start" and 1 and 2 are free for the FUSE
 //!   layer's `.` and `..`.
-//! * [`Image::read`] fills the whole buffer unless EOF comes first. Only
-//!   pclusters overlapping the request are decoded; each is decoded whole
-//!   (its extent, bounded by mkfs to a few MiB) and cached, so sequential
-//!   reads decode every pcluster once.
+//! * [`Image::read`] fills the whole buffer unless EOF comes first. Flat and
+//!   chunked data is read straight into the buffer. Of compressed data, only
+//!   pclusters overlapping the request are decoded: LZ4 extents the request
+//!   covers whole are decoded straight into the buffer (adjacent pclusters
+//!   read with one `pread`), and an extent only partly covered is decoded
+//!   whole (bounded by mkfs to a few MiB) into the extent cache, so reads
+//!   that split it decode it once.
 //! * Every error caused by image bytes is [`ImageError::Corrupt`] (map with
-//!   [`ImageError::errno`]); no input can make this module panic, loop
+//!   [`ImageError::errno`]); no input can make this crate panic, loop
 //!   without bound, or allocate more than a bounded amount (records <= 32
 //!   MiB, extents <= 16 MiB).
 //!
 //! # Caches (per image, bounded)
 //! Raw 32 KiB windows of the image (~8 MiB: metadata and pclusters), parsed
 //! inodes (~4096), compression headers (~1024), decoded extents (~8 MiB).
-//! Each is a two-generation LRU, so the bound is at most twice these.
+//! Each is a two-generation LRU, so the bound is at most twice these. Besides,
+//! each thread that reads compressed data keeps one buffer of at most 4 MiB for
+//! the pclusters of a request.
+//!
+//! # Feature `testing`
+//! Module `testing`: the skip policy of tests that need root, the kernel's erofs or
+//! `mkfs.erofs` (`IMAGEFS_TESTS_STRICT=1` makes them fail instead), and the
+//! walk and mutation targets shared by the mutation test and the fuzz target.
+
+#![forbid(unsafe_code)]
 
 mod bytes;
 mod cache;
@@ -58,8 +87,8 @@ mod xattr;
 mod zindex;
 mod zmap;
 
-#[cfg(test)]
-mod tests;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fs::File;
 use std::sync::{Arc, OnceLock};
