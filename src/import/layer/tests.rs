@@ -320,6 +320,7 @@ fn truncated_and_garbage_archives_are_errors() {
 }
 
 #[test]
+#[allow(unsafe_code)] // lgetxattr: neither std nor nix wraps it.
 fn pax_xattrs_and_ids() {
     let (_d, t) = new_tree();
     let mut b = tar::Builder::new(Vec::new());
