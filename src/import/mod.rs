@@ -414,27 +414,28 @@ mod tests {
 
     #[test]
     fn references() {
-        let ok = |r: &str, repo: &str, tag: &str| {
+        for (r, repo, tag) in [
+            ("alpine", "alpine", "latest"),
+            ("alpine:3.20", "alpine", "3.20"),
+            (
+                "docker.io/library/alpine:latest",
+                "docker.io/library/alpine",
+                "latest",
+            ),
+            ("localhost:5000/a/b", "localhost:5000/a/b", "latest"),
+            ("localhost:5000/a/b:v1", "localhost:5000/a/b", "v1"),
+            (
+                "reg.example.com/x_y/z:_T-1.",
+                "reg.example.com/x_y/z",
+                "_T-1.",
+            ),
+        ] {
             assert_eq!(
                 parse_reference(r),
                 Ok((repo.to_string(), tag.to_string())),
                 "{r}"
             );
-        };
-        ok("alpine", "alpine", "latest");
-        ok("alpine:3.20", "alpine", "3.20");
-        ok(
-            "docker.io/library/alpine:latest",
-            "docker.io/library/alpine",
-            "latest",
-        );
-        ok("localhost:5000/a/b", "localhost:5000/a/b", "latest");
-        ok("localhost:5000/a/b:v1", "localhost:5000/a/b", "v1");
-        ok(
-            "reg.example.com/x_y/z:_T-1.",
-            "reg.example.com/x_y/z",
-            "_T-1.",
-        );
+        }
         for bad in [
             "",
             ":x",
