@@ -7,6 +7,8 @@
 - `mounter`: factory mounter(store_root, mnt=None, **opts) -> Mount; every mount is unmounted in
              teardown (fusermount3 -u, umount -l, then kill), even when the test fails, and the
              daemon's log tail is attached to the report of a failing test.
+- prerequisites (root, /dev/fuse, mkfs.erofs, fusermount3, setpriv): without them every test fails
+  under IMAGEFS_TESTS_STRICT=1 (CI) and is skipped with the reason otherwise.
 - a watchdog per test: if a test runs longer than IMAGEFS_TEST_TIMEOUT (default 120 s; slow tests get
   more) the daemons are killed with SIGKILL, which aborts the FUSE connection so a hung syscall returns.
 """
@@ -27,7 +29,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import (  # noqa: E402
-    ImageCache, Mount, Store, force_unmount, fuse_mounts_under, imagefs_bin, make_workdir,
+    ImageCache, Mount, Store, force_unmount, fuse_mounts_under, imagefs_bin, make_workdir, require,
 )
 
 # One directory per test session, so that concurrent runs (another engineer's, CI's) never see, nor
@@ -40,18 +42,32 @@ BASE.mkdir(parents=True, exist_ok=True)
 os.chmod(BASE, 0o755)
 
 
+# Why the mount tests cannot run here ("" when they can): each test then fails under
+# IMAGEFS_TESTS_STRICT=1 and is skipped with this reason otherwise (helpers.require).
+MISSING = ""
+
+
 def pytest_configure(config):
-    missing = [t for t in ("mkfs.erofs", "fusermount3", "setpriv") if shutil.which(t) is None]
+    global MISSING
+    tools = ("mkfs.erofs", "fusermount3", "setpriv")
+    missing = [t for t in tools if shutil.which(t) is None]
+    problems = []
     if missing:
         r = subprocess.run(["apt-get", "install", "-y", "erofs-utils", "fuse3", "util-linux"],
                            capture_output=True, text=True)
-        missing = [t for t in ("mkfs.erofs", "fusermount3", "setpriv") if shutil.which(t) is None]
+        missing = [t for t in tools if shutil.which(t) is None]
         if missing:
-            pytest.exit(f"missing tools {missing}; apt-get said: {r.stderr[-500:]}", returncode=3)
+            problems.append(f"missing tools {missing}; apt-get said: {r.stderr[-500:]}")
     if not os.path.exists("/dev/fuse"):
-        pytest.exit("/dev/fuse is missing", returncode=3)
+        problems.append("/dev/fuse is missing")
     if os.geteuid() != 0:
-        pytest.exit("the mount tests run as root (they chown store dirs and use setpriv)", returncode=3)
+        problems.append("not root: the mount tests need root (they mount, chown store dirs and use setpriv)")
+    MISSING = "; ".join(problems)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prerequisites():
+    require(not MISSING, MISSING)
 
 
 def pytest_report_header(config):

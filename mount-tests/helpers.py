@@ -1,6 +1,10 @@
 """Shared helpers for the imagefs mount tests.
 
 Nothing in here knows about pytest fixtures; conftest.py wires these into fixtures.
+
+Missing prerequisites (root, /dev/fuse, mkfs.erofs, the kernel's erofs mount, a tool a test runs) go
+through `require`: the test FAILS with IMAGEFS_TESTS_STRICT=1 (CI) and is skipped with the reason
+otherwise; never a silent pass.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -27,6 +33,19 @@ TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 NOT_READY = ("pending", "pulling", "converting")
 COLLECTABLE = ("ready", "failed")
 STORE_SPECIAL = ("content", "repositories", ".imagefs")
+
+
+STRICT = os.environ.get("IMAGEFS_TESTS_STRICT") == "1"
+
+
+def require(ok, reason: str) -> None:
+    """The one policy for a missing prerequisite: unless ok, the test fails under
+    IMAGEFS_TESTS_STRICT=1 and is skipped with the reason otherwise."""
+    if ok:
+        return
+    if STRICT:
+        pytest.fail(f"{reason} (IMAGEFS_TESTS_STRICT=1: a missing prerequisite fails)", pytrace=False)
+    pytest.skip(reason)
 
 
 def imagefs_bin() -> Path:
@@ -50,6 +69,15 @@ def sh(*args, check=False, timeout=60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=check, **kw)
 
 
+def read_at(dfd: int, name, size: int) -> bytes:
+    """Up to size bytes of the file name in the directory open as dfd (one read)."""
+    f = os.open(name, os.O_RDONLY, dir_fd=dfd)
+    try:
+        return os.read(f, size)
+    finally:
+        os.close(f)
+
+
 def expect_errno(code: int, fn, *a, **kw):
     try:
         fn(*a, **kw)
@@ -60,6 +88,28 @@ def expect_errno(code: int, fn, *a, **kw):
         )
         return e
     raise AssertionError(f"{getattr(fn, '__name__', fn)}{a}: expected {errno.errorcode[code]}, but it succeeded")
+
+
+def refusals(cases, want: int, *, unchanged: Path | None = None) -> list[str]:
+    """Runs each case (desc, fn) or (desc, fn, errno), which must fail with `want` (or the case's own
+    errno); an fd a case returns is closed. Returns a line per case that did not: it succeeded, or
+    failed with another errno, or (with `unchanged`) changed the snapshot of that directory."""
+    failures = []
+    for desc, fn, *own in cases:
+        code = own[0] if own else want
+        before = snapshot(unchanged) if unchanged is not None else None
+        try:
+            r = fn()
+            if isinstance(r, int):
+                os.close(r)
+            failures.append(f"{desc}: succeeded, expected {errno.errorcode[code]}")
+        except OSError as e:
+            if e.errno != code:
+                failures.append(f"{desc}: got {errno.errorcode.get(e.errno, e.errno)} ({e}), "
+                                f"expected {errno.errorcode[code]}")
+        if unchanged is not None and snapshot(unchanged) != before:
+            failures.append(f"{desc}: changed the store")
+    return failures
 
 
 # ---------------------------------------------------------------- renameat2
@@ -164,6 +214,15 @@ class Store:
             os.chmod(d / fname, 0o644)
         self.status[hx] = status
         return hx
+
+    def add_tagged(self, prefix: str, repo: str, n: int, *, tag_prefix="v") -> list[str]:
+        """n content digests (keys PREFIX-0 ...), the i-th tagged REPO:<tag_prefix>i; their hexes."""
+        hexes = []
+        for i in range(n):
+            hx = self.add_digest(f"{prefix}-{i}")
+            self.tag(repo, f"{tag_prefix}{i}", hx)
+            hexes.append(hx)
+        return hexes
 
     def content_dir(self, hx) -> Path:
         return self.root / "content" / hx
@@ -403,16 +462,18 @@ def _unescape(s: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 
 
-def mounts_at(path) -> list[str]:
-    """fstypes of every mount whose mountpoint is exactly path."""
-    path = os.path.realpath(str(path))
-    out = []
+def _mountinfo():
+    """(mountpoint, fstype) of every mount, from /proc/self/mountinfo."""
     with open("/proc/self/mountinfo") as f:
         for line in f:
             left, right = line.split(" - ", 1)
-            if _unescape(left.split()[4]) == path:
-                out.append(right.split()[0])
-    return out
+            yield _unescape(left.split()[4]), right.split()[0]
+
+
+def mounts_at(path) -> list[str]:
+    """fstypes of every mount whose mountpoint is exactly path."""
+    path = os.path.realpath(str(path))
+    return [fstype for mp, fstype in _mountinfo() if mp == path]
 
 
 def is_fuse_mounted(path) -> bool:
@@ -421,14 +482,8 @@ def is_fuse_mounted(path) -> bool:
 
 def fuse_mounts_under(prefix) -> list[str]:
     prefix = os.path.realpath(str(prefix))
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, right = line.split(" - ", 1)
-            mp = _unescape(left.split()[4])
-            if right.split()[0].startswith("fuse") and (mp == prefix or mp.startswith(prefix + "/")):
-                out.append(mp)
-    return out
+    return [mp for mp, fstype in _mountinfo()
+            if fstype.startswith("fuse") and (mp == prefix or mp.startswith(prefix + "/"))]
 
 
 def force_unmount(path):

@@ -18,12 +18,14 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import stat
 import subprocess
 import time
 from pathlib import Path
 
+from helpers import mounts_at, require, trash_entries
 from helpers import sha256_file as sha256_bytes_of  # noqa: F401 (re-exported to the tests)
 
 # mkfs.erofs 1.5 variants: the three of the brief, plus two layouts the kernel also reads
@@ -218,7 +220,7 @@ def build_varied_tree(root: Path, seed: int = 1234) -> None:
 
 def build_busybox_tree(root: Path, *, hostname=b"imagefs-busybox\n", extra: dict | None = None) -> None:
     bb = shutil.which("busybox")
-    assert bb, "busybox (busybox-static) is required"
+    require(bb, "busybox (busybox-static) is not installed")
     r = run("file", "-L", bb, check=False)
     assert b"statically linked" in r.stdout or r.returncode != 0, f"{bb} is not static: {r.stdout!r}"
     root = Path(root)
@@ -297,33 +299,43 @@ def tag_store(store_root: Path, repo: str, tag: str, hx: str) -> Path:
 
 
 # ------------------------------------------------------------------ kernel mounts
-def _mounted_at(path) -> bool:
-    path = os.path.realpath(str(path))
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            mp = line.split(" - ", 1)[0].split()[4]
-            mp = mp.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-            if mp == path:
-                return True
-    return False
-
-
 def kernel_umount(d) -> None:
     for args in (["umount", str(d)], ["umount", "-l", str(d)]):
-        if not _mounted_at(d):
+        if not mounts_at(d):
             return
         subprocess.run(args, capture_output=True, timeout=60)
-    assert not _mounted_at(d), f"could not unmount the kernel erofs mount at {d}"
+    assert not mounts_at(d), f"could not unmount the kernel erofs mount at {d}"
 
 
 @contextlib.contextmanager
 def kernel_mount(img: Path, d: Path):
     Path(d).mkdir(parents=True, exist_ok=True)
-    run("mount", "-t", "erofs", "-o", "loop,ro", img, d, timeout=60)
+    r = run("mount", "-t", "erofs", "-o", "loop,ro", img, d, timeout=60, check=False)
+    require(r.returncode == 0, f"the kernel's erofs mount (the oracle) is not available: mount -t erofs -o "
+            f"loop,ro {img} exited {r.returncode}: {r.stderr[-500:]!r}")
     try:
         yield Path(d)
     finally:
         kernel_umount(d)
+
+
+# ------------------------------------------------------------------ releasing an image
+def drop_caches() -> None:
+    """Drops the kernel's dentry and inode caches, which hold an unused image tree's inodes."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+
+
+def trash_released(root: Path) -> bool:
+    """Drops the kernel's caches, then: is STORE/.imagefs/trash empty (every collected image freed)?"""
+    drop_caches()
+    return not trash_entries(root)
+
+
+def release_lines(m, hx: str) -> list[str]:
+    """The daemon's log lines saying it released image hx (they may name it by a 12-hex-digit prefix,
+    as the trash entry does)."""
+    return [ln for ln in m.log_text().splitlines() if hx[:12] in ln and re.search(r"releas|freed", ln, re.I)]
 
 
 # ------------------------------------------------------------------ the differential walk

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import expect_errno, sh, snapshot, sha256_file, scan_store
+from helpers import expect_errno, read_at, refusals, sh, snapshot, sha256_file, scan_store
 from world import build_world
 
 LAYOUTS = ["content", "legacy"]
@@ -70,19 +70,7 @@ def erofs_cases(w, mnt):
 
 def test_erofs_under_digests(wm):
     w, mnt = wm
-    failures = []
-    for desc, fn in erofs_cases(w, mnt):
-        before = snapshot(w.root)
-        try:
-            r = fn()
-            if isinstance(r, int):
-                os.close(r)
-            failures.append(f"{desc}: succeeded, expected EROFS")
-        except OSError as e:
-            if e.errno != errno.EROFS:
-                failures.append(f"{desc}: got {errno.errorcode.get(e.errno)} ({e}), expected EROFS")
-        if snapshot(w.root) != before:
-            failures.append(f"{desc}: changed the store")
+    failures = refusals(erofs_cases(w, mnt), errno.EROFS, unchanged=w.root)
     assert not failures, "\n".join(failures)
 
 
@@ -127,19 +115,7 @@ def eperm_cases(w, mnt):
 
 def test_eperm_in_tags(wm):
     w, mnt = wm
-    failures = []
-    for desc, fn in eperm_cases(w, mnt):
-        before = snapshot(w.root)
-        try:
-            r = fn()
-            if isinstance(r, int):
-                os.close(r)
-            failures.append(f"{desc}: succeeded, expected EPERM")
-        except OSError as e:
-            if e.errno != errno.EPERM:
-                failures.append(f"{desc}: got {errno.errorcode.get(e.errno)} ({e}), expected EPERM")
-        if snapshot(w.root) != before:
-            failures.append(f"{desc}: changed the store")
+    failures = refusals(eperm_cases(w, mnt), errno.EPERM, unchanged=w.root)
     assert not failures, "\n".join(failures)
 
 
@@ -271,7 +247,7 @@ def test_open_image_survives_last_untag(store, mounter, layout):
             ("fstat of the open image fd", lambda: os.fstat(fd).st_size == len(data)),
             ("fstat of the open dir fd", lambda: stat.S_ISDIR(os.fstat(dfd).st_mode)),
             ("readdir of the open dir fd", lambda: {"metadata.json", "rootfs", "rootfs.erofs"} <= set(os.listdir(dfd))),
-            ("openat(dirfd, metadata.json)", lambda: b'"status"' in _read_at(dfd, "metadata.json")),
+            ("openat(dirfd, metadata.json)", lambda: b'"status"' in read_at(dfd, "metadata.json", 1 << 16)),
             ("fchdir into the open dir", lambda: os.fchdir(dfd) or True),
             ("stat rootfs.erofs relative to cwd", lambda: os.stat("rootfs.erofs").st_size == len(data)),
             ("listdir of cwd", lambda: "metadata.json" in os.listdir(".")),
@@ -304,14 +280,6 @@ def test_open_image_survives_last_untag(store, mounter, layout):
     while time.monotonic() < deadline and trash.exists() and os.listdir(trash):
         time.sleep(0.1)
     assert not trash.exists() or not os.listdir(trash), f"trash still holds {os.listdir(trash)}"
-
-
-def _read_at(dfd, name):
-    f = os.open(name, os.O_RDONLY, dir_fd=dfd)
-    try:
-        return os.read(f, 1 << 16)
-    finally:
-        os.close(f)
 
 
 # ------------------------------------------------------------------ read-type operations everywhere

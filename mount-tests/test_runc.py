@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import pid_alive
-from rootfs_tree import StoreRoot, add_image, build_busybox_tree, mkfs, wait_until
+from helpers import pid_alive, require
+from rootfs_tree import StoreRoot, add_image, build_busybox_tree, mkfs, release_lines, trash_released, wait_until
 
 HOSTNAME = b"imagefs-runc\n"
 
@@ -24,8 +23,7 @@ HOSTNAME = b"imagefs-runc\n"
 def _ensure_tools():
     if shutil.which("runc") is None or shutil.which("busybox") is None:
         subprocess.run(["apt-get", "install", "-y", "runc", "busybox-static"], capture_output=True, timeout=600)
-    if shutil.which("runc") is None or shutil.which("busybox") is None:
-        pytest.skip("runc / busybox-static not installable")
+    require(shutil.which("runc") and shutil.which("busybox"), "runc / busybox-static not installable")
 
 
 def runc(*args, timeout=60, **kw) -> subprocess.CompletedProcess:
@@ -167,7 +165,7 @@ def test_running_container_survives_last_untag(busybox_image, containers, workdi
             problems.append(f"nsenter into the container, {' '.join(args)}: exit {e.returncode}, "
                             f"stdout {e.stdout[:200]!r}, stderr {e.stderr[:300]!r}")
     assert not problems, "the running container was yanked when its image's last tag went:\n" + "\n".join(problems)
-    assert not [ln for ln in m.log_text().splitlines() if hx[:12] in ln and re.search(r"releas|freed", ln, re.I)], \
+    assert not release_lines(m, hx), \
         "released while the container still runs"
 
     # stop it: the image's space is released
@@ -178,12 +176,7 @@ def test_running_container_survives_last_untag(busybox_image, containers, workdi
     assert r.returncode == 0, r.stderr
     assert cid not in runc_ids()
     trash = root / ".imagefs" / "trash"
-
-    def released():
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("2\n")
-        return not trash.exists() or not os.listdir(trash)
-    assert wait_until(released, 5, 0.2), f"trash still holds {os.listdir(trash)} after the container went"
-    lines = [ln for ln in m.log_text().splitlines() if hx[:12] in ln and re.search(r"releas|freed", ln, re.I)]
-    assert lines, f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"
+    assert wait_until(lambda: trash_released(root), 5, 0.2), \
+        f"trash still holds {os.listdir(trash)} after the container went"
+    assert release_lines(m, hx), f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"
     assert pid_alive(m.daemon_pid)

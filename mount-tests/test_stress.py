@@ -73,11 +73,7 @@ def test_gc_races_tag_creation(store, mounter):
     import time
     from helpers import check_invariants, scan_store
     n = int(os.environ.get("IMAGEFS_RACE_ITERATIONS", "60"))
-    hexes = []
-    for i in range(n):
-        hx = store.add_digest(f"race-{i}")
-        store.tag("docker.io/library/race", f"x{i}", hx)
-        hexes.append(hx)
+    hexes = store.add_tagged("race", "docker.io/library/race", n, tag_prefix="x")
     m = mounter(store)
     repo = m.mnt / "tags/docker.io/library/race"
     outcomes, problems = {}, []

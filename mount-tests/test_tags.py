@@ -643,11 +643,7 @@ def test_collected_digest_leaves_digests_at_once(store, mounter):
     """Repeated: a digest the kernel has cached (dentry + attrs, long TTL) must be gone from digests/
     when the rm of its last tag returns, not a moment later."""
     n = 20
-    hexes = []
-    for i in range(n):
-        hx = store.add_digest(f"inval-{i}")
-        store.tag("docker.io/library/inval", f"v{i}", hx)
-        hexes.append(hx)
+    hexes = store.add_tagged("inval", "docker.io/library/inval", n)
     mnt = mounter(store).mnt
     stale = []
     for i, hx in enumerate(hexes):
@@ -682,11 +678,7 @@ def test_other_writer_tag_races_gc(store, mounter):
     import threading
     from helpers import flock_store
     n = 30
-    hexes = []
-    for i in range(n):
-        hx = store.add_digest(f"owr-{i}")
-        store.tag("docker.io/library/owr", f"v{i}", hx)
-        hexes.append(hx)
+    hexes = store.add_tagged("owr", "docker.io/library/owr", n)
     mnt = mounter(store).mnt
     problems, outcomes = [], {}
     for i, hx in enumerate(hexes):

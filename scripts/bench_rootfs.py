@@ -319,8 +319,9 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
 class Fs:
     name = ""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, img: Path | None = None):
         self.mnt = work / "mnt" / self.name
+        self.img = img  # the image a kernel or squashfuse mount serves
         self.proc: subprocess.Popen | None = None
         self.logf = work / f"{self.name}.log"
 
@@ -363,10 +364,6 @@ class Fs:
 class Kernel(Fs):
     name = "kernel"
 
-    def __init__(self, work, img):
-        super().__init__(work)
-        self.img = img
-
     def mount(self):
         self.mnt.mkdir(parents=True, exist_ok=True)
         run(["mount", "-t", "erofs", "-o", "loop,ro", str(self.img), str(self.mnt)])
@@ -381,10 +378,6 @@ class Kernel(Fs):
 
 class Squash(Fs):
     name = "squashfuse"
-
-    def __init__(self, work, img):
-        super().__init__(work)
-        self.img = img
 
     def mount(self):
         self.mnt.mkdir(parents=True, exist_ok=True)

@@ -3,18 +3,15 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
 
 pub fn cstring(name: &[u8]) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "name contains NUL"))
-}
-
-fn check(r: libc::c_int) -> io::Result<()> {
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
@@ -30,59 +27,44 @@ fn retry<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 pub fn open_dir_path(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let c = cstring(path.as_os_str().as_bytes())?;
-    openat_raw(libc::AT_FDCWD, &c, dir_flags(), 0)
+    openat(AT_FDCWD, &c, dir_flags(), 0)
 }
 
-fn dir_flags() -> libc::c_int {
-    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
 }
 
-fn openat_raw(dir: libc::c_int, name: &CStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    retry(|| {
-        // SAFETY: name is NUL-terminated; the returned fd is owned by the caller.
-        let fd = unsafe { libc::openat(dir, name.as_ptr(), flags, mode as libc::c_uint) };
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: fd was just returned by openat.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-    })
+fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    let mode = Mode::from_bits_retain(mode as libc::mode_t);
+    retry(|| Ok(nix::fcntl::openat(dir, name, flags, mode)?))
 }
 
 /// Opens the directory `name` in `dir`; a symlink fails with ELOOP, a non-directory ENOTDIR.
 pub fn open_dir(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
-    openat_raw(dir.as_raw_fd(), name, dir_flags(), 0)
+    openat(dir, name, dir_flags(), 0)
 }
 
 /// Creates the regular file `name` in `dir` (it must not exist; never through a symlink).
 pub fn create_file(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<std::fs::File> {
-    let fd = openat_raw(
-        dir.as_raw_fd(),
+    let fd = openat(
+        dir,
         name,
-        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         0o600,
     )?;
     Ok(std::fs::File::from(fd))
 }
 
-pub fn lstat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: st is a valid out-pointer; name is NUL-terminated.
-    check(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat succeeded and filled st.
-    Ok(unsafe { st.assume_init() })
+pub fn lstat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<FileStat> {
+    Ok(nix::sys::stat::fstatat(
+        dir,
+        name,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// `lstat` that maps "not there" to `None`.
-pub fn lstat_opt(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::stat>> {
+pub fn lstat_opt(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<FileStat>> {
     match lstat(dir, name) {
         Ok(st) => Ok(Some(st)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
@@ -90,40 +72,28 @@ pub fn lstat_opt(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<libc::st
     }
 }
 
-pub fn is_dir(st: &libc::stat) -> bool {
+pub fn is_dir(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
-pub fn is_symlink(st: &libc::stat) -> bool {
+pub fn is_symlink(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFLNK
 }
 
 pub fn mkdir(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: name is NUL-terminated.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t) })
+    let mode = Mode::from_bits_retain(mode as libc::mode_t);
+    Ok(nix::sys::stat::mkdirat(dir, name, mode)?)
 }
 
 pub fn symlink(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: both are NUL-terminated.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+    Ok(nix::unistd::symlinkat(target, dir, name)?)
 }
 
+/// The target of the symlink `name`, whole however long it is (nix grows its buffer until
+/// the target fits, so a target as long as a fixed buffer is never cut).
 pub fn readlink(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: buf is writable for buf.len() bytes.
-    let n = unsafe {
-        libc::readlinkat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+    use std::os::unix::ffi::OsStringExt;
+    Ok(nix::fcntl::readlinkat(dir, name)?.into_vec())
 }
 
 /// Hard link `from_dir/from` as `to_dir/to`; a symlink `from` is linked itself, not followed.
@@ -133,75 +103,80 @@ pub fn link(
     to_dir: BorrowedFd<'_>,
     to: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: names are NUL-terminated; flags 0 never follows a final symlink.
-    check(unsafe {
-        libc::linkat(
-            from_dir.as_raw_fd(),
-            from.as_ptr(),
-            to_dir.as_raw_fd(),
-            to.as_ptr(),
-            0,
-        )
-    })
+    // No AT_SYMLINK_FOLLOW: a final symlink is never followed.
+    Ok(nix::unistd::linkat(
+        from_dir,
+        from,
+        to_dir,
+        to,
+        AtFlags::empty(),
+    )?)
 }
 
+/// Makes the special file `name`; `mode` holds both the file type (`S_IFCHR`, ...) and the
+/// permission bits, as mknod(2) takes them.
 pub fn mknod(dir: BorrowedFd<'_>, name: &CStr, mode: u32, dev: libc::dev_t) -> io::Result<()> {
-    // SAFETY: name is NUL-terminated.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, dev) })
+    let mode = mode as libc::mode_t;
+    let kind = SFlag::from_bits_retain(mode & libc::S_IFMT);
+    let perm = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    Ok(nix::sys::stat::mknodat(dir, name, kind, perm, dev)?)
 }
 
 pub fn unlink(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> io::Result<()> {
-    let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
-    // SAFETY: name is NUL-terminated.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) })
+    let flags = if is_dir {
+        UnlinkatFlags::RemoveDir
+    } else {
+        UnlinkatFlags::NoRemoveDir
+    };
+    Ok(nix::unistd::unlinkat(dir, name, flags)?)
 }
 
 pub fn lchown(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: name is NUL-terminated.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let (uid, gid) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+    Ok(nix::unistd::fchownat(
+        dir,
+        name,
+        uid,
+        gid,
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// chmod of a non-symlink `name` (the caller knows it is not a symlink: it just made it in
 /// a tree nobody else writes).
 pub fn chmod(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: name is NUL-terminated.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode as libc::mode_t, 0) })
+    let mode = Mode::from_bits_retain(mode as libc::mode_t);
+    Ok(nix::sys::stat::fchmodat(
+        dir,
+        name,
+        mode,
+        FchmodatFlags::FollowSymlink,
+    )?)
 }
 
 /// Sets atime and mtime (seconds) of `name`, not following a symlink.
 pub fn set_mtime(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> io::Result<()> {
-    let t = libc::timespec {
-        tv_sec: secs as libc::time_t,
-        tv_nsec: 0,
-    };
-    let times = [t, t];
-    // SAFETY: name is NUL-terminated; times has two entries.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    let t = TimeSpec::new(secs as libc::time_t, 0);
+    Ok(nix::sys::stat::utimensat(
+        dir,
+        name,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    )?)
 }
 
 /// Sets an xattr on `name` in `dir` without following a final symlink (through the
 /// directory's `/proc/self/fd` link, which names the directory itself).
+///
+/// The one unsafe call of the import: neither std nor nix wraps the xattr syscalls.
+#[allow(unsafe_code)]
 pub fn set_xattr(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8]) -> io::Result<()> {
     let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     path.extend_from_slice(name.to_bytes());
     let path = cstring(&path)?;
     // SAFETY: both strings are NUL-terminated; value is readable for its length.
-    check(unsafe {
+    let r = unsafe {
         libc::lsetxattr(
             path.as_ptr(),
             key.as_ptr(),
@@ -209,7 +184,8 @@ pub fn set_xattr(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8]) -> 
             value.len(),
             0,
         )
-    })
+    };
+    Ok(nix::errno::Errno::result(r).map(drop)?)
 }
 
 /// The entries of an open directory (names only, without `.` and `..`).
@@ -236,5 +212,33 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         unlink(dir, name, true)
     } else {
         unlink(dir, name, false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A target as long as Linux allows (PATH_MAX - 1 bytes) is read whole, not cut at
+    /// some buffer size; a short one too.
+    #[test]
+    fn readlink_reads_long_targets_whole() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = open_dir_path(d.path()).expect("open");
+        let long: Vec<u8> = (0..libc::PATH_MAX as usize - 1)
+            .map(|i| {
+                if i % 64 == 63 {
+                    b'/'
+                } else {
+                    b'a' + (i % 26) as u8
+                }
+            })
+            .collect();
+        assert_eq!(long.len(), 4095);
+        for (name, target) in [(c"long", long.as_slice()), (c"short", b"x/y".as_slice())] {
+            symlink(&cstring(target).expect("c"), dir.as_fd(), name).expect("symlink");
+            assert_eq!(readlink(dir.as_fd(), name).expect("readlink"), target);
+        }
     }
 }

@@ -36,42 +36,39 @@ impl L {
         self.0.append(&h, data).expect("append");
     }
 
-    fn dir(mut self, name: &str) -> L {
-        self.raw(name.as_bytes(), tar::EntryType::Directory, 0o755, None, b"");
-        self
-    }
-
-    fn file(mut self, name: &str, data: &str) -> L {
+    /// Appends an entry of `kind` with a link target or data; returns the builder.
+    fn entry(
+        mut self,
+        name: &str,
+        kind: tar::EntryType,
+        mode: u32,
+        link: Option<&str>,
+        data: &str,
+    ) -> L {
         self.raw(
             name.as_bytes(),
-            tar::EntryType::Regular,
-            0o644,
-            None,
+            kind,
+            mode,
+            link.map(str::as_bytes),
             data.as_bytes(),
         );
         self
     }
 
-    fn symlink(mut self, name: &str, target: &str) -> L {
-        self.raw(
-            name.as_bytes(),
-            tar::EntryType::Symlink,
-            0o777,
-            Some(target.as_bytes()),
-            b"",
-        );
-        self
+    fn dir(self, name: &str) -> L {
+        self.entry(name, tar::EntryType::Directory, 0o755, None, "")
     }
 
-    fn hardlink(mut self, name: &str, target: &str) -> L {
-        self.raw(
-            name.as_bytes(),
-            tar::EntryType::Link,
-            0o644,
-            Some(target.as_bytes()),
-            b"",
-        );
-        self
+    fn file(self, name: &str, data: &str) -> L {
+        self.entry(name, tar::EntryType::Regular, 0o644, None, data)
+    }
+
+    fn symlink(self, name: &str, target: &str) -> L {
+        self.entry(name, tar::EntryType::Symlink, 0o777, Some(target), "")
+    }
+
+    fn hardlink(self, name: &str, target: &str) -> L {
+        self.entry(name, tar::EntryType::Link, 0o644, Some(target), "")
     }
 
     fn bytes(self) -> Vec<u8> {
@@ -320,6 +317,7 @@ fn truncated_and_garbage_archives_are_errors() {
 }
 
 #[test]
+#[allow(unsafe_code)] // lgetxattr: neither std nor nix wraps it.
 fn pax_xattrs_and_ids() {
     let (_d, t) = new_tree();
     let mut b = tar::Builder::new(Vec::new());
