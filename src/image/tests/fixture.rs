@@ -9,6 +9,7 @@ use std::process::Command;
 
 /// Whether this machine can run the kernel tests.
 pub fn kernel_available() -> bool {
+    // SAFETY: geteuid takes nothing and cannot fail.
     let ok = unsafe { libc::geteuid() } == 0
         && Command::new("mkfs.erofs").arg("--help").output().is_ok()
         && fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.contains("erofs"));
@@ -60,6 +61,7 @@ fn cpath(p: &Path) -> CString {
 fn chown(p: &Path, uid: u32, gid: u32) {
     let c = cpath(p);
     assert_eq!(
+        // SAFETY: a NUL-terminated path that outlives the call.
         unsafe { libc::lchown(c.as_ptr(), uid, gid) },
         0,
         "chown {p:?}"
@@ -78,6 +80,7 @@ fn set_mtime(p: &Path, sec: i64, nsec: i64) {
             tv_nsec: nsec,
         },
     ];
+    // SAFETY: a NUL-terminated path and an array of two timespecs, both outliving the call.
     let r = unsafe {
         libc::utimensat(
             libc::AT_FDCWD,
@@ -92,6 +95,7 @@ fn set_mtime(p: &Path, sec: i64, nsec: i64) {
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
     let c = cpath(p);
     let n = CString::new(name).expect("xattr name");
+    // SAFETY: NUL-terminated path and name, and `value` with its length, outliving the call.
     let r = unsafe {
         libc::lsetxattr(
             c.as_ptr(),
@@ -111,6 +115,7 @@ fn setxattr(p: &Path, name: &str, value: &[u8]) {
 
 fn mknod(p: &Path, mode: u32, major: u32, minor: u32) {
     let c = cpath(p);
+    // SAFETY: a NUL-terminated path that outlives the call.
     let r = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) };
     assert_eq!(r, 0, "mknod {p:?}");
 }
