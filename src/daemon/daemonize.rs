@@ -36,11 +36,19 @@ impl Ready {
         }
     }
 
-    /// The daemon failed before the mount was ready: the parent prints `msg`.
-    pub(super) fn failed(self, msg: &str) {
-        if let Some(w) = self.0 {
-            let _ = File::from(w).write_all(msg.as_bytes());
+    /// The daemon failed before the mount was ready: in the foreground, returns `msg` for
+    /// the command to print. Daemonized, the parent prints it (and exits 1); the daemon
+    /// writes it to the log file, if one was given (its stderr), and exits 1 quietly,
+    /// since its stderr is otherwise the parent's.
+    pub(super) fn failed(self, msg: String, log_file: bool) -> String {
+        let Some(w) = self.0 else {
+            return msg;
+        };
+        let _ = File::from(w).write_all(msg.as_bytes());
+        if log_file {
+            eprintln!("imagefs: {msg}");
         }
+        std::process::exit(1);
     }
 }
 

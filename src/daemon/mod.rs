@@ -53,10 +53,7 @@ pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
     };
     let result =
         open_store(opts).and_then(|store| session::serve(store, &mp, opts, log, &mut ready));
-    if let Err(msg) = &result {
-        ready.failed(msg);
-    }
-    result
+    result.map_err(|msg| ready.failed(msg, opts.log_file.is_some()))
 }
 
 /// Opens the store (its scan and recovery run here, on threads of their own).

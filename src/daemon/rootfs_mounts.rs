@@ -145,7 +145,7 @@ impl RootfsMounts {
 }
 
 /// Keeps ready digests' `rootfs` of mountpoint `mp` mounted from the detached superblock
-/// `images` (at most `max_trees` of them) until stopped: at start, whenever digests
+/// `superblock` (at most `max_trees` of them) until stopped: at start, whenever digests
 /// change, and every two seconds (a pull that finished, a tree someone detached, a tree
 /// that was in use).
 ///
@@ -154,7 +154,7 @@ impl RootfsMounts {
 /// its directories leading into the mount, another device, and `find` or `tar` would
 /// stop short (seen in a mount test). Such a digest stays served by the main mount until
 /// the kernel lets go; what it only caches it is asked to drop.
-fn keep_mounted(images: OwnedFd, mp: PathBuf, max_trees: usize, stop: Stop) {
+fn keep_mounted(superblock: OwnedFd, mp: PathBuf, max_trees: usize, stop: Stop) {
     /// A tree that did not mount (a bad image) is not tried again sooner.
     const RETRY: Duration = Duration::from_secs(30);
     let trees = &stop.trees;
@@ -215,7 +215,7 @@ fn keep_mounted(images: OwnedFd, mp: PathBuf, max_trees: usize, stop: Stop) {
                     continue;
                 }
             }
-            match mount_api::mount_subtree(&images, &d.hex(), &target) {
+            match mount_api::mount_subtree(&superblock, &d.hex(), &target) {
                 Ok(tree) => {
                     count += 1;
                     log::debug!("{}: image tree mounted", target.display());
