@@ -2,16 +2,20 @@
 //!
 //! - [`store`] knows the on-disk layout, names, the in-memory index, GC and its journal.
 //!   It knows nothing of FUSE.
-//! - [`fs`] maps kernel requests (inodes, handles, errno) onto the store.
+//! - `fs` maps kernel requests (inodes, handles, errno) onto the store.
 //! - [`import`] builds images from directories, tars and OCI images into the store.
 //! - [`admin`] is `imagefs ls`, `fsck` and `gc`: store administration, mounted or not.
-//! - [`cli`] parses the command line and runs the daemon.
+//! - `daemon` is the mount's life: daemonizing, the FUSE sessions, signals, rootfs mounts.
+//! - [`cli`] parses the command line and calls the command that runs.
 //!
 //! The erofs reader (the `rootfs/` trees, with pread, never mmap) is its own crate,
 //! [`imagefs_erofs`] (`crates/erofs`).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod admin;
 pub mod cli;
-pub mod fs;
+mod daemon;
+mod fs;
 pub mod import;
 pub mod store;

@@ -1,8 +1,9 @@
-//! The command line: `imagefs mount`, `umount`, and the store tools `ls`, `fsck`, `gc`.
+//! The command line: `imagefs mount`, `umount`, `import`, and the store tools `ls`, `fsck`,
+//! `gc`: argument parsing and `-o` options only; each command runs elsewhere (`daemon`,
+//! `import`, `admin`).
 
 mod mount;
 mod options;
-mod rootfs_mounts;
 
 use std::path::PathBuf;
 
@@ -82,7 +83,8 @@ pub fn main() -> i32 {
     // mapping. With glibc's sliding threshold, once one such buffer was freed (the
     // handshake's), the next ones came from the heap and calloc zeroed them: 33 MiB of RSS
     // for the second connection's threads, measured.
-    // SAFETY: mallopt only tunes the allocator, before any thread exists.
+    // SAFETY: mallopt takes no pointers and only tunes glibc's allocator; it runs first
+    // thing, before any thread exists that could be allocating.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);

@@ -25,6 +25,7 @@ impl ImageFs {
         uid: u32,
         gid: u32,
     ) -> Result<(FileAttr, Duration)> {
+        let _applies = self.mutation();
         let p = self.tags_parent(parent, "mkdir")?;
         self.store.mkdir(&p, name.as_bytes(), mode, uid, gid)?;
         let name = name_str(name)?;
@@ -37,6 +38,7 @@ impl ImageFs {
         name: &OsStr,
         target: &Path,
     ) -> Result<(FileAttr, Duration)> {
+        let _applies = self.mutation();
         let p = self.tags_parent(parent, "symlink")?;
         let tag = store::check_new_tag(&p, name.as_bytes())?.to_string();
         let t = target::parse(target, &p, &self.mountpoint).ok_or_else(|| {
@@ -55,6 +57,7 @@ impl ImageFs {
     }
 
     pub(super) fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let _applies = self.mutation();
         let p = self.tags_parent(parent, "unlink")?;
         let name = name_str(name)?;
         let is_dir = self
@@ -79,6 +82,7 @@ impl ImageFs {
     }
 
     pub(super) fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        let _applies = self.mutation();
         let p = self.tags_parent(parent, "rmdir")?;
         let name = name_str(name)?;
         let path = names::join(&p, name);
@@ -95,6 +99,7 @@ impl ImageFs {
         newname: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        let _applies = self.mutation();
         let p = self.tags_parent(parent, "rename")?;
         let np = self.tags_parent(newparent, "rename")?;
         let mode = if flags & libc::RENAME_EXCHANGE != 0 {

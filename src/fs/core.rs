@@ -1,5 +1,5 @@
 //! The filesystem's logic, in terms of inodes, names and [`Result`]: what each kernel
-//! request means for the store. The adapter in `mod.rs` only replies.
+//! request means for the store. The adapter in `fuse.rs` only replies.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -1,4 +1,8 @@
-//! Open file handles (directories have none: OPENDIR is not used).
+//! Open file handles (directories have none: OPENDIR is not used), and the passthrough
+//! backing ids behind them.
+//!
+//! Invariants: a handle number is never reused within a mount; an inode has at most one
+//! live backing id, shared by every passthrough open of it and released with the last.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,7 +16,8 @@ use crate::store::Digest;
 pub enum Handle {
     /// A store file opened for passthrough: the kernel reads it; we keep the backing id.
     Backed { _id: Arc<BackingId> },
-    /// A store file, read with pread (or by the kernel through `backing`).
+    /// A store file, read with pread. With passthrough, [`Handles::attach_backing`]
+    /// replaces it by [`Handle::Backed`] once the kernel has the file.
     File { file: File },
     /// A regular file of an image.
     ImageFile {

@@ -13,9 +13,9 @@ pub const TAGS: u64 = 2;
 pub const DIGESTS: u64 = 3;
 pub const PRIVATE: u64 = 4;
 pub const METRICS: u64 = 5;
-/// The root of the second, read-only connection (the image trees; see `Shared`),
-/// which the kernel calls 1 there.
-pub const IMAGES_ROOT: u64 = 6;
+/// The root of the image-tree connection (see `fuse::Connection`), which the kernel calls
+/// 1 there; its node is [`NodeKey::ImagesRoot`].
+pub const TREE_CONNECTION_ROOT: u64 = 6;
 const FIRST_DYNAMIC: u64 = 16;
 /// Image inodes get numbers that stay the same across forgets, so hard links keep sharing
 /// one `st_ino` however long a walk takes: `(slot + 1) << NID_BITS | nid`, with one slot per
@@ -36,7 +36,7 @@ pub enum NodeKey {
     Rootfs(Digest, u64),
     Private,
     Metrics,
-    /// The root of the read-only connection: one entry per ready digest, its image's root.
+    /// The root of the image-tree connection: one entry per ready digest, its image's root.
     ImagesRoot,
     /// A node that was replaced or removed while the kernel still held it.
     Gone(u64),
@@ -90,7 +90,7 @@ impl Default for Inodes {
             (DIGESTS, NodeKey::Digests),
             (PRIVATE, NodeKey::Private),
             (METRICS, NodeKey::Metrics),
-            (IMAGES_ROOT, NodeKey::ImagesRoot),
+            (TREE_CONNECTION_ROOT, NodeKey::ImagesRoot),
         ] {
             t.by_key.insert(key.clone(), ino);
             t.by_ino.insert(ino, Entry { key, lookups: 0 });
@@ -275,14 +275,6 @@ impl Inodes {
             }
             self.by_key.insert(new, ino);
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_ino.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_ino.is_empty()
     }
 }
 

@@ -1,12 +1,15 @@
 //! Counters behind `MNT/.imagefs/metrics` (Prometheus text format).
 //! Request counting is on every request's path, so it is lock-free.
+//!
+//! Invariant: [`Op::ALL`] lists every operation at its discriminant, which indexes the
+//! counters; [`Op::name`] names each (one exhaustive match).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The FUSE operations counted; the discriminant indexes the counters.
 #[derive(Clone, Copy)]
-pub enum Op {
+pub(super) enum Op {
     ReaddirPlus,
     Create,
     RemoveXattr,
@@ -31,31 +34,61 @@ pub enum Op {
     ListXattr,
 }
 
-/// Each [`Op`]'s name in the metrics, in discriminant order.
-const OPS: [&str; 22] = [
-    "readdirplus",
-    "create",
-    "removexattr",
-    "lookup",
-    "getattr",
-    "setattr",
-    "readlink",
-    "mknod",
-    "mkdir",
-    "unlink",
-    "rmdir",
-    "symlink",
-    "rename",
-    "link",
-    "open",
-    "read",
-    "write",
-    "readdir",
-    "statfs",
-    "setxattr",
-    "getxattr",
-    "listxattr",
-];
+impl Op {
+    /// Every operation, in discriminant order (the order of the metrics file).
+    const ALL: [Op; 22] = [
+        Op::ReaddirPlus,
+        Op::Create,
+        Op::RemoveXattr,
+        Op::Lookup,
+        Op::GetAttr,
+        Op::SetAttr,
+        Op::ReadLink,
+        Op::Mknod,
+        Op::Mkdir,
+        Op::Unlink,
+        Op::Rmdir,
+        Op::Symlink,
+        Op::Rename,
+        Op::Link,
+        Op::Open,
+        Op::Read,
+        Op::Write,
+        Op::Readdir,
+        Op::StatFs,
+        Op::SetXattr,
+        Op::GetXattr,
+        Op::ListXattr,
+    ];
+
+    /// The operation's name in the metrics.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Op::ReaddirPlus => "readdirplus",
+            Op::Create => "create",
+            Op::RemoveXattr => "removexattr",
+            Op::Lookup => "lookup",
+            Op::GetAttr => "getattr",
+            Op::SetAttr => "setattr",
+            Op::ReadLink => "readlink",
+            Op::Mknod => "mknod",
+            Op::Mkdir => "mkdir",
+            Op::Unlink => "unlink",
+            Op::Rmdir => "rmdir",
+            Op::Symlink => "symlink",
+            Op::Rename => "rename",
+            Op::Link => "link",
+            Op::Open => "open",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Readdir => "readdir",
+            Op::StatFs => "statfs",
+            Op::SetXattr => "setxattr",
+            Op::GetXattr => "getxattr",
+            Op::ListXattr => "listxattr",
+        }
+    }
+}
 
 /// errno values are small; anything larger lands in the last slot.
 const ERRNOS: usize = 134;
@@ -72,7 +105,7 @@ pub struct Gauges {
 }
 
 pub struct Metrics {
-    requests: [AtomicU64; OPS.len()],
+    requests: [AtomicU64; Op::ALL.len()],
     errors: [AtomicU64; ERRNOS],
 }
 
@@ -136,10 +169,11 @@ impl Metrics {
             "# HELP imagefs_requests_total FUSE requests by operation."
         );
         let _ = writeln!(s, "# TYPE imagefs_requests_total counter");
-        for (op, n) in OPS.iter().zip(&self.requests) {
+        for (op, n) in Op::ALL.iter().zip(&self.requests) {
             let _ = writeln!(
                 s,
-                "imagefs_requests_total{{op=\"{op}\"}} {}",
+                "imagefs_requests_total{{op=\"{}\"}} {}",
+                op.name(),
                 n.load(Ordering::Relaxed)
             );
         }
@@ -152,5 +186,17 @@ impl Metrics {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_is_listed_once_at_its_discriminant() {
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i, "{}", op.name());
+        }
     }
 }

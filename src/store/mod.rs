@@ -156,15 +156,17 @@ impl Store {
         Ok(store)
     }
 
-    /// Starts following other writers' changes (inotify); returns the descriptor to poll.
-    pub fn watch(&self) -> Result<std::os::fd::RawFd> {
+    /// Starts following other writers' changes (inotify); returns a descriptor to poll, a
+    /// duplicate of the watcher's own, so that it stays valid whatever becomes of the watcher.
+    pub fn watch(&self) -> Result<std::os::fd::OwnedFd> {
         let _g = self.lock()?;
+        let inotify = |e: std::io::Error| StoreError::Io {
+            context: format!("inotify on {}", self.root.display()),
+            source: e,
+        };
         let w =
-            watch::Watcher::new(&self.root, &self.index.read()).map_err(|e| StoreError::Io {
-                context: format!("inotify on {}", self.root.display()),
-                source: e.into(),
-            })?;
-        let fd = w.fd();
+            watch::Watcher::new(&self.root, &self.index.read()).map_err(|e| inotify(e.into()))?;
+        let fd = w.fd().try_clone_to_owned().map_err(inotify)?;
         *self.watcher.lock() = Some(w);
         Ok(fd)
     }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -86,8 +86,8 @@ impl Watcher {
     }
 
     /// The descriptor to poll for pending events.
-    pub fn fd(&self) -> RawFd {
-        self.inotify.as_fd().as_raw_fd()
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inotify.as_fd()
     }
 
     fn dir(root: &Path, t: &Target) -> std::path::PathBuf {

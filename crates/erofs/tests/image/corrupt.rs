@@ -27,8 +27,10 @@ impl Rng {
 
 /// An anonymous in-memory file holding `bytes`.
 fn memfile(bytes: &[u8]) -> File {
+    // SAFETY: a NUL-terminated name; the result is checked below.
     let fd = unsafe { libc::memfd_create(c"imagefs-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
     assert!(fd >= 0, "memfd_create");
+    // SAFETY: `fd` was just returned by memfd_create (checked), and nothing else owns it.
     let mut f = unsafe { File::from_raw_fd(fd) };
     f.write_all(bytes).expect("write memfd");
     f

@@ -18,15 +18,18 @@ const NEEDS: &[Need] = &[Need::Root, Need::MkfsErofs, Need::KernelErofs];
 /// Kernel xattrs of `p` (no follow), sorted by name.
 fn kernel_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let c = CString::new(p.as_os_str().as_bytes()).expect("path");
+    // SAFETY: a NUL-terminated path; a NULL buffer of size 0 only asks for the size.
     let n = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
     assert!(n >= 0, "llistxattr {p:?}");
     let mut names = vec![0u8; n as usize];
+    // SAFETY: a NUL-terminated path, and a buffer of `names.len()` writable bytes.
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     assert!(n >= 0);
     names.truncate(n as usize);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let cn = CString::new(name).expect("name");
+        // SAFETY: NUL-terminated path and name; a NULL buffer of size 0 only asks for the size.
         let vn = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
         assert!(
             vn >= 0,
@@ -34,6 +37,7 @@ fn kernel_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
             String::from_utf8_lossy(name)
         );
         let mut v = vec![0u8; vn as usize];
+        // SAFETY: NUL-terminated path and name, and a buffer of `v.len()` writable bytes.
         let vn =
             unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
         assert!(vn >= 0);

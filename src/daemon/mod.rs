@@ -1,0 +1,160 @@
+//! The mount daemon: `imagefs mount` from its checks to the daemon's exit, and
+//! `imagefs umount`. The command line (`cli`) decides a [`MountConfig`] and calls here.
+//!
+//! - `config`: [`MountConfig`], what the command line asks for.
+//! - `daemonize`: the fork, the ready pipe, detaching from the terminal.
+//! - `session`: the main FUSE session, its options, signals.
+//! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
+//! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
+//! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
+//! - `tuning`: open files limit, readahead, heap trimming.
+//!
+//! Invariants: the daemon forks before any thread exists (the store is opened after the
+//! fork); every error before the mount is ready reaches the command that started it, which
+//! prints it and exits 1. The daemon uses `fs` and `store`; neither uses the daemon.
+
+mod config;
+mod daemonize;
+mod mount_api;
+mod mountinfo;
+mod rootfs_mounts;
+mod session;
+mod tuning;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::store::{Options, Store};
+pub(crate) use config::MountConfig;
+use daemonize::{Forked, Ready};
+
+/// Runs `imagefs mount`: returns once the mount answers (the daemon serves it), or, in the
+/// foreground, once it is unmounted.
+pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
+    let mp = preflight(&opts.store, &opts.mountpoint)?;
+    let log = match &opts.log_file {
+        Some(p) => Some(
+            std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| format!("log file {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    // Daemonize before any thread exists: the child serves, the parent waits for its word.
+    let mut ready = if opts.foreground {
+        Ready::foreground()
+    } else {
+        match daemonize::fork(log.as_ref())? {
+            Forked::Parent(word) => return word,
+            Forked::Child(ready) => ready,
+        }
+    };
+    let result =
+        open_store(opts).and_then(|store| session::serve(store, &mp, opts, log, &mut ready));
+    result.map_err(|msg| ready.failed(msg, opts.log_file.is_some()))
+}
+
+/// Opens the store (its scan and recovery run here, on threads of their own).
+fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
+    let store = Store::open(
+        &opts.store,
+        Options {
+            durable: opts.durable,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    // The scan's threads leave freed memory in their malloc arenas; give it back.
+    tuning::trim_heap();
+    {
+        let ix = store.index();
+        log::info!(
+            "store {}: {} tags, {} digests",
+            store.root().display(),
+            ix.tag_count(),
+            ix.digest_count()
+        );
+    }
+    Ok(Arc::new(store))
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// Checks everything that can be checked before mounting, with messages a user can act on.
+fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
+    match std::fs::metadata(store) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(format!("store {}: not a directory", store.display())),
+        Err(e) => return Err(format!("store {}: {e}", store.display())),
+    }
+    let mp = match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => mountpoint
+            .canonicalize()
+            .map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?,
+        Ok(_) => {
+            return Err(format!(
+                "mountpoint {}: not a directory",
+                mountpoint.display()
+            ));
+        }
+        Err(e) => return Err(format!("mountpoint {}: {e}", mountpoint.display())),
+    };
+    if mountinfo::is_mountpoint(&mp) {
+        return Err(format!(
+            "mountpoint {}: something is already mounted there (busy); unmount it first",
+            mp.display()
+        ));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container the device".into());
+    }
+    if !nix::unistd::geteuid().is_root() && !which("fusermount3") {
+        return Err("fusermount3 not found on PATH: install fuse3 (apt-get install fuse3)".into());
+    }
+    Ok(mp)
+}
+
+/// Runs `imagefs umount`.
+pub(crate) fn umount(mountpoint: &Path) -> Result<(), String> {
+    if !mountinfo::is_mountpoint(mountpoint) {
+        return Err(format!("{}: not mounted", mountpoint.display()));
+    }
+    if nix::unistd::geteuid().is_root() {
+        // The rootfs mounts on digests/<hex>/rootfs go first (lazily: a container inside
+        // keeps its tree, and the daemon serves it until the container leaves). The
+        // daemon may mount one again meanwhile: try a few times.
+        let mp = mountpoint
+            .canonicalize()
+            .unwrap_or_else(|_| mountpoint.to_path_buf());
+        let mut tries = 0;
+        let r = loop {
+            rootfs_mounts::detach_below(&mp);
+            match nix::mount::umount(&mp) {
+                Err(nix::errno::Errno::EBUSY) if tries < 3 => tries += 1,
+                r => break r,
+            }
+        };
+        r.map_err(|e| match e {
+            nix::errno::Errno::EBUSY => format!(
+                "{}: busy (a process uses it); stop it, or `umount -l` to detach lazily",
+                mountpoint.display()
+            ),
+            e => format!("{}: {e}", mountpoint.display()),
+        })
+    } else {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()
+            .map_err(|e| format!("fusermount3: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("fusermount3 -u {} failed", mountpoint.display()))
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The main FUSE session: the mount with its options, the threads serving it, the
+//! signals that unmount it, and the rootfs mounts beside it.
+//!
+//! Invariants: SIGINT, SIGTERM and SIGHUP are blocked in every thread and taken by one,
+//! which stops the rootfs mounts, detaches them, then unmounts the main mount; the mount
+//! is declared ready only once the kernel answers it; the daemon returns only after the
+//! image-tree connection is gone too.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use super::config::MountConfig;
+use super::daemonize::Ready;
+use super::mount_api::SuperblockFlags;
+use super::rootfs_mounts::{self, RootfsMounts};
+use super::tuning;
+use crate::fs::{Connection, ImageFs};
+use crate::store::Store;
+
+/// Mounts `store` on `mp` and serves it until it is unmounted; says so through `ready`
+/// once the mount answers.
+pub(super) fn serve(
+    store: Arc<Store>,
+    mp: &Path,
+    opts: &MountConfig,
+    log: Option<std::fs::File>,
+    ready: &mut Ready,
+) -> Result<(), String> {
+    // SIGINT, SIGTERM and SIGHUP are taken by one thread, which unmounts: they are blocked
+    // here, before the threads serving the mount start, which inherit the blocked mask.
+    let mut sigs = nix::sys::signal::SigSet::empty();
+    sigs.add(nix::sys::signal::Signal::SIGINT);
+    sigs.add(nix::sys::signal::Signal::SIGTERM);
+    sigs.add(nix::sys::signal::Signal::SIGHUP);
+    sigs.thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
+
+    tuning::raise_open_files_limit();
+    // Tells `imagefs fsck`/`gc` that a mount serves this store (its trash may hold images
+    // still in use).
+    let _mounted = crate::store::lockfile::hold_mounted(store.root())
+        .map_err(|e| format!("{}: {e}", store.root().display()))?;
+    let fs = Arc::new(ImageFs::new(store.clone(), mp, opts.passthrough));
+    let config = fuse_config(store.root(), opts);
+    let mut session = Session::new(Connection::main(fs.clone()), mp, &config)
+        .map_err(|e| format!("mount {}: {e}", mp.display()))?;
+    fs.start_notifier(session.notifier());
+    tuning::raise_readahead(mp);
+    fs.start_watcher()?;
+    let rootfs_mounts = if opts.rootfs_mounts {
+        let flags = SuperblockFlags {
+            nosuid: opts.flags.contains(&MountOption::NoSuid),
+            nodev: !opts.flags.contains(&MountOption::Dev),
+            noexec: opts.flags.contains(&MountOption::NoExec),
+            allow_other: opts.allow_other,
+        };
+        RootfsMounts::start(
+            fs.image_trees(),
+            store.root(),
+            mp,
+            &flags,
+            opts.rootfs_mounts_max,
+            &config,
+        )
+    } else {
+        None
+    };
+    let mut unmounter = session.unmount_callable();
+    let mp_owned = mp.to_path_buf();
+    let stop_binding = rootfs_mounts.as_ref().map(RootfsMounts::stopper);
+    std::thread::Builder::new()
+        .name("imagefs-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = sigs.wait() {
+                log::info!("{sig:?}: unmounting {}", mp_owned.display());
+                if let Some(stop) = &stop_binding {
+                    stop.stop();
+                    rootfs_mounts::detach_below(&mp_owned);
+                }
+                if let Err(e) = unmounter.unmount() {
+                    log::warn!("unmount {}: {e}; detaching it lazily", mp_owned.display());
+                    let _ = nix::mount::umount2(&mp_owned, nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        })
+        .map_err(|e| format!("thread: {e}"))?;
+    log::info!("mounted {} on {}", store.root().display(), mp.display());
+    ready.ok(log);
+    let r = session.run().map_err(|e| format!("session: {e}"));
+    log::info!("unmounted {}", mp.display());
+    if let Some(m) = rootfs_mounts {
+        m.finish();
+    }
+    r
+}
+
+/// The main mount's options and session settings.
+fn fuse_config(store: &Path, opts: &MountConfig) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(store.display().to_string()),
+        // A kernel option (fuser's Subtype is only passed to fusermount): the mount's type
+        // reads fuse.imagefs, as `mount -t fuse.imagefs` and fstab expect.
+        MountOption::CUSTOM("subtype=imagefs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    // Defaults: suid (a container rootfs needs its setuid binaries), nodev (device nodes
+    // in images are shown, not opened); -o may say otherwise.
+    let has = |a: &MountOption, b: &MountOption| opts.flags.contains(a) || opts.flags.contains(b);
+    if !has(&MountOption::Suid, &MountOption::NoSuid) {
+        config.mount_options.push(MountOption::Suid);
+    }
+    if !has(&MountOption::Dev, &MountOption::NoDev) {
+        config.mount_options.push(MountOption::NoDev);
+    }
+    config.mount_options.extend(opts.flags.iter().cloned());
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(opts.threads);
+    config.clone_fd = true;
+    config
+}

@@ -1,0 +1,95 @@
+//! [`ImageTrees`]: the filesystem as the daemon's rootfs-mount binder sees it, and nothing
+//! more. The binder serves the image-tree connection ([`ImageTrees::connection`]) and
+//! mounts its `<hex>` entries on the main mount's `digests/<hex>/rootfs`; it asks here
+//! which digests there are, which can be mounted now, and waits here for digests to change.
+//!
+//! Invariant: a digest's tree is reported in use ([`ImageTrees::tree_in_use`]) while the
+//! kernel holds any inode of it through the main mount, so a tree is never mounted over a
+//! copy a process is inside.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fuser::Notifier;
+
+use super::inodes::NodeKey;
+use super::notify::Inval;
+use super::rootfs::ROOTFS;
+use super::{Connection, ImageFs};
+use crate::store::Digest;
+
+/// The binder's handle on the filesystem. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct ImageTrees(Arc<ImageFs>);
+
+impl ImageFs {
+    /// What the rootfs-mount binder needs of this filesystem.
+    pub(crate) fn image_trees(self: &Arc<Self>) -> ImageTrees {
+        ImageTrees(Arc::clone(self))
+    }
+}
+
+impl ImageTrees {
+    /// A new image-tree connection onto the filesystem, for its session.
+    pub(crate) fn connection(&self) -> Connection {
+        Connection::image_trees(self.0.clone())
+    }
+
+    /// Starts sending the image-tree connection's invalidations through its session's
+    /// notifier: from now on rootfs mounts are on, and a digest that goes drops its tree's
+    /// entries in both connections.
+    pub(crate) fn start_notifier(&self, notifier: Notifier) {
+        self.0.inval_images.start(notifier);
+        self.0.trees.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits until digests may have come or gone, or `limit` passed.
+    pub(crate) fn wait_for_digests(&self, limit: Duration) {
+        self.0.digests_changed.wait(limit);
+    }
+
+    /// Ends a [`wait_for_digests`](Self::wait_for_digests) at once (to stop the binder).
+    pub(crate) fn wake(&self) {
+        self.0.digests_changed.raise();
+    }
+
+    /// Every digest of the store.
+    pub(crate) fn digests(&self) -> Vec<Digest> {
+        self.0.store.index().digests().copied().collect()
+    }
+
+    /// Can digest `d`'s `rootfs/` be served now (present in the store and ready)?
+    pub(crate) fn serves_tree(&self, d: &Digest) -> bool {
+        let fs = &self.0;
+        fs.digest_dir(d).is_some_and(|dir| fs.digest_ready(d, &dir))
+    }
+
+    /// Does the kernel hold an inode of digest `d`'s image tree? Before its tree is
+    /// mounted of its own, that means the main mount's copy is (or was just) in use.
+    pub(crate) fn tree_in_use(&self, d: &Digest) -> bool {
+        self.0.inodes.lock().holds_tree(d)
+    }
+
+    /// Asks the kernel to drop its cached `digests/<hex>/rootfs` dentry (and whatever it
+    /// caches below it that nobody uses), in both connections, so that a tree held only by
+    /// the cache is let go.
+    pub(crate) fn drop_cached_tree(&self, d: &Digest) {
+        let fs = &self.0;
+        let limit = Duration::from_secs(1);
+        let ino = fs.inodes.lock().ino_of(&NodeKey::Digest(*d));
+        if let Some(ino) = ino {
+            fs.inval
+                .send_and_wait(Inval::Entry(ino, ROOTFS.into()), limit);
+        }
+        // And the image-tree connection's entry, left cached by a rootfs mount that
+        // someone detached (its root is inode 1 there).
+        fs.inval_images
+            .send_and_wait(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()), limit);
+    }
+
+    /// Is digest `d` still in the store?
+    pub(crate) fn has_digest(&self, d: &Digest) -> bool {
+        self.0.store.digest_path(d).is_some()
+    }
+}
