@@ -168,24 +168,16 @@ pub fn set_mtime(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> io::Result<()> 
 
 /// Sets an xattr on `name` in `dir` without following a final symlink (through the
 /// directory's `/proc/self/fd` link, which names the directory itself).
-///
-/// The one unsafe call of the import: neither std nor nix wraps the xattr syscalls.
-#[allow(unsafe_code)]
 pub fn set_xattr(dir: BorrowedFd<'_>, name: &CStr, key: &CStr, value: &[u8]) -> io::Result<()> {
     let mut path = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     path.extend_from_slice(name.to_bytes());
     let path = cstring(&path)?;
-    // SAFETY: both strings are NUL-terminated; value is readable for its length.
-    let r = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            key.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    Ok(nix::errno::Errno::result(r).map(drop)?)
+    Ok(rustix::fs::lsetxattr(
+        path.as_c_str(),
+        key,
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
 }
 
 /// The entries of an open directory (names only, without `.` and `..`).

@@ -25,11 +25,9 @@
 //! References: `--tag REPO:TAG` is taken literally (no `docker.io/library/` is added), so
 //! the tag shows in the mount under exactly the name given; `:TAG` defaults to `latest`.
 //!
-//! No unsafe code but the one call neither std nor nix wraps (`lsetxattr`, in
-//! `at::set_xattr`) and its counterpart in a test: each says so with
-//! `#[allow(unsafe_code)]`.
+//! No unsafe code: every syscall goes through nix's or rustix's safe wrappers.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod at;
 pub mod build;

@@ -317,7 +317,6 @@ fn truncated_and_garbage_archives_are_errors() {
 }
 
 #[test]
-#[allow(unsafe_code)] // lgetxattr: neither std nor nix wraps it.
 fn pax_xattrs_and_ids() {
     let (_d, t) = new_tree();
     let mut b = tar::Builder::new(Vec::new());
@@ -337,17 +336,8 @@ fn pax_xattrs_and_ids() {
     let m = std::fs::metadata(t.join("f")).expect("f");
     assert_eq!((m.uid(), m.mode() & 0o7777), (70000, 0o4755));
     let mut buf = [0u8; 16];
-    let p = std::ffi::CString::new(t.join("f").to_str().expect("utf8")).expect("c");
-    // SAFETY: valid strings and buffer.
-    let n = unsafe {
-        libc::lgetxattr(
-            p.as_ptr(),
-            c"user.test".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert_eq!(&buf[..n.max(0) as usize], b"hello");
+    let n = rustix::fs::lgetxattr(t.join("f"), "user.test", &mut buf[..]).expect("lgetxattr");
+    assert_eq!(&buf[..n], b"hello");
 }
 
 #[test]

@@ -3,7 +3,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use imagefs_erofs::Image;
@@ -27,11 +26,9 @@ impl Rng {
 
 /// An anonymous in-memory file holding `bytes`.
 fn memfile(bytes: &[u8]) -> File {
-    // SAFETY: a NUL-terminated name; the result is checked below.
-    let fd = unsafe { libc::memfd_create(c"imagefs-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create");
-    // SAFETY: `fd` was just returned by memfd_create (checked), and nothing else owns it.
-    let mut f = unsafe { File::from_raw_fd(fd) };
+    let fd = rustix::fs::memfd_create("imagefs-fuzz", rustix::fs::MemfdFlags::CLOEXEC)
+        .expect("memfd_create");
+    let mut f = File::from(fd);
     f.write_all(bytes).expect("write memfd");
     f
 }

@@ -2,7 +2,7 @@
 //! Also included by the examples, which use only part of it.
 #![allow(dead_code)]
 
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -43,66 +43,47 @@ fn text_bytes(n: usize) -> Vec<u8> {
     v
 }
 
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("no NUL in test path")
-}
-
 fn chown(p: &Path, uid: u32, gid: u32) {
-    let c = cpath(p);
-    assert_eq!(
-        unsafe { libc::lchown(c.as_ptr(), uid, gid) },
-        0,
-        "chown {p:?}"
-    );
+    use rustix::fs::{AtFlags, CWD, Gid, Uid, chownat};
+    chownat(
+        CWD,
+        p,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap_or_else(|e| panic!("chown {p:?}: {e}"));
 }
 
 fn set_mtime(p: &Path, sec: i64, nsec: i64) {
-    let c = cpath(p);
-    let ts = [
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-        libc::timespec {
-            tv_sec: sec,
-            tv_nsec: nsec,
-        },
-    ];
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+    let t = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
     };
-    assert_eq!(r, 0, "utimensat {p:?}");
+    let times = Timestamps {
+        last_access: t,
+        last_modification: t,
+    };
+    utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|e| panic!("utimensat {p:?}: {e}"));
 }
 
 fn setxattr(p: &Path, name: &str, value: &[u8]) {
-    let c = cpath(p);
-    let n = CString::new(name).expect("xattr name");
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {name} on {p:?}: {}",
-        std::io::Error::last_os_error()
-    );
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
+        .unwrap_or_else(|e| panic!("setxattr {name} on {p:?}: {e}"));
 }
 
 fn mknod(p: &Path, mode: u32, major: u32, minor: u32) {
-    let c = cpath(p);
-    let r = unsafe { libc::mknod(c.as_ptr(), mode, libc::makedev(major, minor)) };
-    assert_eq!(r, 0, "mknod {p:?}");
+    use rustix::fs::{CWD, FileType, Mode, makedev, mknodat};
+    mknodat(
+        CWD,
+        p,
+        FileType::from_raw_mode(mode),
+        Mode::from_raw_mode(mode),
+        makedev(major, minor),
+    )
+    .unwrap_or_else(|e| panic!("mknod {p:?}: {e}"));
 }
 
 /// Build the varied tree under `root`. `big` controls the multi-MB files.

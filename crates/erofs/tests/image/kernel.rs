@@ -17,31 +17,20 @@ const NEEDS: &[Need] = &[Need::Root, Need::MkfsErofs, Need::KernelErofs];
 
 /// Kernel xattrs of `p` (no follow), sorted by name.
 fn kernel_xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let c = CString::new(p.as_os_str().as_bytes()).expect("path");
-    // SAFETY: a NUL-terminated path; a NULL buffer of size 0 only asks for the size.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    assert!(n >= 0, "llistxattr {p:?}");
-    let mut names = vec![0u8; n as usize];
-    // SAFETY: a NUL-terminated path, and a buffer of `names.len()` writable bytes.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(n >= 0);
-    names.truncate(n as usize);
+    use rustix::fs::{lgetxattr, lgetxattr_query, llistxattr, llistxattr_query};
+    let n = llistxattr_query(p).unwrap_or_else(|e| panic!("llistxattr {p:?}: {e}"));
+    let mut names = vec![0u8; n];
+    let n = llistxattr(p, &mut names[..]).expect("llistxattr");
+    names.truncate(n);
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let cn = CString::new(name).expect("name");
-        // SAFETY: NUL-terminated path and name; a NULL buffer of size 0 only asks for the size.
-        let vn = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), std::ptr::null_mut(), 0) };
-        assert!(
-            vn >= 0,
-            "lgetxattr {p:?} {:?}",
-            String::from_utf8_lossy(name)
-        );
-        let mut v = vec![0u8; vn as usize];
-        // SAFETY: NUL-terminated path and name, and a buffer of `v.len()` writable bytes.
+        let what = || format!("lgetxattr {p:?} {:?}", String::from_utf8_lossy(name));
+        let vn = lgetxattr_query(p, cn.as_c_str()).unwrap_or_else(|e| panic!("{}: {e}", what()));
+        let mut v = vec![0u8; vn];
         let vn =
-            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-        assert!(vn >= 0);
-        v.truncate(vn as usize);
+            lgetxattr(p, cn.as_c_str(), &mut v[..]).unwrap_or_else(|e| panic!("{}: {e}", what()));
+        v.truncate(vn);
         out.push((name.to_vec(), v));
     }
     out.sort();
