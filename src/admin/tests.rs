@@ -748,7 +748,7 @@ fn gc_steps_are_recoverable() {
     let journal = crate::store::journal::Journal::new(root);
     journal.create_dirs().expect("dirs");
     let key = crate::store::layout::DirKey::from_rel_path(&format!("{CONTENT}/{u}")).expect("key");
-    gc::collect(root, &journal, &key).expect("collect");
+    crate::store::gc::collect(root, &key).expect("collect");
     assert!(!fx.has(&format!("{CONTENT}/{u}")));
     assert!(fx.entries("intents").is_empty() && fx.entries("trash").is_empty());
 }

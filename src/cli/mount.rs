@@ -199,7 +199,7 @@ fn mount(store: &Path, mountpoint: &Path, opts: &MountOpts) -> Result<(), String
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
     {
-        let ix = store.index();
+        let ix = &*store;
         log::info!(
             "store {}: {} tags, {} digests",
             store.root().display(),

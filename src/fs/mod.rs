@@ -143,7 +143,7 @@ impl ImageFs {
 
     /// Every digest of the store.
     pub fn digests(&self) -> Vec<crate::store::Digest> {
-        self.store.index().digests().copied().collect()
+        self.store.digests()
     }
 
     /// Can digest `d`'s `rootfs/` be served now (present in the store and ready)?

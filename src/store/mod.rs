@@ -13,33 +13,40 @@
 //!   before the change returns: GC intent, tag change, rename into the trash, delete.
 //!   [`Store::open`] replays whatever a crash interrupted (see [`journal`]).
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod fsutil;
+pub mod gc;
 pub mod index;
+pub mod install;
 pub mod journal;
 pub mod layout;
 pub mod lockfile;
 pub mod metadata;
 pub mod names;
 mod ops;
+mod query;
 pub mod recover;
 #[cfg(test)]
 mod tests;
+mod view;
 pub mod watch;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 pub use error::{Result, StoreError};
 pub use fsutil::RenameMode;
+pub use gc::Collected;
 pub use index::{Index, Node, Tag};
 pub use layout::{DirKey, Layout};
 pub use names::Digest;
 pub use ops::check_new_tag;
+pub use query::{Census, Child, Entry, RepoDir};
+pub use view::View;
 
 use error::IoContext;
 use journal::Journal;
@@ -99,13 +106,12 @@ pub struct Store {
 /// Held for the whole of a change: the in-process mutex and the store's `flock`.
 pub struct LockGuard<'a> {
     _mutex: MutexGuard<'a, ()>,
-    fd: i32,
+    file: &'a File,
 }
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: fd is the store's lock file, open for the store's lifetime.
-        unsafe { libc::flock(self.fd, libc::LOCK_UN) };
+        let _ = self.file.unlock();
     }
 }
 
@@ -200,74 +206,25 @@ impl Store {
         let _ = self.in_use.set(check);
     }
 
-    /// Deletes a collected directory that was kept for its users (see [`InUse`]).
-    pub fn release_trashed(&self, digest: &Digest, trashed: &Path) {
-        let bytes = fsutil::tree_bytes(trashed);
-        match fsutil::remove_tree(trashed) {
-            Ok(()) => {
-                self.stats
-                    .bytes_reclaimed
-                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                log::info!(
-                    "released sha256:{digest} ({}): its last user is gone, {bytes} bytes freed",
-                    trashed.display()
-                )
-            }
-            Err(e) => log::error!(
-                "delete {}: {e}; the next mount will empty the trash",
-                trashed.display()
-            ),
-        }
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// A read-only view of the index. Hold it briefly.
-    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+    /// A read-only view of the index, for the store's own code: hold it briefly, and never
+    /// across another call that reads the index (see [`query`]).
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read()
     }
 
     /// Takes the store lock (blocking).
     pub fn lock(&self) -> Result<LockGuard<'_>> {
         let m = self.mutate.lock();
-        let fd = self.lock_file.as_raw_fd();
-        loop {
-            // SAFETY: fd is open for the store's lifetime.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
-                return Ok(LockGuard { _mutex: m, fd });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e).ctx(|| format!("flock {}", self.journal.lock_path().display()));
-            }
-        }
-    }
-
-    /// The store directory of a `tags/` directory: the content layout's when it has one.
-    pub fn node_path(&self, path: &str, node: &Node) -> PathBuf {
-        let layout = if node.content || !node.legacy {
-            Layout::Content
-        } else {
-            Layout::Legacy
-        };
-        if path.is_empty() && layout == Layout::Legacy {
-            return self.root.clone();
-        }
-        self.root.join(layout::repo_rel_dir(layout, path))
-    }
-
-    /// The store path of a tag's symlink.
-    pub fn tag_path(&self, repo: &str, tag: &str, layout: Layout) -> PathBuf {
-        self.root.join(layout::repo_rel_dir(layout, repo)).join(tag)
-    }
-
-    /// The directory that `digests/<hex>` shows: the content one, else a legacy one.
-    pub fn digest_path(&self, d: &Digest) -> Option<PathBuf> {
-        let ix = self.index.read();
-        let key = ix.dirs_of(d).next()?;
-        Some(self.root.join(key.rel_path()))
+        lockfile::flock(&self.lock_file, File::lock)
+            .ctx(|| format!("flock {}", self.journal.lock_path().display()))?;
+        Ok(LockGuard {
+            _mutex: m,
+            file: &self.lock_file,
+        })
     }
 
     /// The status of a digest directory; `Err` says why it is unknown.
@@ -285,32 +242,15 @@ impl Store {
         if layout == Layout::Legacy {
             return Err(StoreError::NotFound(dir.display().to_string()));
         }
-        let mut cur = self.root.join(layout::REPOSITORIES);
-        let mut rel = String::new();
-        for c in std::iter::once("").chain(repo.split('/').filter(|c| !c.is_empty())) {
-            if !c.is_empty() {
-                cur.push(c);
-                rel = names::join(&rel, c);
+        install::ensure_repo_dir(&self.root, repo).map_err(|e| match e {
+            install::InstallError::Refused { path, .. } => {
+                StoreError::NotDir(path.display().to_string())
             }
-            match std::fs::create_dir(&cur) {
-                Ok(()) => {
-                    let like = if rel.is_empty() {
-                        self.root.clone()
-                    } else {
-                        self.root.join(&rel)
-                    };
-                    if let Ok(m) = std::fs::metadata(&like) {
-                        let _ = std::os::unix::fs::chown(&cur, Some(m.uid()), Some(m.gid()));
-                        let _ = std::fs::set_permissions(
-                            &cur,
-                            std::fs::Permissions::from_mode(m.mode() & 0o7777),
-                        );
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).ctx(|| cur.display().to_string()),
-            }
-        }
+            install::InstallError::Io { what, error } => StoreError::Io {
+                context: what,
+                source: error,
+            },
+        })?;
         self.index.write().ensure_node(repo, Layout::Content);
         Ok(())
     }

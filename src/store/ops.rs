@@ -8,6 +8,7 @@ use log::{info, warn};
 
 use super::error::{IoContext, Result, StoreError};
 use super::fsutil::{self, RenameMode};
+use super::gc::Collected;
 use super::journal::Intent;
 use super::layout::{self, DirKey, Layout};
 use super::metadata::Status;
@@ -80,7 +81,7 @@ impl Store {
     /// `rm tags/REPO/TAG`: removes a tag; if it held the last reference to a collectable
     /// digest directory, that directory is gone from the store when this returns.
     /// Returns the directories collected.
-    pub fn remove_tag(&self, repo: &str, tag: &str) -> Result<Vec<DirKey>> {
+    pub fn remove_tag(&self, repo: &str, tag: &str) -> Result<Vec<Collected>> {
         let _g = self.lock()?;
         self.sync_locked();
         let t = self
@@ -97,7 +98,7 @@ impl Store {
             return Err(e).ctx(|| link.display().to_string());
         }
         self.index.write().remove_tag(repo, tag);
-        Ok(self.finish_gc(intent, &t.key))
+        Ok(self.finish_gc(intent, &t.key).into_iter().collect())
     }
 
     /// `mv`, `ln -sf`, `renameat2`: moves or retags atomically. A replaced tag drops its
@@ -108,7 +109,7 @@ impl Store {
         to_repo: &str,
         to_tag: &[u8],
         mode: RenameMode,
-    ) -> Result<Vec<DirKey>> {
+    ) -> Result<Vec<Collected>> {
         let to_tag = check_new_tag(to_repo, to_tag)?;
         let to = (to_repo, to_tag);
         let _g = self.lock()?;
@@ -176,8 +177,8 @@ impl Store {
             ix.remove_tag(to.0, to.1);
             ix.add_tag(to.0, to.1, new_key, new_layout);
         }
-        let mut collected = match dst {
-            Some(d) => self.finish_gc(intent, &d.key),
+        let mut collected: Vec<Collected> = match dst {
+            Some(d) => self.finish_gc(intent, &d.key).into_iter().collect(),
             None => Vec::new(),
         };
         collected.extend(self.finish_gc(src_intent, &src.key));
@@ -234,7 +235,7 @@ impl Store {
 
     /// RENAME_EXCHANGE of two tags. Returns the directories collected: a legacy directory
     /// whose tag now names `content/<hex>` instead may have lost its last reference.
-    fn exchange_tags(&self, a: (&str, &str), b: (&str, &str)) -> Result<Vec<DirKey>> {
+    fn exchange_tags(&self, a: (&str, &str), b: (&str, &str)) -> Result<Vec<Collected>> {
         let get = |t: (&str, &str)| {
             self.index()
                 .tag(t.0, t.1)
@@ -691,98 +692,6 @@ impl Store {
         self.fsync_dir(&self.root.join(repo));
         let _ = self.journal.done(&rec);
         Ok(())
-    }
-
-    /// Before a change that may drop the last reference to `key`: if it is the last one and
-    /// the directory is collectable, records the GC intent and returns it.
-    fn gc_intent_if_last(&self, key: &DirKey) -> Result<Option<PathBuf>> {
-        if self.index().refs(key).unwrap_or(0) > 1 {
-            return Ok(None);
-        }
-        match self.status(key) {
-            Ok(s) if s.collectable() => {}
-            Ok(s) => {
-                info!(
-                    "{}: last tag removed; kept because its status is {}",
-                    key.rel_path().display(),
-                    s.as_str()
-                );
-                return Ok(None);
-            }
-            Err(reason) => {
-                warn!(
-                    "{}: last tag removed; kept because its status is unknown: {reason}",
-                    key.rel_path().display()
-                );
-                return Ok(None);
-            }
-        }
-        let dir = key.rel_path().to_string_lossy().into_owned();
-        self.journal
-            .record(&Intent::Gc { dir })
-            .map(Some)
-            .ctx(|| "journal".to_string())
-    }
-
-    fn drop_intent(&self, intent: Option<PathBuf>) {
-        if let Some(rec) = intent
-            && let Err(e) = self.journal.done(&rec)
-        {
-            warn!("{}: {e}", rec.display());
-        }
-    }
-
-    /// After the tag change: moves the unreferenced directory into the trash and deletes
-    /// it. A failure here is logged, not returned: the tag change already happened, and the
-    /// intent stays for the next mount to finish.
-    fn finish_gc(&self, intent: Option<PathBuf>, key: &DirKey) -> Vec<DirKey> {
-        let Some(rec) = intent else { return Vec::new() };
-        if self.index().refs(key).unwrap_or(0) > 0 {
-            self.drop_intent(Some(rec));
-            return Vec::new();
-        }
-        let trashed = match self.journal.move_to_trash(&self.root, key) {
-            Ok(p) => p,
-            Err(e) => {
-                log::error!(
-                    "collect {}: {e}; will retry at next mount",
-                    key.rel_path().display()
-                );
-                return Vec::new();
-            }
-        };
-        self.index.write().remove_dir(key);
-        self.stats
-            .collections
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let d = key.digest();
-        let last_dir = self.index().dirs_of(&d).next().is_none();
-        if last_dir && self.in_use.get().is_some_and(|u| u.retain(&d, &trashed)) {
-            self.drop_intent(Some(rec));
-            info!(
-                "collected {} from the store; still in use through the mount, kept in {} until its last user goes",
-                key.rel_path().display(),
-                trashed.display()
-            );
-            return vec![key.clone()];
-        }
-        let bytes = fsutil::tree_bytes(&trashed);
-        if let Err(e) = fsutil::remove_tree(&trashed) {
-            log::error!(
-                "delete {}: {e}; will retry at next mount",
-                trashed.display()
-            );
-            return vec![key.clone()];
-        }
-        self.stats
-            .bytes_reclaimed
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-        self.drop_intent(Some(rec));
-        info!(
-            "collected {} (last tag removed, {bytes} bytes freed)",
-            key.rel_path().display()
-        );
-        vec![key.clone()]
     }
 }
 
