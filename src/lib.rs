@@ -14,3 +14,5 @@ pub mod fs;
 pub mod image;
 pub mod import;
 pub mod store;
+#[cfg(test)]
+mod test_skip;

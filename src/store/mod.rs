@@ -25,11 +25,13 @@ pub mod layout;
 pub mod lockfile;
 pub mod metadata;
 pub mod names;
-mod ops;
+mod promote;
 mod query;
 pub mod recover;
+mod repo_dirs;
+mod tags;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod view;
 pub mod watch;
 
@@ -44,8 +46,8 @@ pub use gc::Collected;
 pub use index::{Index, Node, Tag};
 pub use layout::{DirKey, Layout};
 pub use names::Digest;
-pub use ops::check_new_tag;
 pub use query::{Census, Child, Entry, RepoDir};
+pub use tags::check_new_tag;
 pub use view::View;
 
 use error::IoContext;
@@ -230,29 +232,6 @@ impl Store {
     /// The status of a digest directory; `Err` says why it is unknown.
     pub fn status(&self, key: &DirKey) -> std::result::Result<metadata::Status, String> {
         metadata::read_status(&self.root.join(key.rel_path()))
-    }
-
-    /// Creates the store directory of `repo` in `layout` if it is missing. New content-layout
-    /// directories take the owner and mode of the legacy one at the same path, if any.
-    fn ensure_store_dir(&self, layout: Layout, repo: &str) -> Result<()> {
-        let dir = self.root.join(layout::repo_rel_dir(layout, repo));
-        if dir.is_dir() {
-            return Ok(());
-        }
-        if layout == Layout::Legacy {
-            return Err(StoreError::NotFound(dir.display().to_string()));
-        }
-        install::ensure_repo_dir(&self.root, repo).map_err(|e| match e {
-            install::InstallError::Refused { path, .. } => {
-                StoreError::NotDir(path.display().to_string())
-            }
-            install::InstallError::Io { what, error } => StoreError::Io {
-                context: what,
-                source: error,
-            },
-        })?;
-        self.index.write().ensure_node(repo, Layout::Content);
-        Ok(())
     }
 
     fn fsync_dir(&self, dir: &Path) {

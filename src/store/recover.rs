@@ -14,7 +14,7 @@ use super::index::Index;
 use super::journal::{Intent, Journal};
 use super::layout::{self, DirKey, Layout};
 use super::names::Digest;
-use super::ops::relink_tree;
+use super::repo_dirs::relink_tree;
 use super::view::View;
 
 fn exists(p: &Path) -> bool {
