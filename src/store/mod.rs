@@ -1,17 +1,57 @@
 //! The image store: hypeman's directory, its names, the in-memory index, eager GC and the
 //! journal that makes every change crash-safe. Nothing here knows about FUSE.
 //!
-//! Layout: see [`layout`]. Invariants this module keeps, under one lock shared by every
-//! change (an in-process mutex plus `flock` on `STORE/.imagefs/lock` for other writers):
+//! # On disk
+//!
+//! ```text
+//! STORE/
+//!   content/<hex>/rootfs.erofs          content-addressed digest directory (metadata.json,
+//!   content/<hex>/metadata.json         status and all; other files kept as they are)
+//!   repositories/<repo>/<tag>           tag -> ../(x depth(repo)+1)content/<hex>
+//!   <repo>/<hex>/...                    legacy digest directory, owned by <repo>
+//!   <repo>/<tag>                        legacy tag -> <hex>
+//!   .imagefs/lock                       exclusive flock of every writer, for each change
+//!   .imagefs/mounted                    shared flock held by a live mount (lockfile)
+//!   .imagefs/intents/<id>.gc            GC intent -> store-relative digest directory
+//!   .imagefs/intents/<id>.json          promote / move / exchange / relink intent
+//!   .imagefs/trash/<id>-<hex12>/        collected directories; emptied at mount
+//! ```
+//!
+//! ([`layout`] reads it, [`journal`] owns `.imagefs/`.)
+//!
+//! # Invariants
 //!
 //! - A digest directory exists iff a tag names it, or it was never tagged, or it is not
 //!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable).
 //! - A tag is installed by an atomic rename and only ever names an existing, `ready`
 //!   digest directory; the readiness check and the install happen under the lock, so a tag
 //!   can never be created for a directory that GC is removing.
-//! - When a change drops the last reference to a collectable directory, it is removed
-//!   before the change returns: GC intent, tag change, rename into the trash, delete.
-//!   [`Store::open`] replays whatever a crash interrupted (see [`journal`]).
+//! - The index ([`index`]) agrees with the disk: every change updates it under the lock
+//!   right after its on-disk step, and other writers' changes reach it through [`watch`].
+//!
+//! # Locking
+//!
+//! Every change holds one lock from its checks to its last step ([`Store::lock`]): an
+//! in-process mutex plus an exclusive `flock` on `STORE/.imagefs/lock`, which imagefs's
+//! other writers (`import`, `gc`, `fsck --repair`) take too ([`lockfile::StoreLock`]). The
+//! index sits behind its own read-write lock, which never leaves this module: callers get
+//! owned values ([`query`]), so nobody outside can hold it across a second read while a
+//! writer waits (parking_lot's lock is writer-fair: that would deadlock).
+//!
+//! # GC
+//!
+//! When a change drops the last reference to a collectable directory, it is removed before
+//! the change returns, in the steps of [`gc`]: GC intent, tag change, rename into the trash,
+//! delete, intent removal. A directory the mount still serves stays in the trash until its
+//! last user goes ([`InUse`], [`Store::release_trashed`]). [`Store::open`] replays whatever a
+//! crash interrupted ([`recover`]); tools that must not (a mount may be live) read the
+//! store with [`Store::open_view`].
+//!
+//! # Modules
+//!
+//! The changes by subject: [`tags`](Store::create_tag) (`tags.rs`), repository directories
+//! (`repo_dirs.rs`), promotion of legacy directories (`promote.rs`), [`gc`], and
+//! [`install`] for writers that do not mount the store.
 
 #![forbid(unsafe_code)]
 

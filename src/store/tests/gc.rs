@@ -116,3 +116,62 @@ fn moving_a_legacy_tag_away_drops_the_reference_to_its_legacy_dir() {
         check_reopen(&fx, store);
     }
 }
+
+/// Keeps every collected directory, as the mount does for an image still in use.
+struct KeepAll(std::sync::Mutex<Vec<std::path::PathBuf>>);
+
+impl crate::store::InUse for KeepAll {
+    fn retain(&self, _: &crate::store::Digest, trashed: &std::path::Path) -> bool {
+        self.0.lock().expect("kept").push(trashed.to_path_buf());
+        true
+    }
+}
+
+#[test]
+fn a_collection_reports_what_it_did() {
+    use crate::store::{Collected, DirKey};
+    use std::sync::atomic::Ordering::Relaxed;
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .content(8, "ready")
+        .legacy("l", 8, "ready")
+        .ctag("a", "one", 1)
+        .ctag("a", "eight", 8)
+        .ltag("l", "old", 8);
+    let store = fx.open();
+    // Another directory of the digest stays: the digest is not gone.
+    let got = store.remove_tag("l", "old").expect("rm l:old");
+    let legacy = fx.p(&format!("l/{}", hex(8)));
+    assert!(!legacy.exists());
+    assert_eq!(got.len(), 1, "{got:?}");
+    let c = &got[0];
+    assert_eq!(
+        (c.digest, &c.dir, &c.kept_in_use, c.digest_gone),
+        (dg(8), &DirKey::Legacy("l".into(), dg(8)), &None, false)
+    );
+    assert!(c.bytes > 0, "{c:?}");
+    // The last directory of a digest, still in use: kept in the trash, nothing freed yet.
+    let keep = std::sync::Arc::new(KeepAll(Default::default()));
+    store.set_in_use(keep.clone());
+    let got = store.remove_tag("a", "one").expect("rm a:one");
+    let kept = keep.0.lock().expect("kept").clone();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(
+        got,
+        vec![Collected {
+            digest: dg(1),
+            dir: DirKey::Content(dg(1)),
+            kept_in_use: Some(kept[0].clone()),
+            bytes: 0,
+            digest_gone: true,
+        }]
+    );
+    assert!(kept[0].starts_with(fx.p(&format!("{}/trash", crate::store::layout::PRIVATE))));
+    assert!(kept[0].is_dir() && fx.entries("intents").is_empty());
+    let before = store.stats.bytes_reclaimed.load(Relaxed);
+    store.release_trashed(&dg(1), &kept[0]);
+    assert!(!kept[0].exists() && fx.entries("trash").is_empty());
+    assert!(store.stats.bytes_reclaimed.load(Relaxed) > before);
+    assert_eq!(store.stats.collections.load(Relaxed), 2);
+    check_reopen(&fx, store);
+}

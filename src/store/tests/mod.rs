@@ -10,6 +10,7 @@ mod gc;
 mod model;
 mod open;
 mod promote;
+mod query;
 mod recover;
 mod repo_dirs;
 mod tags;
