@@ -59,8 +59,9 @@ pub(crate) fn rel_of(k: &DirKey) -> String {
     k.rel_path().to_string_lossy().into_owned()
 }
 
-pub(crate) fn collected_rel(c: &Collected) -> String {
-    rel_of(&c.dir)
+/// The store-relative directories a change collected.
+pub(crate) fn collected_rels(v: &[Collected]) -> Vec<String> {
+    v.iter().map(|c| rel_of(&c.dir)).collect()
 }
 
 pub(crate) fn collected_dirs(v: &[Collected]) -> Vec<DirKey> {
@@ -179,6 +180,13 @@ impl Fx {
 
     pub(crate) fn mkdirs(&self, rel: &str) -> &Fx {
         fs::create_dir_all(self.p(rel)).expect("mkdir");
+        self
+    }
+
+    /// Runs `f` as another writer of the store does: under the store's writer lock.
+    pub(crate) fn other_writer(&self, f: impl FnOnce(&Fx)) -> &Fx {
+        let _l = crate::store::lockfile::StoreLock::acquire(self.root()).expect("lock");
+        f(self);
         self
     }
 

@@ -50,7 +50,7 @@ fn remove_tag_collects_exactly_the_last_reference_of_finished_digests() {
         let store = fx.open();
         for ((repo, tag), want) in removals.iter().zip(want) {
             let got = store.remove_tag(repo, tag).expect(name);
-            let got: Vec<String> = got.iter().map(collected_rel).collect();
+            let got = collected_rels(&got);
             assert_eq!(got, want, "{name}: rm {repo}:{tag}");
             // Collected before returning.
             for dir in &got {

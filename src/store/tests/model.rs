@@ -270,7 +270,7 @@ fn run_ops(ops: &[Op]) {
             }
             Op::Remove((r, t)) => store
                 .remove_tag(REPOS[*r], TAGS[*t])
-                .map(|v| v.iter().map(collected_rel).collect())
+                .map(|v| collected_rels(&v))
                 .map_err(|e| kind(&e)),
             Op::Rename((fr, ft), (tr, tt), mode) => store
                 .rename_tag(
@@ -279,7 +279,7 @@ fn run_ops(ops: &[Op]) {
                     TAGS[*tt].as_bytes(),
                     *mode,
                 )
-                .map(|v| v.iter().map(collected_rel).collect())
+                .map(|v| collected_rels(&v))
                 .map_err(|e| kind(&e)),
         };
         let ctx = format!("op {i} {op:?}");

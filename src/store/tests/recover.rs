@@ -28,10 +28,10 @@ fn assert_recovered(fx: &Fx, store: &Store) -> Snap {
 #[test]
 fn recovery_collects_unreferenced_gc_dirs_and_keeps_referenced_ones() {
     let fx = Fx::new();
-    fx.content(1, "ready")
-        .content(2, "ready")
-        .content(3, "ready")
-        .legacy("l", 8, "ready")
+    for n in 1..=3 {
+        fx.content(n, "ready");
+    }
+    fx.legacy("l", 8, "ready")
         .legacy("l", 9, "ready")
         .ctag("a", "one", 1)
         .ltag("l", "nine", 9)

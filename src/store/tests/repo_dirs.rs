@@ -22,37 +22,28 @@ fn repository_directories() {
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
         0o750
     );
-    assert_eq!(
-        e(store.mkdir("", b"localhost:5000", 0o755, uid(), gid())),
-        Ok(())
-    );
-    assert_eq!(
-        e(store.mkdir("x", b"a:1", 0o755, uid(), gid())),
-        Err("InvalidName")
-    );
-    assert_eq!(
-        e(store.mkdir("x", b"Y", 0o755, uid(), gid())),
-        Err("InvalidName")
-    );
-    assert_eq!(
-        e(store.mkdir("nope", b"y", 0o755, uid(), gid())),
-        Err("NotFound")
-    );
-    assert_eq!(
-        e(store.mkdir("a", b"one", 0o755, uid(), gid())),
-        Err("Exists")
-    );
     let deep = "a".repeat(240);
-    assert_eq!(
-        e(store.mkdir(
+    let cases: [(&str, &[u8], Result<(), &str>); 6] = [
+        ("", b"localhost:5000", Ok(())),
+        ("x", b"a:1", Err("InvalidName")),
+        ("x", b"Y", Err("InvalidName")),
+        ("nope", b"y", Err("NotFound")),
+        ("a", b"one", Err("Exists")),
+        (
             "docker.io/library/alpine",
             deep.as_bytes(),
-            0o755,
-            uid(),
-            gid()
-        )),
-        Err("NameTooLong")
-    );
+            Err("NameTooLong"),
+        ),
+    ];
+    for (parent, name, want) in cases {
+        let got = e(store.mkdir(parent, name, 0o755, uid(), gid()));
+        assert_eq!(
+            got,
+            want,
+            "mkdir {parent}/{}",
+            String::from_utf8_lossy(name)
+        );
+    }
     check(&store);
 
     assert_eq!(e(store.rmdir("a")), Err("NotEmpty"));
@@ -115,12 +106,7 @@ fn repository_directories() {
     assert_eq!(s.tags[&("l2".into(), "back".into())], (false, dg(9)));
     let store = check_reopen(&fx, store);
     assert_eq!(
-        store
-            .remove_tag("l2", "back")
-            .expect("rm")
-            .iter()
-            .map(collected_rel)
-            .collect::<Vec<_>>(),
+        collected_rels(&store.remove_tag("l2", "back").expect("rm")),
         vec![format!("l2/{}", hex(9))]
     );
     check_reopen(&fx, store);

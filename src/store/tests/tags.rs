@@ -400,11 +400,7 @@ fn rename_tag_results_and_errors() {
         let got = store.rename_tag(from, to.0, to.1.as_bytes(), mode);
         match want {
             Ok(dirs) => {
-                let got: Vec<String> = got
-                    .unwrap_or_else(|e| panic!("{name}: {e}"))
-                    .iter()
-                    .map(collected_rel)
-                    .collect();
+                let got = collected_rels(&got.unwrap_or_else(|e| panic!("{name}: {e}")));
                 assert_eq!(got, dirs, "{name}");
                 for d in &dirs {
                     assert!(!fx.has(d), "{name}: {d} left");

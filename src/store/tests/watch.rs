@@ -3,23 +3,28 @@
 use std::fs;
 
 use super::fixture::*;
-use crate::store::DirKey;
 use crate::store::layout::{CONTENT, REPOSITORIES};
+use crate::store::{DirKey, Store};
+
+/// The store of `fx`, opened and following other writers.
+fn watched(fx: &Fx) -> Store {
+    let store = fx.open();
+    store.watch().expect("watch");
+    store
+}
 
 #[test]
 fn other_writers_changes_reach_the_index_and_match_a_fresh_scan() {
     use crate::store::watch::Change;
     let fx = base();
-    let store = fx.open();
-    store.watch().expect("watch");
+    let store = watched(&fx);
     // Another writer, holding the store lock as the rule says.
-    {
-        let _l = crate::store::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+    fx.other_writer(|fx| {
         fx.content(20, "ready").ctag("ext/new", "v1", 20);
         fs::remove_file(fx.p(&format!("{REPOSITORIES}/a/two"))).expect("rm");
         fx.ltag("l", "third", 9);
         fx.mkdirs(&format!("{REPOSITORIES}/ext/empty"));
-    }
+    });
     let changes = store.sync_external().expect("sync");
     let ix = store.index();
     assert_eq!(
@@ -54,13 +59,11 @@ fn other_writers_changes_reach_the_index_and_match_a_fresh_scan() {
 #[test]
 fn gc_counts_a_tag_another_writer_made_before_it_decides() {
     let fx = base();
-    let store = fx.open();
-    store.watch().expect("watch");
+    let store = watched(&fx);
     // Digest 2 has one tag we know of; another writer names it too, and nobody synced yet.
-    {
-        let _l = crate::store::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+    fx.other_writer(|fx| {
         fx.ctag("elsewhere", "keep", 2);
-    }
+    });
     let collected = store.remove_tag("a", "two").expect("rm");
     assert!(collected.is_empty(), "{collected:?}");
     assert!(
@@ -74,43 +77,35 @@ fn gc_counts_a_tag_another_writer_made_before_it_decides() {
 #[test]
 fn a_digest_directory_removed_by_another_writer_takes_its_tags_out_of_the_index() {
     let fx = base();
-    let store = fx.open();
-    store.watch().expect("watch");
-    {
-        let _l = crate::store::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+    let store = watched(&fx);
+    fx.other_writer(|fx| {
         fs::remove_dir_all(fx.p(&format!("{CONTENT}/{}", hex(7)))).expect("rm digest");
         fs::remove_dir_all(fx.p(&format!("{REPOSITORIES}/b"))).expect("rm repo");
-    }
+    });
     store.sync_external().expect("sync");
-    assert!(!store.index().has_dir(&DirKey::Content(dg(7))));
-    assert!(store.index().node("b").is_none() && store.index().node("b/c").is_none());
+    assert!(!store.has_digest(&dg(7)));
+    assert!(store.repo_dir("b").is_none() && store.repo_dir("b/c").is_none());
     check(&store);
 }
 
 #[test]
 fn a_store_that_starts_empty_sees_its_first_pull() {
     let fx = Fx::new();
-    let store = fx.open();
-    store.watch().expect("watch");
+    let store = watched(&fx);
     // content/ and repositories/ do not exist yet when the watch starts.
-    {
-        let _l = crate::store::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+    fx.other_writer(|fx| {
         fx.content(30, "ready").ctag("first/pull", "latest", 30);
-    }
+    });
     store.sync_external().expect("sync");
     assert_eq!(
-        store
-            .index()
-            .tag("first/pull", "latest")
-            .map(|t| t.key.clone()),
+        store.tag("first/pull", "latest").map(|t| t.key),
         Some(DirKey::Content(dg(30)))
     );
     // Later writes into the new directories are seen too.
-    {
-        let _l = crate::store::lockfile::StoreLock::acquire(fx.root()).expect("lock");
+    fx.other_writer(|fx| {
         fx.content(31, "ready").ctag("first/pull", "next", 31);
-    }
+    });
     store.sync_external().expect("sync");
-    assert!(store.index().tag("first/pull", "next").is_some());
+    assert!(store.tag("first/pull", "next").is_some());
     check(&store);
 }
