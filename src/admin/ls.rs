@@ -37,7 +37,8 @@ pub struct Row {
     pub dir: String,
     /// `content` or `legacy`.
     pub layout: &'static str,
-    /// Bytes of the regular files in the digest directory (see [`super::dir_bytes`]).
+    /// Bytes of the regular files in the digest directory (apparent sizes, as `du -sb`
+    /// counts them).
     pub size_bytes: u64,
     /// Tags naming the digest directory (as a mount counts them).
     pub refs: u32,

@@ -2,13 +2,16 @@
 //!
 //! Each command works on a store that may be mounted at the same time: it takes the store's
 //! writer lock ([`StoreLock`], the `flock` the mount holds during each of its changes) while
-//! it reads or changes the store's structure, and reads the store with
-//! [`Store::open_view`](crate::store::Store::open_view) (one scan, no recovery) — never [`Store::open`](crate::store::Store::open), whose recovery
-//! empties the trash that a live mount may be using for images still in use.
+//! it reads or changes the store's structure, and reads the store with [`Store::open_view`]
+//! (one scan, no recovery) — never [`Store::open`], whose recovery empties the trash that a
+//! live mount may be using for images still in use.
 //! Long reads (image verification, sizes) happen after the lock is released.
 //!
 //! Exit status: 0 success, 1 problems found or remaining (or some removal failed), 2 the
 //! command could not run (missing store, permission, ...).
+//!
+//! [`Store::open_view`]: crate::store::Store::open_view
+//! [`Store::open`]: crate::store::Store::open
 
 pub mod fsck;
 pub mod gc;
@@ -80,7 +83,9 @@ pub(crate) fn lock_for_reading(root: &Path) -> Result<Option<StoreLock>, String>
     }
 }
 
-/// One consistent view of the store (taken under the lock): [`Store::open_view`](crate::store::Store::open_view).
+/// One consistent view of the store (taken under the lock): [`Store::open_view`].
+///
+/// [`Store::open_view`]: crate::store::Store::open_view
 pub use crate::store::View;
 
 /// The status of a digest directory, or why it is unknown.

@@ -35,8 +35,9 @@
 //! in-process mutex plus an exclusive `flock` on `STORE/.imagefs/lock`, which imagefs's
 //! other writers (`import`, `gc`, `fsck --repair`) take too ([`lockfile::StoreLock`]). The
 //! index sits behind its own read-write lock, which never leaves this module: callers get
-//! owned values ([`query`]), so nobody outside can hold it across a second read while a
-//! writer waits (parking_lot's lock is writer-fair: that would deadlock).
+//! owned values (`query.rs`: [`Store::tag`], [`Store::entry`], ...), so nobody outside can
+//! hold it across a second read while a writer waits (parking_lot's lock is writer-fair:
+//! that would deadlock).
 //!
 //! # GC
 //!

@@ -1,4 +1,5 @@
-//! Promotion of a legacy digest directory into the content layout when another repository's tag names it.
+//! Promotion of a legacy digest directory into the content layout when another
+//! repository's tag names it.
 
 use super::fixture::*;
 use crate::store::layout::{CONTENT, REPOSITORIES};
