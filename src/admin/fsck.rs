@@ -155,7 +155,7 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
             ),
         });
     }
-    let view = View::read(root)?;
+    let view = crate::store::Store::open_view(root).map_err(|e| e.to_string())?;
     for t in &view.scan.temp_files {
         f.push(problem(
             Kind::TempFile,

@@ -1,8 +1,8 @@
 //! `imagefs gc`: removes finished digest directories that no tag names.
 //!
-//! Under the store lock, with the mount's crash-safe steps: a GC intent record, an atomic
-//! rename into `.imagefs/trash/`, the deletion, then the record goes. A crash at any point is
-//! finished by the next mount or `imagefs fsck --repair`.
+//! Under the store lock, with the mount's crash-safe steps ([`store::gc::collect`]): a GC
+//! intent record, an atomic rename into `.imagefs/trash/`, the deletion, then the record
+//! goes. A crash at any point is finished by the next mount or `imagefs fsck --repair`.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use super::{
     EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, dir_bytes, human, lock, out, status_of,
 };
-use crate::store::fsutil;
-use crate::store::journal::{Intent, Journal};
+use crate::store;
 use crate::store::layout::DirKey;
 use crate::store::names::Digest;
 
@@ -91,36 +90,6 @@ pub fn candidates(root: &Path, view: &View, kept: &mut Vec<String>) -> Vec<Candi
     out
 }
 
-/// Removes one digest directory with the mount's crash-safe steps.
-pub fn collect(root: &Path, journal: &Journal, key: &DirKey) -> Result<(), String> {
-    let dir = key.rel_path().to_string_lossy().into_owned();
-    let rec = journal
-        .record(&Intent::Gc { dir: dir.clone() })
-        .map_err(|e| {
-            format!(
-                "{}: cannot record the GC intent: {e}",
-                journal.dir.display()
-            )
-        })?;
-    let trashed = match journal.move_to_trash(root, key) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = journal.done(&rec);
-            return Err(format!(
-                "{}: cannot move into {}: {e}",
-                root.join(&dir).display(),
-                journal.trash().display()
-            ));
-        }
-    };
-    // As the mount does: if the deletion fails, the intent stays and the trash entry is
-    // deleted by the next mount (or `imagefs fsck --repair` when no mount is live).
-    fsutil::remove_tree(&trashed).map_err(|e| format!("delete {}: {e}", trashed.display()))?;
-    journal
-        .done(&rec)
-        .map_err(|e| format!("{}: {e}", rec.display()))
-}
-
 pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32 {
     let root = match check_store(&args.store) {
         Ok(r) => r,
@@ -136,7 +105,7 @@ pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32
             return EXIT_FAILED;
         }
     };
-    let view = match View::read(&root) {
+    let view = match store::Store::open_view(&root).map_err(|e| e.to_string()) {
         Ok(v) => v,
         Err(msg) => {
             out(e, format!("imagefs gc: {msg}"));
@@ -148,7 +117,6 @@ pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32
     for k in &kept {
         out(e, format!("imagefs gc: {k}"));
     }
-    let journal = Journal::new(&root);
     let (mut n, mut bytes, mut failed) = (0usize, 0u64, 0usize);
     for c in &cands {
         let path = root.join(c.key.rel_path());
@@ -162,7 +130,7 @@ pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32
         );
         if args.dry_run {
             out(o, format!("would remove {what}"));
-        } else if let Err(msg) = collect(&root, &journal, &c.key) {
+        } else if let Err(msg) = store::gc::collect(&root, &c.key) {
             out(e, format!("imagefs gc: {msg}"));
             failed += 1;
             continue;

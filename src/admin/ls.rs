@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{
-    EXIT_FAILED, EXIT_OK, View, check_store, dir_bytes, human, lock_for_reading, out, status_of,
+    EXIT_FAILED, EXIT_OK, check_store, dir_bytes, human, lock_for_reading, out, status_of,
 };
 use crate::store::layout::DirKey;
 
@@ -37,7 +37,8 @@ pub struct Row {
     pub dir: String,
     /// `content` or `legacy`.
     pub layout: &'static str,
-    /// Bytes of the regular files in the digest directory (see [`super::dir_bytes`]).
+    /// Bytes of the regular files in the digest directory (apparent sizes, as `du -sb`
+    /// counts them).
     pub size_bytes: u64,
     /// Tags naming the digest directory (as a mount counts them).
     pub refs: u32,
@@ -52,7 +53,7 @@ pub struct Row {
 pub fn rows(root: &Path) -> Result<Vec<Row>, String> {
     let view = {
         let _lock = lock_for_reading(root)?;
-        View::read(root)?
+        crate::store::Store::open_view(root).map_err(|e| e.to_string())?
     };
     let mut tagged: Vec<(String, String, DirKey)> = Vec::new();
     for (repo, node) in view.index.nodes() {

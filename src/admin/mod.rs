@@ -2,13 +2,16 @@
 //!
 //! Each command works on a store that may be mounted at the same time: it takes the store's
 //! writer lock ([`StoreLock`], the `flock` the mount holds during each of its changes) while
-//! it reads or changes the store's structure, and reads the store with one
-//! [`layout::scan`] and [`Index::from_scan`] — never [`crate::store::Store::open`], whose
-//! recovery empties the trash that a live mount may be using for images still in use.
+//! it reads or changes the store's structure, and reads the store with [`Store::open_view`]
+//! (one scan, no recovery) — never [`Store::open`], whose recovery empties the trash that a
+//! live mount may be using for images still in use.
 //! Long reads (image verification, sizes) happen after the lock is released.
 //!
 //! Exit status: 0 success, 1 problems found or remaining (or some removal failed), 2 the
 //! command could not run (missing store, permission, ...).
+//!
+//! [`Store::open_view`]: crate::store::Store::open_view
+//! [`Store::open`]: crate::store::Store::open
 
 pub mod fsck;
 pub mod gc;
@@ -22,8 +25,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::store::index::Index;
-use crate::store::layout::{self, DirKey, Scan};
+use crate::store::layout::{self, DirKey};
 use crate::store::lockfile::StoreLock;
 use crate::store::metadata::{self, Status};
 
@@ -81,26 +83,10 @@ pub(crate) fn lock_for_reading(root: &Path) -> Result<Option<StoreLock>, String>
     }
 }
 
-/// One consistent view of the store (taken under the lock).
-pub struct View {
-    pub scan: Scan,
-    pub index: Index,
-}
-
-impl View {
-    pub fn read(root: &Path) -> Result<View, String> {
-        let scan = layout::scan(root).map_err(|e| format!("scan {}: {e}", root.display()))?;
-        let index = Index::from_scan(&scan);
-        Ok(View { scan, index })
-    }
-
-    /// Every digest directory, sorted.
-    pub fn dirs(&self) -> Vec<DirKey> {
-        let mut v: Vec<DirKey> = self.index.dir_keys().map(|(k, _)| k.clone()).collect();
-        v.sort();
-        v
-    }
-}
+/// One consistent view of the store (taken under the lock): [`Store::open_view`].
+///
+/// [`Store::open_view`]: crate::store::Store::open_view
+pub use crate::store::View;
 
 /// The status of a digest directory, or why it is unknown.
 pub(crate) fn status_of(root: &Path, key: &DirKey) -> Result<Status, String> {

@@ -1,32 +1,23 @@
 //! Tests of `imagefs ls`, `fsck` and `gc` on stores built by hand in temporary directories
-//! (as `store::tests` builds them), with real erofs images made by `mkfs.erofs -zlz4`
-//! (tests that need one are skipped, with a note, when mkfs.erofs is missing).
+//! with the store's own fixture ([`Fx`]), with real erofs images made by `mkfs.erofs -zlz4`
+//! (tests that need one follow the skip policy of `imagefs_erofs::testing`).
 
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 
 use super::fsck::{self, FsckArgs, Kind, Severity};
 use super::gc::{self, GcArgs};
 use super::ls::{self, LsArgs};
 use super::{EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, human};
-use crate::store::layout::{CONTENT, PRIVATE, REPOSITORIES};
+use crate::store::layout::{CONTENT, REPOSITORIES};
 use crate::store::lockfile;
-use crate::store::names;
-
-fn mkfs_available() -> bool {
-    let ok = Command::new("mkfs.erofs").arg("--help").output().is_ok();
-    if !ok {
-        eprintln!("SKIP: mkfs.erofs not found");
-    }
-    ok
-}
+use crate::store::tests::fixture::Fx;
+use imagefs_erofs::testing::{Need, need};
 
 /// A small LZ4 erofs image whose contents depend on `n` (built once per `n`).
 fn image(n: u8) -> Vec<u8> {
@@ -71,37 +62,19 @@ fn sha_hex(b: &[u8]) -> String {
         .collect()
 }
 
-struct Fx {
-    dir: TempDir,
+/// What the admin tests add to the store's fixture: digest directories with real images,
+/// and the three commands' output.
+trait AdminFx {
+    fn real(&self, parent: &str, n: u8, status: &str) -> String;
+    fn real_content(&self, n: u8, status: &str) -> String;
+    fn fake(&self, parent: &str, n: u8, status: &str) -> String;
+    fn fsck(&self, repair: bool) -> (i32, String);
+    fn gc(&self, dry_run: bool) -> (i32, String, String);
+    fn ls(&self, json: bool) -> (i32, String);
+    fn findings(&self) -> Vec<(Severity, Kind, String)>;
 }
 
-impl Fx {
-    fn new() -> Fx {
-        Fx {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn p(&self, rel: &str) -> PathBuf {
-        self.root().join(rel)
-    }
-
-    fn has(&self, rel: &str) -> bool {
-        fs::symlink_metadata(self.p(rel)).is_ok()
-    }
-
-    fn metadata(&self, dir: &Path, hex: &str, status: &str) {
-        let md = serde_json::json!({
-            "name": "test", "digest": format!("sha256:{hex}"), "status": status,
-            "size_bytes": 1, "x-unknown": {"kept": true},
-        });
-        fs::write(dir.join("metadata.json"), md.to_string()).expect("metadata");
-    }
-
+impl AdminFx for Fx {
     /// A digest directory at `parent/<sha256 of image n>` with a real image; returns the hex.
     fn real(&self, parent: &str, n: u8, status: &str) -> String {
         let bytes = image(n);
@@ -109,12 +82,12 @@ impl Fx {
         let dir = self.p(&format!("{parent}/{hex}"));
         fs::create_dir_all(&dir).expect("mkdir");
         fs::write(dir.join("rootfs.erofs"), &bytes).expect("image");
-        self.metadata(&dir, &hex, status);
+        self.metadata(&dir, &hex, status, 1);
         hex
     }
 
     /// `content/<sha256 of image n>`.
-    fn content(&self, n: u8, status: &str) -> String {
+    fn real_content(&self, n: u8, status: &str) -> String {
         self.real(CONTENT, n, status)
     }
 
@@ -123,41 +96,8 @@ impl Fx {
         let hex = format!("{n:02x}").repeat(32);
         let dir = self.p(&format!("{parent}/{hex}"));
         fs::create_dir_all(&dir).expect("mkdir");
-        self.metadata(&dir, &hex, status);
+        self.metadata(&dir, &hex, status, 1);
         hex
-    }
-
-    fn ctag(&self, repo: &str, tag: &str, hex: &str) -> &Fx {
-        let dir = self.p(&format!("{REPOSITORIES}/{repo}"));
-        fs::create_dir_all(&dir).expect("mkdir");
-        let t = format!("{}{CONTENT}/{hex}", "../".repeat(names::depth(repo) + 1));
-        symlink(t, dir.join(tag)).expect("ctag");
-        self
-    }
-
-    fn ltag(&self, repo: &str, tag: &str, hex: &str) -> &Fx {
-        let dir = self.p(repo);
-        fs::create_dir_all(&dir).expect("mkdir");
-        symlink(hex, dir.join(tag)).expect("ltag");
-        self
-    }
-
-    fn private(&self, sub: &str) -> PathBuf {
-        let p = self.p(&format!("{PRIVATE}/{sub}"));
-        fs::create_dir_all(&p).expect("mkdir");
-        p
-    }
-
-    fn entries(&self, sub: &str) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.p(&format!("{PRIVATE}/{sub}")))
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
     }
 
     fn fsck(&self, repair: bool) -> (i32, String) {
@@ -221,16 +161,16 @@ impl Fx {
 /// manifest.json), legacy digest 3 in `old/repo`, a pending pull with no image.
 fn clean() -> (Fx, [String; 4]) {
     let fx = Fx::new();
-    let a = fx.content(1, "ready");
-    let b = fx.content(2, "ready");
+    let a = fx.real_content(1, "ready");
+    let b = fx.real_content(2, "ready");
     fs::write(fx.p(&format!("{CONTENT}/{b}/manifest.json")), "{}").expect("manifest");
     let c = fx.real("old/repo", 3, "ready");
     let p = fx.fake(CONTENT, 0xee, "pending");
-    fx.ctag("docker.io/library/alpine", "latest", &a)
-        .ctag("docker.io/library/alpine", "3", &a)
-        .ctag("b", "v1", &b)
-        .ltag("old/repo", "stable", &c)
-        .ctag("b", "next", &p);
+    fx.ctag_hex("docker.io/library/alpine", "latest", &a)
+        .ctag_hex("docker.io/library/alpine", "3", &a)
+        .ctag_hex("b", "v1", &b)
+        .ltag_hex("old/repo", "stable", &c)
+        .ctag_hex("b", "next", &p);
     (fx, [a, b, c, p])
 }
 
@@ -278,11 +218,11 @@ fn missing_store_exits_2() {
 
 #[test]
 fn ls_table_and_json_in_a_stable_order() {
-    if !mkfs_available() {
+    if !need(&[Need::MkfsErofs], "ls_table_and_json_in_a_stable_order") {
         return;
     }
     let (fx, [a, b, c, p]) = clean();
-    let u = fx.content(4, "ready"); // never tagged
+    let u = fx.real_content(4, "ready"); // never tagged
     let lu = fx.real("old/repo", 5, "failed"); // legacy, never tagged
     let size = |hex: &str, parent: &str| super::dir_bytes(&fx.p(&format!("{parent}/{hex}")));
     let (code, table) = fx.ls(false);
@@ -415,7 +355,7 @@ fn ls_reports_an_unknown_status() {
 
 #[test]
 fn fsck_of_a_clean_store_exits_0() {
-    if !mkfs_available() {
+    if !need(&[Need::MkfsErofs], "fsck_of_a_clean_store_exits_0") {
         return;
     }
     let (fx, _) = clean();
@@ -425,7 +365,7 @@ fn fsck_of_a_clean_store_exits_0() {
     assert!(text.contains("3 images read in full"), "{text}");
     assert!(text.trim_end().ends_with("clean"), "{text}");
     // Untagged digests are information, not problems.
-    fx.content(4, "ready");
+    fx.real_content(4, "ready");
     let (code, text) = fx.fsck(false);
     assert_eq!(code, EXIT_OK, "{text}");
     assert!(
@@ -438,13 +378,13 @@ fn fsck_of_a_clean_store_exits_0() {
 
 #[test]
 fn fsck_finds_each_kind_of_problem() {
-    if !mkfs_available() {
+    if !need(&[Need::MkfsErofs], "fsck_finds_each_kind_of_problem") {
         return;
     }
     let (fx, [a, b, _, _]) = clean();
     let missing = "ab".repeat(32);
     // Dangling tag, tag outside the store, malformed tag name, stray file, tag at the top.
-    fx.ctag("x", "dangling", &missing);
+    fx.ctag_hex("x", "dangling", &missing);
     symlink(
         format!("/elsewhere/content/{a}"),
         fx.p(&format!("{REPOSITORIES}/x/abs")),
@@ -464,7 +404,7 @@ fn fsck_finds_each_kind_of_problem() {
     )
     .expect("tmp");
     fs::create_dir_all(fx.private("trash").join("old-image")).expect("trash");
-    let u = fx.content(4, "ready");
+    let u = fx.real_content(4, "ready");
     symlink(
         format!("{CONTENT}/{u}"),
         fx.private("intents").join("0001-gc.gc"),
@@ -483,7 +423,7 @@ fn fsck_finds_each_kind_of_problem() {
     let bytes = image(2);
     fs::write(cdir.join("rootfs.erofs"), &bytes[..bytes.len() / 2]).expect("truncate");
     for (h, t) in [(&nm, "nm"), (&bs, "bs"), (&ni, "ni"), (&mm, "mm")] {
-        fx.ctag("y", t, h);
+        fx.ctag_hex("y", t, h);
     }
 
     let got = fx.findings();
@@ -538,12 +478,15 @@ fn fsck_finds_each_kind_of_problem() {
 
 #[test]
 fn fsck_repair_fixes_what_it_can_and_exits_0() {
-    if !mkfs_available() {
+    if !need(
+        &[Need::MkfsErofs],
+        "fsck_repair_fixes_what_it_can_and_exits_0",
+    ) {
         return;
     }
     let (fx, [a, ..]) = clean();
-    fx.ctag("x", "dangling", &"ab".repeat(32));
-    fx.ltag("old/repo", "gone", &"cd".repeat(32));
+    fx.ctag_hex("x", "dangling", &"ab".repeat(32));
+    fx.ltag_hex("old/repo", "gone", &"cd".repeat(32));
     symlink(
         "whatever",
         fx.p(&format!("{REPOSITORIES}/x/.imagefs-tmp-1-link")),
@@ -551,7 +494,7 @@ fn fsck_repair_fixes_what_it_can_and_exits_0() {
     .expect("tmp");
     fs::create_dir_all(fx.private("trash").join("old-image/sub")).expect("trash");
     // Half-collected: intent recorded, the tag already gone (collect it) ...
-    let u = fx.content(4, "ready");
+    let u = fx.real_content(4, "ready");
     symlink(
         format!("{CONTENT}/{u}"),
         fx.private("intents").join("0001-a.gc"),
@@ -630,7 +573,7 @@ fn fsck_reports_tags_the_mount_ignores() {
     let fx = Fx::new();
     let h = fx.fake(CONTENT, 0x31, "pending");
     let l = fx.fake("r", 0x32, "pending");
-    fx.ctag("r", "t", &h).ltag("r", "t", &l);
+    fx.ctag_hex("r", "t", &h).ltag_hex("r", "t", &l);
     let got = fx.findings();
     assert_eq!(
         got,
@@ -656,10 +599,10 @@ fn gc_removes_untagged_finished_digests_only() {
     let legacy_dup = fx.fake("l", 0x01, "ready");
     // Named only by a malformed (absolute) link: kept, to be safe.
     let odd = fx.fake(CONTENT, 0x0b, "ready");
-    fx.ctag("a", "t", &tagged)
-        .ctag("a", "s1", &shared)
-        .ctag("b/c", "s2", &shared)
-        .ltag("l", "t", &legacy_tagged);
+    fx.ctag_hex("a", "t", &tagged)
+        .ctag_hex("a", "s1", &shared)
+        .ctag_hex("b/c", "s2", &shared)
+        .ltag_hex("l", "t", &legacy_tagged);
     symlink(
         format!("/somewhere/content/{odd}"),
         fx.p(&format!("{REPOSITORIES}/a/odd")),
@@ -748,7 +691,7 @@ fn gc_steps_are_recoverable() {
     let journal = crate::store::journal::Journal::new(root);
     journal.create_dirs().expect("dirs");
     let key = crate::store::layout::DirKey::from_rel_path(&format!("{CONTENT}/{u}")).expect("key");
-    gc::collect(root, &journal, &key).expect("collect");
+    crate::store::gc::collect(root, &key).expect("collect");
     assert!(!fx.has(&format!("{CONTENT}/{u}")));
     assert!(fx.entries("intents").is_empty() && fx.entries("trash").is_empty());
 }

@@ -67,15 +67,12 @@ fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
     .map_err(|e| e.to_string())?;
     // The scan's threads leave freed memory in their malloc arenas; give it back.
     tuning::trim_heap();
-    {
-        let ix = store.index();
-        log::info!(
-            "store {}: {} tags, {} digests",
-            store.root().display(),
-            ix.tag_count(),
-            ix.digest_count()
-        );
-    }
+    log::info!(
+        "store {}: {} tags, {} digests",
+        store.root().display(),
+        store.tag_count(),
+        store.digest_count()
+    );
     Ok(Arc::new(store))
 }
 

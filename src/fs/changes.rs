@@ -14,7 +14,7 @@ use super::errno::{Error, Result};
 use super::inodes::{self, NodeKey};
 use super::notify::Inval;
 use super::{ImageFs, target};
-use crate::store::{self, DirKey, RenameMode, names};
+use crate::store::{self, RenameMode, names};
 
 impl ImageFs {
     pub(super) fn mkdir(
@@ -60,11 +60,7 @@ impl ImageFs {
         let _applies = self.mutation();
         let p = self.tags_parent(parent, "unlink")?;
         let name = name_str(name)?;
-        let is_dir = self
-            .store
-            .index()
-            .node(&p)
-            .is_some_and(|n| n.subdirs.contains(name));
+        let is_dir = self.store.entry(&p, name) == Some(store::Entry::Dir);
         if is_dir {
             return Err(Error::new(
                 fuser::Errno::EISDIR,
@@ -116,13 +112,10 @@ impl ImageFs {
             ));
         };
         let name = name_str(name)?;
-        let (is_dir, is_tag) = {
-            let ix = self.store.index();
-            let node = ix.node(&p);
-            (
-                node.is_some_and(|n| n.subdirs.contains(name)),
-                node.is_some_and(|n| n.tags.contains_key(name)),
-            )
+        let (is_dir, is_tag) = match self.store.entry(&p, name) {
+            Some(store::Entry::Dir) => (true, false),
+            Some(store::Entry::Tag(_)) => (false, true),
+            None => (false, false),
         };
         if is_dir {
             let from = names::join(&p, name);
@@ -231,10 +224,10 @@ impl ImageFs {
 
     /// After GC removed digest directories: drop what the kernel caches of digests that
     /// no longer have any directory.
-    fn collected(&self, keys: &[DirKey]) {
-        for key in keys {
-            let d = key.digest();
-            if self.store.digest_path(&d).is_none() {
+    fn collected(&self, done: &[store::Collected]) {
+        for c in done {
+            let d = c.digest;
+            if c.digest_gone {
                 self.ready.lock().remove(&d);
                 // An open image would keep its deleted file's space (a listing opens it
                 // without the kernel holding an inode).

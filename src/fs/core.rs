@@ -109,14 +109,9 @@ impl ImageFs {
             },
             NodeKey::TagsDir(p) => {
                 let name = name_str(name)?;
-                let ix = self.store.index();
-                let node = ix.node(p).ok_or_else(missing)?;
-                if node.subdirs.contains(name) {
-                    Ok(NodeKey::TagsDir(names::join(p, name)))
-                } else if node.tags.contains_key(name) {
-                    Ok(NodeKey::Tag(p.clone(), name.to_string()))
-                } else {
-                    Err(missing())
+                match self.store.entry(p, name).ok_or_else(missing)? {
+                    store::Entry::Dir => Ok(NodeKey::TagsDir(names::join(p, name))),
+                    store::Entry::Tag(_) => Ok(NodeKey::Tag(p.clone(), name.to_string())),
                 }
             }
             NodeKey::Digests => {
@@ -124,7 +119,7 @@ impl ImageFs {
                     .ok()
                     .and_then(store::Digest::parse_hex)
                     .ok_or_else(missing)?;
-                if self.store.index().dirs_of(&d).next().is_some() {
+                if self.store.has_digest(&d) {
                     Ok(NodeKey::Digest(d))
                 } else {
                     Err(missing())
@@ -182,7 +177,7 @@ impl ImageFs {
         };
         Ok(match key {
             NodeKey::Root => (dir(3), TAGS_TTL),
-            NodeKey::Digests => (dir(self.store.index().digest_count() as u64), TAGS_TTL),
+            NodeKey::Digests => (dir(self.store.digest_count() as u64), TAGS_TTL),
             NodeKey::Private | NodeKey::ImagesRoot => {
                 let mut a = dir(0);
                 a.perm = 0o555;
@@ -193,31 +188,21 @@ impl ImageFs {
                 Duration::ZERO,
             ),
             NodeKey::TagsDir(p) => {
-                let (path, subdirs) = {
-                    let ix = self.store.index();
-                    let node = ix
-                        .node(p)
-                        .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
-                    let path = if p.is_empty() {
-                        self.store.root().to_path_buf()
-                    } else {
-                        self.store.node_path(p, node)
-                    };
-                    (path, node.subdirs.len())
-                };
+                let store::RepoDir { path, subdirs } = self
+                    .store
+                    .repo_dir(p)
+                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
                 let mut a = attr::from_metadata(0, FileType::Directory, &stat(&path)?, false);
                 a.nlink = u32::try_from(2 + subdirs).unwrap_or(u32::MAX);
                 a.size = 4096;
                 (a, TAGS_TTL)
             }
             NodeKey::Tag(r, t) => {
-                let tag = self
+                let (tag, link) = self
                     .store
-                    .index()
-                    .tag(r, t)
-                    .cloned()
+                    .tag_link(r, t)
                     .ok_or_else(|| Error::not_found(format!("tags/{r}/{t}")))?;
-                let m = stat(&self.store.tag_path(r, t, tag.layout))?;
+                let m = stat(&link)?;
                 let mut a = attr::from_metadata(0, FileType::Symlink, &m, false);
                 a.perm = 0o777;
                 a.size = link_text(r, &tag.key).len() as u64;
@@ -341,9 +326,8 @@ impl ImageFs {
             NodeKey::Tag(r, t) => {
                 let key = self
                     .store
-                    .index()
                     .tag(&r, &t)
-                    .map(|t| t.key.clone())
+                    .map(|t| t.key)
                     .ok_or_else(|| Error::not_found(format!("tags/{r}/{t}")))?;
                 Ok(link_text(&r, &key).into_bytes())
             }
@@ -490,14 +474,11 @@ impl ImageFs {
     /// The metrics file's text, made at open.
     fn render_metrics(&self) -> String {
         use std::sync::atomic::Ordering::Relaxed;
-        let (tags, digests, dirs) = {
-            let ix = self.store.index();
-            let dirs: Vec<std::path::PathBuf> = ix
-                .dir_keys()
-                .map(|(k, _)| self.store.root().join(k.rel_path()))
-                .collect();
-            (ix.tag_count(), ix.digest_count(), dirs)
-        };
+        let store::Census {
+            tags,
+            digests,
+            dirs,
+        } = self.store.census();
         let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
         let in_use_only = self.inodes.lock().zombies.len();
         self.metrics.render(&super::metrics::Gauges {

@@ -111,31 +111,27 @@ impl ImageFs {
                 .into_iter()
                 .map(|(n, k)| (k, FileType::Directory, n.into())),
             ),
-            NodeKey::TagsDir(p) => {
-                let ix = self.store.index();
-                let node = ix
-                    .node(p)
-                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
-                let dirs = node.subdirs.iter().map(|s| {
-                    (
-                        NodeKey::TagsDir(names::join(p, s)),
+            NodeKey::TagsDir(p) => self
+                .store
+                .children(p, skip, max)
+                .ok_or_else(|| Error::not_found(format!("tags/{p}")))?
+                .into_iter()
+                .map(|c| match c {
+                    store::Child::Dir(s) => (
+                        NodeKey::TagsDir(names::join(p, &s)),
                         FileType::Directory,
                         OsString::from(s),
-                    )
-                });
-                let tags = node.tags.keys().map(|t| {
-                    (
+                    ),
+                    store::Child::Tag(t) => (
                         NodeKey::Tag(p.clone(), t.clone()),
                         FileType::Symlink,
                         OsString::from(t),
-                    )
-                });
-                window(&mut dirs.chain(tags))
-            }
+                    ),
+                })
+                .collect(),
             NodeKey::Digests => {
                 // Skipping over the keys is cheap; only the window is formatted.
-                let ix = self.store.index();
-                let v: Vec<store::Digest> = ix.digests().skip(skip).take(max).copied().collect();
+                let v: Vec<store::Digest> = self.store.digests_window(skip, max);
                 v.into_iter()
                     .map(|d| (NodeKey::Digest(d), FileType::Directory, d.hex().into()))
                     .collect()

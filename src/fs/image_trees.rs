@@ -56,7 +56,7 @@ impl ImageTrees {
 
     /// Every digest of the store.
     pub(crate) fn digests(&self) -> Vec<Digest> {
-        self.0.store.index().digests().copied().collect()
+        self.0.store.digests()
     }
 
     /// Can digest `d`'s `rootfs/` be served now (present in the store and ready)?
@@ -90,6 +90,6 @@ impl ImageTrees {
 
     /// Is digest `d` still in the store?
     pub(crate) fn has_digest(&self, d: &Digest) -> bool {
-        self.0.store.digest_path(d).is_some()
+        self.0.store.has_digest(d)
     }
 }

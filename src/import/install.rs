@@ -1,24 +1,24 @@
-//! Writing hypeman's `metadata.json` and installing the digest directory and the tag into
-//! the store, under the store's writer lock.
+//! Writing hypeman's `metadata.json`, and installing the digest directory and the tag into
+//! the store through the store's own install ([`store::install`]), under the store's writer
+//! lock.
 //!
-//! Under [`StoreLock`]: `content/<hex>` is created by one rename of the finished work
-//! directory (if it is already there it is kept as is: the same bytes were imported, or
-//! pulled, before); then `repositories/<repo>/<tag>` is installed with an atomic rename
-//! (an existing tag of that name moves, as `docker tag` does), and a legacy-layout tag of the
-//! same name (`<repo>/<tag>`) is removed, as hypeman does when it retags. The image a moved
-//! tag named is not collected here: `imagefs gc` does that (DESIGN.md 4, other writers).
+//! `content/<hex>` is created by one rename of the finished work directory (if it is
+//! already there it is kept as is: the same bytes were imported, or pulled, before); then
+//! `repositories/<repo>/<tag>` is installed with an atomic rename (an existing tag of that
+//! name moves, as `docker tag` does), and a legacy-layout tag of the same name
+//! (`<repo>/<tag>`) is removed, as hypeman does when it retags. The image a moved tag named
+//! is not collected here: `imagefs gc` does that (DESIGN.md 4, other writers).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use serde_json::{Map, Value};
 
 use super::{ImportError, Result};
-use crate::store::fsutil::{self, RenameMode};
-use crate::store::layout::{self, DirKey};
-use crate::store::lockfile::StoreLock;
-use crate::store::metadata::{self, Metadata, Status};
-use crate::store::{Digest, names};
+use crate::store::fsutil;
+use crate::store::install::InstallError;
+use crate::store::metadata::{Metadata, Status};
+use crate::store::{self, Digest};
 
 /// The fields of a new `metadata.json`.
 #[derive(Debug, Clone)]
@@ -172,121 +172,17 @@ pub fn write_metadata(dir: &Path, meta: &MetaInput) -> Result<()> {
     Ok(())
 }
 
-fn store_err(path: &Path, reason: impl std::fmt::Display) -> ImportError {
-    ImportError::Store {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Creates `dir` if missing, like `like` (owner and mode) when that exists. Refuses a
-/// symlink or a non-directory in the way.
-fn ensure_dir(dir: &Path, like: &Path) -> Result<()> {
-    match std::fs::create_dir(dir) {
-        Ok(()) => {
-            let (uid, gid, mode) = match std::fs::metadata(like) {
-                Ok(m) => (Some(m.uid()), Some(m.gid()), m.mode() & 0o7777),
-                Err(_) => (None, None, 0o755),
-            };
-            let _ = std::os::unix::fs::chown(dir, uid, gid);
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| ImportError::io(dir.display(), e))?;
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            match std::fs::symlink_metadata(dir) {
-                Ok(m) if m.is_dir() => Ok(()),
-                Ok(_) => Err(store_err(dir, "exists and is not a directory")),
-                Err(e) => Err(ImportError::io(dir.display(), e)),
-            }
-        }
-        Err(e) => Err(ImportError::io(dir.display(), e)),
-    }
-}
-
 /// Installs the finished digest directory `built` as `content/<digest>` (unless it exists)
-/// and tags it `repo:tag`. Returns whether the digest was already in the store.
+/// and tags it `repo:tag`, with the store's own install ([`store::install::install_image`]).
+/// Returns whether the digest was already in the store.
 pub fn install(store: &Path, built: &Path, digest: Digest, repo: &str, tag: &str) -> Result<bool> {
-    let _lock = StoreLock::acquire(store).map_err(|e| {
-        store_err(
-            &store.join(layout::PRIVATE).join("lock"),
-            format!("cannot take the store lock: {e}"),
-        )
-    })?;
-    let content = store.join(layout::CONTENT);
-    ensure_dir(&content, store)?;
-    let key = DirKey::Content(digest);
-    let dest = store.join(key.rel_path());
-    let reused = match std::fs::symlink_metadata(&dest) {
-        Ok(m) if m.is_dir() => {
-            match metadata::read_status(&dest) {
-                Ok(Status::Ready) => {}
-                Ok(s) => {
-                    return Err(store_err(
-                        &dest,
-                        format!(
-                            "already exists with status {:?} (a pull in progress?); not tagged",
-                            s.as_str()
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    return Err(store_err(
-                        &dest,
-                        format!("already exists but {e}; not tagged"),
-                    ));
-                }
-            }
-            true
-        }
-        Ok(_) => return Err(store_err(&dest, "exists and is not a directory")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fsutil::rename(built, &dest, RenameMode::NoReplace).map_err(|e| {
-                ImportError::io(
-                    format!("rename {} -> {}", built.display(), dest.display()),
-                    e,
-                )
-            })?;
-            fsutil::fsync_dir(&content).map_err(|e| ImportError::io(content.display(), e))?;
-            false
-        }
-        Err(e) => return Err(ImportError::io(dest.display(), e)),
-    };
-
-    // repositories/<repo>/: each level like the legacy directory of the same path, if any.
-    let mut dir = store.join(layout::REPOSITORIES);
-    ensure_dir(&dir, store)?;
-    let mut rel = String::new();
-    for c in repo.split('/') {
-        dir.push(c);
-        rel = names::join(&rel, c);
-        ensure_dir(&dir, &store.join(&rel))?;
-    }
-    let link = dir.join(tag);
-    if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
-        return Err(store_err(
-            &link,
-            "exists and is not a tag (a directory or file is in the way)",
-        ));
-    }
-    fsutil::install_symlink(
-        &layout::tag_target(repo, &key),
-        &link,
-        RenameMode::Replace,
-        true,
-    )
-    .map_err(|e| ImportError::io(link.display(), e))?;
-    // The same tag in the legacy layout moves too.
-    if !layout::is_reserved_top(repo) {
-        let twin = store.join(repo).join(tag);
-        if std::fs::symlink_metadata(&twin).is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&twin).map_err(|e| ImportError::io(twin.display(), e))?;
-            if let Some(p) = twin.parent() {
-                let _ = fsutil::fsync_dir(p);
-            }
-        }
-    }
-    Ok(reused)
+    store::install::install_image(store, built, digest, repo, tag).map_err(|e| match e {
+        InstallError::Refused { path, reason } => ImportError::Store {
+            path: path.display().to_string(),
+            reason,
+        },
+        InstallError::Io { what, error } => ImportError::io(what, error),
+    })
 }
 
 #[cfg(test)]

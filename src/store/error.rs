@@ -46,3 +46,12 @@ impl<T> IoContext<T> for io::Result<T> {
         })
     }
 }
+
+/// The error of a name the store refuses; `what` shows the name.
+pub(super) fn name_err(e: super::names::NameError, what: impl FnOnce() -> String) -> StoreError {
+    use super::names::NameError;
+    match e {
+        NameError::TooLong => StoreError::NameTooLong(what()),
+        NameError::Invalid => StoreError::InvalidName(what()),
+    }
+}

@@ -1,8 +1,6 @@
 //! Small filesystem primitives with the durability and atomicity the store relies on.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,34 +15,15 @@ pub enum RenameMode {
     Exchange,
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
-}
-
 /// `renameat2(2)` with the given mode.
 pub fn rename(from: &Path, to: &Path, mode: RenameMode) -> io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, RenameFlags};
     let flags = match mode {
-        RenameMode::Replace => 0,
-        RenameMode::NoReplace => libc::RENAME_NOREPLACE,
-        RenameMode::Exchange => libc::RENAME_EXCHANGE,
+        RenameMode::Replace => RenameFlags::empty(),
+        RenameMode::NoReplace => RenameFlags::RENAME_NOREPLACE,
+        RenameMode::Exchange => RenameFlags::RENAME_EXCHANGE,
     };
-    let (f, t) = (cstr(from)?, cstr(to)?);
-    // SAFETY: both are valid NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).map_err(io::Error::from)
 }
 
 /// Flushes a directory's entries to disk.

@@ -337,6 +337,22 @@ fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Sc
     }
 }
 
+/// The layout a digest directory belongs to.
+pub fn layout_of(key: &DirKey) -> Layout {
+    match key {
+        DirKey::Content(_) => Layout::Content,
+        DirKey::Legacy(..) => Layout::Legacy,
+    }
+}
+
+/// `p` relative to the store root `root`, as an intent records it.
+pub(super) fn rel(p: &Path, root: &Path) -> String {
+    p.strip_prefix(root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,20 +7,17 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::journal::Journal;
 
-fn flock(f: &File, op: libc::c_int) -> io::Result<()> {
+/// `flock(2)` through `lock` (`File::lock` or `File::lock_shared`), retried when a signal
+/// interrupts the wait.
+pub(super) fn flock(f: &File, lock: fn(&File) -> io::Result<()>) -> io::Result<()> {
     loop {
-        // SAFETY: f is an open file.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match lock(f) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
         }
     }
 }
@@ -45,7 +42,7 @@ impl StoreLock {
         let j = Journal::new(root);
         j.create_dirs()?;
         let file = open(&j.lock_path())?;
-        flock(&file, libc::LOCK_EX)?;
+        flock(&file, File::lock)?;
         Ok(StoreLock { _file: file })
     }
 }
@@ -53,7 +50,7 @@ impl StoreLock {
 /// Marks the store as mounted for as long as the returned file stays open.
 pub fn hold_mounted(root: &Path) -> io::Result<File> {
     let file = open(&Journal::new(root).dir.join("mounted"))?;
-    flock(&file, libc::LOCK_SH)?;
+    flock(&file, File::lock_shared)?;
     Ok(file)
 }
 
@@ -62,7 +59,7 @@ pub fn is_mounted(root: &Path) -> bool {
     let Ok(file) = File::open(Journal::new(root).dir.join("mounted")) else {
         return false;
     };
-    flock(&file, libc::LOCK_EX | libc::LOCK_NB).is_err()
+    file.try_lock().is_err()
 }
 
 #[cfg(test)]

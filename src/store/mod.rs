@@ -1,45 +1,95 @@
 //! The image store: hypeman's directory, its names, the in-memory index, eager GC and the
 //! journal that makes every change crash-safe. Nothing here knows about FUSE.
 //!
-//! Layout: see [`layout`]. Invariants this module keeps, under one lock shared by every
-//! change (an in-process mutex plus `flock` on `STORE/.imagefs/lock` for other writers):
+//! # On disk
+//!
+//! ```text
+//! STORE/
+//!   content/<hex>/rootfs.erofs          content-addressed digest directory (metadata.json,
+//!   content/<hex>/metadata.json         status and all; other files kept as they are)
+//!   repositories/<repo>/<tag>           tag -> ../(x depth(repo)+1)content/<hex>
+//!   <repo>/<hex>/...                    legacy digest directory, owned by <repo>
+//!   <repo>/<tag>                        legacy tag -> <hex>
+//!   .imagefs/lock                       exclusive flock of every writer, for each change
+//!   .imagefs/mounted                    shared flock held by a live mount (lockfile)
+//!   .imagefs/intents/<id>.gc            GC intent -> store-relative digest directory
+//!   .imagefs/intents/<id>.json          promote / move / exchange / relink intent
+//!   .imagefs/trash/<id>-<hex12>/        collected directories; emptied at mount
+//! ```
+//!
+//! ([`layout`] reads it, [`journal`] owns `.imagefs/`.)
+//!
+//! # Invariants
 //!
 //! - A digest directory exists iff a tag names it, or it was never tagged, or it is not
 //!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable).
 //! - A tag is installed by an atomic rename and only ever names an existing, `ready`
 //!   digest directory; the readiness check and the install happen under the lock, so a tag
 //!   can never be created for a directory that GC is removing.
-//! - When a change drops the last reference to a collectable directory, it is removed
-//!   before the change returns: GC intent, tag change, rename into the trash, delete.
-//!   [`Store::open`] replays whatever a crash interrupted (see [`journal`]).
+//! - The index ([`index`]) agrees with the disk: every change updates it under the lock
+//!   right after its on-disk step, and other writers' changes reach it through [`watch`].
+//!
+//! # Locking
+//!
+//! Every change holds one lock from its checks to its last step ([`Store::lock`]): an
+//! in-process mutex plus an exclusive `flock` on `STORE/.imagefs/lock`, which imagefs's
+//! other writers (`import`, `gc`, `fsck --repair`) take too ([`lockfile::StoreLock`]). The
+//! index sits behind its own read-write lock, which never leaves this module: callers get
+//! owned values (`query.rs`: [`Store::tag`], [`Store::entry`], ...), so nobody outside can
+//! hold it across a second read while a writer waits (parking_lot's lock is writer-fair:
+//! that would deadlock).
+//!
+//! # GC
+//!
+//! When a change drops the last reference to a collectable directory, it is removed before
+//! the change returns, in the steps of [`gc`]: GC intent, tag change, rename into the trash,
+//! delete, intent removal. A directory the mount still serves stays in the trash until its
+//! last user goes ([`InUse`], [`Store::release_trashed`]). [`Store::open`] replays whatever a
+//! crash interrupted ([`recover`]); tools that must not (a mount may be live) read the
+//! store with [`Store::open_view`].
+//!
+//! # Modules
+//!
+//! The changes by subject: [`tags`](Store::create_tag) (`tags.rs`), repository directories
+//! (`repo_dirs.rs`), promotion of legacy directories (`promote.rs`), [`gc`], and
+//! [`install`] for writers that do not mount the store.
+
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod fsutil;
+pub mod gc;
 pub mod index;
+pub mod install;
 pub mod journal;
 pub mod layout;
 pub mod lockfile;
 pub mod metadata;
 pub mod names;
-mod ops;
+mod promote;
+mod query;
 pub mod recover;
+mod repo_dirs;
+mod tags;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+mod view;
 pub mod watch;
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 pub use error::{Result, StoreError};
 pub use fsutil::RenameMode;
+pub use gc::Collected;
 pub use index::{Index, Node, Tag};
 pub use layout::{DirKey, Layout};
 pub use names::Digest;
-pub use ops::check_new_tag;
+pub use query::{Census, Child, Entry, RepoDir};
+pub use tags::check_new_tag;
+pub use view::View;
 
 use error::IoContext;
 use journal::Journal;
@@ -99,13 +149,12 @@ pub struct Store {
 /// Held for the whole of a change: the in-process mutex and the store's `flock`.
 pub struct LockGuard<'a> {
     _mutex: MutexGuard<'a, ()>,
-    fd: i32,
+    file: &'a File,
 }
 
 impl Drop for LockGuard<'_> {
     fn drop(&mut self) {
-        // SAFETY: fd is the store's lock file, open for the store's lifetime.
-        unsafe { libc::flock(self.fd, libc::LOCK_UN) };
+        let _ = self.file.unlock();
     }
 }
 
@@ -202,119 +251,30 @@ impl Store {
         let _ = self.in_use.set(check);
     }
 
-    /// Deletes a collected directory that was kept for its users (see [`InUse`]).
-    pub fn release_trashed(&self, digest: &Digest, trashed: &Path) {
-        let bytes = fsutil::tree_bytes(trashed);
-        match fsutil::remove_tree(trashed) {
-            Ok(()) => {
-                self.stats
-                    .bytes_reclaimed
-                    .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-                log::info!(
-                    "released sha256:{digest} ({}): its last user is gone, {bytes} bytes freed",
-                    trashed.display()
-                )
-            }
-            Err(e) => log::error!(
-                "delete {}: {e}; the next mount will empty the trash",
-                trashed.display()
-            ),
-        }
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// A read-only view of the index. Hold it briefly.
-    pub fn index(&self) -> RwLockReadGuard<'_, Index> {
+    /// A read-only view of the index, for the store's own code: hold it briefly, and never
+    /// across another call that reads the index (see [`query`]).
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read()
     }
 
     /// Takes the store lock (blocking).
     pub fn lock(&self) -> Result<LockGuard<'_>> {
         let m = self.mutate.lock();
-        let fd = self.lock_file.as_raw_fd();
-        loop {
-            // SAFETY: fd is open for the store's lifetime.
-            if unsafe { libc::flock(fd, libc::LOCK_EX) } == 0 {
-                return Ok(LockGuard { _mutex: m, fd });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e).ctx(|| format!("flock {}", self.journal.lock_path().display()));
-            }
-        }
-    }
-
-    /// The store directory of a `tags/` directory: the content layout's when it has one.
-    pub fn node_path(&self, path: &str, node: &Node) -> PathBuf {
-        let layout = if node.content || !node.legacy {
-            Layout::Content
-        } else {
-            Layout::Legacy
-        };
-        if path.is_empty() && layout == Layout::Legacy {
-            return self.root.clone();
-        }
-        self.root.join(layout::repo_rel_dir(layout, path))
-    }
-
-    /// The store path of a tag's symlink.
-    pub fn tag_path(&self, repo: &str, tag: &str, layout: Layout) -> PathBuf {
-        self.root.join(layout::repo_rel_dir(layout, repo)).join(tag)
-    }
-
-    /// The directory that `digests/<hex>` shows: the content one, else a legacy one.
-    pub fn digest_path(&self, d: &Digest) -> Option<PathBuf> {
-        let ix = self.index.read();
-        let key = ix.dirs_of(d).next()?;
-        Some(self.root.join(key.rel_path()))
+        lockfile::flock(&self.lock_file, File::lock)
+            .ctx(|| format!("flock {}", self.journal.lock_path().display()))?;
+        Ok(LockGuard {
+            _mutex: m,
+            file: &self.lock_file,
+        })
     }
 
     /// The status of a digest directory; `Err` says why it is unknown.
     pub fn status(&self, key: &DirKey) -> std::result::Result<metadata::Status, String> {
         metadata::read_status(&self.root.join(key.rel_path()))
-    }
-
-    /// Creates the store directory of `repo` in `layout` if it is missing. New content-layout
-    /// directories take the owner and mode of the legacy one at the same path, if any.
-    fn ensure_store_dir(&self, layout: Layout, repo: &str) -> Result<()> {
-        let dir = self.root.join(layout::repo_rel_dir(layout, repo));
-        if dir.is_dir() {
-            return Ok(());
-        }
-        if layout == Layout::Legacy {
-            return Err(StoreError::NotFound(dir.display().to_string()));
-        }
-        let mut cur = self.root.join(layout::REPOSITORIES);
-        let mut rel = String::new();
-        for c in std::iter::once("").chain(repo.split('/').filter(|c| !c.is_empty())) {
-            if !c.is_empty() {
-                cur.push(c);
-                rel = names::join(&rel, c);
-            }
-            match std::fs::create_dir(&cur) {
-                Ok(()) => {
-                    let like = if rel.is_empty() {
-                        self.root.clone()
-                    } else {
-                        self.root.join(&rel)
-                    };
-                    if let Ok(m) = std::fs::metadata(&like) {
-                        let _ = std::os::unix::fs::chown(&cur, Some(m.uid()), Some(m.gid()));
-                        let _ = std::fs::set_permissions(
-                            &cur,
-                            std::fs::Permissions::from_mode(m.mode() & 0o7777),
-                        );
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).ctx(|| cur.display().to_string()),
-            }
-        }
-        self.index.write().ensure_node(repo, Layout::Content);
-        Ok(())
     }
 
     fn fsync_dir(&self, dir: &Path) {

@@ -2,18 +2,20 @@
 //! Runs under the store lock, before the mount serves anything ([`Store::open`]), and from
 //! `imagefs fsck --repair` ([`replay`], which may leave the trash to a live mount).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use log::{info, warn};
 
 use super::Store;
 use super::error::{IoContext, Result};
 use super::fsutil::{self, RenameMode};
+use super::gc;
 use super::index::Index;
 use super::journal::{Intent, Journal};
 use super::layout::{self, DirKey, Layout};
 use super::names::Digest;
-use super::ops::relink_tree;
+use super::repo_dirs::relink_tree;
+use super::view::View;
 
 fn exists(p: &Path) -> bool {
     std::fs::symlink_metadata(p).is_ok()
@@ -51,7 +53,7 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    fn did(&mut self, msg: String) {
+    pub(super) fn did(&mut self, msg: String) {
         info!("{msg}");
         self.actions.push(msg);
     }
@@ -153,31 +155,11 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
         journal.done(&record).ctx(|| record.display().to_string())?;
     }
 
-    let scan = layout::scan(&root).ctx(|| root.display().to_string())?;
-    let mut ix = Index::from_scan(&scan);
-    let mut trashed_now: Vec<PathBuf> = Vec::new();
-    for (record, dir) in gc {
-        match DirKey::from_rel_path(&dir) {
-            Some(key) if ix.has_dir(&key) && ix.refs(&key) == Some(0) => {
-                let trashed = journal
-                    .move_to_trash(&root, &key)
-                    .ctx(|| format!("collect {dir}"))?;
-                ix.remove_dir(&key);
-                rec.did(format!(
-                    "finished interrupted collection of {dir} ({})",
-                    trashed.display()
-                ));
-                trashed_now.push(trashed);
-            }
-            Some(key) if ix.has_dir(&key) => {
-                rec.did(format!(
-                    "rolled back interrupted collection of {dir}: a tag still names it"
-                ));
-            }
-            _ => {}
-        }
-        journal.done(&record).ctx(|| record.display().to_string())?;
-    }
+    let View {
+        scan,
+        index: mut ix,
+    } = View::scan(&root).ctx(|| root.display().to_string())?;
+    let trashed_now = gc::replay(&root, &journal, &mut ix, gc, &mut |m| rec.did(m))?;
     for t in &scan.temp_files {
         match std::fs::remove_file(t) {
             Ok(()) => rec.did(format!("removed leftover {}", t.display())),
@@ -193,7 +175,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
         }
     } else {
         for t in trashed_now {
-            if let Err(e) = fsutil::remove_tree(&t) {
+            if let Err(e) = gc::delete(&t) {
                 rec.failed(format!("delete {}: {e}", t.display()));
             }
         }

@@ -1,0 +1,189 @@
+//! Installing into the store: repository directories of the content layout, digest
+//! directories and tags, for the mount's own changes ([`Store::create_tag`] and the other
+//! changes create their repository directories here) and for writers that do not mount the
+//! store (`imagefs import`, through [`install_image`]).
+//!
+//! Every step is one atomic rename, or a `mkdir` of a directory that may already be there:
+//! a crash leaves either the old or the new state, and re-running the install finishes it.
+//!
+//! [`Store::create_tag`]: super::Store::create_tag
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::fsutil::{self, RenameMode};
+use super::layout::{self, DirKey};
+use super::lockfile::StoreLock;
+use super::metadata::{self, Status};
+use super::names::{self, Digest};
+
+/// Why an install stopped.
+#[derive(Debug)]
+pub enum InstallError {
+    /// Something in the store is in the way: `path`, and why.
+    Refused { path: PathBuf, reason: String },
+    /// An I/O error on `what` (a path, or `rename A -> B`).
+    Io { what: String, error: io::Error },
+}
+
+impl InstallError {
+    fn refused(path: &Path, reason: impl Into<String>) -> InstallError {
+        InstallError::Refused {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    fn io(what: impl std::fmt::Display, error: io::Error) -> InstallError {
+        InstallError::Io {
+            what: what.to_string(),
+            error,
+        }
+    }
+}
+
+impl std::fmt::Display for InstallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstallError::Refused { path, reason } => write!(f, "{}: {reason}", path.display()),
+            InstallError::Io { what, error } => write!(f, "{what}: {error}"),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, InstallError>;
+
+/// Creates `dir` if missing, like `like` (owner and mode) when that exists, else 0755.
+/// Refuses a symlink or a non-directory in the way. Returns whether it created `dir`.
+fn ensure_dir_like(dir: &Path, like: &Path) -> Result<bool> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {
+            let (uid, gid, mode) = match std::fs::metadata(like) {
+                Ok(m) => (Some(m.uid()), Some(m.gid()), m.mode() & 0o7777),
+                Err(_) => (None, None, 0o755),
+            };
+            let _ = std::os::unix::fs::chown(dir, uid, gid);
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| InstallError::io(dir.display(), e))?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            match std::fs::symlink_metadata(dir) {
+                Ok(m) if m.is_dir() => Ok(false),
+                Ok(_) => Err(InstallError::refused(dir, "exists and is not a directory")),
+                Err(e) => Err(InstallError::io(dir.display(), e)),
+            }
+        }
+        Err(e) => Err(InstallError::io(dir.display(), e)),
+    }
+}
+
+/// Creates `repositories/<repo>/` and each level above it that is missing. Each new level
+/// takes the owner and mode of the legacy repository directory of the same path, if any
+/// (`repositories/` itself those of the store). Returns the directory.
+pub fn ensure_repo_dir(root: &Path, repo: &str) -> Result<PathBuf> {
+    let mut dir = root.join(layout::REPOSITORIES);
+    ensure_dir_like(&dir, root)?;
+    let mut rel = String::new();
+    for c in repo.split('/').filter(|c| !c.is_empty()) {
+        dir.push(c);
+        rel = names::join(&rel, c);
+        ensure_dir_like(&dir, &root.join(&rel))?;
+    }
+    Ok(dir)
+}
+
+/// Installs the finished digest directory `built` as `content/<digest>`, by one rename,
+/// unless that exists already and is `ready` (then `built` is left alone). Returns whether
+/// the digest was already in the store. The caller holds the store lock.
+pub fn install_digest_dir(root: &Path, built: &Path, digest: Digest) -> Result<bool> {
+    let content = root.join(layout::CONTENT);
+    ensure_dir_like(&content, root)?;
+    let dest = root.join(DirKey::Content(digest).rel_path());
+    match std::fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => match metadata::read_status(&dest) {
+            Ok(Status::Ready) => Ok(true),
+            Ok(s) => Err(InstallError::refused(
+                &dest,
+                format!(
+                    "already exists with status {:?} (a pull in progress?); not tagged",
+                    s.as_str()
+                ),
+            )),
+            Err(e) => Err(InstallError::refused(
+                &dest,
+                format!("already exists but {e}; not tagged"),
+            )),
+        },
+        Ok(_) => Err(InstallError::refused(
+            &dest,
+            "exists and is not a directory",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fsutil::rename(built, &dest, RenameMode::NoReplace).map_err(|e| {
+                InstallError::io(
+                    format!("rename {} -> {}", built.display(), dest.display()),
+                    e,
+                )
+            })?;
+            fsutil::fsync_dir(&content).map_err(|e| InstallError::io(content.display(), e))?;
+            Ok(false)
+        }
+        Err(e) => Err(InstallError::io(dest.display(), e)),
+    }
+}
+
+/// Installs the tag `repo:tag` naming `content/<digest>` with an atomic rename, durably.
+/// An existing tag of that name moves (as `docker tag` does), and a legacy-layout tag of
+/// the same name (`<repo>/<tag>`) is removed, as hypeman does when it retags. The image a
+/// moved tag named is not collected here: `imagefs gc` does that (DESIGN.md 4, other
+/// writers). The caller holds the store lock.
+pub fn install_tag(root: &Path, repo: &str, tag: &str, digest: Digest) -> Result<()> {
+    let dir = ensure_repo_dir(root, repo)?;
+    let link = dir.join(tag);
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
+        return Err(InstallError::refused(
+            &link,
+            "exists and is not a tag (a directory or file is in the way)",
+        ));
+    }
+    fsutil::install_symlink(
+        &layout::tag_target(repo, &DirKey::Content(digest)),
+        &link,
+        RenameMode::Replace,
+        true,
+    )
+    .map_err(|e| InstallError::io(link.display(), e))?;
+    // The same tag in the legacy layout moves too.
+    if !layout::is_reserved_top(repo) {
+        let twin = root.join(repo).join(tag);
+        if std::fs::symlink_metadata(&twin).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&twin).map_err(|e| InstallError::io(twin.display(), e))?;
+            if let Some(p) = twin.parent() {
+                let _ = fsutil::fsync_dir(p);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An import's install, under the store's writer lock: [`install_digest_dir`] then
+/// [`install_tag`]. Returns whether the digest was already in the store.
+pub fn install_image(
+    root: &Path,
+    built: &Path,
+    digest: Digest,
+    repo: &str,
+    tag: &str,
+) -> Result<bool> {
+    let _lock = StoreLock::acquire(root).map_err(|e| {
+        InstallError::refused(
+            &root.join(layout::PRIVATE).join("lock"),
+            format!("cannot take the store lock: {e}"),
+        )
+    })?;
+    let reused = install_digest_dir(root, built, digest)?;
+    install_tag(root, repo, tag, digest)?;
+    Ok(reused)
+}

@@ -1,0 +1,86 @@
+//! Promotion: a digest directory in one repository's legacy layout (`<repo>/<hex>`) that
+//! another repository's tag is to name moves into the content layout (`content/<hex>`),
+//! and the legacy tags naming it are rewritten there. Journaled as a `promote` intent, so
+//! [`super::recover`] finishes it after a crash.
+
+use log::info;
+
+use super::Store;
+use super::error::{IoContext, Result};
+use super::fsutil::{self, RenameMode};
+use super::journal::Intent;
+use super::layout::{self, DirKey, Layout};
+use super::names::Digest;
+
+impl Store {
+    /// The key a tag in `repo` uses for the directory `key`: itself, unless `key` is another
+    /// repository's legacy directory, which is then promoted into the content layout.
+    pub(super) fn key_for_repo(&self, key: &DirKey, repo: &str) -> Result<DirKey> {
+        match key {
+            DirKey::Legacy(owner, d) if owner != repo => {
+                if !self.index().has_dir(&DirKey::Content(*d)) {
+                    self.promote(owner, *d)?;
+                }
+                Ok(DirKey::Content(*d))
+            }
+            k => Ok(k.clone()),
+        }
+    }
+
+    /// Moves `<repo>/<hex>` to `content/<hex>` and rewrites that repository's tags naming it.
+    fn promote(&self, repo: &str, d: Digest) -> Result<()> {
+        let from = DirKey::Legacy(repo.to_string(), d);
+        let to = DirKey::Content(d);
+        let rec = self
+            .journal
+            .record(&Intent::Promote {
+                repo: repo.to_string(),
+                hex: d.hex(),
+            })
+            .ctx(|| "journal".to_string())?;
+        let content = self.root.join(layout::CONTENT);
+        std::fs::create_dir_all(&content).ctx(|| content.display().to_string())?;
+        let (a, b) = (
+            self.root.join(from.rel_path()),
+            self.root.join(to.rel_path()),
+        );
+        if let Err(e) = fsutil::rename(&a, &b, RenameMode::NoReplace) {
+            let _ = self.journal.done(&rec);
+            return Err(e).ctx(|| format!("promote {} -> {}", a.display(), b.display()));
+        }
+        info!("promoted {} into {}", a.display(), b.display());
+        self.index.write().add_dir(to.clone());
+        let tags: Vec<String> = self
+            .index()
+            .node(repo)
+            .map(|n| {
+                n.tags
+                    .iter()
+                    .filter(|(_, t)| t.key == from)
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.ensure_store_dir(Layout::Content, repo)?;
+        for tag in tags {
+            let new = self.tag_path(repo, &tag, Layout::Content);
+            fsutil::install_symlink(
+                &layout::tag_target(repo, &to),
+                &new,
+                RenameMode::Replace,
+                false,
+            )
+            .ctx(|| new.display().to_string())?;
+            let old = self.tag_path(repo, &tag, Layout::Legacy);
+            std::fs::remove_file(&old).ctx(|| old.display().to_string())?;
+            let mut ix = self.index.write();
+            ix.remove_tag(repo, &tag);
+            ix.add_tag(repo, &tag, to.clone(), Layout::Content);
+        }
+        self.index.write().remove_dir(&from);
+        self.fsync_dir(&self.root.join(layout::repo_rel_dir(Layout::Content, repo)));
+        self.fsync_dir(&self.root.join(repo));
+        let _ = self.journal.done(&rec);
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! What the store answers about itself: owned values, never its lock.
+//!
+//! Each query takes the index's read lock for its own duration only and returns a copy
+//! (a [`Tag`], a count, a window of names, a path of the store), so no caller outside
+//! `store` can hold the lock across another call: a second read lock taken while a writer
+//! waits would deadlock (parking_lot's `RwLock` is writer-fair).
+
+use std::path::PathBuf;
+
+use super::Store;
+use super::index::{Node, Tag};
+use super::layout::{self, DirKey, Layout};
+use super::names::Digest;
+
+/// A name in a directory of `tags/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A repository directory (or a prefix of one).
+    Dir,
+    /// A tag.
+    Tag(Tag),
+}
+
+/// A listing entry of a directory of `tags/`: subdirectories first, then tags, each sorted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Child {
+    Dir(String),
+    Tag(String),
+}
+
+/// A directory of `tags/` as the mount shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoDir {
+    /// The store directory behind it (the content layout's when it has one; the store
+    /// root for `tags/` itself).
+    pub path: PathBuf,
+    /// Its number of subdirectories.
+    pub subdirs: usize,
+}
+
+/// Counts and directories of the store at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    pub tags: usize,
+    pub digests: usize,
+    /// Every digest directory's path.
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Store {
+    /// The tag `repo:tag`.
+    pub fn tag(&self, repo: &str, tag: &str) -> Option<Tag> {
+        self.index().tag(repo, tag).cloned()
+    }
+
+    /// What `name` is in the directory `tags/<path>`; `None` when either is missing.
+    pub fn entry(&self, path: &str, name: &str) -> Option<Entry> {
+        let ix = self.index();
+        let node = ix.node(path)?;
+        if node.subdirs.contains(name) {
+            Some(Entry::Dir)
+        } else {
+            node.tags.get(name).cloned().map(Entry::Tag)
+        }
+    }
+
+    /// The entries `skip..skip + max` of the directory `tags/<path>`; `None` if it is
+    /// missing.
+    pub fn children(&self, path: &str, skip: usize, max: usize) -> Option<Vec<Child>> {
+        let ix = self.index();
+        let node = ix.node(path)?;
+        let dirs = node.subdirs.iter().map(|s| Child::Dir(s.clone()));
+        let tags = node.tags.keys().map(|t| Child::Tag(t.clone()));
+        Some(dirs.chain(tags).skip(skip).take(max).collect())
+    }
+
+    /// The directory `tags/<path>`; `None` if it is missing.
+    pub fn repo_dir(&self, path: &str) -> Option<RepoDir> {
+        let ix = self.index();
+        let node = ix.node(path)?;
+        Some(RepoDir {
+            path: self.node_path(path, node),
+            subdirs: node.subdirs.len(),
+        })
+    }
+
+    /// Does digest `d` have a directory in the store?
+    pub fn has_digest(&self, d: &Digest) -> bool {
+        self.index().dirs_of(d).next().is_some()
+    }
+
+    /// Every digest of the store, sorted.
+    pub fn digests(&self) -> Vec<Digest> {
+        self.index().digests().copied().collect()
+    }
+
+    /// The digests `skip..skip + max` of [`Store::digests`].
+    pub fn digests_window(&self, skip: usize, max: usize) -> Vec<Digest> {
+        self.index()
+            .digests()
+            .skip(skip)
+            .take(max)
+            .copied()
+            .collect()
+    }
+
+    /// The number of digests with a directory in the store.
+    pub fn digest_count(&self) -> usize {
+        self.index().digest_count()
+    }
+
+    /// The number of tags.
+    pub fn tag_count(&self) -> usize {
+        self.index().tag_count()
+    }
+
+    /// The directories of digest `d`, content first.
+    pub fn dirs_of(&self, d: &Digest) -> Vec<DirKey> {
+        self.index().dirs_of(d).cloned().collect()
+    }
+
+    /// Tags, digests and digest directories, read at once.
+    pub fn census(&self) -> Census {
+        let ix = self.index();
+        Census {
+            tags: ix.tag_count(),
+            digests: ix.digest_count(),
+            dirs: ix
+                .dir_keys()
+                .map(|(k, _)| self.root.join(k.rel_path()))
+                .collect(),
+        }
+    }
+
+    /// The directory that `digests/<hex>` shows: the content one, else a legacy one.
+    pub fn digest_path(&self, d: &Digest) -> Option<PathBuf> {
+        let ix = self.index();
+        let key = ix.dirs_of(d).next()?;
+        Some(self.root.join(key.rel_path()))
+    }
+
+    /// The tag `repo:tag` and the store path of its symlink.
+    pub fn tag_link(&self, repo: &str, tag: &str) -> Option<(Tag, PathBuf)> {
+        let t = self.tag(repo, tag)?;
+        let path = self.tag_path(repo, tag, t.layout);
+        Some((t, path))
+    }
+
+    /// The store path of a tag's symlink.
+    pub(super) fn tag_path(&self, repo: &str, tag: &str, layout: Layout) -> PathBuf {
+        self.root.join(layout::repo_rel_dir(layout, repo)).join(tag)
+    }
+
+    /// The store directory of a `tags/` directory: the content layout's when it has one.
+    fn node_path(&self, path: &str, node: &Node) -> PathBuf {
+        if path.is_empty() {
+            return self.root.clone();
+        }
+        let layout = if node.content || !node.legacy {
+            Layout::Content
+        } else {
+            Layout::Legacy
+        };
+        self.root.join(layout::repo_rel_dir(layout, path))
+    }
+}

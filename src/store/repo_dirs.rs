@@ -1,0 +1,310 @@
+//! The changes to repository directories of `tags/`: `mkdir` ([`Store::mkdir`]), `rmdir`
+//! ([`Store::rmdir`]) and `mv` ([`Store::rename_dir`]), in both layouts, and the creation
+//! of a repository's store directory for a new tag. Each public function takes the store
+//! lock for its whole duration.
+
+use std::os::unix::fs::PermissionsExt;
+
+use log::{info, warn};
+
+use super::Store;
+use super::error::{IoContext, Result, StoreError, name_err};
+use super::fsutil::{self, RenameMode};
+use super::install;
+use super::journal::Intent;
+use super::layout::{self, DirKey, Layout, rel};
+use super::names::{self, Digest};
+
+impl Store {
+    /// Creates the store directory of `repo` in `layout` if it is missing. New content-layout
+    /// directories take the owner and mode of the legacy one at the same path, if any.
+    pub(super) fn ensure_store_dir(&self, layout: Layout, repo: &str) -> Result<()> {
+        let dir = self.root.join(layout::repo_rel_dir(layout, repo));
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if layout == Layout::Legacy {
+            return Err(StoreError::NotFound(dir.display().to_string()));
+        }
+        install::ensure_repo_dir(&self.root, repo).map_err(|e| match e {
+            install::InstallError::Refused { path, .. } => {
+                StoreError::NotDir(path.display().to_string())
+            }
+            install::InstallError::Io { what, error } => StoreError::Io {
+                context: what,
+                source: error,
+            },
+        })?;
+        self.index.write().ensure_node(repo, Layout::Content);
+        Ok(())
+    }
+
+    /// `mkdir tags/PARENT/NAME`: a repository directory, made in the content layout.
+    pub fn mkdir(&self, parent: &str, name: &[u8], mode: u32, uid: u32, gid: u32) -> Result<()> {
+        let shown = || format!("{parent}/{}", String::from_utf8_lossy(name));
+        let c =
+            names::check_repo_component(name, parent.is_empty()).map_err(|e| name_err(e, shown))?;
+        let path = names::join(parent, c);
+        if path.len() > names::MAX_REPO_LEN {
+            return Err(StoreError::NameTooLong(path));
+        }
+        let _g = self.lock()?;
+        self.sync_locked();
+        {
+            let ix = self.index();
+            let node = ix
+                .node(parent)
+                .ok_or_else(|| StoreError::NotFound(parent.to_string()))?;
+            if node.subdirs.contains(c) || node.tags.contains_key(c) {
+                return Err(StoreError::Exists(path));
+            }
+        }
+        self.ensure_store_dir(Layout::Content, parent)?;
+        let dir = self.root.join(layout::repo_rel_dir(Layout::Content, &path));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            // A store directory without tags or digests: adopt it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).ctx(|| dir.display().to_string()),
+        }
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).ctx(|| dir.display().to_string())?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode & 0o7777))
+            .ctx(|| dir.display().to_string())?;
+        if let Some(p) = dir.parent() {
+            self.fsync_dir(p);
+        }
+        self.index.write().ensure_node(&path, Layout::Content);
+        Ok(())
+    }
+
+    /// `rmdir tags/PATH`: removes an empty repository directory from both layouts.
+    pub fn rmdir(&self, path: &str) -> Result<()> {
+        let _g = self.lock()?;
+        self.sync_locked();
+        self.rmdir_locked(path)
+    }
+
+    fn rmdir_locked(&self, path: &str) -> Result<()> {
+        let (parent, last) = names::split_last(path);
+        // Not `match self.index()...`: the guard would live through the arms, and a second
+        // read lock taken while a writer waits deadlocks (parking_lot is writer-fair).
+        let found = self.index().node(path).cloned();
+        let node = match found {
+            Some(n) => n,
+            None => {
+                let is_tag = self.index().tag(parent, last).is_some();
+                return Err(if is_tag {
+                    StoreError::NotDir(path.to_string())
+                } else {
+                    StoreError::NotFound(path.to_string())
+                });
+            }
+        };
+        if path.is_empty() {
+            return Err(StoreError::Invalid("tags/ itself cannot be removed".into()));
+        }
+        if !node.is_empty() {
+            return Err(StoreError::NotEmpty(path.to_string()));
+        }
+        for (has, lay) in [
+            (node.content, Layout::Content),
+            (node.legacy, Layout::Legacy),
+        ] {
+            if !has {
+                continue;
+            }
+            let dir = self.root.join(layout::repo_rel_dir(lay, path));
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+                    if lay == Layout::Legacy && self.only_untagged_digests(&dir, path) {
+                        // The mount shows the repository empty: it goes from the mount, while
+                        // the digest directories no tag names stay in the store for
+                        // `imagefs gc` (unlink never collects them). A remount shows it again.
+                        info!(
+                            "rmdir tags/{path}: kept {} in the store, it holds digest directories that no tag names",
+                            dir.display()
+                        );
+                    } else {
+                        warn!(
+                            "rmdir tags/{path}: {} holds entries that are not tags (stray files?)",
+                            dir.display()
+                        );
+                        return Err(StoreError::NotEmpty(path.to_string()));
+                    }
+                }
+                Err(e) => return Err(e).ctx(|| dir.display().to_string()),
+            }
+            self.index.write().remove_node(path, lay);
+        }
+        Ok(())
+    }
+
+    /// Does the legacy directory of repository `repo` hold nothing but digest directories
+    /// without tags?
+    fn only_untagged_digests(&self, dir: &std::path::Path, repo: &str) -> bool {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        let ix = self.index();
+        rd.flatten().all(|e| {
+            e.file_type().is_ok_and(|t| t.is_dir())
+                && e.file_name()
+                    .to_str()
+                    .and_then(Digest::parse_hex)
+                    .is_some_and(|d| ix.refs(&DirKey::Legacy(repo.to_string(), d)) == Some(0))
+        })
+    }
+
+    /// `mv tags/A tags/B` for a repository directory: moves its tags (and, in the legacy
+    /// layout, its digest directories) with it.
+    pub fn rename_dir(
+        &self,
+        from: &str,
+        to_parent: &str,
+        to_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
+        let shown = || format!("{to_parent}/{}", String::from_utf8_lossy(to_name));
+        let c = names::check_repo_component(to_name, to_parent.is_empty())
+            .map_err(|e| name_err(e, shown))?;
+        let to = names::join(to_parent, c);
+        if to.len() > names::MAX_REPO_LEN {
+            return Err(StoreError::NameTooLong(to));
+        }
+        if mode == RenameMode::Exchange {
+            return Err(StoreError::Invalid(format!(
+                "{from} <-> {to}: exchanging repository directories is not supported"
+            )));
+        }
+        let _g = self.lock()?;
+        self.sync_locked();
+        let node = self
+            .index()
+            .node(from)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(from.to_string()))?;
+        if from == to {
+            return Ok(());
+        }
+        let (existing_dir, existing_tag) = {
+            let ix = self.index();
+            let p = ix.node(to_parent);
+            (
+                p.is_some_and(|n| n.subdirs.contains(c)),
+                p.is_some_and(|n| n.tags.contains_key(c)),
+            )
+        };
+        if existing_tag {
+            return Err(StoreError::NotDir(to));
+        }
+        if existing_dir {
+            if mode == RenameMode::NoReplace {
+                return Err(StoreError::Exists(to));
+            }
+            self.rmdir_locked(&to)?;
+        }
+        // Check every legacy repository under `from` can live at its new path.
+        let moved: Vec<String> = self
+            .index()
+            .nodes()
+            .map(|(k, _)| k.clone())
+            .filter(|k| *k == from || k.starts_with(&format!("{from}/")))
+            .collect();
+        for old in &moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            if names::check_repo(&new).is_err() {
+                return Err(StoreError::InvalidName(new));
+            }
+            if node.legacy && layout::is_reserved_top(&new) {
+                return Err(StoreError::Invalid(format!(
+                    "{new}: a legacy repository cannot be named after the store's own directories"
+                )));
+            }
+        }
+        for (has, lay) in [
+            (node.content, Layout::Content),
+            (node.legacy, Layout::Legacy),
+        ] {
+            if !has {
+                continue;
+            }
+            if lay == Layout::Content {
+                self.ensure_store_dir(lay, to_parent)?;
+            } else if !to_parent.is_empty() {
+                let p = self.root.join(to_parent);
+                std::fs::create_dir_all(&p).ctx(|| p.display().to_string())?;
+            }
+            let (a, b) = (
+                self.root.join(layout::repo_rel_dir(lay, from)),
+                self.root.join(layout::repo_rel_dir(lay, &to)),
+            );
+            let relink = lay == Layout::Content && names::depth(from) != names::depth(&to);
+            let rec = if relink {
+                Some(
+                    self.journal
+                        .record(&Intent::Relink {
+                            dir: rel(&b, &self.root),
+                        })
+                        .ctx(|| "journal".to_string())?,
+                )
+            } else {
+                None
+            };
+            fsutil::rename(&a, &b, RenameMode::NoReplace)
+                .ctx(|| format!("rename {} -> {}", a.display(), b.display()))?;
+            if let Some(rec) = rec {
+                relink_tree(&b, &to)?;
+                let _ = self.journal.done(&rec);
+            }
+            for d in [a.parent(), b.parent()].into_iter().flatten() {
+                self.fsync_dir(d);
+            }
+        }
+        self.index.write().move_subtree(from, &to);
+        if let Some(w) = self.watcher.lock().as_mut() {
+            for (has, lay) in [
+                (node.content, Layout::Content),
+                (node.legacy, Layout::Legacy),
+            ] {
+                if has {
+                    w.renamed(lay, from, &to);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rewrites every content-layout tag under `dir` (the store directory of repository
+/// `repo`) to its canonical target. Idempotent.
+pub(super) fn relink_tree(dir: &std::path::Path, repo: &str) -> Result<()> {
+    let rd = std::fs::read_dir(dir).ctx(|| dir.display().to_string())?;
+    for entry in rd.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if ft.is_dir() {
+            relink_tree(&entry.path(), &names::join(repo, name))?;
+        } else if ft.is_symlink() {
+            let path = entry.path();
+            let Ok(t) = std::fs::read_link(&path) else {
+                continue;
+            };
+            let t = t.to_string_lossy();
+            let mut parts = t.rsplit('/');
+            let (hex, content) = (parts.next(), parts.next());
+            if content == Some(layout::CONTENT)
+                && let Some(d) = hex.and_then(Digest::parse_hex)
+            {
+                let want = layout::tag_target(repo, &DirKey::Content(d));
+                if t != want {
+                    fsutil::install_symlink(&want, &path, RenameMode::Replace, false)
+                        .ctx(|| path.display().to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! The changes to tags: `ln -s` ([`Store::create_tag`]), `rm` ([`Store::remove_tag`]),
+//! `mv`/`ln -sf`/`renameat2` ([`Store::rename_tag`], exchanges included), and how a new
+//! tag's target is resolved and its directory chosen. Each public function takes the store
+//! lock for its whole duration; a change that drops a directory's last reference collects
+//! it through [`super::gc`] before returning.
+
+use std::path::PathBuf;
+
+use super::error::{IoContext, Result, StoreError, name_err};
+use super::fsutil::{self, RenameMode};
+use super::gc::Collected;
+use super::journal::Intent;
+use super::layout::{self, DirKey, Layout, layout_of, rel};
+use super::metadata::Status;
+use super::names::{self, Digest};
+use super::{Store, Target};
+
+/// Validates the place of a new tag: a repository path (not the root of `tags/`) and a tag.
+pub fn check_new_tag<'a>(repo: &str, tag: &'a [u8]) -> Result<&'a str> {
+    let shown = || format!("{repo}:{}", String::from_utf8_lossy(tag));
+    let tag = names::check_tag(tag).map_err(|e| name_err(e, shown))?;
+    if repo.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "{tag}: a tag needs a repository (tags/REPO/TAG)"
+        )));
+    }
+    names::check_repo(repo).map_err(|e| name_err(e, || repo.to_string()))?;
+    Ok(tag)
+}
+
+impl Store {
+    /// `ln -s TARGET tags/REPO/TAG`: creates a tag. Returns the digest it names.
+    pub fn create_tag(&self, repo: &str, tag: &[u8], target: &Target) -> Result<Digest> {
+        let tag = check_new_tag(repo, tag)?;
+        let _g = self.lock()?;
+        self.sync_locked();
+        let digest = self.resolve(target)?;
+        {
+            let ix = self.index();
+            let node = ix
+                .node(repo)
+                .ok_or_else(|| StoreError::NotFound(repo.to_string()))?;
+            if node.tags.contains_key(tag) || node.subdirs.contains(tag) {
+                return Err(StoreError::Exists(format!("{repo}:{tag}")));
+            }
+        }
+        let key = self.choose_dir(repo, digest)?;
+        let lay = layout_of(&key);
+        self.ensure_store_dir(lay, repo)?;
+        let link = self.tag_path(repo, tag, lay);
+        match fsutil::install_symlink(
+            &layout::tag_target(repo, &key),
+            &link,
+            RenameMode::NoReplace,
+            self.opts.durable,
+        ) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(StoreError::Exists(link.display().to_string()));
+            }
+            Err(e) => return Err(e).ctx(|| link.display().to_string()),
+        }
+        self.index.write().add_tag(repo, tag, key, lay);
+        Ok(digest)
+    }
+
+    /// `rm tags/REPO/TAG`: removes a tag; if it held the last reference to a collectable
+    /// digest directory, that directory is gone from the store when this returns.
+    /// Returns the directories collected.
+    pub fn remove_tag(&self, repo: &str, tag: &str) -> Result<Vec<Collected>> {
+        let _g = self.lock()?;
+        self.sync_locked();
+        let t = self
+            .index()
+            .tag(repo, tag)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("{repo}:{tag}")))?;
+        let link = self.tag_path(repo, tag, t.layout);
+        let intent = self.gc_intent_if_last(&t.key)?;
+        if let Err(e) = std::fs::remove_file(&link)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            self.drop_intent(intent);
+            return Err(e).ctx(|| link.display().to_string());
+        }
+        self.index.write().remove_tag(repo, tag);
+        Ok(self.finish_gc(intent, &t.key).into_iter().collect())
+    }
+
+    /// `mv`, `ln -sf`, `renameat2`: moves or retags atomically. A replaced tag drops its
+    /// reference as unlink does. Returns the directories collected.
+    pub fn rename_tag(
+        &self,
+        from: (&str, &str),
+        to_repo: &str,
+        to_tag: &[u8],
+        mode: RenameMode,
+    ) -> Result<Vec<Collected>> {
+        let to_tag = check_new_tag(to_repo, to_tag)?;
+        let to = (to_repo, to_tag);
+        let _g = self.lock()?;
+        self.sync_locked();
+        let src = self
+            .index()
+            .tag(from.0, from.1)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("{}:{}", from.0, from.1)))?;
+        if from == to {
+            return Ok(Vec::new());
+        }
+        let dst = {
+            let ix = self.index();
+            let node = ix
+                .node(to.0)
+                .ok_or_else(|| StoreError::NotFound(to.0.to_string()))?;
+            if node.subdirs.contains(to.1) {
+                return Err(StoreError::IsDir(format!("{}/{}", to.0, to.1)));
+            }
+            node.tags.get(to.1).cloned()
+        };
+        match (mode, &dst) {
+            (RenameMode::NoReplace, Some(_)) => {
+                return Err(StoreError::Exists(format!("{}:{}", to.0, to.1)));
+            }
+            (RenameMode::Exchange, None) => {
+                return Err(StoreError::NotFound(format!("{}:{}", to.0, to.1)));
+            }
+            (RenameMode::Exchange, Some(_)) => return self.exchange_tags(from, to),
+            _ => {}
+        }
+        // The moved tag keeps its directory; a legacy one entering another repository
+        // needs the content layout.
+        let new_key = self.key_for_repo(&src.key, to.0)?;
+        let src = self.index().tag(from.0, from.1).cloned().unwrap_or(src);
+        let new_layout = layout_of(&new_key);
+        let intent = match &dst {
+            Some(d) if d.key != new_key => self.gc_intent_if_last(&d.key)?,
+            _ => None,
+        };
+        // A legacy tag entering another repository names `content/<hex>` afterwards: its
+        // own legacy directory loses a reference (it was not promoted when the content
+        // directory already existed).
+        let src_intent = if src.key != new_key {
+            match self.gc_intent_if_last(&src.key) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.drop_intent(intent);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let result = self.move_link(from, &src, to, &new_key, dst.as_ref().map(|d| d.layout));
+        if let Err(e) = result {
+            self.drop_intent(intent);
+            self.drop_intent(src_intent);
+            return Err(e);
+        }
+        {
+            let mut ix = self.index.write();
+            ix.remove_tag(from.0, from.1);
+            ix.remove_tag(to.0, to.1);
+            ix.add_tag(to.0, to.1, new_key, new_layout);
+        }
+        let mut collected: Vec<Collected> = match dst {
+            Some(d) => self.finish_gc(intent, &d.key).into_iter().collect(),
+            None => Vec::new(),
+        };
+        collected.extend(self.finish_gc(src_intent, &src.key));
+        Ok(collected)
+    }
+
+    /// The on-disk half of a tag move: one rename when the symlink's text stays right,
+    /// else a journaled write-then-unlink.
+    fn move_link(
+        &self,
+        from: (&str, &str),
+        src: &super::Tag,
+        to: (&str, &str),
+        key: &DirKey,
+        old_dst_layout: Option<Layout>,
+    ) -> Result<()> {
+        let new_layout = layout_of(key);
+        self.ensure_store_dir(new_layout, to.0)?;
+        let src_path = self.tag_path(from.0, from.1, src.layout);
+        let dst_path = self.tag_path(to.0, to.1, new_layout);
+        let target = layout::tag_target(to.0, key);
+        // A replaced tag in the other layout lives at another path, and must go in the same
+        // journaled step: after a crash, a leftover twin would shadow the moved tag.
+        let twin = old_dst_layout
+            .filter(|l| *l != new_layout)
+            .map(|l| self.tag_path(to.0, to.1, l));
+        if twin.is_none() && src.layout == new_layout && layout::tag_target(from.0, key) == target {
+            fsutil::rename(&src_path, &dst_path, RenameMode::Replace)
+                .ctx(|| format!("rename {} -> {}", src_path.display(), dst_path.display()))?;
+        } else {
+            let rec = self
+                .journal
+                .record(&Intent::Move {
+                    from: rel(&src_path, &self.root),
+                    to: rel(&dst_path, &self.root),
+                })
+                .ctx(|| "journal".to_string())?;
+            fsutil::install_symlink(&target, &dst_path, RenameMode::Replace, false)
+                .ctx(|| dst_path.display().to_string())?;
+            std::fs::remove_file(&src_path).ctx(|| src_path.display().to_string())?;
+            if let Some(old) = &twin {
+                std::fs::remove_file(old).ctx(|| old.display().to_string())?;
+            }
+            let _ = self.journal.done(&rec);
+        }
+        if let Some(p) = dst_path.parent() {
+            self.fsync_dir(p);
+        }
+        if let Some(p) = src_path.parent() {
+            self.fsync_dir(p);
+        }
+        Ok(())
+    }
+
+    /// RENAME_EXCHANGE of two tags. Returns the directories collected: a legacy directory
+    /// whose tag now names `content/<hex>` instead may have lost its last reference.
+    fn exchange_tags(&self, a: (&str, &str), b: (&str, &str)) -> Result<Vec<Collected>> {
+        let get = |t: (&str, &str)| {
+            self.index()
+                .tag(t.0, t.1)
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(format!("{}:{}", t.0, t.1)))
+        };
+        let (ta, tb) = (get(a)?, get(b)?);
+        // What each position will name after the swap.
+        let for_a = self.key_for_repo(&tb.key, a.0)?;
+        let for_b = self.key_for_repo(&ta.key, b.0)?;
+        let (ta, tb) = (get(a)?, get(b)?);
+        let mut intents: Vec<(Option<PathBuf>, DirKey)> = Vec::new();
+        for old in [&ta.key, &tb.key] {
+            if *old != for_a && *old != for_b && intents.iter().all(|(_, k)| k != old) {
+                match self.gc_intent_if_last(old) {
+                    Ok(i) => intents.push((i, old.clone())),
+                    Err(e) => {
+                        intents.into_iter().for_each(|(i, _)| self.drop_intent(i));
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let result = self.exchange_links(a, b, (&ta, &tb), (&for_a, &for_b));
+        if let Err(e) = result {
+            intents.into_iter().for_each(|(i, _)| self.drop_intent(i));
+            return Err(e);
+        }
+        {
+            let mut ix = self.index.write();
+            ix.remove_tag(a.0, a.1);
+            ix.remove_tag(b.0, b.1);
+            ix.add_tag(a.0, a.1, for_a.clone(), layout_of(&for_a));
+            ix.add_tag(b.0, b.1, for_b.clone(), layout_of(&for_b));
+        }
+        Ok(intents
+            .into_iter()
+            .flat_map(|(i, k)| self.finish_gc(i, &k))
+            .collect())
+    }
+
+    /// The on-disk half of an exchange.
+    fn exchange_links(
+        &self,
+        a: (&str, &str),
+        b: (&str, &str),
+        (ta, tb): (&super::Tag, &super::Tag),
+        (for_a, for_b): (&DirKey, &DirKey),
+    ) -> Result<()> {
+        let (pa, pb) = (
+            self.tag_path(a.0, a.1, ta.layout),
+            self.tag_path(b.0, b.1, tb.layout),
+        );
+        let simple = ta.layout == tb.layout
+            && layout_of(for_a) == ta.layout
+            && layout_of(for_b) == tb.layout
+            && layout::tag_target(a.0, for_a) == layout::tag_target(b.0, for_a)
+            && layout::tag_target(a.0, for_b) == layout::tag_target(b.0, for_b);
+        if simple {
+            fsutil::rename(&pa, &pb, RenameMode::Exchange)
+                .ctx(|| format!("exchange {} <-> {}", pa.display(), pb.display()))?;
+        } else {
+            let na = self.tag_path(a.0, a.1, layout_of(for_a));
+            let nb = self.tag_path(b.0, b.1, layout_of(for_b));
+            let (ta_s, tb_s) = (
+                layout::tag_target(a.0, for_a),
+                layout::tag_target(b.0, for_b),
+            );
+            let rec = self
+                .journal
+                .record(&Intent::Exchange {
+                    a: rel(&na, &self.root),
+                    a_target: ta_s.clone(),
+                    b: rel(&nb, &self.root),
+                    b_target: tb_s.clone(),
+                })
+                .ctx(|| "journal".to_string())?;
+            self.ensure_store_dir(layout_of(for_a), a.0)?;
+            self.ensure_store_dir(layout_of(for_b), b.0)?;
+            fsutil::install_symlink(&ta_s, &na, RenameMode::Replace, false)
+                .ctx(|| na.display().to_string())?;
+            fsutil::install_symlink(&tb_s, &nb, RenameMode::Replace, false)
+                .ctx(|| nb.display().to_string())?;
+            if na != pa {
+                std::fs::remove_file(&pa).ctx(|| pa.display().to_string())?;
+            }
+            if nb != pb {
+                std::fs::remove_file(&pb).ctx(|| pb.display().to_string())?;
+            }
+            let _ = self.journal.done(&rec);
+        }
+        for p in [&pa, &pb] {
+            if let Some(d) = p.parent() {
+                self.fsync_dir(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a tag target to a digest.
+    fn resolve(&self, target: &Target) -> Result<Digest> {
+        match target {
+            Target::Digest(d) => {
+                if self.index().dirs_of(d).next().is_some() {
+                    Ok(*d)
+                } else {
+                    Err(StoreError::NotFound(format!("digest {d}")))
+                }
+            }
+            Target::Tag { repo, tag } => self
+                .index()
+                .tag(repo, tag)
+                .map(|t| t.key.digest())
+                .ok_or_else(|| StoreError::NotFound(format!("tag {repo}:{tag}"))),
+        }
+    }
+
+    /// The directory a new tag in `repo` should name for `digest`, checked `ready`.
+    /// A digest only in another repository's legacy layout is promoted first.
+    fn choose_dir(&self, repo: &str, digest: Digest) -> Result<DirKey> {
+        let candidates: Vec<DirKey> = self.index().dirs_of(&digest).cloned().collect();
+        let local = DirKey::Legacy(repo.to_string(), digest);
+        let key = if candidates.contains(&DirKey::Content(digest)) {
+            DirKey::Content(digest)
+        } else if candidates.contains(&local) {
+            local
+        } else {
+            candidates
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::NotFound(format!("digest {digest}")))?
+        };
+        match self.status(&key) {
+            Ok(Status::Ready) => {}
+            Ok(s) => {
+                return Err(StoreError::NotReady {
+                    what: format!("digest {digest}"),
+                    reason: format!("status is {}", s.as_str()),
+                });
+            }
+            Err(reason) => {
+                return Err(StoreError::NotReady {
+                    what: format!("digest {digest}"),
+                    reason,
+                });
+            }
+        }
+        self.key_for_repo(&key, repo)
+    }
+}

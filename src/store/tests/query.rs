@@ -1,0 +1,62 @@
+//! The store's queries: owned values that agree with the index.
+
+use super::fixture::*;
+use crate::store::layout::REPOSITORIES;
+use crate::store::{Child, DirKey, Entry, Layout, RepoDir, Tag};
+
+#[test]
+fn queries_answer_from_the_index() {
+    let fx = base();
+    let store = fx.open();
+    let content_tag = |n| {
+        Some(Entry::Tag(Tag {
+            key: DirKey::Content(dg(n)),
+            layout: Layout::Content,
+        }))
+    };
+    assert_eq!(store.entry("a", "one"), content_tag(1));
+    assert_eq!(store.entry("", "b"), Some(Entry::Dir));
+    assert_eq!(store.entry("a", "nope"), None);
+    assert_eq!(store.entry("nope", "one"), None);
+    assert_eq!(
+        store.children("b", 0, 10),
+        Some(vec![Child::Dir("c".into())])
+    );
+    assert_eq!(
+        store.children("l", 1, 10),
+        Some(vec![Child::Tag("old2".into())])
+    );
+    assert_eq!(store.children("nope", 0, 10), None);
+    assert_eq!(
+        store.repo_dir("b"),
+        Some(RepoDir {
+            path: fx.p(&format!("{REPOSITORIES}/b")),
+            subdirs: 1
+        })
+    );
+    assert_eq!(
+        store.repo_dir("l").map(|d| d.path),
+        Some(fx.p("l")),
+        "a legacy-only repository is its legacy directory"
+    );
+    assert_eq!(store.repo_dir("").map(|d| d.path), Some(fx.p("")));
+    let (tag, link) = store.tag_link("l", "old").expect("l:old");
+    assert_eq!((tag.layout, link), (Layout::Legacy, fx.p("l/old")));
+    assert!(store.has_digest(&dg(9)) && !store.has_digest(&dg(0xaa)));
+    let all: Vec<_> = (1..=9).map(dg).collect();
+    assert_eq!(store.digests(), all);
+    assert_eq!(store.digests_window(2, 2), all[2..4]);
+    assert_eq!(store.digest_count(), 9);
+    assert_eq!(
+        store.dirs_of(&dg(8)),
+        vec![DirKey::Legacy("l".into(), dg(8))]
+    );
+    let census = store.census();
+    assert_eq!((census.tags, census.digests), (9, 9));
+    assert_eq!(census.tags, store.tag_count());
+    assert_eq!(census.dirs.len(), 9);
+    assert_eq!(
+        store.digest_path(&dg(1)),
+        Some(fx.p(&format!("content/{}", hex(1))))
+    );
+}

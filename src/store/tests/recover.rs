@@ -1,0 +1,288 @@
+//! Crash recovery: hand-written intents and partial states, replayed at open.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+
+use super::fixture::*;
+use crate::store::layout::{CONTENT, PRIVATE, REPOSITORIES};
+use crate::store::{DirKey, RenameMode, Store};
+
+/// Digests tagged before the crash must still exist, and nothing may be left over.
+fn assert_recovered(fx: &Fx, store: &Store) -> Snap {
+    let s = check(store);
+    for (_, (_, d)) in s.tags.iter() {
+        assert!(
+            s.dirs.keys().any(|k| k.ends_with(&d.hex())),
+            "tagged {d} lost"
+        );
+    }
+    assert!(
+        fs::read_dir(fx.p(&format!("{PRIVATE}/trash")))
+            .expect("trash")
+            .next()
+            .is_none()
+    );
+    s
+}
+
+#[test]
+fn recovery_collects_unreferenced_gc_dirs_and_keeps_referenced_ones() {
+    let fx = Fx::new();
+    for n in 1..=3 {
+        fx.content(n, "ready");
+    }
+    fx.legacy("l", 8, "ready")
+        .legacy("l", 9, "ready")
+        .ctag("a", "one", 1)
+        .ltag("l", "nine", 9)
+        // Crash after the intent, before the unlink: rolled back.
+        .gc_intent("0001-a", &format!("{CONTENT}/{}", hex(1)))
+        .gc_intent("0002-b", &format!("l/{}", hex(9)))
+        // Crash after the unlink: collected.
+        .gc_intent("0003-c", &format!("{CONTENT}/{}", hex(2)))
+        .gc_intent("0004-d", &format!("l/{}", hex(8)))
+        // Crash after the rename into the trash: the trash is emptied.
+        .gc_intent("0005-e", &format!("{CONTENT}/{}", hex(0xdd)))
+        // Garbage intents are dropped and nothing is followed.
+        .gc_intent("0006-f", "../../etc")
+        .gc_intent("0007-g", &format!("{CONTENT}/zz"))
+        .gc_intent("0008-h", &format!("{CONTENT}/{}", hex(3)))
+        .json_intent("0009-i", serde_json::json!({"op": "nonsense"}));
+    fs::write(fx.intents().join("garbage.json"), b"{not json").expect("garbage");
+    fs::write(fx.intents().join(".imagefs-tmp-1-file"), b"{}").expect("tmp");
+    let trashed = fx.p(&format!("{PRIVATE}/trash/{}-x", &hex(0xdd)[..12]));
+    fs::create_dir_all(trashed.join("sub")).expect("trash");
+    fs::write(trashed.join("sub/rootfs.erofs"), b"x").expect("trash file");
+    symlink("/etc", trashed.join("link")).expect("trash link");
+    // content/3 has a gc intent but is it referenced? No: it was tagged and its tag went.
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    let dirs: Vec<_> = s.dirs.keys().cloned().collect();
+    assert_eq!(
+        dirs,
+        vec![format!("{CONTENT}/{}", hex(1)), format!("l/{}", hex(9))]
+    );
+    assert!(fs::metadata("/etc/passwd").is_ok() || fs::metadata("/etc").is_ok());
+}
+
+#[test]
+fn recovery_removes_leftover_temporary_links() {
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .ctag("a/b", "one", 1)
+        .ltag("l", "x", 9)
+        .legacy("l", 9, "ready");
+    for p in [
+        format!("{REPOSITORIES}/a/b/.imagefs-tmp-1-2-3-link"),
+        format!("{REPOSITORIES}/.imagefs-tmp-4-link"),
+        "l/.imagefs-tmp-5-link".into(),
+        ".imagefs-tmp-6-link".into(),
+    ] {
+        symlink(content_text("a/b", dg(1)), fx.p(&p)).expect("tmp");
+    }
+    let store = fx.open();
+    assert_recovered(&fx, &store);
+}
+
+#[test]
+fn recovery_finishes_an_interrupted_promotion() {
+    // Moved into content/, one of two legacy tags rewritten.
+    let fx = Fx::new();
+    fx.content(8, "ready")
+        .legacy("l", 9, "ready")
+        .ltag("l", "old", 8)
+        .ltag("l", "old2", 8)
+        .ltag("l", "nine", 9)
+        .ctag("l", "old", 8)
+        .ctag("a", "new", 8)
+        .json_intent(
+            "0001",
+            serde_json::json!({"op": "promote", "repo": "l", "hex": hex(8)}),
+        );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags[&("l".into(), "old".into())], (true, dg(8)));
+    assert_eq!(s.tags[&("l".into(), "old2".into())], (true, dg(8)));
+    assert_eq!(s.tags[&("l".into(), "nine".into())], (false, dg(9)));
+    assert_eq!(s.dirs[&format!("{CONTENT}/{}", hex(8))], 3);
+
+    // Recorded, but the directory never moved: nothing to do.
+    let fx = Fx::new();
+    fx.legacy("l", 8, "ready").ltag("l", "old", 8).json_intent(
+        "0001",
+        serde_json::json!({"op": "promote", "repo": "l", "hex": hex(8)}),
+    );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags[&("l".into(), "old".into())], (false, dg(8)));
+}
+
+#[test]
+fn recovery_of_an_interrupted_move() {
+    let from = format!("{REPOSITORIES}/a/two");
+    let to = format!("{REPOSITORIES}/b/c/two");
+    let mv = serde_json::json!({"op": "move", "from": from, "to": to});
+    // The new link is in place, the old one not yet removed: finished.
+    let fx = Fx::new();
+    fx.content(2, "ready")
+        .ctag("a", "two", 2)
+        .ctag("b/c", "two", 2)
+        .json_intent("0001", mv.clone());
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(
+        s.tags.keys().cloned().collect::<Vec<_>>(),
+        vec![("b/c".into(), "two".into())]
+    );
+    // The new link was never written: nothing happened.
+    let fx = Fx::new();
+    fx.content(2, "ready")
+        .ctag("a", "two", 2)
+        .mkdirs(&format!("{REPOSITORIES}/b/c"))
+        .json_intent("0001", mv.clone());
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(
+        s.tags.keys().cloned().collect::<Vec<_>>(),
+        vec![("a".into(), "two".into())]
+    );
+}
+
+#[test]
+fn recovery_of_a_move_over_an_existing_tag_interrupted_before_the_install() {
+    // `mv tags/a/two tags/b/c/x` where b/c:x held the last reference to 7: the GC intent
+    // for 7 and the move intent are written, then the daemon dies before the new link is
+    // installed. a:two must not be lost (rolled back), or the move must be complete.
+    let fx = Fx::new();
+    fx.content(2, "ready")
+        .content(7, "ready")
+        .ctag("a", "two", 2)
+        .ctag("b/c", "x", 7)
+        .gc_intent("0001", &format!("{CONTENT}/{}", hex(7)))
+        .json_intent(
+            "0002",
+            serde_json::json!({"op": "move", "from": format!("{REPOSITORIES}/a/two"),
+                               "to": format!("{REPOSITORIES}/b/c/x")}),
+        );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    let rolled_back = s.tags.get(&("a".into(), "two".into())) == Some(&(true, dg(2)))
+        && s.tags.get(&("b/c".into(), "x".into())) == Some(&(true, dg(7)));
+    let finished = !s.tags.contains_key(&("a".into(), "two".into()))
+        && s.tags.get(&("b/c".into(), "x".into())) == Some(&(true, dg(2)))
+        && !s.dirs.contains_key(&format!("{CONTENT}/{}", hex(7)));
+    assert!(
+        rolled_back || finished,
+        "neither rolled back nor finished: {s:?}"
+    );
+}
+
+#[test]
+fn recovery_of_a_move_over_a_tag_of_the_other_layout() {
+    // `mv tags/l/old tags/l/x` (legacy 8) where l:x is a content-layout tag (1, its last
+    // reference): the new legacy link is in place and the old one gone, but the replaced
+    // content-layout twin repositories/l/x is still there. It must not shadow the move.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .legacy("l", 8, "ready")
+        .ltag("l", "x", 8)
+        .ctag("l", "x", 1)
+        .gc_intent("0001", &format!("{CONTENT}/{}", hex(1)))
+        .json_intent(
+            "0002",
+            serde_json::json!({"op": "move", "from": "l/old", "to": "l/x"}),
+        );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags[&("l".into(), "x".into())], (false, dg(8)));
+    assert!(
+        !fx.has(&format!("{CONTENT}/{}", hex(1))),
+        "replaced digest collected"
+    );
+    // And the live operation journals that step.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .legacy("l", 8, "ready")
+        .ltag("l", "old", 8)
+        .ctag("l", "x", 1);
+    let store = fx.open();
+    let got = store
+        .rename_tag(("l", "old"), "l", b"x", RenameMode::Replace)
+        .expect("mv");
+    assert_eq!(collected_dirs(&got), vec![DirKey::Content(dg(1))]);
+    let store = check_reopen(&fx, store);
+    assert_eq!(snap(&store).tags[&("l".into(), "x".into())], (false, dg(8)));
+}
+
+#[test]
+fn recovery_of_an_interrupted_exchange() {
+    // a:two (2) <-> b/c:x (1) across depths: a's new link written, b's not yet.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .content(2, "ready")
+        .ctag("a", "two", 1)
+        .ctag("b/c", "x", 1)
+        .json_intent(
+            "0001",
+            serde_json::json!({"op": "exchange",
+                "a": format!("{REPOSITORIES}/a/two"), "a_target": content_text("a", dg(1)),
+                "b": format!("{REPOSITORIES}/b/c/x"), "b_target": content_text("b/c", dg(2))}),
+        );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags[&("a".into(), "two".into())], (true, dg(1)));
+    assert_eq!(s.tags[&("b/c".into(), "x".into())], (true, dg(2)));
+}
+
+#[test]
+fn recovery_of_an_exchange_between_layouts_interrupted_before_the_old_links_went() {
+    // l:old (legacy 8) <-> l:b (content 1) in one repository: both new links are written
+    // (l:old in the content layout, l:b in the legacy one), the old ones not yet removed.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .legacy("l", 8, "ready")
+        .ltag("l", "old", 8)
+        .ctag("l", "old", 1)
+        .ctag("l", "b", 1)
+        .ltag("l", "b", 8)
+        .json_intent(
+            "0001",
+            serde_json::json!({"op": "exchange",
+                "a": format!("{REPOSITORIES}/l/old"), "a_target": content_text("l", dg(1)),
+                "b": "l/b", "b_target": hex(8)}),
+        );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags[&("l".into(), "old".into())], (true, dg(1)));
+    assert_eq!(s.tags[&("l".into(), "b".into())], (false, dg(8)));
+}
+
+#[test]
+fn recovery_finishes_an_interrupted_relink() {
+    // `mv tags/a tags/x/y/a` renamed the directory; no tag rewritten yet.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .content(2, "ready")
+        .ctag("x/y/a", "one", 1)
+        .ctag("x/y/a/sub", "two", 2);
+    for (p, n) in [("x/y/a/one", 1), ("x/y/a/sub/two", 2)] {
+        let p = fx.p(&format!("{REPOSITORIES}/{p}"));
+        fs::remove_file(&p).expect("rm");
+        symlink(content_text("a", dg(n)), &p).expect("old text");
+    }
+    fx.json_intent(
+        "0001",
+        serde_json::json!({"op": "relink", "dir": format!("{REPOSITORIES}/x/y/a")}),
+    );
+    let store = fx.open();
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags.len(), 2);
+    // Recorded, but the directory never moved.
+    let fx = Fx::new();
+    fx.content(1, "ready").ctag("a", "one", 1).json_intent(
+        "0001",
+        serde_json::json!({"op": "relink", "dir": format!("{REPOSITORIES}/x/y/a")}),
+    );
+    let store = fx.open();
+    assert_eq!(assert_recovered(&fx, &store).tags.len(), 1);
+}
