@@ -13,9 +13,9 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
 mod daemon;
 mod fs;
-pub mod import;
-pub mod store;
+pub(crate) mod import;
+pub(crate) mod store;

@@ -13,6 +13,8 @@
 //! [`Store::open_view`]: crate::store::Store::open_view
 //! [`Store::open`]: crate::store::Store::open
 
+#![forbid(unsafe_code)]
+
 pub mod fsck;
 pub mod gc;
 pub mod ls;

@@ -2,6 +2,8 @@
 //! `gc`: argument parsing and `-o` options only; each command runs elsewhere (`daemon`,
 //! `import`, `admin`).
 
+#![forbid(unsafe_code)]
+
 mod mount;
 mod options;
 
@@ -77,18 +79,6 @@ enum Cmd {
 }
 
 pub fn main() -> i32 {
-    // A daemon with a dozen threads: glibc's default of one malloc arena per thread keeps
-    // freed memory per thread; two arenas hold RSS near what is live.
-    // A fixed mmap threshold: each FUSE thread's 16 MiB request buffer stays an untouched
-    // mapping. With glibc's sliding threshold, once one such buffer was freed (the
-    // handshake's), the next ones came from the heap and calloc zeroed them: 33 MiB of RSS
-    // for the second connection's threads, measured.
-    // SAFETY: mallopt takes no pointers and only tunes glibc's allocator; it runs first
-    // thing, before any thread exists that could be allocating.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-    }
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,fuser::session=error"),
     )

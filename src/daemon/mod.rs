@@ -7,7 +7,7 @@
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
-//! - `tuning`: open files limit, readahead, heap trimming.
+//! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
 //!
 //! Invariants: the daemon forks before any thread exists (the store is opened after the
 //! fork); every error before the mount is ready reaches the command that started it, which
@@ -31,6 +31,7 @@ use daemonize::{Forked, Ready};
 /// Runs `imagefs mount`: returns once the mount answers (the daemon serves it), or, in the
 /// foreground, once it is unmounted.
 pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
+    tuning::tune_malloc();
     let mp = preflight(&opts.store, &opts.mountpoint)?;
     let log = match &opts.log_file {
         Some(p) => Some(

@@ -92,7 +92,7 @@ impl RootfsMounts {
         trees.start_notifier(session.notifier());
         let (done_tx, done) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
-            .name("imagefs-images".into())
+            .name("imagefs-trees".into())
             .spawn(move || {
                 if let Err(e) = session.run() {
                     log::warn!("image trees session: {e}");

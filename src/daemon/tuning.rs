@@ -1,5 +1,5 @@
 //! Best-effort tuning of the daemon's process and of its mounts: the open files limit, the
-//! readahead of a mount's bdi, and the heap. Each one only makes things faster or roomier;
+//! readahead of a mount's bdi, and the heap (malloc's arenas and mmap threshold, trimming). Each one only makes things faster or roomier;
 //! a failure is logged (debug) and changes nothing else.
 
 use std::path::Path;
@@ -36,6 +36,21 @@ pub(super) fn set_readahead(dev: &str) {
     match std::fs::write(&path, "1024") {
         Ok(()) => log::debug!("{path}: readahead 1 MiB"),
         Err(e) => log::debug!("{path}: {e}; keeping the kernel's readahead"),
+    }
+}
+
+/// Tunes glibc's malloc for a daemon with a dozen threads. Two arenas instead of one per
+/// thread: freed memory is not kept per thread, and RSS stays near what is live. A fixed
+/// mmap threshold: each FUSE thread's 16 MiB request buffer stays an untouched mapping.
+/// With glibc's sliding threshold, once one such buffer was freed (the handshake's), the
+/// next ones came from the heap and calloc zeroed them: 33 MiB of RSS for the image-tree
+/// connection's threads, measured. Call it before any thread exists.
+pub(super) fn tune_malloc() {
+    // SAFETY: mallopt takes no pointers and only tunes glibc's allocator; the caller runs
+    // it before any thread exists that could be allocating.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 

@@ -187,7 +187,7 @@ impl ImageFs {
                 }
                 Change::DigestGone(d) => {
                     self.ready.lock().remove(&d);
-                    self.images.close(&d);
+                    self.open_images.close(&d);
                     self.forget_rootfs_mount(&d);
                     self.inval
                         .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
@@ -205,7 +205,7 @@ impl ImageFs {
     /// image tree's bind mount on it (lazily: processes inside keep it), and the read-only
     /// connection drops its entry, so the image is released once nobody uses it.
     fn forget_rootfs_mount(&self, d: &store::Digest) {
-        if !self.trees.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.tree_conn_on.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*d)) {
@@ -215,7 +215,7 @@ impl ImageFs {
             );
         }
         // The read-only connection's root is inode 1 on that connection.
-        self.inval_images
+        self.inval_tree_conn
             .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
         // Had another directory of the same digest stayed (legacy and content layouts),
         // its tree is mounted again.
@@ -231,7 +231,7 @@ impl ImageFs {
                 self.ready.lock().remove(&d);
                 // An open image would keep its deleted file's space (a listing opens it
                 // without the kernel holding an inode).
-                self.images.close(&d);
+                self.open_images.close(&d);
                 self.forget_rootfs_mount(&d);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),

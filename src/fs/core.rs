@@ -50,7 +50,7 @@ impl ImageFs {
             }
             NodeKey::Rootfs(..) => Area::ReadOnly("rootfs/".into()),
             NodeKey::Private | NodeKey::Metrics => Area::ReadOnly(".imagefs/".into()),
-            NodeKey::ImagesRoot => Area::ReadOnly("rootfs/".into()),
+            NodeKey::TreeConnectionRoot => Area::ReadOnly("rootfs/".into()),
             NodeKey::Gone(_) => return Err(Error::not_found("removed node")),
         })
     }
@@ -131,7 +131,7 @@ impl ImageFs {
                     return Err(missing());
                 }
                 if name == ROOTFS {
-                    let img = self.images.get(d, &dir)?;
+                    let img = self.open_images.get(d, &dir)?;
                     return Ok(NodeKey::Rootfs(*d, img.root().0));
                 }
                 match std::fs::symlink_metadata(dir.join(name)) {
@@ -144,11 +144,11 @@ impl ImageFs {
                 match img.lookup(Nid(*nid), name.as_bytes()) {
                     Ok(Some(child)) => Ok(NodeKey::Rootfs(*d, child.0)),
                     Ok(None) => Err(missing()),
-                    Err(e) => Err(self.images.error(d, e)),
+                    Err(e) => Err(self.open_images.error(d, e)),
                 }
             }
             // The read-only connection's root: `<hex>` is that digest's `rootfs/`.
-            NodeKey::ImagesRoot => {
+            NodeKey::TreeConnectionRoot => {
                 let d = name_str(name)
                     .ok()
                     .and_then(store::Digest::parse_hex)
@@ -178,7 +178,7 @@ impl ImageFs {
         Ok(match key {
             NodeKey::Root => (dir(3), TAGS_TTL),
             NodeKey::Digests => (dir(self.store.digest_count() as u64), TAGS_TTL),
-            NodeKey::Private | NodeKey::ImagesRoot => {
+            NodeKey::Private | NodeKey::TreeConnectionRoot => {
                 let mut a = dir(0);
                 a.perm = 0o555;
                 (a, TAGS_TTL)
@@ -244,7 +244,9 @@ impl ImageFs {
             }
             NodeKey::Rootfs(d, nid) => {
                 let img = self.image(d)?;
-                let i = img.inode(Nid(*nid)).map_err(|e| self.images.error(d, e))?;
+                let i = img
+                    .inode(Nid(*nid))
+                    .map_err(|e| self.open_images.error(d, e))?;
                 (rootfs::attr_of(&i), IMMUTABLE_TTL)
             }
             NodeKey::Gone(ino) => return Err(Error::not_found(format!("inode {ino} was removed"))),
@@ -275,7 +277,7 @@ impl ImageFs {
             let mut inodes = self.inodes.lock();
             match inodes.forget(ino, n).and_then(|k| k.digest()) {
                 Some(d) if !inodes.holds(&d) => {
-                    self.images.close(&d);
+                    self.open_images.close(&d);
                     inodes.zombies.remove(&d).map(|p| (d, p))
                 }
                 _ => None,
@@ -289,13 +291,13 @@ impl ImageFs {
     /// The open image of digest `d`.
     pub(super) fn image(&self, d: &store::Digest) -> Result<Arc<imagefs_erofs::Image>> {
         // Every request inside an image asks: no path built once it is open.
-        if let Some(img) = self.images.cached(d) {
+        if let Some(img) = self.open_images.cached(d) {
             return Ok(img);
         }
         let dir = self
             .digest_dir(d)
             .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
-        self.images.get(d, &dir)
+        self.open_images.get(d, &dir)
     }
 
     /// An extended attribute's value (`Some(name)`) or the list of names (`None`).
@@ -305,7 +307,7 @@ impl ImageFs {
             NodeKey::Rootfs(d, nid) => {
                 let img = self.image(&d)?;
                 rootfs::xattr(&img, Nid(nid), name.map(OsStr::as_bytes))
-                    .map_err(|e| self.images.error(&d, e))?
+                    .map_err(|e| self.open_images.error(&d, e))?
                     .ok_or_else(no_data)
             }
             _ if name.is_some() => Err(no_data()),
@@ -334,7 +336,7 @@ impl ImageFs {
             NodeKey::Rootfs(d, nid) => self
                 .image(&d)?
                 .readlink(Nid(nid))
-                .map_err(|e| self.images.error(&d, e)),
+                .map_err(|e| self.open_images.error(&d, e)),
             k => Err(Error::new(
                 fuser::Errno::EINVAL,
                 Level::Debug,
@@ -362,7 +364,7 @@ impl ImageFs {
                 let image = self.image(d)?;
                 let i = image
                     .inode(Nid(*nid))
-                    .map_err(|e| self.images.error(d, e))?;
+                    .map_err(|e| self.open_images.error(d, e))?;
                 if i.kind == imagefs_erofs::FileKind::Directory {
                     return Err(Error::new(
                         fuser::Errno::EISDIR,
@@ -453,7 +455,7 @@ impl ImageFs {
         let mut buf = vec![0u8; size as usize];
         let n = image
             .read(nid, offset, &mut buf)
-            .map_err(|e| self.images.error(d, e))?;
+            .map_err(|e| self.open_images.error(d, e))?;
         buf.truncate(n);
         Ok(buf)
     }

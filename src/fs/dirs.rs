@@ -72,9 +72,9 @@ impl ImageFs {
                     });
                     items.len() < BATCH
                 })
-                .map_err(|e| self.images.error(&d, e))?;
+                .map_err(|e| self.open_images.error(&d, e))?;
             return match failed {
-                Some(e) => Err(self.images.error(&d, e)),
+                Some(e) => Err(self.open_images.error(&d, e)),
                 None => Ok(items),
             };
         }
@@ -138,7 +138,7 @@ impl ImageFs {
             }
             NodeKey::Digest(d) => window(&mut self.digest_listing(d)?.into_iter()),
             // Not listed: it is reached only by the bind mounts, each through its own name.
-            NodeKey::ImagesRoot => Vec::new(),
+            NodeKey::TreeConnectionRoot => Vec::new(),
             NodeKey::Private => window(&mut std::iter::once((
                 NodeKey::Metrics,
                 FileType::RegularFile,
@@ -173,7 +173,11 @@ impl ImageFs {
         let mut out = Vec::new();
         if self.digest_ready(d, &dir) {
             // An image that does not open is still listed: its lookup answers EIO.
-            let root = self.images.get(d, &dir).map(|i| i.root().0).unwrap_or(0);
+            let root = self
+                .open_images
+                .get(d, &dir)
+                .map(|i| i.root().0)
+                .unwrap_or(0);
             out.push((
                 NodeKey::Rootfs(*d, root),
                 FileType::Directory,

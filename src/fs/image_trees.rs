@@ -40,8 +40,8 @@ impl ImageTrees {
     /// notifier: from now on rootfs mounts are on, and a digest that goes drops its tree's
     /// entries in both connections.
     pub(crate) fn start_notifier(&self, notifier: Notifier) {
-        self.0.inval_images.start(notifier);
-        self.0.trees.store(true, Ordering::Relaxed);
+        self.0.inval_tree_conn.start(notifier);
+        self.0.tree_conn_on.store(true, Ordering::Relaxed);
     }
 
     /// Waits until digests may have come or gone, or `limit` passed.
@@ -84,7 +84,7 @@ impl ImageTrees {
         }
         // And the image-tree connection's entry, left cached by a rootfs mount that
         // someone detached (its root is inode 1 there).
-        fs.inval_images
+        fs.inval_tree_conn
             .send_and_wait(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()), limit);
     }
 

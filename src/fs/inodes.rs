@@ -14,7 +14,7 @@ pub const DIGESTS: u64 = 3;
 pub const PRIVATE: u64 = 4;
 pub const METRICS: u64 = 5;
 /// The root of the image-tree connection (see `fuse::Connection`), which the kernel calls
-/// 1 there; its node is [`NodeKey::ImagesRoot`].
+/// 1 there; its node is [`NodeKey::TreeConnectionRoot`].
 pub const TREE_CONNECTION_ROOT: u64 = 6;
 const FIRST_DYNAMIC: u64 = 16;
 /// Image inodes get numbers that stay the same across forgets, so hard links keep sharing
@@ -37,7 +37,7 @@ pub enum NodeKey {
     Private,
     Metrics,
     /// The root of the image-tree connection: one entry per ready digest, its image's root.
-    ImagesRoot,
+    TreeConnectionRoot,
     /// A node that was replaced or removed while the kernel still held it.
     Gone(u64),
 }
@@ -90,7 +90,7 @@ impl Default for Inodes {
             (DIGESTS, NodeKey::Digests),
             (PRIVATE, NodeKey::Private),
             (METRICS, NodeKey::Metrics),
-            (TREE_CONNECTION_ROOT, NodeKey::ImagesRoot),
+            (TREE_CONNECTION_ROOT, NodeKey::TreeConnectionRoot),
         ] {
             t.by_key.insert(key.clone(), ino);
             t.by_ino.insert(ino, Entry { key, lookups: 0 });

@@ -17,6 +17,8 @@
 //! Invariant: every change through `tags/` applies, before its request is answered, the
 //! other writers' changes that the store found under its lock (see [`Mutation`]).
 
+#![forbid(unsafe_code)]
+
 mod attr;
 mod changes;
 mod core;
@@ -57,17 +59,17 @@ pub(crate) struct ImageFs {
     inodes: Arc<Mutex<Inodes>>,
     handles: Mutex<Handles>,
     /// The open images (erofs readers), by digest.
-    images: rootfs::Images,
+    open_images: rootfs::OpenImages,
     /// Digests seen `ready`: a finished pull does not go back, so metadata.json is read
     /// once per digest, not on every lookup and getattr under `digests/<hex>/`.
     ready: Mutex<std::collections::HashSet<crate::store::Digest>>,
     inval: Invalidator,
     /// Invalidations for the image-tree connection.
-    inval_images: Invalidator,
+    inval_tree_conn: Invalidator,
     /// Raised when digests come or go, for the rootfs-mount binder.
     digests_changed: Signal,
     /// Whether rootfs mounts are on (the image-tree connection runs).
-    trees: AtomicBool,
+    tree_conn_on: AtomicBool,
     metrics: Metrics,
     passthrough: Passthrough,
     started: SystemTime,
@@ -84,12 +86,12 @@ impl ImageFs {
             mountpoint: mountpoint.to_path_buf(),
             inodes,
             handles: Mutex::new(Handles::default()),
-            images: rootfs::Images::default(),
+            open_images: rootfs::OpenImages::default(),
             ready: Mutex::default(),
             inval: Invalidator::default(),
-            inval_images: Invalidator::default(),
+            inval_tree_conn: Invalidator::default(),
             digests_changed: Signal::default(),
-            trees: AtomicBool::new(false),
+            tree_conn_on: AtomicBool::new(false),
             metrics: Metrics::default(),
             passthrough: Passthrough::new(passthrough),
             started: SystemTime::now(),

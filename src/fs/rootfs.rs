@@ -23,13 +23,13 @@ pub const ROOTFS: &str = "rootfs";
 pub const ROOTFS_IMAGE: &str = "rootfs.erofs";
 
 #[derive(Default)]
-pub struct Images {
+pub struct OpenImages {
     open: Mutex<HashMap<Digest, Arc<Image>>>,
     /// Digests whose image failed already: logged once, then quietly.
     bad: Mutex<HashSet<Digest>>,
 }
 
-impl Images {
+impl OpenImages {
     /// The open image of digest `d`, whose directory is `dir`.
     pub fn get(&self, d: &Digest, dir: &Path) -> Result<Arc<Image>, Error> {
         if let Some(img) = self.cached(d) {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use super::Store;
 use super::index::{Node, Tag};
-use super::layout::{self, DirKey, Layout};
+use super::layout::{self, Layout};
 use super::names::Digest;
 
 /// A name in a directory of `tags/`.
@@ -112,11 +112,6 @@ impl Store {
     /// The number of tags.
     pub fn tag_count(&self) -> usize {
         self.index().tag_count()
-    }
-
-    /// The directories of digest `d`, content first.
-    pub fn dirs_of(&self, d: &Digest) -> Vec<DirKey> {
-        self.index().dirs_of(d).cloned().collect()
     }
 
     /// Tags, digests and digest directories, read at once.

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+use crate::store::layout::Layout;
 use crate::store::layout::{CONTENT, PRIVATE, REPOSITORIES};
 use crate::store::names::{self, Digest};
-use crate::store::{Collected, DirKey, Layout, Options, Store, StoreError};
+use crate::store::{Collected, DirKey, Options, Store, StoreError};
 
 pub(crate) const OPTS: Options = Options { durable: false };
 
