@@ -3,9 +3,11 @@
 //! Under the store lock: interrupted changes (journal intents), leftover temporary files,
 //! the trash, entries the scan ignores (stray files, malformed names, tags naming nothing the
 //! store could hold), dangling tags, tags the mount ignores, digest directories without a
-//! readable status, untagged digests (information only: digest-only pulls are legitimate).
-//! After the lock is released (so a live mount is not held up): the sha256 of each ready
-//! image, and a full read of it through our erofs reader.
+//! readable status, untagged digests (information only: digest-only pulls are legitimate),
+//! hypeman's staging entries (information only: a pull in progress, or hypeman's to sweep).
+//! hypeman's layer store (`layers/`) is not looked at. After the lock is released (so a live
+//! mount is not held up): the sha256 of each ready image named by it ([`named_by_image`]),
+//! and a full read of every ready image through our erofs reader.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -82,6 +84,8 @@ pub enum Kind {
     Untagged,
     /// A directory that went away while fsck ran (collected meanwhile).
     Vanished,
+    /// hypeman's staging entry (`.install-*`, `.tag-stage-*`, `.unpack-*`): information only.
+    Staging,
 }
 
 /// One line of the report.
@@ -184,6 +188,16 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
     }
     for p in &view.scan.problems {
         f.push(problem(Kind::Ignored, &p.path, p.reason.clone()));
+    }
+    let mut staging = view.scan.staging.clone();
+    staging.sort();
+    for p in staging {
+        f.push(info(
+            Kind::Staging,
+            p,
+            "hypeman's staging entry (an install or tag in progress, or left by an interrupted \
+             hypeman, which removes it at its next start); not a digest, not a tag, left alone",
+        ));
     }
     let mut tags = view.scan.tags.clone();
     tags.sort_by(|a, b| (&a.repo, &a.tag).cmp(&(&b.repo, &b.tag)));
@@ -350,8 +364,8 @@ pub fn read_image(file: File) -> Result<ReadStats, String> {
     Ok(stats)
 }
 
-/// Verifies one ready digest directory: sha256 (when no manifest.json names the digest
-/// instead) and a full read through the reader.
+/// Verifies one ready digest directory: sha256 (only where the directory is named by the
+/// sha256 of its image, see [`named_by_image`]) and a full read through the reader.
 pub fn verify_image(root: &Path, key: &DirKey) -> Vec<Finding> {
     let dir = root.join(key.rel_path());
     let path = dir.join("rootfs.erofs");
@@ -373,9 +387,7 @@ pub fn verify_image(root: &Path, key: &DirKey) -> Vec<Finding> {
         }
     };
     let mut f = Vec::new();
-    // An OCI import names its directory by the manifest digest, kept in manifest.json; only
-    // other images are named by the sha256 of their bytes.
-    if std::fs::symlink_metadata(dir.join("manifest.json")).is_err() {
+    if named_by_image(&dir, key) {
         match crate::store::fsutil::sha256_of(&file).map(|(d, _)| d.hex()) {
             Ok(h) if h == key.digest().hex() => {}
             Ok(h) => f.push(problem(
@@ -401,6 +413,17 @@ pub fn verify_image(root: &Path, key: &DirKey) -> Vec<Finding> {
         ));
     }
     f
+}
+
+/// Is the digest directory `dir` (of `key`) named by the sha256 of its `rootfs.erofs`, so
+/// that its name can be checked against its bytes? hypeman names every pull by its OCI
+/// manifest digest: its content layout keeps the manifest (`manifest.json`), as imagefs's
+/// OCI imports do, and its legacy layout keeps none, so a legacy directory's name cannot be
+/// recomputed from what it holds. Only content directories without `manifest.json` (imagefs
+/// import of a directory, tar or erofs image) are named by their image.
+pub fn named_by_image(dir: &Path, key: &DirKey) -> bool {
+    matches!(key, DirKey::Content(_))
+        && std::fs::symlink_metadata(dir.join("manifest.json")).is_err()
 }
 
 /// Verifies images with a few threads; results in the order of `keys`.

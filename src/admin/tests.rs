@@ -695,3 +695,106 @@ fn gc_steps_are_recoverable() {
     assert!(!fx.has(&format!("{CONTENT}/{u}")));
     assert!(fx.entries("intents").is_empty() && fx.entries("trash").is_empty());
 }
+
+/// A healthy store as both hypeman versions write it (HYPEMAN.md): legacy directories named
+/// by the OCI manifest digest (not the sha256 of their image) without manifest.json, content
+/// ones with it, a pull in progress tagged before it is ready with its temporaries beside,
+/// hypeman's layer store and staging directories. Nothing of it is a problem (issue 9,
+/// finding 9), and neither `ls` nor `gc` takes layers or staging for digests.
+#[test]
+fn fsck_is_clean_on_stores_written_by_either_hypeman_version() {
+    if !need(
+        &[Need::MkfsErofs],
+        "fsck_is_clean_on_stores_written_by_either_hypeman_version",
+    ) {
+        return;
+    }
+    let fx = Fx::new();
+    // Legacy hypeman: <repo>/<manifest hex>/{metadata.json, rootfs.erofs}, tag -> <hex>.
+    let m1 = "a1".repeat(32);
+    let legacy = fx.p(&format!("docker.io/library/alpine/{m1}"));
+    fs::create_dir_all(&legacy).expect("mkdir");
+    fs::write(legacy.join("rootfs.erofs"), image(7)).expect("image");
+    fx.metadata(&legacy, &m1, "ready", 1);
+    fx.ltag_hex("docker.io/library/alpine", "3.19", &m1);
+    // Content hypeman: content/<manifest hex>/ with manifest.json, a relative tag.
+    let m2 = "b2".repeat(32);
+    let content = fx.p(&format!("{CONTENT}/{m2}"));
+    fs::create_dir_all(&content).expect("mkdir");
+    fs::write(content.join("rootfs.erofs"), image(8)).expect("image");
+    fs::write(content.join("manifest.json"), "{\"layers\":[]}").expect("manifest");
+    fx.metadata(&content, &m2, "ready", 1);
+    fx.ctag_hex("docker.io/library/nginx", "latest", &m2);
+    // A pull in progress, tagged before ready: its staged metadata and image beside.
+    let m3 = "c3".repeat(32);
+    let pull = fx.p(&format!("{CONTENT}/{m3}"));
+    fs::create_dir_all(&pull).expect("mkdir");
+    fx.metadata(&pull, &m3, "converting", 1);
+    fs::write(pull.join("metadata.json.tmp"), "{\"status\":").expect("tmp");
+    fs::write(pull.join("rootfs.erofs.tmp-build1"), "half an image").expect("tmp");
+    fx.ctag_hex("docker.io/library/nginx", "next", &m3);
+    // hypeman's layer store and staging directories (in progress or left over).
+    let layer = fx.p(&format!("layers/{}", "d4".repeat(32)));
+    fs::create_dir_all(&layer).expect("mkdir");
+    fs::write(layer.join("layer.erofs"), image(9)).expect("layer");
+    fs::write(layer.join("artifact.erofs.json"), "{}").expect("artifact");
+    fs::create_dir_all(fx.p("layers/.unpack-1")).expect("unpack");
+    fs::create_dir_all(fx.p(&format!("{CONTENT}/.install-2/x"))).expect("install");
+    let stage = fx.p(&format!(
+        "{REPOSITORIES}/docker.io/library/nginx/.tag-stage-3"
+    ));
+    fs::create_dir_all(&stage).expect("stage");
+    symlink(format!("../../../../../content/{m2}"), stage.join("latest")).expect("staged");
+    fs::create_dir_all(fx.p("docker.io/library/alpine/.tag-stage-4")).expect("stage");
+
+    let (code, text) = fx.fsck(false);
+    assert_eq!(code, EXIT_OK, "{text}");
+    assert!(!text.contains("problem:"), "{text}");
+    assert!(text.contains("2 images read in full"), "{text}");
+    assert!(text.contains("3 digest directories"), "{text}");
+    assert!(text.contains("hypeman's staging entry"), "{text}");
+    assert!(
+        !text.contains("layers/"),
+        "the layer store is not looked at: {text}"
+    );
+    let got = fx.findings();
+    assert!(
+        got.iter()
+            .all(|g| g.0 == Severity::Info && g.1 == Kind::Staging),
+        "{got:#?}"
+    );
+    // But the legacy image is still read in full: a corrupt one is a problem.
+    let bytes = image(7);
+    fs::write(legacy.join("rootfs.erofs"), &bytes[..bytes.len() / 2]).expect("truncate");
+    let got = fx.findings();
+    assert!(
+        got.iter()
+            .any(|g| g.0 == Severity::Problem && g.1 == Kind::CorruptImage && g.2.contains(&m1)),
+        "{got:#?}"
+    );
+    assert!(!got.iter().any(|g| g.1 == Kind::DigestMismatch), "{got:#?}");
+    fs::write(legacy.join("rootfs.erofs"), image(7)).expect("restore");
+
+    // ls lists the three digests only; gc finds nothing to collect.
+    let (code, out) = fx.ls(false);
+    assert_eq!(code, EXIT_OK);
+    assert!(
+        !out.contains("d4d4d4") && !out.contains(".install-"),
+        "{out}"
+    );
+    let (code, out, err) = fx.gc(true);
+    assert_eq!(code, EXIT_OK, "{out}{err}");
+    assert!(out.contains("would remove 0 digest directories"), "{out}");
+    // --repair touches none of it.
+    let (code, text) = fx.fsck(true);
+    assert_eq!(code, EXIT_OK, "{text}");
+    for p in [
+        "layers/.unpack-1".to_string(),
+        format!("{CONTENT}/.install-2/x"),
+        format!("{REPOSITORIES}/docker.io/library/nginx/.tag-stage-3/latest"),
+        format!("{CONTENT}/{m3}/rootfs.erofs.tmp-build1"),
+        format!("{CONTENT}/{m3}/metadata.json.tmp"),
+    ] {
+        assert!(fx.has(&p), "{p} was touched");
+    }
+}

@@ -127,6 +127,10 @@ impl ImageFs {
             }
             NodeKey::Digest(d) => {
                 let dir = self.digest_dir(d).ok_or_else(missing)?;
+                // What a writer is still working on is not the digest's content.
+                if store::layout::is_staging_file(name.as_bytes()) {
+                    return Err(missing());
+                }
                 if (name == ROOTFS_IMAGE || name == ROOTFS) && !self.digest_ready(d, &dir) {
                     return Err(missing());
                 }
@@ -229,18 +233,22 @@ impl ImageFs {
                 }
             }
             NodeKey::DigestFile(d, name) => {
-                let p = self
+                let dir = self
                     .digest_dir(d)
-                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?
-                    .join(name);
+                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
+                let p = dir.join(name);
                 let m = stat(&p)?;
                 if !m.is_file() {
                     return Err(Error::not_found(p.display().to_string()));
                 }
-                (
-                    attr::from_metadata(0, FileType::RegularFile, &m, true),
-                    IMMUTABLE_TTL,
-                )
+                // A pull in progress still rewrites its files (metadata.json's status):
+                // they are immutable only once the digest is ready.
+                let ttl = if self.digest_ready(d, &dir) {
+                    IMMUTABLE_TTL
+                } else {
+                    TAGS_TTL
+                };
+                (attr::from_metadata(0, FileType::RegularFile, &m, true), ttl)
             }
             NodeKey::Rootfs(d, nid) => {
                 let img = self.image(d)?;
@@ -352,13 +360,14 @@ impl ImageFs {
         }
         let h = match &key {
             NodeKey::DigestFile(d, name) => {
-                let p = self
+                let dir = self
                     .digest_dir(d)
-                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?
-                    .join(name);
+                    .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
+                let changing = !self.digest_ready(d, &dir);
+                let p = dir.join(name);
                 let file =
                     std::fs::File::open(&p).map_err(|e| Error::io(p.display().to_string(), &e))?;
-                Handle::File { file }
+                Handle::File { file, changing }
             }
             NodeKey::Rootfs(d, nid) => {
                 let image = self.image(d)?;

@@ -154,7 +154,8 @@ impl ImageFs {
         })
     }
 
-    /// `digests/<hex>/`: `rootfs/` (when ready) and the digest directory's regular files.
+    /// `digests/<hex>/`: `rootfs/` (when ready) and the digest directory's regular files,
+    /// but writers' temporaries ([`store::layout::is_staging_file`]).
     fn digest_listing(&self, d: &store::Digest) -> Result<Vec<(NodeKey, FileType, OsString)>> {
         let dir = self
             .digest_dir(d)
@@ -164,10 +165,9 @@ impl ImageFs {
             .flatten()
             .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
             .map(|e| e.file_name())
-            .filter(|n| {
-                !n.as_bytes()
-                    .starts_with(store::fsutil::TMP_PREFIX.as_bytes())
-            })
+            // Writers' temporaries (metadata.json.tmp, rootfs.erofs.tmp-<build>, hidden
+            // names) are not the digest's files.
+            .filter(|n| !store::layout::is_staging_file(n.as_bytes()))
             .collect();
         names.sort();
         let mut out = Vec::new();

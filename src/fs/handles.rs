@@ -17,8 +17,9 @@ pub enum Handle {
     /// A store file opened for passthrough: the kernel reads it; we keep the backing id.
     Backed { _id: Arc<BackingId> },
     /// A store file, read with pread. With passthrough, [`Handles::attach_backing`]
-    /// replaces it by [`Handle::Backed`] once the kernel has the file.
-    File { file: File },
+    /// replaces it by [`Handle::Backed`] once the kernel has the file. `changing`: its
+    /// digest is not ready, so the file may still be rewritten (a pull's metadata.json).
+    File { file: File, changing: bool },
     /// A regular file of an image.
     ImageFile {
         digest: Digest,

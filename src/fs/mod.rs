@@ -111,8 +111,17 @@ impl ImageFs {
                         std::os::fd::AsFd::as_fd(&events),
                         nix::poll::PollFlags::POLLIN,
                     )];
-                    match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
-                        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    // Woken by events, or every REVISIT while tags wait for their digest
+                    // directory (they are re-read then: see store::watch).
+                    let timeout = nix::poll::PollTimeout::try_from(crate::store::watch::REVISIT)
+                        .unwrap_or(nix::poll::PollTimeout::MAX);
+                    match nix::poll::poll(&mut pfd, timeout) {
+                        Ok(0) if !fs.store.has_pending_tags() => continue,
+                        Ok(0) => {}
+                        Ok(_) | Err(nix::errno::Errno::EINTR) => {
+                            // Let a burst of changes settle, then apply it in one go.
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
                         Err(e) => {
                             log::error!(
                                 "watching the store: {e}; other writers' changes will not show"
@@ -120,8 +129,6 @@ impl ImageFs {
                             return;
                         }
                     }
-                    // Let a burst of changes settle, then apply it in one go.
-                    std::thread::sleep(std::time::Duration::from_millis(20));
                     match fs.store.sync_external() {
                         Ok(changes) => fs.apply_changes(changes),
                         Err(e) => log::warn!("applying other writers' changes: {e}"),

@@ -68,6 +68,12 @@ impl ImageFs {
     ) -> Result<Opened> {
         let (fh, h) = self.open(ino, flags)?;
         Ok(match &*h {
+            // A file that may still be rewritten is read afresh at every open: no cache kept,
+            // no passthrough (whose backing file is shared by every open of the inode).
+            Handle::File { changing: true, .. } => Opened::Read {
+                fh,
+                flags: FopenFlags::FOPEN_NOFLUSH,
+            },
             Handle::File { file, .. } if self.passthrough.on.load(Ordering::Relaxed) => {
                 match self.backing_id(ino, file, open_backing) {
                     Some(id) => {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use log::warn;
 
-use super::layout::{DirKey, Layout, Scan};
+use super::layout::{DirKey, Layout, Scan, ScannedTag};
 use super::names::{self, Digest};
 
 /// A tag as the index knows it.
@@ -42,6 +42,9 @@ pub struct Index {
     refs: HashMap<DirKey, u32>,
     /// digest -> its directories (content and/or legacy ones), for `digests/`.
     digests: BTreeMap<Digest, BTreeSet<DirKey>>,
+    /// Tags the scan found naming a directory the store did not have: the watcher keeps
+    /// them pending and shows them once their directory comes (`watch`).
+    unresolved: Vec<ScannedTag>,
 }
 
 impl Index {
@@ -61,6 +64,7 @@ impl Index {
         }
         for t in &scan.tags {
             if !ix.refs.contains_key(&t.key) {
+                ix.unresolved.push(t.clone());
                 warn!(
                     "tag {}:{} names {}, which is not in the store; ignored",
                     t.repo,
@@ -88,6 +92,11 @@ impl Index {
             ix.add_tag(&t.repo, &t.tag, t.key.clone(), t.layout);
         }
         ix
+    }
+
+    /// Tags of the scan this index was built from whose digest directory was missing.
+    pub fn unresolved(&self) -> &[ScannedTag] {
+        &self.unresolved
     }
 
     pub fn node(&self, path: &str) -> Option<&Node> {

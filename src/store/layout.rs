@@ -6,16 +6,19 @@
 //! STORE/<repo>/<hex>/...                  legacy digest directory, owned by <repo>
 //! STORE/<repo>/<tag>                      -> <hex>
 //! STORE/.imagefs/                         imagefs's own: lock, intents/, trash/
+//! STORE/layers/<hex>/...                  hypeman's layer store: not digests, never read
 //! ```
 //!
 //! The scan never follows a symlink and never trusts a name: anything that does not fit is
-//! reported once as a warning and left alone.
+//! reported once as a warning and left alone. What hypeman is still writing (its staging
+//! names, [`is_staging_entry`]) is neither a digest nor a tag nor a problem: it is skipped
+//! quietly (and listed in [`Scan::staging`] for fsck's information).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use log::warn;
+use log::{debug, warn};
 
 use super::fsutil::TMP_PREFIX;
 use super::names::{self, Digest};
@@ -23,9 +26,36 @@ use super::names::{self, Digest};
 pub const CONTENT: &str = "content";
 pub const REPOSITORIES: &str = "repositories";
 pub const PRIVATE: &str = ".imagefs";
+/// hypeman's per-layer artifact store (`layers/<layerHex>/`), content hypeman only.
+pub const LAYERS: &str = "layers";
+
+/// Is `name`, an entry of `content/`, of a repository directory or of the store root, one of
+/// hypeman's staging directories (HYPEMAN.md): `.install-*` (atomic installs), `.tag-stage-*`
+/// (a tag being staged), `.unpack-*` (layer unpacking)? None of them can be a digest, a tag
+/// or a repository name (those never start with a dot).
+pub fn is_staging_entry(name: &[u8]) -> bool {
+    const PREFIXES: [&[u8]; 3] = [b".install-", b".tag-stage-", b".unpack-"];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Is `name`, a file of a digest directory, a temporary that a writer is still working on
+/// rather than the directory's content? Hidden names (hypeman's `.rootfs-*`, `.metadata-*`,
+/// `.install-*`, imagefs's own `.imagefs-tmp-*`), `metadata.json.tmp` (`*.tmp`) and
+/// `rootfs.erofs.tmp-<buildID>` (`*.tmp-*`). Such files are never served in `digests/<hex>/`.
+pub fn is_staging_file(name: &[u8]) -> bool {
+    name.starts_with(b".") || name.ends_with(b".tmp") || name.windows(5).any(|w| w == b".tmp-")
+}
+
+/// The store root's own entries, which are not legacy repositories: the content layout's two
+/// directories, hypeman's layer store and imagefs's bookkeeping.
+pub fn is_store_own(name: &OsStr) -> bool {
+    [CONTENT, REPOSITORIES, LAYERS, PRIVATE]
+        .iter()
+        .any(|n| name == OsStr::new(n))
+}
 
 /// Which layout a tag or digest directory belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Layout {
     Content,
     Legacy,
@@ -67,10 +97,12 @@ impl DirKey {
     }
 }
 
-/// Is the first component of a legacy repository path one of the store's own directories?
+/// Is the first component of a legacy repository path one of the store's own directories
+/// (`content`, `repositories`, hypeman's `layers`)? hypeman's names always start with a
+/// registry host, so no repository of its own is refused here.
 pub fn is_reserved_top(repo: &str) -> bool {
     let first = repo.split('/').next().unwrap_or("");
-    first == CONTENT || first == REPOSITORIES
+    first == CONTENT || first == REPOSITORIES || first == LAYERS
 }
 
 /// Store-relative directory of repository `repo` in `layout` ("" is the layout's root).
@@ -143,6 +175,9 @@ pub struct Scan {
     pub repo_dirs: Vec<ScannedDir>,
     /// Leftover temporary files of interrupted tag installs (safe to delete under the lock).
     pub temp_files: Vec<PathBuf>,
+    /// hypeman's staging entries ([`is_staging_entry`]): in progress, or left by an
+    /// interrupted hypeman (which sweeps them at its next start). Never imagefs's to touch.
+    pub staging: Vec<PathBuf>,
     /// Entries that do not fit (stray files, malformed names, tags naming nothing the
     /// store could hold), in the order found; `imagefs fsck` reports them.
     pub problems: Vec<Problem>,
@@ -165,6 +200,14 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         Ok(rd) => {
             for entry in rd.flatten() {
                 let name = entry.file_name();
+                if is_staging_entry(name.as_bytes()) {
+                    debug!(
+                        "{}: hypeman's staging entry; skipped",
+                        entry.path().display()
+                    );
+                    scan.staging.push(entry.path());
+                    continue;
+                }
                 let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
                 match name.to_str().and_then(Digest::parse_hex) {
                     Some(d) if is_dir => scan.digest_dirs.push(DirKey::Content(d)),
@@ -187,6 +230,7 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         scan.tags.extend(p.tags);
         scan.repo_dirs.extend(p.repo_dirs);
         scan.temp_files.extend(p.temp_files);
+        scan.staging.extend(p.staging);
         scan.problems.extend(p.problems);
     }
     Ok(scan)
@@ -260,14 +304,14 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
             scan.temp_files.push(path);
             continue;
         }
-        if layout == Layout::Legacy && repo.is_empty() {
+        if is_staging_entry(name.as_bytes()) {
+            debug!("{}: hypeman's staging entry; skipped", path.display());
+            scan.staging.push(path);
+            continue;
+        }
+        if layout == Layout::Legacy && repo.is_empty() && is_store_own(&name) {
             // The legacy layout's root is the store root: skip the store's own directories.
-            if name == OsStr::new(CONTENT)
-                || name == OsStr::new(REPOSITORIES)
-                || name == OsStr::new(PRIVATE)
-            {
-                continue;
-            }
+            continue;
         }
         if ft.is_symlink() {
             scan_tag(layout, repo, &name, &path, scan);
@@ -397,6 +441,40 @@ mod tests {
         assert_eq!(
             parse_tag_target(Layout::Legacy, "a", Path::new("../x")),
             None
+        );
+    }
+
+    #[test]
+    fn hypemans_staging_names() {
+        for n in [".install-123", ".tag-stage-abc", ".unpack-9"] {
+            assert!(is_staging_entry(n.as_bytes()), "{n}");
+        }
+        for n in ["latest", "v1.tmp", "docker.io", ".hidden", "install-1"] {
+            assert!(!is_staging_entry(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "metadata.json.tmp",
+            "rootfs.erofs.tmp-build42",
+            ".rootfs-123",
+            ".metadata-9",
+            ".imagefs-tmp-1-file",
+        ] {
+            assert!(is_staging_file(n.as_bytes()), "{n}");
+        }
+        for n in [
+            "metadata.json",
+            "rootfs.erofs",
+            "manifest.json",
+            "config.tmpl",
+        ] {
+            assert!(!is_staging_file(n.as_bytes()), "{n}");
+        }
+        assert!(is_reserved_top("layers") && is_reserved_top("layers/x"));
+        assert!(!is_reserved_top("docker.io/layers"));
+        assert_eq!(
+            DirKey::from_rel_path(&format!("{LAYERS}/{}", d('a'))),
+            None,
+            "a layer is not a digest directory"
         );
     }
 

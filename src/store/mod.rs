@@ -230,6 +230,26 @@ impl Store {
         Ok(self.take_changes())
     }
 
+    /// Whether tags in the store wait for their digest directory (see [`watch`]): the
+    /// caller of [`Store::sync_external`] should then call it every [`watch::REVISIT`].
+    pub fn has_pending_tags(&self) -> bool {
+        self.watcher
+            .lock()
+            .as_ref()
+            .is_some_and(|w| w.has_pending())
+    }
+
+    /// The tags on disk whose digest directory is missing (not shown in the mount), as
+    /// (repository, tag), as the watcher last saw them.
+    #[cfg(test)]
+    pub fn pending_tags(&self) -> Vec<(String, String)> {
+        self.watcher
+            .lock()
+            .as_ref()
+            .map(|w| w.pending_tags())
+            .unwrap_or_default()
+    }
+
     /// Changes by other writers found since the last call.
     pub fn take_changes(&self) -> Vec<watch::Change> {
         std::mem::take(&mut *self.changes.lock())

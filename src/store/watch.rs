@@ -8,19 +8,29 @@
 //! of a second, and by every change of our own before it decides anything (so a tag another
 //! writer just created is counted before GC looks at a reference count). imagefs never
 //! collects on another writer's behalf: a tag removed by someone else just goes.
+//!
+//! The order of events inside a batch does not matter (HYPEMAN.md: a repository made and
+//! filled at once, a tag made before its digest directory, staging directories renamed into
+//! place): every entry is re-read as it is now, directories and removals before tags, and a
+//! tag whose digest directory the index does not have (yet) is kept *pending* — revisited
+//! the moment that directory arrives, and every [`REVISIT`] while any is left (the mount's
+//! watcher thread wakes up for it). A tag whose directory another writer removes goes back
+//! to pending, so a re-created directory brings its tags back. hypeman's staging entries
+//! ([`layout::is_staging_entry`]) and its layer store (`layers/`) are never looked at.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::fsutil::TMP_PREFIX;
 use super::index::Index;
-use super::layout::{self, CONTENT, DirKey, Layout, PRIVATE, REPOSITORIES};
+use super::layout::{self, CONTENT, DirKey, LAYERS, Layout, PRIVATE, REPOSITORIES};
 use super::names::{self, Digest};
 
 /// What another writer changed, for the mount to drop from the kernel's caches.
@@ -45,10 +55,82 @@ enum Target {
     Repo(Layout, String),
 }
 
+/// How often pending tags are re-read while any is left.
+pub const REVISIT: Duration = Duration::from_secs(1);
+
+/// A tag entry of the store: (layout, repository, tag).
+type TagEntry = (Layout, String, String);
+
+/// Tags on disk whose digest directory the index does not have (yet), by that directory.
+#[derive(Debug, Default)]
+struct Pending {
+    by_dir: HashMap<DirKey, BTreeSet<TagEntry>>,
+    by_tag: HashMap<TagEntry, DirKey>,
+}
+
+impl Pending {
+    fn add(&mut self, key: DirKey, e: TagEntry) {
+        self.forget(&e);
+        self.by_dir
+            .entry(key.clone())
+            .or_default()
+            .insert(e.clone());
+        self.by_tag.insert(e, key);
+    }
+
+    fn forget(&mut self, e: &TagEntry) {
+        if let Some(k) = self.by_tag.remove(e)
+            && let Some(set) = self.by_dir.get_mut(&k)
+        {
+            set.remove(e);
+            if set.is_empty() {
+                self.by_dir.remove(&k);
+            }
+        }
+    }
+
+    /// The entries waiting for `key`, forgotten.
+    fn take(&mut self, key: &DirKey) -> Vec<TagEntry> {
+        let v: Vec<TagEntry> = self
+            .by_dir
+            .remove(key)
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default();
+        for e in &v {
+            self.by_tag.remove(e);
+        }
+        v
+    }
+
+    /// Every entry, sorted.
+    fn all(&self) -> Vec<TagEntry> {
+        let mut v: Vec<TagEntry> = self.by_tag.keys().cloned().collect();
+        v.sort_by(|a, b| (&a.1, &a.2, a.0).cmp(&(&b.1, &b.2, b.0)));
+        v
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_tag.is_empty()
+    }
+
+    /// Entries of `layout` in repository `path` or below it.
+    fn under(&self, layout: Layout, path: &str) -> Vec<(TagEntry, DirKey)> {
+        let prefix = format!("{path}/");
+        self.by_tag
+            .iter()
+            .filter(|((l, r, _), _)| *l == layout && (r == path || r.starts_with(&prefix)))
+            .map(|(e, k)| (e.clone(), k.clone()))
+            .collect()
+    }
+}
+
 pub struct Watcher {
     inotify: Inotify,
     targets: HashMap<WatchDescriptor, Target>,
     wds: HashMap<Target, WatchDescriptor>,
+    pending: Pending,
+    /// When the pending tags were last re-read (`None`: due now).
+    revisited: Option<Instant>,
 }
 
 const MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
@@ -66,7 +148,15 @@ impl Watcher {
             inotify,
             targets: HashMap::new(),
             wds: HashMap::new(),
+            pending: Pending::default(),
+            revisited: None,
         };
+        // Tags the mount's scan found naming nothing yet (a pull hypeman tagged before its
+        // directory was there, say): shown once their directory comes.
+        for t in ix.unresolved() {
+            w.pending
+                .add(t.key.clone(), (t.layout, t.repo.clone(), t.tag.clone()));
+        }
         w.watch(root, Target::Content);
         w.watch(root, Target::Repo(Layout::Content, String::new()));
         w.watch(root, Target::Repo(Layout::Legacy, String::new()));
@@ -122,6 +212,9 @@ impl Watcher {
     }
 
     fn unwatch_subtree(&mut self, layout: Layout, path: &str) {
+        for (e, _) in self.pending.under(layout, path) {
+            self.pending.forget(&e);
+        }
         let prefix = format!("{path}/");
         let gone: Vec<Target> = self
             .wds
@@ -137,8 +230,17 @@ impl Watcher {
         }
     }
 
-    /// Our own repository move: the watches moved with the directories.
+    /// Our own repository move: the watches (and pending tags) moved with the directories.
     pub fn renamed(&mut self, layout: Layout, from: &str, to: &str) {
+        let rename = |p: &str| format!("{to}{}", &p[from.len()..]);
+        for ((l, r, t), key) in self.pending.under(layout, from) {
+            self.pending.forget(&(l, r.clone(), t.clone()));
+            let key = match key {
+                DirKey::Legacy(kr, d) if kr == r => DirKey::Legacy(rename(&kr), d),
+                k => k,
+            };
+            self.pending.add(key, (l, rename(&r), t));
+        }
         let prefix = format!("{from}/");
         let moved: Vec<(Target, WatchDescriptor)> = self
             .wds
@@ -156,43 +258,118 @@ impl Watcher {
         }
     }
 
-    /// Reads every pending event and reconciles the entries they name with `ix`.
+    /// Whether tags are waiting for their digest directory: the caller should then call
+    /// [`Watcher::apply`] at least every [`REVISIT`], events or not.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The tags on disk whose digest directory is missing, as (repository, tag), sorted: a
+    /// tag made before its pull's directory, or a dangling tag left by another writer.
+    #[cfg(test)]
+    pub fn pending_tags(&self) -> Vec<(String, String)> {
+        self.pending
+            .all()
+            .into_iter()
+            .map(|(_, r, t)| (r, t))
+            .collect()
+    }
+
+    /// Reads every pending event and reconciles the entries they name with `ix`; re-reads the
+    /// pending tags when they are due.
     pub fn apply(&mut self, root: &Path, ix: &mut Index) -> Vec<Change> {
         let mut changes = Vec::new();
         loop {
-            let events = match self.inotify.read_events() {
-                Ok(ev) if !ev.is_empty() => ev,
-                Ok(_) | Err(nix::errno::Errno::EAGAIN) => break,
-                Err(e) => {
-                    warn!("reading store events: {e}");
-                    break;
-                }
-            };
-            for ev in events {
-                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                    warn!("store event queue overflowed; re-reading every watched directory");
-                    let all: Vec<Target> = self.wds.keys().cloned().collect();
-                    for t in all {
-                        self.reconcile_dir(root, &t, ix, &mut changes);
+            // One batch: every event queued now, reconciled together (see the module's doc).
+            let mut batch: Vec<(Target, OsString)> = Vec::new();
+            let mut overflow = false;
+            loop {
+                let events = match self.inotify.read_events() {
+                    Ok(ev) if !ev.is_empty() => ev,
+                    Ok(_) | Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(e) => {
+                        warn!("reading store events: {e}");
+                        break;
                     }
-                    continue;
-                }
-                if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-                    if let Some(t) = self.targets.remove(&ev.wd) {
-                        self.wds.remove(&t);
-                    }
-                    continue;
-                }
-                let (Some(t), Some(name)) = (self.targets.get(&ev.wd).cloned(), ev.name) else {
-                    continue;
                 };
-                if name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
-                    continue;
+                for ev in events {
+                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                        overflow = true;
+                        continue;
+                    }
+                    if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                        if let Some(t) = self.targets.remove(&ev.wd) {
+                            self.wds.remove(&t);
+                        }
+                        continue;
+                    }
+                    let (Some(t), Some(name)) = (self.targets.get(&ev.wd).cloned(), ev.name) else {
+                        continue;
+                    };
+                    if !skipped(&name) {
+                        batch.push((t, name));
+                    }
                 }
-                self.reconcile(root, &t, &name, ix, &mut changes);
+            }
+            if overflow {
+                warn!("store event queue overflowed; re-reading every watched directory");
+                let all: Vec<Target> = self.wds.keys().cloned().collect();
+                for t in all {
+                    self.reconcile_dir(root, &t, ix, &mut changes);
+                }
+            } else if batch.is_empty() {
+                break;
+            } else {
+                self.reconcile_batch(root, batch, ix, &mut changes);
             }
         }
+        if !self.pending.is_empty() && self.revisited.is_none_or(|t| t.elapsed() >= REVISIT) {
+            self.revisit_pending(root, ix, &mut changes);
+        }
         changes
+    }
+
+    /// Re-reads every pending tag.
+    fn revisit_pending(&mut self, root: &Path, ix: &mut Index, out: &mut Vec<Change>) {
+        self.revisited = Some(Instant::now());
+        for (lay, repo, tag) in self.pending.all() {
+            self.reconcile(root, &Target::Repo(lay, repo), OsStr::new(&tag), ix, out);
+        }
+    }
+
+    /// Digest directory `key` joined the index: the tags waiting for it are read again.
+    fn arrived(&mut self, root: &Path, key: &DirKey, ix: &mut Index, out: &mut Vec<Change>) {
+        for (lay, repo, tag) in self.pending.take(key) {
+            self.reconcile(root, &Target::Repo(lay, repo), OsStr::new(&tag), ix, out);
+        }
+    }
+
+    /// Reconciles entries, each once, whatever their order: directories, digest directories
+    /// and removals first, then tags, so that a tag's directory is known when it is read.
+    fn reconcile_batch(
+        &mut self,
+        root: &Path,
+        batch: Vec<(Target, OsString)>,
+        ix: &mut Index,
+        out: &mut Vec<Change>,
+    ) {
+        let mut seen = HashSet::new();
+        let mut tags = Vec::new();
+        for (t, name) in batch {
+            if !seen.insert((t.clone(), name.clone())) {
+                continue;
+            }
+            let is_link = std::fs::symlink_metadata(Self::dir(root, &t).join(&name))
+                .is_ok_and(|m| m.file_type().is_symlink());
+            if is_link {
+                tags.push((t, name));
+            } else {
+                self.reconcile(root, &t, &name, ix, out);
+            }
+        }
+        for (t, name) in tags {
+            self.reconcile(root, &t, &name, ix, out);
+        }
     }
 
     /// Re-reads every entry of a watched directory (a new watch may have missed some).
@@ -222,11 +399,12 @@ impl Watcher {
         }
         names.sort();
         names.dedup();
-        for n in names {
-            if !n.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
-                self.reconcile(root, t, &n, ix, out);
-            }
-        }
+        let batch = names
+            .into_iter()
+            .filter(|n| !skipped(n))
+            .map(|n| (t.clone(), n))
+            .collect();
+        self.reconcile_batch(root, batch, ix, out);
     }
 
     /// Makes the index agree with the disk about entry `name` of watched directory `t`.
@@ -250,16 +428,15 @@ impl Watcher {
                     Some(m) if m.is_dir() => {
                         if !ix.has_dir(&key) {
                             info!("another writer added {}", path.display());
-                            ix.add_dir(key);
+                            ix.add_dir(key.clone());
                             out.push(Change::DigestAdded);
+                            self.arrived(root, &key, ix, out);
                         }
                     }
                     _ => {
                         if ix.has_dir(&key) {
                             info!("another writer removed {}", path.display());
-                            for (repo, tag) in ix.remove_dir_and_tags(&key) {
-                                out.push(Change::Tag { repo, tag });
-                            }
+                            self.dir_gone(&key, ix, out);
                             out.push(Change::DigestGone(d));
                         }
                     }
@@ -268,6 +445,40 @@ impl Watcher {
             Target::Repo(lay, repo) => {
                 self.reconcile_repo_entry(root, *lay, repo, name, meta, ix, out)
             }
+        }
+    }
+
+    /// Digest directory `key` left the store: its tags leave the index, and wait (pending)
+    /// in case the directory comes back (a re-pull) while their links are still there.
+    fn dir_gone(&mut self, key: &DirKey, ix: &mut Index, out: &mut Vec<Change>) {
+        let lay = layout::layout_of(key);
+        for (repo, tag) in ix.remove_dir_and_tags(key) {
+            self.pending
+                .add(key.clone(), (lay, repo.clone(), tag.clone()));
+            out.push(Change::Tag { repo, tag });
+        }
+    }
+
+    /// The tag `repo:tag` of `lay` left the index: the same name in the other layout, which
+    /// it hid, is read again.
+    fn unshadow(
+        &mut self,
+        root: &Path,
+        lay: Layout,
+        repo: &str,
+        tag: &str,
+        ix: &mut Index,
+        out: &mut Vec<Change>,
+    ) {
+        let other = match lay {
+            Layout::Content => Layout::Legacy,
+            Layout::Legacy => Layout::Content,
+        };
+        let t = Target::Repo(other, repo.to_string());
+        let is_link = std::fs::symlink_metadata(Self::dir(root, &t).join(tag))
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && ix.tag(repo, tag).is_none() {
+            self.reconcile(root, &t, OsStr::new(tag), ix, out);
         }
     }
 
@@ -289,7 +500,8 @@ impl Watcher {
                 Some(Target::Content)
             } else if name == OsStr::new(REPOSITORIES) {
                 Some(Target::Repo(Layout::Content, String::new()))
-            } else if name == OsStr::new(PRIVATE) {
+            } else if name == OsStr::new(PRIVATE) || name == OsStr::new(LAYERS) {
+                // imagefs's bookkeeping; hypeman's layer store (never digests).
                 return;
             } else {
                 None
@@ -315,13 +527,12 @@ impl Watcher {
             let is_dir = ft.is_some_and(|f| f.is_dir());
             match (is_dir, ix.has_dir(&key)) {
                 (true, false) => {
-                    ix.add_dir(key);
+                    ix.add_dir(key.clone());
                     out.push(Change::DigestAdded);
+                    self.arrived(root, &key, ix, out);
                 }
                 (false, true) => {
-                    for (repo, tag) in ix.remove_dir_and_tags(&key) {
-                        out.push(Change::Tag { repo, tag });
-                    }
+                    self.dir_gone(&key, ix, out);
                     if ix.dirs_of(&d).next().is_none() {
                         out.push(Change::DigestGone(d));
                     }
@@ -336,12 +547,27 @@ impl Watcher {
                 if repo.is_empty() || names::check_tag(n.as_bytes()).is_err() {
                     return;
                 }
-                let want = std::fs::read_link(
+                let entry = (lay, repo.to_string(), n.to_string());
+                self.pending.forget(&entry);
+                let named = std::fs::read_link(
                     Self::dir(root, &Target::Repo(lay, repo.to_string())).join(n),
                 )
                 .ok()
-                .and_then(|t| layout::parse_tag_target(lay, repo, &t))
-                .filter(|k| ix.has_dir(k));
+                .and_then(|t| layout::parse_tag_target(lay, repo, &t));
+                let want = match named {
+                    Some(k) if ix.has_dir(&k) => Some(k),
+                    Some(k) => {
+                        // Its directory may come later (a batch in another order, a pull
+                        // tagged before its directory is there): shown when it does.
+                        debug!(
+                            "tag {repo}:{n} names {}, not in the store (yet); pending",
+                            k.rel_path().display()
+                        );
+                        self.pending.add(k, entry);
+                        None
+                    }
+                    None => None,
+                };
                 let have = ix
                     .tag(repo, n)
                     .filter(|t| t.layout == lay)
@@ -367,6 +593,9 @@ impl Watcher {
                     repo: repo.to_string(),
                     tag: n.to_string(),
                 });
+                if have.is_some() && ix.tag(repo, n).is_none() {
+                    self.unshadow(root, lay, repo, n, ix, out);
+                }
             }
             Some(f) if f.is_dir() => {
                 if names::check_repo(&sub).is_err() {
@@ -388,6 +617,7 @@ impl Watcher {
             }
             _ => {
                 // Gone (or not something we serve): forget what the index had there.
+                self.pending.forget(&(lay, repo.to_string(), n.to_string()));
                 let had_tag = ix.tag(repo, n).is_some_and(|t| t.layout == lay);
                 if had_tag {
                     ix.remove_tag(repo, n);
@@ -395,6 +625,7 @@ impl Watcher {
                         repo: repo.to_string(),
                         tag: n.to_string(),
                     });
+                    self.unshadow(root, lay, repo, n, ix, out);
                 }
                 let had_dir = ix.node(&sub).is_some_and(|node| match lay {
                     Layout::Content => node.content,
@@ -428,4 +659,10 @@ impl Watcher {
             }
         }
     }
+}
+
+/// Entries the watcher never reads: imagefs's own temporaries and hypeman's staging entries.
+fn skipped(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(TMP_PREFIX.as_bytes()) || layout::is_staging_entry(b)
 }
