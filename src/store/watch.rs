@@ -34,6 +34,24 @@ pub enum Change {
     DigestGone(Digest),
     /// A digest directory appeared.
     DigestAdded,
+    /// A tag that still names, in the store, the digest directory `dir` another writer
+    /// removed (logged as a warning; see `tags::dangling_tags`).
+    Dangling {
+        repo: String,
+        tag: String,
+        dir: DirKey,
+    },
+}
+
+/// Reports the tags of a removed directory that still name it in the store (dangling).
+fn dangling(root: &Path, key: &DirKey, tags: &[(String, String)], out: &mut Vec<Change>) {
+    for (repo, tag) in super::tags::dangling_tags(root, key, tags) {
+        out.push(Change::Dangling {
+            repo,
+            tag,
+            dir: key.clone(),
+        });
+    }
 }
 
 /// A watched directory.
@@ -257,7 +275,9 @@ impl Watcher {
                     _ => {
                         if ix.has_dir(&key) {
                             info!("another writer removed {}", path.display());
-                            for (repo, tag) in ix.remove_dir_and_tags(&key) {
+                            let tags = ix.remove_dir_and_tags(&key);
+                            dangling(root, &key, &tags, out);
+                            for (repo, tag) in tags {
                                 out.push(Change::Tag { repo, tag });
                             }
                             out.push(Change::DigestGone(d));
@@ -319,7 +339,9 @@ impl Watcher {
                     out.push(Change::DigestAdded);
                 }
                 (false, true) => {
-                    for (repo, tag) in ix.remove_dir_and_tags(&key) {
+                    let tags = ix.remove_dir_and_tags(&key);
+                    dangling(root, &key, &tags, out);
+                    for (repo, tag) in tags {
                         out.push(Change::Tag { repo, tag });
                     }
                     if ix.dirs_of(&d).next().is_none() {
