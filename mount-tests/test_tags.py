@@ -429,7 +429,9 @@ def test_rename_repository_dir_moves_tags(wm):
     w, mnt = wm
     before = scan_store(w.root)
     old = w.r1
-    new = "movedrepo"           # depth changes: the canonical readlink must change too
+    # depth changes (3 -> 2): the canonical readlink must change too; a name hypeman uses
+    new = "moved.example.com/repo"
+    os.mkdir(T(mnt, "moved.example.com"))
     r = sh("mv", "-T", T(mnt, old), T(mnt, new))
     assert r.returncode == 0, r.stderr
     expect_errno(errno.ENOENT, os.lstat, T(mnt, old))
