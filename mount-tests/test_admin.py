@@ -121,11 +121,13 @@ def test_admin_while_mounted(store, mounter):
         # The mount keeps working: reads, the in-use file, tag changes.
         assert hello.read_bytes() == want
         assert os.pread(held, 1 << 16, 0) == held_bytes
-        os.symlink(a, mnt / "tags" / "r" / "new")
-        assert (root / "repositories" / "r" / "new").is_symlink()
-        assert os.readlink(root / "repositories" / "r" / "new") == content_target("r", a)
-        assert (mnt / "tags" / "r" / "new" / "rootfs" / "hello.txt").read_bytes() == want
-        os.unlink(mnt / "tags" / "r" / "new")
+        # (a new tag goes under a name hypeman uses: see test_hypeman_names.py)
+        alp = "docker.io/library/alpine"
+        os.symlink(a, mnt / "tags" / alp / "new")
+        assert (root / "repositories" / alp / "new").is_symlink()
+        assert os.readlink(root / "repositories" / alp / "new") == content_target(alp, a)
+        assert (mnt / "tags" / alp / "new" / "rootfs" / "hello.txt").read_bytes() == want
+        os.unlink(mnt / "tags" / alp / "new")
         assert (root / "content" / a).is_dir(), "a is still tagged twice"
         assert (mnt / "tags" / "old/repo" / "stable" / "rootfs" / "hello.txt").exists()
     finally:

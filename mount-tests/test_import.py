@@ -572,11 +572,12 @@ def test_bad_inputs(workdir):
 def test_progress_only_on_a_terminal(workdir):
     layout, _ = build_oci(workdir / "oci")
     store = new_store(workdir)
-    r = run_import(store, "p/q:1", layout)
+    # (a name hypeman uses: for others import warns that hypeman will not see the tag)
+    r = run_import(store, "example.com/p/q:1", layout)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     # stderr on a pty: progress lines
     master, slave = pty.openpty()
-    p = subprocess.Popen([str(imagefs_bin()), "import", "--store", str(store), "--tag", "p/q:2", str(layout)],
+    p = subprocess.Popen([str(imagefs_bin()), "import", "--store", str(store), "--tag", "example.com/p/q:2", str(layout)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
     out = b""

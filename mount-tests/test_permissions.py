@@ -115,15 +115,15 @@ def test_unprivileged_user(store, mounter):
 
 def test_group_writable_repo(store, mounter):
     hx = store.add_digest("perm-g")
-    store.tag("team/app", "v1", hx)
-    repo = store.root / "repositories/team/app"
+    store.tag("docker.io/team/app", "v1", hx)
+    repo = store.root / "repositories/docker.io/team/app"
     os.chown(repo, 0, 4343)
     os.chmod(repo, 0o775)
     m = mounter(store, allow_other=True)
-    t = m.mnt / "tags/team/app"
+    t = m.mnt / "tags/docker.io/team/app"
     r = sh("setpriv", f"--reuid={UID}", f"--regid={UID}", "--groups=4343", "ln", "-s", hx, t / "v2", cwd="/")
     assert r.returncode == 0, r.stderr
-    assert_tag(m.mnt, store, "team/app", "v2", hx)
+    assert_tag(m.mnt, store, "docker.io/team/app", "v2", hx)
     res = probe([["unlink", t / "v2"]])  # no supplementary group -> no write permission
     assert res == ["EACCES"], res
 

@@ -140,11 +140,12 @@ def test_repository_renames_race_tag_ops(store, mounter):
     hexes = [store.add_digest(f"rr-{i}") for i in range(4)]
     anchor = store.add_digest("rr-anchor")
     store.tag("keep/anchor", "v", anchor)
+    # Under a registry host: new tags go only under names hypeman uses (rr.io/a, not rr/a).
     for i, hx in enumerate(hexes):
-        store.tag("rr/a", f"t{i}", hx)
-        store.tag("rr/b", f"t{i}", hx)
+        store.tag("rr.io/a", f"t{i}", hx)
+        store.tag("rr.io/b", f"t{i}", hx)
     m = mounter(store)
-    base = m.mnt / "tags/rr"
+    base = m.mnt / "tags/rr.io"
     stop = time.monotonic() + seconds
     unexpected, counts = [], {}
     ok_tag = {errno.ENOENT, errno.EEXIST}

@@ -127,7 +127,12 @@ def test_canonical_target_depths(store, mounter):
     store.tag("one", "keep", hx)
     m = mounter(store)
     mnt = m.mnt
-    for repo in ["one", "a.example.com/two", "localhost:5000/x/three", "registry.example.com:443/a/b/c/four"]:
+    # Depth 1: a tag already in the store (a new one there is refused: hypeman would look
+    # for it under docker.io/library/one, see test_hypeman_names.py).
+    assert os.readlink(T(mnt, "one", "keep")) == "../../digests/" + hx
+    assert os.path.realpath(T(mnt, "one", "keep")) == str(mnt.resolve() / "digests" / hx)
+    for repo in ["a.example.com/two", "docker.io/library/three", "localhost:5000/x/three",
+                 "registry.example.com:443/a/b/c/four"]:
         r = sh("mkdir", "-p", T(mnt, repo))
         assert r.returncode == 0, r.stderr
         os.symlink(hx, T(mnt, repo, "latest"))
@@ -424,7 +429,9 @@ def test_rename_repository_dir_moves_tags(wm):
     w, mnt = wm
     before = scan_store(w.root)
     old = w.r1
-    new = "movedrepo"           # depth changes: the canonical readlink must change too
+    # depth changes (3 -> 2): the canonical readlink must change too; a name hypeman uses
+    new = "moved.example.com/repo"
+    os.mkdir(T(mnt, "moved.example.com"))
     r = sh("mv", "-T", T(mnt, old), T(mnt, new))
     assert r.returncode == 0, r.stderr
     expect_errno(errno.ENOENT, os.lstat, T(mnt, old))
@@ -466,7 +473,8 @@ def test_rename_parent_component_moves_nested_repos(store, mounter):
 # ------------------------------------------------------------------ mkdir / rmdir / rm -r
 def test_mkdir_p_creates_repositories(wm):
     w, mnt = wm
-    for repo in ["a.example.com:5000/x/y", "plain/sub__dir/name-with--dashes/v1.2"]:
+    # Every separator of the grammar; under a host, as new tags need a name hypeman uses.
+    for repo in ["a.example.com:5000/x/y", "docker.io/plain/sub__dir/name-with--dashes/v1.2"]:
         r = sh("mkdir", "-p", T(mnt, repo))
         assert r.returncode == 0, r.stderr
         assert T(mnt, repo).is_dir()

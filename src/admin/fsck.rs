@@ -210,7 +210,9 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
                 Kind::DanglingTag,
                 path,
                 format!(
-                    "dangling tag: names {}, which is not in the store",
+                    "dangling tag: names {}, which is not in the store (another writer \
+                     removed it: hypeman deleting the image while the tag was made?); the \
+                     mount hides it, `imagefs fsck --repair` removes it",
                     t.key.rel_path().display()
                 ),
             ));

@@ -41,6 +41,7 @@ impl ImageFs {
         let _applies = self.mutation();
         let p = self.tags_parent(parent, "symlink")?;
         let tag = store::check_new_tag(&p, name.as_bytes())?.to_string();
+        store::check_hypeman_repo(&p, &tag)?;
         let t = target::parse(target, &p, &self.mountpoint).ok_or_else(|| {
             Error::new(
                 fuser::Errno::ENOENT,
@@ -119,6 +120,13 @@ impl ImageFs {
         };
         if is_dir {
             let from = names::join(&p, name);
+            // (A name outside the grammar is refused by the store, with that reason.)
+            if mode != RenameMode::Exchange
+                && let Some(to) = newname.to_str().map(|n| names::join(&np, n))
+                && names::check_repo(&to).is_ok()
+            {
+                self.store.check_hypeman_move(&from, &to)?;
+            }
             self.store
                 .rename_dir(&from, &np, newname.as_bytes(), mode)?;
             let to = names::join(&np, name_str(newname)?);
@@ -128,6 +136,11 @@ impl ImageFs {
         }
         if !is_tag {
             return Err(Error::not_found(format!("tags/{p}/{name}")));
+        }
+        // An exchange makes no new name; anything else may.
+        if mode != RenameMode::Exchange {
+            let to = store::check_new_tag(&np, newname.as_bytes())?;
+            store::check_hypeman_repo(&np, to)?;
         }
         let collected = self
             .store
@@ -196,6 +209,11 @@ impl ImageFs {
                 Change::DigestAdded => {
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
                     self.digests_changed.raise();
+                }
+                // The store logged it and took the tag out of the index (its Tag change
+                // follows); the metrics count it until the tag leaves the store.
+                Change::Dangling { repo, tag, dir } => {
+                    self.metrics.dangling_found(repo, tag, dir);
                 }
             }
         }

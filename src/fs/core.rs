@@ -499,6 +499,9 @@ impl ImageFs {
             collections: self.store.stats.collections.load(Relaxed),
             bytes_reclaimed: self.store.stats.bytes_reclaimed.load(Relaxed),
             in_use_only,
+            dangling: self.metrics.dangling_now(|repo, tag, dir| {
+                store::still_dangling(self.store.root(), repo, tag, dir)
+            }),
         })
     }
 }

@@ -4,8 +4,13 @@
 //! Invariant: [`Op::ALL`] lists every operation at its discriminant, which indexes the
 //! counters; [`Op::name`] names each (one exhaustive match).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::store::DirKey;
 
 /// The FUSE operations counted; the discriminant indexes the counters.
 #[derive(Clone, Copy)]
@@ -102,11 +107,18 @@ pub struct Gauges {
     pub bytes_reclaimed: u64,
     /// Collected images still served because the kernel holds their inodes.
     pub in_use_only: usize,
+    /// Dangling tags found by the watcher that the store still holds
+    /// ([`Metrics::dangling_now`]).
+    pub dangling: usize,
 }
 
 pub struct Metrics {
     requests: [AtomicU64; Op::ALL.len()],
     errors: [AtomicU64; ERRNOS],
+    /// Tags found dangling (another writer removed the directory they name), by (repo,
+    /// tag), until they leave the store.
+    dangling: Mutex<BTreeMap<(String, String), DirKey>>,
+    dangling_total: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -114,11 +126,28 @@ impl Default for Metrics {
         Metrics {
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            dangling: Mutex::default(),
+            dangling_total: AtomicU64::new(0),
         }
     }
 }
 
 impl Metrics {
+    /// The watcher found the tag `repo:tag` dangling: it names `dir`, which another writer
+    /// removed.
+    pub fn dangling_found(&self, repo: String, tag: String, dir: DirKey) {
+        self.dangling_total.fetch_add(1, Ordering::Relaxed);
+        self.dangling.lock().insert((repo, tag), dir);
+    }
+
+    /// How many of the dangling tags found are still in the store: `still(repo, tag, dir)`
+    /// says whether one is (those removed or re-pointed since are forgotten).
+    pub fn dangling_now(&self, still: impl Fn(&str, &str, &DirKey) -> bool) -> usize {
+        let mut d = self.dangling.lock();
+        d.retain(|(repo, tag), dir| still(repo, tag, dir));
+        d.len()
+    }
+
     pub fn request(&self, op: Op) {
         self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -164,6 +193,18 @@ impl Metrics {
             "Collected images still served because a process uses them.",
             g.in_use_only as u64,
         );
+        metric(
+            "imagefs_dangling_tags",
+            "gauge",
+            "Tags in the store naming a digest directory another writer removed (hidden from the mount; imagefs fsck --repair removes them).",
+            g.dangling as u64,
+        );
+        metric(
+            "imagefs_dangling_tags_found_total",
+            "counter",
+            "Dangling tags found since mount: another writer removed the digest directory a tag named.",
+            self.dangling_total.load(Ordering::Relaxed),
+        );
         let _ = writeln!(
             s,
             "# HELP imagefs_requests_total FUSE requests by operation."
@@ -192,6 +233,36 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dangling_tags_are_counted_until_they_leave_the_store() {
+        let m = Metrics::default();
+        let dir = DirKey::Content(crate::store::Digest::from_bytes([7; 32]));
+        m.dangling_found("docker.io/library/a".into(), "x".into(), dir.clone());
+        m.dangling_found("docker.io/library/a".into(), "y".into(), dir);
+        let g = |dangling| Gauges {
+            tags: 0,
+            digests: 0,
+            store_bytes: 0,
+            collections: 0,
+            bytes_reclaimed: 0,
+            in_use_only: 0,
+            dangling,
+        };
+        let text = m.render(&g(m.dangling_now(|_, _, _| true)));
+        assert!(text.contains("\nimagefs_dangling_tags 2\n"), "{text}");
+        assert!(
+            text.contains("\nimagefs_dangling_tags_found_total 2\n"),
+            "{text}"
+        );
+        // One was removed from the store: the gauge drops, the counter stays.
+        let text = m.render(&g(m.dangling_now(|_, t, _| t == "x")));
+        assert!(text.contains("\nimagefs_dangling_tags 1\n"), "{text}");
+        assert!(
+            text.contains("\nimagefs_dangling_tags_found_total 2\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_op_is_listed_once_at_its_discriminant() {

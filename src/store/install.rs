@@ -139,7 +139,16 @@ pub fn install_digest_dir(root: &Path, built: &Path, digest: Digest) -> Result<b
 /// the same name (`<repo>/<tag>`) is removed, as hypeman does when it retags. The image a
 /// moved tag named is not collected here: `imagefs gc` does that (DESIGN.md 4, other
 /// writers). The caller holds the store lock.
+///
+/// `repo` is taken literally; when hypeman names that repository otherwise (`alpine` for
+/// `docker.io/library/alpine`), a warning says that hypeman will not see the tag.
 pub fn install_tag(root: &Path, repo: &str, tag: &str, digest: Digest) -> Result<()> {
+    if let Some(normal) = names::not_normalized(repo) {
+        log::warn!(
+            "tag {repo}:{tag}: hypeman names this repository {normal:?} and will not see the \
+             tag; give {normal}:{tag} for a tag hypeman sees"
+        );
+    }
     let dir = ensure_repo_dir(root, repo)?;
     let link = dir.join(tag);
     if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {

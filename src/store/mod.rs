@@ -88,7 +88,7 @@ pub use index::{Index, Tag};
 pub use layout::DirKey;
 pub use names::Digest;
 pub use query::{Census, Child, Entry, RepoDir};
-pub use tags::check_new_tag;
+pub use tags::{check_hypeman_repo, check_new_tag, still_dangling};
 pub use view::View;
 
 use error::IoContext;

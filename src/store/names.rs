@@ -4,6 +4,9 @@
 //! each `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`; the first component may instead be a registry
 //! host (`[A-Za-z0-9-]` labels joined by dots, optionally `:port`). Tags are
 //! `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`. Every name that reaches the disk went through here.
+//!
+//! New tags go only under repositories in hypeman's normalized form ([`normalize_repo`]:
+//! `docker.io/library/alpine`, not `alpine`), the only names hypeman looks under.
 
 use std::fmt;
 
@@ -184,6 +187,48 @@ pub fn check_repo(path: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Docker Hub's registry host in a normalized name.
+pub const DEFAULT_DOMAIN: &str = "docker.io";
+/// Docker Hub's legacy host, normalized to [`DEFAULT_DOMAIN`].
+const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
+/// The namespace of Docker Hub's official images.
+const OFFICIAL_PREFIX: &str = "library/";
+
+/// The repository name hypeman stores for `path`: docker's normalization
+/// (`reference.ParseNormalizedNamed`, then `Domain + "/" + Path`, as hypeman's
+/// `ParseNormalizedRef` does). A first component is a registry host when there is a `/`
+/// after it and it is `localhost`, contains `.` or `:`, or is not lowercase; otherwise the
+/// host is `docker.io`. `index.docker.io` becomes `docker.io`, and a Docker Hub name of
+/// one component gets the `library/` namespace:
+///
+/// `alpine` -> `docker.io/library/alpine`, `docker.io/alpine` -> `docker.io/library/alpine`,
+/// `myuser/app` -> `docker.io/myuser/app`, `ghcr.io/a/b` and `localhost:5000/a` unchanged.
+pub fn normalize_repo(path: &str) -> String {
+    let (domain, remote) = match path.split_once('/') {
+        None => (DEFAULT_DOMAIN, path),
+        Some(("localhost", rest)) => ("localhost", rest),
+        Some((LEGACY_DEFAULT_DOMAIN, rest)) => (DEFAULT_DOMAIN, rest),
+        Some((first, rest))
+            if first.contains(['.', ':']) || first.to_ascii_lowercase() != first =>
+        {
+            (first, rest)
+        }
+        Some(_) => (DEFAULT_DOMAIN, path),
+    };
+    if domain == DEFAULT_DOMAIN && !remote.contains('/') {
+        format!("{domain}/{OFFICIAL_PREFIX}{remote}")
+    } else {
+        format!("{domain}/{remote}")
+    }
+}
+
+/// `Some(normalized)` when hypeman would store `path` under another name
+/// ([`normalize_repo`]): a tag under `path` would be invisible to it.
+pub fn not_normalized(path: &str) -> Option<String> {
+    let n = normalize_repo(path);
+    (n != path).then_some(n)
+}
+
 /// Joins a repository path and a child component ("" is the root of `tags/`).
 pub fn join(parent: &str, child: &str) -> String {
     if parent.is_empty() {
@@ -274,6 +319,37 @@ mod tests {
             "", "Alpine", "a//b", "/a", "a/", "a___b", "a_", "-a", "a/B", "a/b:1", "x/.y", "a..b",
         ] {
             assert!(check_repo(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn normalization_is_dockers() {
+        for (given, want) in [
+            ("alpine", "docker.io/library/alpine"),
+            ("library/alpine", "docker.io/library/alpine"),
+            ("docker.io/alpine", "docker.io/library/alpine"),
+            ("index.docker.io/alpine", "docker.io/library/alpine"),
+            ("index.docker.io/library/alpine", "docker.io/library/alpine"),
+            ("myuser/app", "docker.io/myuser/app"),
+            ("a/b/c", "docker.io/a/b/c"),
+            ("localhost", "docker.io/library/localhost"),
+            ("example.com", "docker.io/library/example.com"),
+            ("docker.io/library/alpine", "docker.io/library/alpine"),
+            ("docker.io/myuser/app", "docker.io/myuser/app"),
+            ("ghcr.io/a/b", "ghcr.io/a/b"),
+            ("ghcr.io/a", "ghcr.io/a"),
+            ("localhost/a", "localhost/a"),
+            ("localhost:5000/a/b", "localhost:5000/a/b"),
+            ("Registry.Example.com/x", "Registry.Example.com/x"),
+        ] {
+            assert_eq!(normalize_repo(given), want, "{given}");
+            assert_eq!(
+                not_normalized(given),
+                (given != want).then(|| want.to_string()),
+                "{given}"
+            );
+            // Normalizing twice changes nothing.
+            assert_eq!(normalize_repo(want), want, "{want}");
         }
     }
 

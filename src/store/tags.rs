@@ -4,7 +4,7 @@
 //! lock for its whole duration; a change that drops a directory's last reference collects
 //! it through [`super::gc`] before returning.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::error::{IoContext, Result, StoreError, name_err};
 use super::fsutil::{self, RenameMode};
@@ -28,6 +28,111 @@ pub fn check_new_tag<'a>(repo: &str, tag: &'a [u8]) -> Result<&'a str> {
     Ok(tag)
 }
 
+/// The names hypeman uses: a new tag through the mount (`ln -s`, `mv`) must go under a
+/// repository in hypeman's normalized form ([`names::normalize_repo`]), else hypeman, which
+/// looks only under the normalized name, would never see it. Refused with `Invalid`
+/// (EINVAL) and a reason naming the form to use: creating the tag under another path than
+/// the one asked for would surprise `ln -s` and every script that checks its result.
+///
+/// The mount applies this rule before it asks the store for a change; the store's own
+/// operations do not (they serve any grammatical name, and their tests use short ones), and
+/// `imagefs import` takes its reference literally with a warning
+/// ([`super::install::install_tag`]). Tags already under such a repository (a store written
+/// by other tools may have them) are still served, removed, and moved out to the normalized
+/// name.
+pub fn check_hypeman_repo(repo: &str, tag: &str) -> Result<()> {
+    if repo.is_empty() {
+        // No repository at all: `check_new_tag` says so.
+        return Ok(());
+    }
+    match names::not_normalized(repo) {
+        None => Ok(()),
+        Some(normal) => Err(StoreError::Invalid(format!(
+            "tags/{repo}/{tag}: hypeman names repository {repo:?} {normal:?} and would not \
+             see a tag under {repo:?}; use tags/{normal}/{tag}"
+        ))),
+    }
+}
+
+/// The tag-dangling check of other writers' removals: of the tags `tags` of `key`, taken
+/// out of the index because another writer removed `key`'s directory, those whose symlink
+/// still names it in the store. Each is a dangling tag (hypeman's `DeleteImage` counted no
+/// tag, then a tag was made, then it removed the directory: a race imagefs cannot close
+/// alone) and is logged as a warning naming it. The mount hides such a tag (it names
+/// nothing); `imagefs fsck` reports it and `--repair` removes it.
+pub(super) fn dangling_tags(
+    root: &Path,
+    key: &DirKey,
+    tags: &[(String, String)],
+) -> Vec<(String, String)> {
+    let found: Vec<(String, String)> = tags
+        .iter()
+        .filter(|(repo, tag)| still_dangling(root, repo, tag, key))
+        .cloned()
+        .collect();
+    for (repo, tag) in &found {
+        log::warn!(
+            "dangling tag {repo}:{tag}: {} names {}, which another writer removed \
+             (hypeman deleting the image while the tag was made?); the mount hides it; \
+             `imagefs fsck --repair` removes it",
+            tag_link(root, repo, tag, key).display(),
+            key.rel_path().display()
+        );
+    }
+    found
+}
+
+/// Where the tag `repo:tag` naming `key` lives (its layout is the key's).
+fn tag_link(root: &Path, repo: &str, tag: &str, key: &DirKey) -> PathBuf {
+    root.join(layout::repo_rel_dir(layout_of(key), repo))
+        .join(tag)
+}
+
+/// Whether the store still holds the tag `repo:tag` naming `key` while `key`'s directory
+/// is gone.
+pub fn still_dangling(root: &Path, repo: &str, tag: &str, key: &DirKey) -> bool {
+    let lay = layout_of(key);
+    let names_key = std::fs::read_link(tag_link(root, repo, tag, key))
+        .ok()
+        .and_then(|t| layout::parse_tag_target(lay, repo, &t))
+        .is_some_and(|k| k == *key);
+    names_key && std::fs::symlink_metadata(root.join(key.rel_path())).is_err()
+}
+
+/// What the check after a tag's install compares: the digest directory itself (device and
+/// inode: not another directory made at the same path meanwhile) and the files that make
+/// it an image, which a `RemoveAll` deletes before the directory.
+#[derive(Debug, PartialEq, Eq)]
+struct DirIdentity {
+    dev: u64,
+    ino: u64,
+    metadata: bool,
+    image: bool,
+}
+
+impl DirIdentity {
+    fn of(dir: &Path) -> Option<DirIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(dir).ok().filter(|m| m.is_dir())?;
+        let has = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_ok();
+        Some(DirIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            metadata: has("metadata.json"),
+            image: has("rootfs.erofs"),
+        })
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Runs right after a new tag's link is installed and before the check that its digest
+    /// directory is still there: where tests play hypeman removing the directory in the
+    /// race's window.
+    pub(crate) static AFTER_INSTALL: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        std::cell::RefCell::new(None);
+}
+
 impl Store {
     /// `ln -s TARGET tags/REPO/TAG`: creates a tag. Returns the digest it names.
     pub fn create_tag(&self, repo: &str, tag: &[u8], target: &Target) -> Result<Digest> {
@@ -48,20 +153,72 @@ impl Store {
         let lay = layout_of(&key);
         self.ensure_store_dir(lay, repo)?;
         let link = self.tag_path(repo, tag, lay);
-        match fsutil::install_symlink(
-            &layout::tag_target(repo, &key),
-            &link,
-            RenameMode::NoReplace,
-            self.opts.durable,
-        ) {
+        let dir = self.root.join(key.rel_path());
+        let gone = |when: &str| {
+            StoreError::NotFound(format!(
+                "{repo}:{tag}: {} was removed by another writer {when}",
+                dir.display()
+            ))
+        };
+        // Another writer (hypeman) may remove the directory at any moment: it takes no lock.
+        let before = DirIdentity::of(&dir).ok_or_else(|| gone("before the tag was made"))?;
+        let text = layout::tag_target(repo, &key);
+        match fsutil::install_symlink(&text, &link, RenameMode::NoReplace, self.opts.durable) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 return Err(StoreError::Exists(link.display().to_string()));
             }
             Err(e) => return Err(e).ctx(|| link.display().to_string()),
         }
+        #[cfg(test)]
+        AFTER_INSTALL.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f()
+            }
+        });
+        // hypeman's DeleteImage counts tags, then removes the directory: if it counted before
+        // the link above and removed since, the tag would dangle. Take it back (ENOENT, as if
+        // the directory had gone a moment earlier). What is left is the window between this
+        // check and a removal that counted before the install: the watcher reports it.
+        if DirIdentity::of(&dir).as_ref() != Some(&before) {
+            self.take_back(&link, &text);
+            return Err(gone("while the tag was made; the tag was taken back"));
+        }
         self.index.write().add_tag(repo, tag, key, lay);
         Ok(digest)
+    }
+
+    /// [`check_hypeman_repo`] for moving the repository directory `from` to `to`: every
+    /// repository under `from` that holds tags must land on a normalized name.
+    pub fn check_hypeman_move(&self, from: &str, to: &str) -> Result<()> {
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, String)> = self
+            .index()
+            .nodes()
+            .filter(|(k, n)| (*k == from || k.starts_with(&prefix)) && !n.tags.is_empty())
+            .filter_map(|(k, n)| Some((k.clone(), n.tags.keys().next()?.clone())))
+            .collect();
+        for (old, tag) in moved {
+            check_hypeman_repo(&format!("{to}{}", &old[from.len()..]), &tag)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a tag this store just installed, if the link is still the one it wrote.
+    fn take_back(&self, link: &Path, text: &str) {
+        let ours = std::fs::read_link(link).is_ok_and(|t| t.as_os_str() == text);
+        if !ours {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(link) {
+            log::warn!(
+                "{}: cannot take back a tag whose digest directory went: {e}; it dangles \
+                 (`imagefs fsck --repair` removes it)",
+                link.display()
+            );
+        } else if let Some(p) = link.parent() {
+            self.fsync_dir(p);
+        }
     }
 
     /// `rm tags/REPO/TAG`: removes a tag; if it held the last reference to a collectable

@@ -44,6 +44,24 @@ pub enum Change {
     DigestGone(Digest),
     /// A digest directory appeared.
     DigestAdded,
+    /// A tag that still names, in the store, the digest directory `dir` another writer
+    /// removed (logged as a warning; see `tags::dangling_tags`).
+    Dangling {
+        repo: String,
+        tag: String,
+        dir: DirKey,
+    },
+}
+
+/// Reports the tags of a removed directory that still name it in the store (dangling).
+fn dangling(root: &Path, key: &DirKey, tags: &[(String, String)], out: &mut Vec<Change>) {
+    for (repo, tag) in super::tags::dangling_tags(root, key, tags) {
+        out.push(Change::Dangling {
+            repo,
+            tag,
+            dir: key.clone(),
+        });
+    }
 }
 
 /// A watched directory.
@@ -436,7 +454,7 @@ impl Watcher {
                     _ => {
                         if ix.has_dir(&key) {
                             info!("another writer removed {}", path.display());
-                            self.dir_gone(&key, ix, out);
+                            self.dir_gone(root, &key, ix, out);
                             out.push(Change::DigestGone(d));
                         }
                     }
@@ -450,9 +468,12 @@ impl Watcher {
 
     /// Digest directory `key` left the store: its tags leave the index, and wait (pending)
     /// in case the directory comes back (a re-pull) while their links are still there.
-    fn dir_gone(&mut self, key: &DirKey, ix: &mut Index, out: &mut Vec<Change>) {
+    fn dir_gone(&mut self, root: &Path, key: &DirKey, ix: &mut Index, out: &mut Vec<Change>) {
         let lay = layout::layout_of(key);
-        for (repo, tag) in ix.remove_dir_and_tags(key) {
+        let tags = ix.remove_dir_and_tags(key);
+        // Tags whose links still name the directory: another writer removed it under them.
+        dangling(root, key, &tags, out);
+        for (repo, tag) in tags {
             self.pending
                 .add(key.clone(), (lay, repo.clone(), tag.clone()));
             out.push(Change::Tag { repo, tag });
@@ -532,7 +553,7 @@ impl Watcher {
                     self.arrived(root, &key, ix, out);
                 }
                 (false, true) => {
-                    self.dir_gone(&key, ix, out);
+                    self.dir_gone(root, &key, ix, out);
                     if ix.dirs_of(&d).next().is_none() {
                         out.push(Change::DigestGone(d));
                     }

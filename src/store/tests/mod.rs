@@ -7,6 +7,7 @@ pub(crate) mod fixture;
 
 mod concurrency;
 mod gc;
+mod hypeman;
 mod model;
 mod open;
 mod promote;
