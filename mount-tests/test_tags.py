@@ -246,7 +246,7 @@ def test_rm_last_tag_collects_digest(wm):
     # gone from the store before rm returned
     assert not w.ddir("d2").exists(), f"{w.ddir('d2')} still in the store after rm of its last tag"
     assert not os.path.lexists(w.stag(w.r1, "only"))
-    # (the kernel still held inodes of it, so it may sit in .imagefs/trash until FUSE forget: see no_garbage)
+    # (the kernel still held inodes of it, so it may sit in the bookkeeping's trash/ until FUSE forget: see no_garbage)
     assert hx not in os.listdir(mnt / "digests")
     expect_errno(errno.ENOENT, os.stat, mnt / "digests" / hx)
     expect_errno(errno.ENOENT, os.lstat, T(mnt, w.r1, "only"))
@@ -672,7 +672,7 @@ def test_dereferencing_forms_hit_the_digest_dir(wm):
 
 
 def test_other_writer_tag_races_gc(store, mounter):
-    """Another writer (holding STORE/.imagefs/lock, as DESIGN.md 4 says) tags a digest in the store while
+    """Another writer (holding the store's lock, as DESIGN.md 4 says) tags a digest in the store while
     the mount removes that digest's last tag. Whoever takes the lock first wins, but a digest is never
     removed while a tag names it: if the writer's tag exists afterwards, so does the digest."""
     import threading
