@@ -408,3 +408,24 @@ def test_a_directory_hypeman_removed_during_a_collection_and_pulled_again_surviv
     names = [n for n, _ in content_listing(root)]
     assert f"docker.io/library/hgc-f1@sha256:{a}" in names, names
     assert "another writer" in log1, log1[-3000:]
+
+
+def test_a_store_that_is_a_mount_point_keeps_its_bookkeeping_inside(store, mounter):
+    """Where the store's root is a mount point of its own (here a bind mount of itself: same
+    filesystem, but a rename to its parent fails with EXDEV), the bookkeeping stays in
+    STORE/.imagefs, GC still works, and the log says why."""
+    a = store.add_digest("hgc-mp", name="docker.io/library/hgc-mp:v1")
+    store.tag("docker.io/library/hgc-mp", "v1", a)
+    root = store.root
+    r = subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True, text=True)
+    require(r.returncode == 0, f"cannot bind-mount the store on itself: {r.stderr}")
+    try:
+        m = mounter(store)
+        os.unlink(m.mnt / "tags/docker.io/library/hgc-mp/v1")
+        assert not (root / "content" / a).exists(), m.log_tail(20)
+        assert (root / ".imagefs" / "lock").is_file()
+        assert not (root.parent / f".imagefs-{root.name}").exists()
+        assert "mount point" in m.log_text(), m.log_tail(20)
+        assert m.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(root)], capture_output=True)
