@@ -23,7 +23,11 @@
 //! same path is another one), no tag names it, its status is `ready` or `failed`, and
 //! hypeman does not keep it as a digest-only image ([`judge`]); otherwise the intent is
 //! dropped and the directory kept. A leftover intent never removes anything else. After 3,
-//! the trash is garbage by definition and is emptied at mount.
+//! the trash is garbage by definition and is emptied at mount. (A live collection renames
+//! microseconds after recording the intent and does not compare identities; a replay, any
+//! time later, does. Between the replay's comparison and its rename another writer could
+//! still swap the directory: a window of one syscall, against hypeman's `RemoveAll` and a
+//! whole new pull.)
 
 use std::io;
 use std::path::{Path, PathBuf};
