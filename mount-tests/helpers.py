@@ -361,15 +361,38 @@ def location_path(root: Path, hx: str, loc) -> Path:
     return Path(root) / "content" / hx if kind == "content" else Path(root) / repo / hx
 
 
+def bookkeeping(root) -> Path:
+    """imagefs's bookkeeping directory (lock, intents/, trash/, import/) of the store at root:
+    beside it, <parent>/.imagefs-<name>, out of hypeman's listings; STORE/.imagefs only where
+    the store's root is a mount point of its own."""
+    root = Path(os.path.realpath(root))
+    if os.path.ismount(root):
+        return root / ".imagefs"
+    return root.parent / f".imagefs-{root.name}"
+
+
+def gc_intent(root, rel_dir: str, name: str = "0001") -> Path:
+    """A GC intent as imagefs records it for the directory STORE/rel_dir as it is now:
+    intents/<name>.<hex>.gc -> <inode>.c<ctime ns>[:<legacy repo>] (all hex). Returns its path."""
+    d = Path(root) / rel_dir
+    repo, hx = rel_dir.rsplit("/", 1)
+    st = os.stat(d, follow_symlinks=False)
+    target = f"{st.st_ino:x}.c{st.st_ctime_ns:x}" + ("" if repo == "content" else f":{repo}")
+    p = bookkeeping(root) / "intents" / f"{name}.{hx}.gc"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.symlink_to(target)
+    return p
+
+
 def trash_entries(root: Path) -> list:
-    t = Path(root) / ".imagefs" / "trash"
+    t = bookkeeping(root) / "trash"
     if not t.exists():
         return []
     return sorted(os.listdir(t))
 
 
 def wait_trash_empty(root: Path, timeout=5.0) -> list:
-    """An image the kernel still holds inodes of goes to .imagefs/trash/ and is freed on FUSE forget,
+    """An image the kernel still holds inodes of goes to the bookkeeping's trash/ and is freed on FUSE forget,
     which follows the kernel's invalidation shortly: wait for it. Returns what is left."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -630,7 +653,7 @@ def flock_store(root: Path):
     """Take the store's writer lock like another writer would (context manager)."""
     class _L:
         def __enter__(self_):
-            d = Path(root) / ".imagefs"
+            d = bookkeeping(root)
             d.mkdir(exist_ok=True)
             self_.f = open(d / "lock", "a+")
             fcntl.flock(self_.f, fcntl.LOCK_EX)

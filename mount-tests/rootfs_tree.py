@@ -327,7 +327,7 @@ def drop_caches() -> None:
 
 
 def trash_released(root: Path) -> bool:
-    """Drops the kernel's caches, then: is STORE/.imagefs/trash empty (every collected image freed)?"""
+    """Drops the kernel's caches, then: is the store's trash empty (every collected image freed)?"""
     drop_caches()
     return not trash_entries(root)
 

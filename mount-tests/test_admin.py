@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from helpers import bookkeeping, gc_intent
 from helpers import content_target, imagefs_bin, sh
 
 
@@ -75,8 +76,8 @@ def test_ls_fsck_gc_unmounted(store):
     assert not (root / "content" / u).exists()
     for d in (root / "content" / a, root / "content" / p, root / "old/repo" / lg):
         assert d.is_dir(), d
-    assert not os.listdir(root / ".imagefs" / "trash")
-    assert not os.listdir(root / ".imagefs" / "intents")
+    assert not os.listdir(bookkeeping(root) / "trash")
+    assert not os.listdir(bookkeeping(root) / "intents")
     assert run("fsck", "--store", root).returncode == 0
 
 
@@ -96,7 +97,7 @@ def test_admin_while_mounted(store, mounter):
         held_bytes = os.pread(held, 1 << 16, 0)
         os.unlink(mnt / "tags" / "r" / "only")
         assert not (root / "content" / gone).exists()
-        trash = os.listdir(root / ".imagefs" / "trash")
+        trash = os.listdir(bookkeeping(root) / "trash")
         assert trash, "an in-use image is kept in the trash"
 
         r = run("ls", "--store", root)
@@ -109,7 +110,7 @@ def test_admin_while_mounted(store, mounter):
 
         r = run("fsck", "--store", root, "--repair")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert os.listdir(root / ".imagefs" / "trash") == trash, "fsck --repair emptied a live mount's trash"
+        assert os.listdir(bookkeeping(root) / "trash") == trash, "fsck --repair emptied a live mount's trash"
 
         r = run("gc", "--store", root)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -170,17 +171,18 @@ def test_fsck_repair_unmounted(store, mounter):
     root = store.root
     (root / "repositories" / "r" / "dangling").symlink_to(content_target("r", "ab" * 32))
     (root / "repositories" / "r" / ".imagefs-tmp-leftover").symlink_to("x")
-    (root / ".imagefs" / "intents").mkdir(parents=True)
-    (root / ".imagefs" / "trash" / "junk").mkdir(parents=True)
-    (root / ".imagefs" / "intents" / "0001.gc").symlink_to(f"content/{u}")
+    (bookkeeping(root) / "intents").mkdir(parents=True)
+    (bookkeeping(root) / "trash" / "junk").mkdir(parents=True)
+    intent = gc_intent(root, f"content/{u}", "0001")
     (root / "stray").write_text("x")
 
     r = run("fsck", "--store", root)
     assert r.returncode == 1
     for what in ("repositories/r/dangling: dangling tag", "repositories/r/.imagefs-tmp-leftover: leftover",
-                 ".imagefs/trash/junk: leftover in the trash", ".imagefs/intents/0001.gc: half-collected",
                  "stray: stray file"):
         assert f"problem: {root}/{what}" in r.stdout, (what, r.stdout)
+    for what in (f"{bookkeeping(root)}/trash/junk: leftover in the trash", f"{intent}: half-collected"):
+        assert f"problem: {what}" in r.stdout, (what, r.stdout)
 
     r = run("fsck", "--store", root, "--repair")
     assert r.returncode == 1, "the stray file remains: " + r.stdout
@@ -188,7 +190,7 @@ def test_fsck_repair_unmounted(store, mounter):
     assert not (root / "content" / u).exists()
     assert (root / "content" / a).is_dir()
     assert not (root / "repositories" / "r" / "dangling").is_symlink()
-    assert not os.listdir(root / ".imagefs" / "trash")
+    assert not os.listdir(bookkeeping(root) / "trash")
     assert (root / "stray").exists()
     (root / "stray").unlink()
     r = run("fsck", "--store", root, "--repair")

@@ -13,6 +13,7 @@ import pytest
 
 from pathlib import Path
 
+from helpers import bookkeeping
 from helpers import force_unmount, is_fuse_mounted, scan_store
 from stressworld import StressWorld, mount_consistency, start_workers
 
@@ -21,9 +22,9 @@ SEED = int(os.environ.get("IMAGEFS_CRASH_SEED", str(int(time.time()))))
 
 
 def interrupted_state(root: Path) -> list[str]:
-    """What a kill -9 left behind before repair (informational): .imagefs entries, temp files."""
+    """What a kill -9 left behind before repair (informational): bookkeeping entries, temp files."""
     seen = []
-    priv = root / ".imagefs"
+    priv = bookkeeping(root)
     if priv.is_dir():
         for d in sorted(priv.iterdir()):
             if d.is_dir() and any(d.iterdir()):
@@ -50,7 +51,7 @@ def test_crash_loop(store, mounter, workdir):
         v = w.violations() + mount_consistency(mnt, store.root)
         assert not v, (f"iteration {i} (IMAGEFS_CRASH_SEED={SEED}; {history[-1] if history else ''}): "
                        f"after remount/repair:\n" + "\n".join(v) + "\n--- repair log:\n" + m.log_tail(30))
-        priv = store.root / ".imagefs"
+        priv = bookkeeping(store.root)
         left = [f"{d.name}/{e.name}" for d in priv.iterdir() if d.is_dir() for e in d.iterdir()] \
             if priv.is_dir() else []
         assert not left, f"iteration {i}: bookkeeping left after repair: {left}\n" + m.log_tail(30)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import bookkeeping
 from helpers import imagefs_bin, sh, sha256_file
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -245,7 +246,7 @@ def check_store(store: Path, repo: str, tag: str, hx: str, *, first_ref: str | N
     assert meta["status"] == "ready"
     assert meta["size_bytes"] == os.path.getsize(d / "rootfs.erofs")
     assert meta["name"] == (first_ref or f"{repo}:{tag}")
-    assert not list((store / ".imagefs" / "import").iterdir()), "work directories left behind"
+    assert not list((bookkeeping(store) / "import").iterdir()), "work directories left behind"
     return meta
 
 
@@ -495,7 +496,7 @@ def expect_failure(store: Path, ref: str, source, *needles):
         assert n in r.stderr, f"{n!r} not in {r.stderr!r}"
     assert "panicked" not in r.stderr
     assert not (store / "content").exists() or not any((store / "content").iterdir()), "content was installed"
-    imp = store / ".imagefs" / "import"
+    imp = bookkeeping(store) / "import"
     assert not imp.exists() or not any(imp.iterdir()), "work directory left behind"
     return r
 
@@ -603,9 +604,9 @@ def test_leftovers_of_a_killed_import_are_swept(workdir):
     store = new_store(workdir)
     src = make_dir_tree(workdir / "tree")
     imported(store, "s/w:1", src)
-    stale = store / ".imagefs" / "import" / "dead-import"
+    stale = bookkeeping(store) / "import" / "dead-import"
     (stale / "rootfs" / "etc").mkdir(parents=True)
     (stale / "rootfs" / "etc" / "f").write_text("left by kill -9")
     imported(store, "s/w:2", src)
     assert not stale.exists()
-    assert not list((store / ".imagefs" / "import").iterdir())
+    assert not list((bookkeeping(store) / "import").iterdir())

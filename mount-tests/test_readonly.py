@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import bookkeeping
 from helpers import expect_errno, read_at, refusals, sh, snapshot, sha256_file, scan_store
 from world import build_world
 
@@ -275,7 +276,7 @@ def test_open_image_survives_last_untag(store, mounter, layout):
             f.write("2\n")
     except OSError:
         pass
-    trash = store.root / ".imagefs" / "trash"
+    trash = bookkeeping(store.root) / "trash"
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and trash.exists() and os.listdir(trash):
         time.sleep(0.1)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import bookkeeping
 from helpers import expect_errno, pid_alive, read_at, refusals, require
 from rootfs_tree import StoreRoot
 from rootfs_tree import (
@@ -545,9 +546,9 @@ def test_in_use_never_yanked(workdir, mounter, trees):
         for p in procs:
             _kill(p)
     # the last users are gone: the space is released and the log says so
-    trash = root / ".imagefs" / "trash"
+    trash = bookkeeping(root) / "trash"
     assert wait_until(lambda: trash_released(root), 5, 0.2), \
-        f"STORE/.imagefs/trash still holds {os.listdir(trash)} 5 s after the last user went"
+        f"the bookkeeping's trash/ still holds {os.listdir(trash)} 5 s after the last user went"
     assert not (root / "content" / hx).exists()
     # (the log line is written right after the trash entry goes: wait for it briefly)
     assert wait_until(lambda: release_lines(m, hx), 2), f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"
@@ -582,7 +583,7 @@ def test_bind_mount_of_rootfs_survives_untag(workdir, mounter):
         assert not release_lines(m, hx)
     finally:
         kernel_umount(bind)
-    trash = root / ".imagefs" / "trash"
+    trash = bookkeeping(root) / "trash"
     assert wait_until(lambda: trash_released(root), 5, 0.2), \
         f"trash still holds {os.listdir(trash)} after the bind mount went"
 

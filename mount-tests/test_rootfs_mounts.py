@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import bookkeeping
 from helpers import expect_errno, imagefs_bin, pid_alive, sh
 from rootfs_tree import StoreRoot, add_image, build_busybox_tree, mkfs, wait_until
 
@@ -118,7 +119,7 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, mounter
     assert hb not in os.listdir(m.mnt / "digests")
     assert not (root / "content" / hb).exists()
     # nothing uses it: the image is released (its trash entry deleted) without any cache drop
-    trash = root / ".imagefs" / "trash"
+    trash = bookkeeping(root) / "trash"
     assert wait_until(lambda: not trash.exists() or not os.listdir(trash), 5), \
         f"collected image kept: {os.listdir(trash)}\n{m.log_tail()}"
     # the other image is untouched

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import bookkeeping
 from helpers import pid_alive, require
 from rootfs_tree import StoreRoot, add_image, build_busybox_tree, mkfs, release_lines, trash_released, wait_until
 
@@ -175,7 +176,7 @@ def test_running_container_survives_last_untag(busybox_image, containers, workdi
     r = runc("delete", "-f", cid)
     assert r.returncode == 0, r.stderr
     assert cid not in runc_ids()
-    trash = root / ".imagefs" / "trash"
+    trash = bookkeeping(root) / "trash"
     assert wait_until(lambda: trash_released(root), 5, 0.2), \
         f"trash still holds {os.listdir(trash)} after the container went"
     assert release_lines(m, hx), f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"

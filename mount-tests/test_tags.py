@@ -12,7 +12,7 @@ import pytest
 
 from helpers import (
     RENAME_EXCHANGE, RENAME_NOREPLACE, content_target, expect_errno, mount_target, renameat2,
-    scan_store, sh, snapshot, trash_entries, check_invariants, wait_trash_empty,
+    scan_store, sh, snapshot, trash_entries, check_invariants, wait_trash_empty, imagefs_bin,
 )
 from world import assert_tag, build_world
 
@@ -251,7 +251,7 @@ def test_rm_last_tag_collects_digest(wm):
     # gone from the store before rm returned
     assert not w.ddir("d2").exists(), f"{w.ddir('d2')} still in the store after rm of its last tag"
     assert not os.path.lexists(w.stag(w.r1, "only"))
-    # (the kernel still held inodes of it, so it may sit in .imagefs/trash until FUSE forget: see no_garbage)
+    # (the kernel still held inodes of it, so it may sit in the bookkeeping's trash/ until FUSE forget: see no_garbage)
     assert hx not in os.listdir(mnt / "digests")
     expect_errno(errno.ENOENT, os.stat, mnt / "digests" / hx)
     expect_errno(errno.ENOENT, os.lstat, T(mnt, w.r1, "only"))
@@ -633,7 +633,10 @@ def test_state_survives_remount(wm, mounter):
     assert sh("mkdir", "-p", T(mnt, "empty/repo")).returncode == 0
     renameat2(T(mnt, w.r1, "t1"), T(mnt, w.r2, "v1"), RENAME_EXCHANGE)
     view, digests = mount_view_of(mnt), sorted(os.listdir(mnt / "digests"))
-    sh("fusermount3", "-u", mnt)
+    # (a plain fusermount3 -u is refused while image trees are mounted inside: one mount per
+    # store, so the first one must really go)
+    r = sh(imagefs_bin(), "umount", mnt)
+    assert r.returncode == 0, r.stderr
     m2 = mounter(w.store)
     assert mount_view_of(m2.mnt) == view
     assert sorted(os.listdir(m2.mnt / "digests")) == digests
@@ -680,7 +683,7 @@ def test_dereferencing_forms_hit_the_digest_dir(wm):
 
 
 def test_other_writer_tag_races_gc(store, mounter):
-    """Another writer (holding STORE/.imagefs/lock, as DESIGN.md 4 says) tags a digest in the store while
+    """Another writer (holding the store's lock, as DESIGN.md 4 says) tags a digest in the store while
     the mount removes that digest's last tag. Whoever takes the lock first wins, but a digest is never
     removed while a tag names it: if the writer's tag exists afterwards, so does the digest."""
     import threading

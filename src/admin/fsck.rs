@@ -22,6 +22,7 @@ use imagefs_erofs::{FileKind, Image, Nid};
 use super::{
     EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, lock, lock_for_reading, out, status_of,
 };
+use crate::store::gc;
 use crate::store::index::Tag;
 use crate::store::journal::{Intent, Journal};
 use crate::store::layout::{self, DirKey};
@@ -54,15 +55,18 @@ pub enum Severity {
 /// What a finding is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
-    /// An interrupted collection (a GC intent record): a half-collected digest.
+    /// An interrupted collection (a GC intent record) that the next mount will finish.
     HalfCollected,
+    /// A GC intent the next mount drops without collecting (its directory is gone, was
+    /// replaced, is tagged, not finished or digest-only): information only.
+    StaleIntent,
     /// Another interrupted change (promote, move, exchange, relink).
     Interrupted,
     /// An intent record that cannot be read.
     BadIntent,
     /// A leftover temporary file of an interrupted tag install.
     TempFile,
-    /// An entry of `.imagefs/trash/`.
+    /// An entry of the bookkeeping's `trash/`.
     Trash,
     /// An entry the scan ignores: stray file, malformed name, tag outside the store.
     Ignored,
@@ -141,14 +145,26 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
     let pending = journal
         .pending()
         .map_err(|e| format!("{}: {e}", journal.dir.display()))?;
+    let view = crate::store::Store::open_view(root).map_err(|e| e.to_string())?;
     for (path, intent) in pending {
         f.push(match intent {
             None => problem(Kind::BadIntent, path, "unreadable intent record"),
-            Some(Intent::Gc { dir }) => problem(
-                Kind::HalfCollected,
-                path,
-                format!("half-collected digest: the collection of {dir} was interrupted"),
-            ),
+            // Judged as the next mount's replay will: only an intent that would still
+            // collect its directory is a half-collected digest.
+            Some(Intent::Gc { dir, id }) => match gc::judge(root, &view.index, &dir, id.as_ref()) {
+                Ok(_) => problem(
+                    Kind::HalfCollected,
+                    path,
+                    format!("half-collected digest: the collection of {dir} was interrupted"),
+                ),
+                Err(stale) => info(
+                    Kind::StaleIntent,
+                    path,
+                    format!(
+                        "stale GC intent for {dir}: {stale}; the next mount (or --repair) drops it and keeps the directory"
+                    ),
+                ),
+            },
             Some(other) => problem(
                 Kind::Interrupted,
                 path,
@@ -159,7 +175,6 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
             ),
         });
     }
-    let view = crate::store::Store::open_view(root).map_err(|e| e.to_string())?;
     for t in &view.scan.temp_files {
         f.push(problem(
             Kind::TempFile,

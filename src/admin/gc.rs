@@ -1,7 +1,7 @@
 //! `imagefs gc`: removes finished digest directories that no tag names.
 //!
 //! Under the store lock, with the mount's crash-safe steps ([`store::gc::collect`]): a GC
-//! intent record, an atomic rename into `.imagefs/trash/`, the deletion, then the record
+//! intent record, an atomic rename into the bookkeeping's `trash/`, the deletion, then the record
 //! goes. A crash at any point is finished by the next mount or `imagefs fsck --repair`.
 
 use std::collections::HashSet;

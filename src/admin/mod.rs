@@ -3,7 +3,7 @@
 //! Each command works on a store that may be mounted at the same time: it takes the store's
 //! writer lock ([`StoreLock`], the `flock` the mount holds during each of its changes) while
 //! it reads or changes the store's structure, and reads the store with [`Store::open_view`]
-//! (one scan, no recovery) — never [`Store::open`], whose recovery empties the trash that a
+//! (one scan, no recovery) — never [`Store::open_mounted`], whose recovery empties the trash that a
 //! live mount may be using for images still in use.
 //! Long reads (image verification, sizes) happen after the lock is released.
 //!
@@ -11,7 +11,7 @@
 //! command could not run (missing store, permission, ...).
 //!
 //! [`Store::open_view`]: crate::store::Store::open_view
-//! [`Store::open`]: crate::store::Store::open
+//! [`Store::open_mounted`]: crate::store::Store::open_mounted
 
 #![forbid(unsafe_code)]
 
@@ -27,7 +27,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::store::layout::{self, DirKey};
+use crate::store::journal::Journal;
+use crate::store::layout::DirKey;
 use crate::store::lockfile::StoreLock;
 use crate::store::metadata::{self, Status};
 
@@ -42,7 +43,7 @@ pub const EXIT_PROBLEMS: i32 = 1;
 /// Exit status: the command could not run.
 pub const EXIT_FAILED: i32 = 2;
 
-/// Checks that `store` is an existing directory (before anything creates `.imagefs/` in it).
+/// Checks that `store` is an existing directory (before anything creates its bookkeeping).
 pub(crate) fn check_store(store: &Path) -> Result<PathBuf, String> {
     match std::fs::metadata(store) {
         Ok(m) if m.is_dir() => Ok(store.to_path_buf()),
@@ -56,7 +57,7 @@ pub(crate) fn lock(root: &Path) -> Result<StoreLock, String> {
     StoreLock::acquire(root).map_err(|e| {
         format!(
             "{}: cannot take the store lock: {e}",
-            root.join(layout::PRIVATE).join("lock").display()
+            Journal::new(root).lock_path().display()
         )
     })
 }
@@ -80,7 +81,7 @@ pub(crate) fn lock_for_reading(root: &Path) -> Result<Option<StoreLock>, String>
         }
         Err(e) => Err(format!(
             "{}: cannot take the store lock: {e}",
-            root.join(layout::PRIVATE).join("lock").display()
+            Journal::new(root).lock_path().display()
         )),
     }
 }

@@ -145,12 +145,16 @@ impl AdminFx for Fx {
         all.append(&mut images);
         all.into_iter()
             .map(|f| {
-                let rel = f
-                    .path
-                    .strip_prefix(self.root())
-                    .unwrap_or(&f.path)
-                    .to_string_lossy()
-                    .into_owned();
+                let bk = self.bookkeeping();
+                let rel = match f.path.strip_prefix(&bk) {
+                    Ok(r) => format!("BK/{}", r.display()),
+                    Err(_) => f
+                        .path
+                        .strip_prefix(self.root())
+                        .unwrap_or(&f.path)
+                        .to_string_lossy()
+                        .into_owned(),
+                };
                 (f.severity, f.kind, rel)
             })
             .collect()
@@ -405,12 +409,15 @@ fn fsck_finds_each_kind_of_problem() {
     .expect("tmp");
     fs::create_dir_all(fx.private("trash").join("old-image")).expect("trash");
     let u = fx.real_content(4, "ready");
-    symlink(
-        format!("{CONTENT}/{u}"),
-        fx.private("intents").join("0001-gc.gc"),
-    )
-    .expect("gc intent");
+    fx.gc_intent("0001-gc", &format!("{CONTENT}/{u}"));
     fs::write(fx.private("intents").join("0002.json"), "{not json").expect("bad intent");
+    // Stale GC intents, which the next mount drops without collecting anything: not
+    // half-collected digests (an older imagefs's record without identity, a directory
+    // another writer removed).
+    fx.old_gc_intent("0003-old", &format!("{CONTENT}/{u}"));
+    let gone = fx.fake(CONTENT, 0x26, "ready");
+    fx.gc_intent("0004-gone", &format!("{CONTENT}/{gone}"));
+    fs::remove_dir_all(fx.p(&format!("{CONTENT}/{gone}"))).expect("hypeman's RemoveAll");
     // Digest directories: no metadata, bad status, ready without image, sha mismatch,
     // corrupt image (manifest.json present: no sha check, the reader finds it).
     let nm = fx.fake(CONTENT, 0x21, "ready");
@@ -441,9 +448,21 @@ fn fsck_finds_each_kind_of_problem() {
     has(Problem, Ignored, "stray.txt");
     has(Problem, Ignored, "content/notes");
     has(Problem, TempFile, "repositories/x/.imagefs-tmp-123-link");
-    has(Problem, Trash, ".imagefs/trash/old-image");
-    has(Problem, HalfCollected, ".imagefs/intents/0001-gc.gc");
-    has(Problem, BadIntent, ".imagefs/intents/0002.json");
+    has(Problem, Trash, "BK/trash/old-image");
+    let of_kind = |kind: Kind| -> Vec<&(Severity, Kind, String)> {
+        got.iter().filter(|g| g.1 == kind).collect()
+    };
+    let half = of_kind(HalfCollected);
+    assert!(
+        half.len() == 1 && half[0].0 == Problem && half[0].2.ends_with(&format!(".{u}.gc")),
+        "{got:#?}"
+    );
+    let stale = of_kind(StaleIntent);
+    assert!(
+        stale.len() == 2 && stale.iter().all(|g| g.0 == Info),
+        "{got:#?}"
+    );
+    has(Problem, BadIntent, "BK/intents/0002.json");
     has(Info, Untagged, &format!("content/{u}"));
     has(Problem, NoMetadata, &format!("content/{nm}"));
     has(Problem, BadStatus, &format!("content/{bs}"));
@@ -468,12 +487,21 @@ fn fsck_finds_each_kind_of_problem() {
     let (code, text) = fx.fsck(false);
     assert_eq!(code, EXIT_PROBLEMS, "{text}");
     for line in text.lines().filter(|l| l.starts_with("problem: ")) {
-        assert!(line.contains(&fx.root().display().to_string()), "{line}");
+        assert!(
+            line.contains(&fx.root().display().to_string())
+                || line.contains(&fx.bookkeeping().display().to_string()),
+            "{line}"
+        );
     }
     assert!(text.contains("corrupt image: /big: "), "{text}");
     // Nothing changed without --repair.
-    assert!(fx.has("repositories/x/dangling") && fx.has(".imagefs/trash/old-image"));
-    assert_eq!(fx.entries("intents").len(), 2);
+    assert!(text.contains("stale GC intent"), "{text}");
+    assert!(
+        !text.contains(&format!("collection of {CONTENT}/{gone} was interrupted")),
+        "{text}"
+    );
+    assert!(fx.has("repositories/x/dangling") && fx.private("trash").join("old-image").exists());
+    assert_eq!(fx.entries("intents").len(), 4);
 }
 
 #[test]
@@ -495,17 +523,9 @@ fn fsck_repair_fixes_what_it_can_and_exits_0() {
     fs::create_dir_all(fx.private("trash").join("old-image/sub")).expect("trash");
     // Half-collected: intent recorded, the tag already gone (collect it) ...
     let u = fx.real_content(4, "ready");
-    symlink(
-        format!("{CONTENT}/{u}"),
-        fx.private("intents").join("0001-a.gc"),
-    )
-    .expect("gc");
+    fx.gc_intent("0001-a", &format!("{CONTENT}/{u}"));
     // ... and one whose tag is still there (roll back: keep it).
-    symlink(
-        format!("{CONTENT}/{a}"),
-        fx.private("intents").join("0002-b.gc"),
-    )
-    .expect("gc");
+    fx.gc_intent("0002-b", &format!("{CONTENT}/{a}"));
     fs::write(fx.private("intents").join("0003.json"), "junk").expect("bad intent");
 
     let (code, text) = fx.fsck(true);
@@ -546,11 +566,7 @@ fn fsck_leaves_the_trash_to_a_live_mount() {
     let got = fx.findings();
     assert_eq!(
         got,
-        [(
-            Severity::Info,
-            Kind::Trash,
-            ".imagefs/trash/in-use".to_string()
-        )]
+        [(Severity::Info, Kind::Trash, "BK/trash/in-use".to_string())]
     );
     let (code, text) = fx.fsck(true);
     assert_eq!(code, EXIT_OK, "{text}");

@@ -71,7 +71,7 @@ enum Cmd {
     /// These are digest-only pulls and what other writers left when they removed tags.
     /// Digests being pulled (pending, pulling, converting) or with an unreadable status are
     /// never removed. Each removal takes the mount's crash-safe steps under the store lock
-    /// (GC intent, rename into .imagefs/trash/, delete), so it is safe while the store is
+    /// (GC intent, rename into the trash beside the store, delete), so it is safe while the store is
     /// mounted. Prints what was removed and the bytes reclaimed.
     ///
     /// Exit status: 0 done, 1 some removal failed, 2 could not run.

@@ -59,7 +59,7 @@ pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
 
 /// Opens the store (its scan and recovery run here, on threads of their own).
 fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
-    let store = Store::open(
+    let store = Store::open_mounted(
         &opts.store,
         Options {
             durable: opts.durable,

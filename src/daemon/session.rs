@@ -38,10 +38,8 @@ pub(super) fn serve(
         .map_err(|e| format!("sigprocmask: {e}"))?;
 
     tuning::raise_open_files_limit();
-    // Tells `imagefs fsck`/`gc` that a mount serves this store (its trash may hold images
-    // still in use).
-    let _mounted = crate::store::lockfile::hold_mounted(store.root())
-        .map_err(|e| format!("{}: {e}", store.root().display()))?;
+    // The store holds the mount marker (`Store::open_mounted`) that tells `imagefs fsck`
+    // and `gc` a mount serves it, and refuses a second mount.
     let fs = Arc::new(ImageFs::new(store.clone(), mp, opts.passthrough));
     let config = fuse_config(store.root(), opts);
     let mut session = Session::new(Connection::main(fs.clone()), mp, &config)

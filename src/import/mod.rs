@@ -13,8 +13,9 @@
 //! 4. [`install`] moves the digest directory into `content/<hex>` and installs the tag,
 //!    under the store's writer lock ([`crate::store::lockfile::StoreLock`]).
 //!
-//! All the work happens in `STORE/.imagefs/import/<unique>/` (same filesystem as the
-//! store, so the install is one rename). That directory is removed on every error path;
+//! All the work happens in `import/<unique>/` of the store's bookkeeping directory (beside
+//! the store, out of hypeman's listings; same filesystem as the store, so the install is one
+//! rename). That directory is removed on every error path;
 //! one left by a killed import is removed by the next import (a live import holds an
 //! `flock` on its directory, a dead one does not).
 //!
@@ -300,7 +301,8 @@ fn human_size(n: u64) -> String {
     }
 }
 
-/// `STORE/.imagefs/import/<unique>/`: removed when dropped. Holds an `flock` on itself so a
+/// `import/<unique>/` in the store's bookkeeping directory (beside the store, same
+/// filesystem): removed when dropped. Holds an `flock` on itself so a
 /// later import can tell a dead import's leftovers from a live one's.
 struct WorkDir {
     path: PathBuf,
@@ -309,7 +311,7 @@ struct WorkDir {
 
 impl WorkDir {
     fn create(store: &Path) -> Result<WorkDir> {
-        let base = store.join(crate::store::layout::PRIVATE).join("import");
+        let base = crate::store::journal::Journal::new(store).import_dir();
         std::fs::create_dir_all(&base).map_err(|e| ImportError::io(base.display(), e))?;
         // Sweeping and creating happen under an exclusive flock on `base`, so a sweep never
         // sees a directory created but not yet locked.

@@ -6,17 +6,28 @@
 //!
 //! A collection takes five steps, each re-runnable after a crash:
 //!
-//! 1. the GC intent `intents/<id>.gc -> <dir>` is recorded ([`record_intent`]);
+//! 1. the GC intent is recorded ([`record_intent`]): it names the directory by digest,
+//!    layout and identity ([`DirId`]), not only by path;
 //! 2. the tag holding the last reference changes (the mount only; `imagefs gc` collects
 //!    directories that no tag names);
-//! 3. the directory is renamed into `.imagefs/trash/` (one atomic rename, [`trash`]);
+//! 3. the directory is renamed into the bookkeeping's `trash/` (one atomic rename,
+//!    [`trash`]); if it is already gone (hypeman's own GC removed it meanwhile), the
+//!    collection is done: the intent goes, nothing else happens;
 //! 4. it is deleted ([`delete`]) — unless the mount still serves it, when it stays in the
 //!    trash until its last user goes ([`super::InUse`]);
 //! 5. the intent is removed.
 //!
 //! A crash before 3 leaves the directory in the store and the intent: the next mount (or
-//! `imagefs fsck --repair`) collects it if no tag names it, else drops the intent. After 3,
-//! the trash is garbage by definition and is emptied at mount.
+//! `imagefs fsck --repair`) collects it only if it is still the very directory the intent
+//! was written for (same identity: a directory hypeman removed and pulled again under the
+//! same path is another one), no tag names it, its status is `ready` or `failed`, and
+//! hypeman does not keep it as a digest-only image ([`judge`]); otherwise the intent is
+//! dropped and the directory kept. A leftover intent never removes anything else. After 3,
+//! the trash is garbage by definition and is emptied at mount. (A live collection renames
+//! microseconds after recording the intent and does not compare identities; a replay, any
+//! time later, does. Between the replay's comparison and its rename another writer could
+//! still swap the directory: a window of one syscall, against hypeman's `RemoveAll` and a
+//! whole new pull.)
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,8 +39,9 @@ use super::Store;
 use super::error::{IoContext, Result};
 use super::fsutil;
 use super::index::Index;
-use super::journal::{Intent, Journal};
+use super::journal::{DirId, Journal};
 use super::layout::DirKey;
+use super::metadata;
 use super::names::Digest;
 
 /// What one collection by the mount did.
@@ -87,10 +99,97 @@ impl std::fmt::Display for GcError {
     }
 }
 
-/// Step 1: records the intent to collect `key`; returns the record, to remove in step 5.
-pub fn record_intent(journal: &Journal, key: &DirKey) -> io::Result<PathBuf> {
-    let dir = key.rel_path().to_string_lossy().into_owned();
-    journal.record(&Intent::Gc { dir })
+/// Step 1: records the intent to collect `key`, naming the directory's identity; returns
+/// the record, to remove in step 5. Two syscalls: one `statx`, one `symlink`.
+pub fn record_intent(journal: &Journal, root: &Path, key: &DirKey) -> io::Result<PathBuf> {
+    let id = DirId::of(&root.join(key.rel_path()))?;
+    journal.record_gc(key, &id)
+}
+
+/// Why a GC intent is not replayed: its directory is kept, the intent dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The record does not name a digest directory.
+    Malformed,
+    /// No such directory: collected before a crash, or removed by another writer.
+    Gone,
+    /// A tag names it (a crash before the tag change): the collection is rolled back.
+    Tagged,
+    /// A record of an older imagefs, which does not name the directory's identity.
+    NoIdentity,
+    /// Another directory now has the path (removed and re-created by another writer).
+    Replaced,
+    /// Its status is not `ready` or `failed` (or unknown: the reason).
+    NotFinished(String),
+    /// hypeman keeps it as a digest-only image (its metadata names a digest reference).
+    DigestOnly,
+}
+
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stale::Malformed => write!(f, "the record names no digest directory"),
+            Stale::Gone => write!(
+                f,
+                "the directory is already gone (collected before a crash, or removed by another writer)"
+            ),
+            Stale::Tagged => write!(f, "a tag still names it"),
+            Stale::NoIdentity => write!(
+                f,
+                "the record (of an older imagefs) does not name the directory's identity, so it is not replayed; `imagefs gc` removes the directory if no tag names it"
+            ),
+            Stale::Replaced => write!(
+                f,
+                "it is not the directory the intent was written for (another writer removed it and made a new one under the same path)"
+            ),
+            Stale::NotFinished(why) => write!(f, "it is not finished ({why})"),
+            Stale::DigestOnly => write!(f, "hypeman keeps it as a digest-only image"),
+        }
+    }
+}
+
+/// Whether the GC intent for `dir` (identity `id`) may still collect it, given the index
+/// `ix` of the store as it is now: the directory it names, if so.
+pub fn judge(
+    root: &Path,
+    ix: &Index,
+    dir: &str,
+    id: Option<&DirId>,
+) -> std::result::Result<DirKey, Stale> {
+    let key = DirKey::from_rel_path(dir).ok_or(Stale::Malformed)?;
+    if !ix.has_dir(&key) {
+        return Err(Stale::Gone);
+    }
+    if ix.refs(&key).unwrap_or(0) > 0 {
+        return Err(Stale::Tagged);
+    }
+    let id = id.ok_or(Stale::NoIdentity)?;
+    let path = root.join(key.rel_path());
+    match id.matches(&path) {
+        Ok(true) => {}
+        Ok(false) => return Err(Stale::Replaced),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Stale::Gone),
+        Err(e) => return Err(Stale::NotFinished(format!("cannot stat it: {e}"))),
+    }
+    let md = metadata::Metadata::read(&path).map_err(Stale::NotFinished)?;
+    match md.status() {
+        Some(s) if s.collectable() => {}
+        Some(s) => return Err(Stale::NotFinished(format!("status {}", s.as_str()))),
+        None => return Err(Stale::NotFinished("missing or unknown status".into())),
+    }
+    if digest_only(&md) {
+        return Err(Stale::DigestOnly);
+    }
+    Ok(key)
+}
+
+/// Does hypeman keep this image without a tag? Its `name` is a digest reference
+/// (`repo@sha256:...`), as for a pull by digest.
+fn digest_only(md: &metadata::Metadata) -> bool {
+    md.fields
+        .get("name")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|n| n.contains('@'))
 }
 
 /// Step 3: moves `key`'s directory into the trash; returns where it went.
@@ -110,12 +209,20 @@ pub fn delete(trashed: &Path) -> io::Result<u64> {
 /// checked the directory is collectable. Returns the bytes freed.
 pub fn collect(root: &Path, key: &DirKey) -> std::result::Result<u64, GcError> {
     let journal = Journal::new(root);
-    let rec = record_intent(&journal, key).map_err(|error| GcError::Intent {
+    let rec = record_intent(&journal, root, key).map_err(|error| GcError::Intent {
         journal: journal.dir.clone(),
         error,
     })?;
     let trashed = match trash(&journal, root, key) {
         Ok(p) => p,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let _ = journal.done(&rec);
+            info!(
+                "collect {}: already removed by another writer; nothing left to do",
+                key.rel_path().display()
+            );
+            return Ok(0);
+        }
         Err(error) => {
             let _ = journal.done(&rec);
             return Err(GcError::Trash {
@@ -139,34 +246,40 @@ pub fn collect(root: &Path, key: &DirKey) -> std::result::Result<u64, GcError> {
 }
 
 /// The replay of interrupted collections, after every other intent was replayed and the
-/// store scanned into `ix`: step 3 for each directory no tag names (its intent dropped
+/// store scanned into `ix`: step 3 for each directory [`judge`] lets go (its intent dropped
 /// otherwise). Each step taken is told to `did`. Returns what went into the trash, for the
 /// caller to delete.
 pub(super) fn replay(
     root: &Path,
     journal: &Journal,
     ix: &mut Index,
-    intents: Vec<(PathBuf, String)>,
+    intents: Vec<(PathBuf, String, Option<DirId>)>,
     did: &mut impl FnMut(String),
 ) -> Result<Vec<PathBuf>> {
     let mut trashed_now = Vec::new();
-    for (record, dir) in intents {
-        match DirKey::from_rel_path(&dir) {
-            Some(key) if ix.has_dir(&key) && ix.refs(&key) == Some(0) => {
-                let trashed = trash(journal, root, &key).ctx(|| format!("collect {dir}"))?;
-                ix.remove_dir(&key);
-                did(format!(
-                    "finished interrupted collection of {dir} ({})",
-                    trashed.display()
-                ));
-                trashed_now.push(trashed);
-            }
-            Some(key) if ix.has_dir(&key) => {
-                did(format!(
-                    "rolled back interrupted collection of {dir}: a tag still names it"
-                ));
-            }
-            _ => {}
+    for (record, dir, id) in intents {
+        match judge(root, ix, &dir, id.as_ref()) {
+            Ok(key) => match trash(journal, root, &key) {
+                Ok(trashed) => {
+                    ix.remove_dir(&key);
+                    did(format!(
+                        "finished interrupted collection of {dir} ({})",
+                        trashed.display()
+                    ));
+                    trashed_now.push(trashed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    did(format!("dropped the GC intent of {dir}: {}", Stale::Gone))
+                }
+                Err(e) => return Err(e).ctx(|| format!("collect {dir}")),
+            },
+            Err(Stale::Tagged) => did(format!(
+                "rolled back interrupted collection of {dir}: a tag still names it"
+            )),
+            Err(Stale::Malformed) => {}
+            Err(s) => did(format!(
+                "dropped the GC intent of {dir}: {s}; the directory is kept"
+            )),
         }
         journal.done(&record).ctx(|| record.display().to_string())?;
     }
@@ -198,9 +311,12 @@ impl Store {
                 return Ok(None);
             }
         }
-        record_intent(&self.journal, key)
-            .map(Some)
-            .ctx(|| "journal".to_string())
+        match record_intent(&self.journal, &self.root, key) {
+            Ok(rec) => Ok(Some(rec)),
+            // Removed by another writer since its status was read: nothing to collect.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx(|| format!("journal {}", self.journal.dir.display())),
+        }
     }
 
     /// Step 5, or the intent's removal when the change failed.
@@ -223,6 +339,17 @@ impl Store {
         }
         let trashed = match trash(&self.journal, &self.root, key) {
             Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // hypeman's own GC (or another writer) removed it meanwhile: the collection
+                // is done. The watcher brings the index up to date, as for any change of
+                // another writer.
+                self.drop_intent(Some(rec));
+                info!(
+                    "collect {}: already removed by another writer; nothing left to do",
+                    key.rel_path().display()
+                );
+                return None;
+            }
             Err(e) => {
                 log::error!(
                     "collect {}: {e}; will retry at next mount",

@@ -188,7 +188,7 @@ pub fn install_image(
 ) -> Result<bool> {
     let _lock = StoreLock::acquire(root).map_err(|e| {
         InstallError::refused(
-            &root.join(layout::PRIVATE).join("lock"),
+            &super::journal::Journal::new(root).lock_path(),
             format!("cannot take the store lock: {e}"),
         )
     })?;

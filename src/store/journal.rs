@@ -1,33 +1,152 @@
-//! imagefs's bookkeeping under `STORE/.imagefs/`: the lock file, intent records and trash.
+//! imagefs's bookkeeping: the lock file, the mount marker, intent records, the trash and
+//! `import`'s work directories, kept **beside** the store where hypeman never looks:
+//!
+//! ```text
+//! <parent>/<name>/                  the store (hypeman's `images/`)
+//! <parent>/.imagefs-<name>/         imagefs's bookkeeping (this module's `dir`)
+//!   lock  mounted  intents/  trash/  import/
+//! ```
+//!
+//! Both versions of hypeman list images by walking the whole store: the legacy version takes
+//! every symlink under it for a tag, the content version also every `metadata.json` outside
+//! `content/` for an image. A collected directory in a trash inside the store (its
+//! `metadata.json` and `rootfs.erofs` intact while an image stays in use) was listed as an
+//! image, and a GC intent symlink as a tag. Neither walks the store's parent (hypeman's data
+//! directory, whose other children are `system/`, `guests/`, `volumes/`). The sibling is on
+//! the same filesystem as the store, so the rename of a digest directory into the trash stays
+//! one atomic step.
+//!
+//! Where the store's root is a mount point of its own (another filesystem, or a bind mount:
+//! a rename across it fails with EXDEV), the bookkeeping stays inside the store, in
+//! `STORE/.imagefs/` as before, and every open warns that hypeman may list what the trash
+//! holds. The choice depends only on the mount table, so every process (mount, import, gc,
+//! fsck) finds the same lock. Bookkeeping an older imagefs kept in `STORE/.imagefs/` is
+//! moved beside the store by the first process that takes the lock ([`Journal::adopt_old`]),
+//! entry by entry (each a rename, re-run after a crash), under both locks, and refused while
+//! an older mount still holds it.
 //!
 //! An intent is written before the first step of a change that spans several filesystem
 //! operations and removed after the last, so that the next mount can finish or roll back
 //! whatever a crash interrupted:
 //!
-//! - `gc`: a symlink `intents/<id>.gc -> <store-relative digest dir>`, written before the
-//!   tag that holds the last reference goes. Replayed: if no tag names the directory it
-//!   is collected, else the intent is dropped. A symlink is one atomic metadata operation,
-//!   so recording it costs no fsync on the hot path: after `kill -9` the page cache keeps
-//!   every step in order.
+//! - `gc`: a symlink `intents/<id>.<hex>.gc -> <ino>.<b|c><nanos>[:<repo>]`, written before
+//!   the tag that holds the last reference goes. It names the exact directory it was written
+//!   for: its digest (in the link's name), its layout and legacy repository, and its identity
+//!   ([`DirId`]: inode number and birth time, or change time where the filesystem keeps no
+//!   birth time). A directory removed by another writer and re-created under the same path
+//!   is another directory, and a replay leaves it alone. One `symlink(2)`, no fsync: after
+//!   `kill -9` the page cache keeps every step in order. The target stays short on purpose: up
+//!   to 60 bytes ext4 keeps it in the inode ("fast symlink"), so recording an intent needs no
+//!   data block — which matters for collecting on a full disk. A content-layout target is
+//!   at most 34 bytes; a legacy one adds `:<repo>` (fast up to a 25-byte repository name).
+//!   Records of older imagefs versions (`<id>.gc -> <store-relative dir>`) carry no
+//!   identity: they are read, never replayed.
 //! - `promote`, `move`, `exchange`, `relink`: small JSON records (see [`Intent`]), written
 //!   atomically, for the rarer multi-step changes.
 //!
 //! Everything under `trash/` is garbage by definition and is deleted at mount.
 
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::fsutil::{self, TMP_PREFIX};
-use super::layout::{DirKey, PRIVATE};
+use super::layout::{CONTENT, DirKey, PRIVATE};
+use super::names::Digest;
+
+/// The identity of one directory: a directory removed and re-created under the same path
+/// (by hypeman's `RemoveAll` and a new pull) is another one, whatever its inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirId {
+    pub ino: u64,
+    /// `true`: `nanos` is the birth time (statx `btime`); `false`: the change time, where
+    /// the filesystem keeps no birth time.
+    pub birth: bool,
+    /// Nanoseconds since the epoch.
+    pub nanos: u64,
+}
+
+impl DirId {
+    /// The identity of the directory at `path` (not following a symlink).
+    pub fn of(path: &Path) -> io::Result<DirId> {
+        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        let st = statx(
+            CWD,
+            path,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::INO | StatxFlags::BTIME | StatxFlags::CTIME | StatxFlags::TYPE,
+        )?;
+        let birth = st.stx_mask & StatxFlags::BTIME.bits() != 0;
+        let t = if birth { st.stx_btime } else { st.stx_ctime };
+        Ok(DirId {
+            ino: st.stx_ino,
+            birth,
+            nanos: nanos(&t),
+        })
+    }
+
+    /// Is the directory at `path` the one this identity names? Compared with the time it
+    /// was recorded with (a record naming the change time is compared with the change time,
+    /// wherever it came from).
+    pub fn matches(&self, path: &Path) -> io::Result<bool> {
+        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        let st = statx(
+            CWD,
+            path,
+            AtFlags::SYMLINK_NOFOLLOW,
+            StatxFlags::INO | StatxFlags::BTIME | StatxFlags::CTIME,
+        )?;
+        let t = if self.birth {
+            if st.stx_mask & StatxFlags::BTIME.bits() == 0 {
+                return Ok(false);
+            }
+            st.stx_btime
+        } else {
+            st.stx_ctime
+        };
+        Ok(st.stx_ino == self.ino && nanos(&t) == self.nanos)
+    }
+
+    fn encode(&self) -> String {
+        format!(
+            "{:x}.{}{:x}",
+            self.ino,
+            if self.birth { 'b' } else { 'c' },
+            self.nanos
+        )
+    }
+
+    fn decode(s: &str) -> Option<DirId> {
+        let (ino, t) = s.split_once('.')?;
+        let birth = match t.as_bytes().first()? {
+            b'b' => true,
+            b'c' => false,
+            _ => return None,
+        };
+        Some(DirId {
+            ino: u64::from_str_radix(ino, 16).ok()?,
+            birth,
+            nanos: u64::from_str_radix(&t[1..], 16).ok()?,
+        })
+    }
+}
+
+fn nanos(t: &rustix::fs::StatxTimestamp) -> u64 {
+    (t.tv_sec.max(0) as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(t.tv_nsec))
+}
 
 /// A multi-step change in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Intent {
-    /// Collect this digest directory (store-relative) if no tag names it.
-    Gc { dir: String },
+    /// Collect this digest directory (store-relative) if it is still the directory `id`
+    /// names, no tag names it, and it is ready and not kept by hypeman as digest-only.
+    /// `id` is `None` in records of older imagefs versions, which are never replayed.
+    Gc { dir: String, id: Option<DirId> },
     /// Move legacy `<repo>/<hex>` into `content/<hex>` and rewrite the repository's
     /// legacy tags naming it into `repositories/<repo>/`.
     Promote { repo: String, hex: String },
@@ -46,21 +165,74 @@ pub enum Intent {
     Relink { dir: String },
 }
 
-/// The paths of `STORE/.imagefs/`.
+/// Where a store's bookkeeping lives.
 #[derive(Debug, Clone)]
 pub struct Journal {
     pub dir: PathBuf,
+    /// The store's root is a mount point: the bookkeeping stays in `STORE/.imagefs/`.
+    pub in_store: bool,
+    /// `STORE/.imagefs/`, where older versions kept it (moved over by [`Journal::adopt_old`]).
+    old: PathBuf,
+}
+
+/// Are `a` and `b` on the same mount (a rename between them cannot fail with EXDEV)?
+fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let st = |p: &Path| {
+        statx(
+            CWD,
+            p,
+            AtFlags::empty(),
+            StatxFlags::MNT_ID | StatxFlags::INO,
+        )
+    };
+    let (x, y) = (st(a)?, st(b)?);
+    let mnt = StatxFlags::MNT_ID.bits();
+    if x.stx_mask & mnt != 0 && y.stx_mask & mnt != 0 {
+        return Ok(x.stx_mnt_id == y.stx_mnt_id);
+    }
+    Ok((x.stx_dev_major, x.stx_dev_minor) == (y.stx_dev_major, y.stx_dev_minor))
+}
+
+/// The name of the bookkeeping directory beside the store `name`.
+pub fn sibling_name(store_name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut n = std::ffi::OsString::from(".imagefs-");
+    n.push(store_name);
+    n
 }
 
 impl Journal {
+    /// Where the bookkeeping of the store at `store` lives (nothing is created): beside the
+    /// store, or inside it when the store's root is a mount point.
     pub fn new(store: &Path) -> Journal {
-        Journal {
-            dir: store.join(PRIVATE),
+        let root = store.canonicalize().unwrap_or_else(|_| store.to_path_buf());
+        let old = root.join(PRIVATE);
+        let sibling = match (root.parent(), root.file_name()) {
+            (Some(parent), Some(name)) if same_mount(&root, parent).unwrap_or(false) => {
+                Some(parent.join(sibling_name(name)))
+            }
+            _ => None,
+        };
+        match sibling {
+            Some(dir) => Journal {
+                dir,
+                in_store: false,
+                old,
+            },
+            None => Journal {
+                dir: old.clone(),
+                in_store: true,
+                old,
+            },
         }
     }
 
     pub fn lock_path(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+
+    pub fn mounted_path(&self) -> PathBuf {
+        self.dir.join("mounted")
     }
 
     fn intents(&self) -> PathBuf {
@@ -71,21 +243,164 @@ impl Journal {
         self.dir.join("trash")
     }
 
+    /// `import`'s work directories (on the store's filesystem, out of hypeman's sight).
+    pub fn import_dir(&self) -> PathBuf {
+        self.dir.join("import")
+    }
+
+    /// Creates the bookkeeping directories. A new directory beside the store gets the
+    /// store's owner and mode bits when root creates it, so that whoever may change the
+    /// store may keep its bookkeeping.
     pub fn create_dirs(&self) -> io::Result<()> {
+        if !self.in_store && !self.dir.exists() {
+            match std::fs::create_dir(&self.dir) {
+                Ok(()) => {
+                    if let Some(store) = self.old.parent()
+                        && let Ok(m) = std::fs::metadata(store)
+                    {
+                        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                        let _ = std::os::unix::fs::chown(&self.dir, Some(m.uid()), Some(m.gid()));
+                        let _ = std::fs::set_permissions(
+                            &self.dir,
+                            std::fs::Permissions::from_mode(m.mode() & 0o7777),
+                        );
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot create imagefs's bookkeeping directory {} beside the store (where hypeman never looks): {e}",
+                            self.dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
         std::fs::create_dir_all(self.intents())?;
         std::fs::create_dir_all(self.trash())
     }
 
+    /// Once per process, where the bookkeeping has to stay inside the store: says so.
+    pub fn warn_if_in_store(&self) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        if self.in_store {
+            ONCE.call_once(|| {
+                log::warn!(
+                    "{}: the store's root is a mount point, so imagefs keeps its bookkeeping inside the store ({}) for renames into its trash to stay atomic; hypeman's listing may show collected images that are still in use, or an interrupted collection, until they are gone",
+                    self.old.parent().unwrap_or(&self.old).display(),
+                    self.dir.display()
+                );
+            });
+        }
+    }
+
+    /// Moves the bookkeeping an older imagefs kept in `STORE/.imagefs/` beside the store.
+    /// The caller holds this journal's lock. Takes the old lock as well (an older writer
+    /// finishes its change first) and refuses while an older mount holds the old marker.
+    /// Each entry moves with one rename; after a crash the next call moves the rest.
+    /// Returns how many entries moved.
+    pub fn adopt_old(&self) -> io::Result<usize> {
+        if self.in_store {
+            return Ok(0);
+        }
+        match std::fs::symlink_metadata(&self.old) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Ok(0),
+        }
+        if let Ok(f) = File::open(self.old.join("mounted"))
+            && f.try_lock().is_err()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "{}: the store is mounted by an older imagefs; unmount it first",
+                    self.old.display()
+                ),
+            ));
+        }
+        let old_lock = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.old.join("lock"))?;
+        loop {
+            match old_lock.lock() {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => break r?,
+            }
+        }
+        let mut moved = 0;
+        for sub in ["intents", "trash", "import"] {
+            let from = self.old.join(sub);
+            let Ok(rd) = std::fs::read_dir(&from) else {
+                continue;
+            };
+            let to = self.dir.join(sub);
+            std::fs::create_dir_all(&to)?;
+            for e in rd.flatten() {
+                fsutil::rename(
+                    &e.path(),
+                    &to.join(e.file_name()),
+                    fsutil::RenameMode::NoReplace,
+                )?;
+                moved += 1;
+            }
+            std::fs::remove_dir(&from)?;
+        }
+        let _ = std::fs::remove_file(self.old.join("mounted"));
+        let _ = std::fs::remove_file(self.old.join("lock"));
+        drop(old_lock);
+        if let Err(e) = std::fs::remove_dir(&self.old) {
+            log::warn!(
+                "{}: left in place ({e}): it holds something imagefs did not put there",
+                self.old.display()
+            );
+        } else {
+            log::info!(
+                "moved imagefs's bookkeeping from {} to {} ({moved} entries), out of hypeman's sight",
+                self.old.display(),
+                self.dir.display()
+            );
+        }
+        Ok(moved)
+    }
+
+    /// Records a GC intent for `key`, the directory whose identity is `id` (one symlink);
+    /// returns its path, to pass to [`Journal::done`].
+    pub fn record_gc(&self, key: &DirKey, id: &DirId) -> io::Result<PathBuf> {
+        let name = format!("{}.{}.gc", fsutil::unique_name("gc"), key.digest().hex());
+        let target = match key {
+            DirKey::Content(_) => id.encode(),
+            DirKey::Legacy(repo, _) => format!("{}:{repo}", id.encode()),
+        };
+        let path = self.intents().join(name);
+        std::os::unix::fs::symlink(target, &path)?;
+        Ok(path)
+    }
+
     /// Records an intent; returns its path, to pass to [`Journal::done`].
     pub fn record(&self, intent: &Intent) -> io::Result<PathBuf> {
-        let id = fsutil::unique_name("intent");
         match intent {
-            Intent::Gc { dir } => {
-                let path = self.intents().join(format!("{id}.gc"));
-                std::os::unix::fs::symlink(dir, &path)?;
-                Ok(path)
+            Intent::Gc { dir, id } => {
+                let key = DirKey::from_rel_path(dir).ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("not a digest directory: {dir}"),
+                    )
+                })?;
+                let id = id.as_ref().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a GC intent needs the directory's identity",
+                    )
+                })?;
+                self.record_gc(&key, id)
             }
             other => {
+                let id = fsutil::unique_name("intent");
                 let path = self.intents().join(format!("{id}.json"));
                 let bytes = serde_json::to_vec(other).map_err(io::Error::other)?;
                 fsutil::write_atomic(&path, &bytes)?;
@@ -116,12 +431,10 @@ impl Journal {
             let name = name.to_string_lossy();
             let intent = if name.starts_with(TMP_PREFIX) {
                 None
-            } else if name.ends_with(".gc") {
-                std::fs::read_link(&path).ok().and_then(|t| {
-                    let dir = t.to_str()?.to_string();
-                    DirKey::from_rel_path(&dir)?;
-                    Some(Intent::Gc { dir })
-                })
+            } else if let Some(stem) = name.strip_suffix(".gc") {
+                std::fs::read_link(&path)
+                    .ok()
+                    .and_then(|t| parse_gc(stem, t.to_str()?))
             } else {
                 std::fs::read(&path)
                     .ok()
@@ -146,7 +459,12 @@ impl Journal {
     /// Deletes everything in the trash; returns how many entries went.
     pub fn empty_trash(&self) -> io::Result<usize> {
         let mut n = 0;
-        for entry in std::fs::read_dir(self.trash())?.flatten() {
+        let rd = match std::fs::read_dir(self.trash()) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        for entry in rd.flatten() {
             fsutil::remove_tree(&entry.path())?;
             n += 1;
         }
@@ -154,20 +472,68 @@ impl Journal {
     }
 }
 
+/// A GC record `<stem>.gc -> <target>`: this version's `<id>.<hex>` -> `<DirId>[:<repo>]`, or an
+/// older version's `<id>` -> `<store-relative dir>` (no identity).
+fn parse_gc(stem: &str, target: &str) -> Option<Intent> {
+    if let Some((_, hex)) = stem.rsplit_once('.')
+        && let Some(d) = Digest::parse_hex(hex)
+    {
+        let (id, repo) = match target.split_once(':') {
+            Some((id, repo)) => (id, Some(repo)),
+            None => (target, None),
+        };
+        let id = DirId::decode(id)?;
+        let dir = match repo {
+            Some(repo) => format!("{repo}/{}", d.hex()),
+            None => format!("{CONTENT}/{}", d.hex()),
+        };
+        DirKey::from_rel_path(&dir)?;
+        return Some(Intent::Gc { dir, id: Some(id) });
+    }
+    DirKey::from_rel_path(target)?;
+    Some(Intent::Gc {
+        dir: target.to_string(),
+        id: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::names::Digest;
 
     #[test]
     fn intents_round_trip() {
         let d = tempfile::tempdir().expect("tempdir");
-        let j = Journal::new(d.path());
+        let store = d.path().join("store");
+        std::fs::create_dir(&store).expect("store");
+        let j = Journal::new(&store);
+        assert!(
+            !j.in_store && j.dir == d.path().join(".imagefs-store"),
+            "{j:?}"
+        );
         j.create_dirs().expect("dirs");
         let hex = "ab".repeat(32);
         let key = DirKey::Content(Digest::parse_hex(&hex).expect("hex"));
+        let legacy = DirKey::Legacy(
+            "localhost:5000/a/b".into(),
+            Digest::parse_hex(&hex).expect("hex"),
+        );
+        let id = DirId {
+            ino: u64::MAX,
+            birth: true,
+            nanos: u64::MAX,
+        };
         let gc = Intent::Gc {
             dir: key.rel_path().to_string_lossy().into_owned(),
+            id: Some(id),
+        };
+        let lgc = Intent::Gc {
+            dir: legacy.rel_path().to_string_lossy().into_owned(),
+            id: Some(DirId {
+                ino: 7,
+                birth: false,
+                nanos: 1,
+            }),
         };
         let mv = Intent::Move {
             from: "repositories/a/x".into(),
@@ -175,6 +541,10 @@ mod tests {
         };
         let p1 = j.record(&gc).expect("gc");
         let p2 = j.record(&mv).expect("mv");
+        let p3 = j.record(&lgc).expect("legacy gc");
+        // The longest content-layout record still fits in an ext4 inode (fast symlink).
+        let t = std::fs::read_link(&p1).expect("readlink");
+        assert!(t.as_os_str().len() <= 60, "{t:?}");
         let got: Vec<_> = j
             .pending()
             .expect("pending")
@@ -182,12 +552,63 @@ mod tests {
             .map(|x| x.1)
             .collect();
         assert!(
-            got.contains(&Some(gc)) && got.contains(&Some(mv)),
+            got.contains(&Some(gc)) && got.contains(&Some(mv)) && got.contains(&Some(lgc)),
             "{got:?}"
         );
+        // An older version's record is read without an identity.
+        let old = format!("{CONTENT}/{hex}");
+        std::os::unix::fs::symlink(&old, j.intents().join("0001-old.gc")).expect("old");
+        let got: Vec<_> = j
+            .pending()
+            .expect("pending")
+            .into_iter()
+            .map(|x| x.1)
+            .collect();
+        assert!(
+            got.contains(&Some(Intent::Gc { dir: old, id: None })),
+            "{got:?}"
+        );
+        std::fs::remove_file(j.intents().join("0001-old.gc")).expect("rm");
         j.done(&p1).expect("done");
         j.done(&p2).expect("done");
+        j.done(&p3).expect("done");
         j.done(&p2).expect("done twice is fine");
         assert!(j.pending().expect("pending").is_empty());
+    }
+
+    #[test]
+    fn a_directory_re_created_under_its_path_has_another_identity() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let p = d.path().join("x");
+        std::fs::create_dir(&p).expect("mkdir");
+        let a = DirId::of(&p).expect("id");
+        assert_eq!(DirId::of(&p).expect("id"), a);
+        std::fs::remove_dir(&p).expect("rmdir");
+        std::fs::create_dir(&p).expect("mkdir again");
+        assert_ne!(DirId::of(&p).expect("id"), a);
+    }
+
+    #[test]
+    fn old_bookkeeping_inside_the_store_is_moved_beside_it() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = d.path().join("store");
+        let old = store.join(PRIVATE);
+        std::fs::create_dir_all(old.join("intents")).expect("old intents");
+        std::fs::create_dir_all(old.join("trash/x-1/sub")).expect("old trash");
+        std::fs::write(old.join("lock"), b"").expect("old lock");
+        std::os::unix::fs::symlink("content/zz", old.join("intents/0001.gc")).expect("intent");
+        let j = Journal::new(&store);
+        j.create_dirs().expect("dirs");
+        assert_eq!(j.adopt_old().expect("adopt"), 2);
+        assert!(!old.exists(), "STORE/.imagefs left behind");
+        assert!(j.trash().join("x-1/sub").is_dir());
+        assert!(j.intents().join("0001.gc").symlink_metadata().is_ok());
+        assert_eq!(j.adopt_old().expect("again"), 0);
+        // An older mount that still holds the old marker: refused, nothing moved.
+        std::fs::create_dir_all(old.join("trash/y")).expect("old trash");
+        let marker = File::create(old.join("mounted")).expect("marker");
+        marker.lock_shared().expect("shared");
+        assert!(j.adopt_old().is_err());
+        assert!(old.join("trash/y").is_dir());
     }
 }

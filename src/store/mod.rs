@@ -10,14 +10,18 @@
 //!   repositories/<repo>/<tag>           tag -> ../(x depth(repo)+1)content/<hex>
 //!   <repo>/<hex>/...                    legacy digest directory, owned by <repo>
 //!   <repo>/<tag>                        legacy tag -> <hex>
-//!   .imagefs/lock                       exclusive flock of every writer, for each change
-//!   .imagefs/mounted                    shared flock held by a live mount (lockfile)
-//!   .imagefs/intents/<id>.gc            GC intent -> store-relative digest directory
-//!   .imagefs/intents/<id>.json          promote / move / exchange / relink intent
-//!   .imagefs/trash/<id>-<hex12>/        collected directories; emptied at mount
+//! STORE/../.imagefs-<name of STORE>/    imagefs's bookkeeping, out of hypeman's sight:
+//!   lock                                exclusive flock of every writer, for each change
+//!   mounted                             exclusive flock held by the one live mount (lockfile)
+//!   intents/<id>.<hex>.gc               GC intent -> identity of the digest directory
+//!   intents/<id>.json                   promote / move / exchange / relink intent
+//!   trash/<id>-<hex12>/                 collected directories; emptied at mount
+//!   import/<id>/                        `imagefs import`'s work directories
 //! ```
 //!
-//! ([`layout`] reads it, [`journal`] owns `.imagefs/`.)
+//! ([`layout`] reads the store, [`journal`] owns the bookkeeping: beside the store, where
+//! neither version of hypeman's listing walks, on the same filesystem; inside the store, in
+//! `STORE/.imagefs/`, only when the store's root is a mount point of its own.)
 //!
 //! # Invariants
 //!
@@ -32,7 +36,7 @@
 //! # Locking
 //!
 //! Every change holds one lock from its checks to its last step ([`Store::lock`]): an
-//! in-process mutex plus an exclusive `flock` on `STORE/.imagefs/lock`, which imagefs's
+//! in-process mutex plus an exclusive `flock` on the bookkeeping's `lock`, which imagefs's
 //! other writers (`import`, `gc`, `fsck --repair`) take too ([`lockfile::StoreLock`]). The
 //! index sits behind its own read-write lock, which never leaves this module: callers get
 //! owned values (`query.rs`: [`Store::tag`], [`Store::entry`], ...), so nobody outside can
@@ -44,7 +48,7 @@
 //! When a change drops the last reference to a collectable directory, it is removed before
 //! the change returns, in the steps of [`gc`]: GC intent, tag change, rename into the trash,
 //! delete, intent removal. A directory the mount still serves stays in the trash until its
-//! last user goes ([`InUse`], [`Store::release_trashed`]). [`Store::open`] replays whatever a
+//! last user goes ([`InUse`], [`Store::release_trashed`]). [`Store::open_mounted`] replays whatever a
 //! crash interrupted ([`recover`]); tools that must not (a mount may be live) read the
 //! store with [`Store::open_view`].
 //!
@@ -105,7 +109,7 @@ pub enum Target {
 /// serves it to someone (an open file, a cwd). Called under the store lock, once the
 /// directory has left the store and the index. Returning `true` takes ownership of the
 /// trashed directory: the caller must hand it back with [`Store::release_trashed`] when the
-/// last user goes; until then it stays in `STORE/.imagefs/trash/`.
+/// last user goes; until then it stays in the bookkeeping's `trash/`.
 pub trait InUse: Send + Sync {
     fn retain(&self, digest: &Digest, trashed: &Path) -> bool;
 }
@@ -136,6 +140,8 @@ pub struct Store {
     root: PathBuf,
     journal: Journal,
     lock_file: File,
+    /// The mount marker ([`lockfile::hold_mounted`]), for a store opened by a mount.
+    _mounted: Option<File>,
     mutate: Mutex<()>,
     index: RwLock<Index>,
     opts: Options,
@@ -159,8 +165,21 @@ impl Drop for LockGuard<'_> {
 }
 
 impl Store {
-    /// Opens a store: takes the lock, repairs what a crash left, scans, builds the index.
+    /// Opens a store as [`Store::open_mounted`] does, without the mount marker (for tests,
+    /// which open a store several times).
+    #[cfg(test)]
     pub fn open(root: &Path, opts: Options) -> Result<Store> {
+        Store::open_inner(root, opts, false)
+    }
+
+    /// Opens a store for a mount: marks the store as mounted for the store's life (refused,
+    /// nothing changed and no recovery run, when another mount serves it), takes the lock,
+    /// repairs what a crash left, scans, builds the index.
+    pub fn open_mounted(root: &Path, opts: Options) -> Result<Store> {
+        Store::open_inner(root, opts, true)
+    }
+
+    fn open_inner(root: &Path, opts: Options, mount: bool) -> Result<Store> {
         let meta = std::fs::metadata(root).ctx(|| format!("store {}", root.display()))?;
         if !meta.is_dir() {
             return Err(StoreError::NotDir(format!("store {}", root.display())));
@@ -175,9 +194,15 @@ impl Store {
             ));
         }
         let journal = Journal::new(&root);
+        journal.warn_if_in_store();
         journal
             .create_dirs()
             .ctx(|| format!("{}", journal.dir.display()))?;
+        let mounted = if mount {
+            Some(lockfile::hold_mounted(&root).ctx(|| format!("store {}", root.display()))?)
+        } else {
+            None
+        };
         let lock_file = File::options()
             .create(true)
             .truncate(false)
@@ -189,6 +214,7 @@ impl Store {
             root,
             journal,
             lock_file,
+            _mounted: mounted,
             mutate: Mutex::new(()),
             index: RwLock::new(Index::new()),
             opts,
@@ -199,6 +225,10 @@ impl Store {
         };
         {
             let _g = store.lock()?;
+            store
+                .journal
+                .adopt_old()
+                .ctx(|| format!("{}", store.journal.dir.display()))?;
             let ix = store.recover()?;
             *store.index.write() = ix;
         }

@@ -1,5 +1,5 @@
 //! Mount-time repair: replays the journal, removes leftovers, builds the index.
-//! Runs under the store lock, before the mount serves anything ([`Store::open`]), and from
+//! Runs under the store lock, before the mount serves anything ([`Store::open_mounted`]), and from
 //! `imagefs fsck --repair` ([`replay`], which may leave the trash to a live mount).
 
 use std::path::Path;
@@ -74,7 +74,7 @@ impl Store {
 /// Finishes or rolls back every interrupted change recorded in the journal of the store at
 /// `root`, removes leftover temporary files, and scans. The caller holds the store lock.
 ///
-/// With `empty_trash` everything in `STORE/.imagefs/trash/` is deleted (a mount does this at
+/// With `empty_trash` everything in the bookkeeping's `trash/` is deleted (a mount does this at
 /// start). Without it (a live mount may still serve images kept there), only what this replay
 /// itself moved into the trash is deleted.
 pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
@@ -92,8 +92,8 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
                 warn!("{msg}");
                 rec.actions.push(msg);
             }
-            Some(Intent::Gc { dir }) => {
-                gc.push((record, dir));
+            Some(Intent::Gc { dir, id }) => {
+                gc.push((record, dir, id));
                 continue;
             }
             Some(Intent::Promote { repo, hex }) => replay_promote(&root, &repo, &hex, &mut rec)?,

@@ -2,7 +2,8 @@
 //! stores by hand (`admin`): [`Fx`] makes a store in a temporary directory (digest
 //! directories, tags of both layouts, intents), and [`check`] verifies one with an
 //! independent walker ([`walk_disk`]): tag symlinks must carry their canonical text and
-//! resolve, nothing may be left in `.imagefs/{intents,trash}`, and the store's index must
+//! resolve, nothing may be left in the bookkeeping's `intents/` and `trash/`, and nothing
+//! made inside the store (`STORE/.imagefs/`), and the store's index must
 //! agree with the disk.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
 
+use crate::store::journal::{DirId, Journal};
 use crate::store::layout::Layout;
 use crate::store::layout::{CONTENT, PRIVATE, REPOSITORIES};
 use crate::store::names::{self, Digest};
@@ -72,19 +74,29 @@ pub(crate) fn collected_dirs(v: &[Collected]) -> Vec<DirKey> {
 // ---------------------------------------------------------------------------------------
 // The test-store builder.
 
+/// The store is `<tempdir>/store`, so that its bookkeeping (`<tempdir>/.imagefs-store`)
+/// goes with the temporary directory.
 pub(crate) struct Fx {
-    pub(crate) dir: TempDir,
+    /// Removed, with the store and its bookkeeping, when the fixture goes.
+    _dir: TempDir,
+    root: PathBuf,
 }
 
 impl Fx {
     pub(crate) fn new() -> Fx {
-        Fx {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        fs::create_dir(&root).expect("mkdir store");
+        Fx { _dir: dir, root }
     }
 
     pub(crate) fn root(&self) -> &Path {
-        self.dir.path()
+        &self.root
+    }
+
+    /// The store's bookkeeping directory (beside the store).
+    pub(crate) fn bookkeeping(&self) -> PathBuf {
+        Journal::new(self.root()).dir
     }
 
     pub(crate) fn p(&self, rel: &str) -> PathBuf {
@@ -159,16 +171,16 @@ impl Fx {
         self
     }
 
-    /// `.imagefs/<sub>/`, created if missing.
+    /// `<sub>/` of the bookkeeping directory, created if missing.
     pub(crate) fn private(&self, sub: &str) -> PathBuf {
-        let p = self.p(&format!("{PRIVATE}/{sub}"));
+        let p = self.bookkeeping().join(sub);
         fs::create_dir_all(&p).expect("mkdir private");
         p
     }
 
-    /// The names in `.imagefs/<sub>/`, sorted (none if it is missing).
+    /// The names in `<sub>/` of the bookkeeping directory, sorted (none if it is missing).
     pub(crate) fn entries(&self, sub: &str) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.p(&format!("{PRIVATE}/{sub}")))
+        let mut v: Vec<String> = fs::read_dir(self.bookkeeping().join(sub))
             .map(|rd| {
                 rd.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -195,8 +207,26 @@ impl Fx {
         self.private("intents")
     }
 
-    /// A GC intent as `Journal::record` writes it: `intents/<id>.gc -> <dir>`.
+    /// A GC intent as this version writes it for the directory `dir` as it is now (its
+    /// identity); for a directory that does not exist, or a path that names none, a record
+    /// of the older form (which names no identity).
     pub(crate) fn gc_intent(&self, id: &str, dir: &str) -> &Fx {
+        let path = self.p(dir);
+        match DirKey::from_rel_path(dir) {
+            Some(key) if path.is_dir() => {
+                let id = DirId::of(&path).expect("identity");
+                self.intents();
+                Journal::new(self.root())
+                    .record_gc(&key, &id)
+                    .expect("gc intent");
+                self
+            }
+            _ => self.old_gc_intent(id, dir),
+        }
+    }
+
+    /// A GC intent of an older imagefs: `intents/<id>.gc -> <dir>`, no identity.
+    pub(crate) fn old_gc_intent(&self, id: &str, dir: &str) -> &Fx {
         symlink(dir, self.intents().join(format!("{id}.gc"))).expect("gc intent");
         self
     }
@@ -274,12 +304,16 @@ pub(crate) fn walk_disk(root: &Path) -> Disk {
     }
     walk_tree(root, root, "", false, &mut disk);
     for sub in ["intents", "trash"] {
-        let p = root.join(PRIVATE).join(sub);
+        let p = Journal::new(root).dir.join(sub);
         if let Ok(rd) = fs::read_dir(&p) {
             let left: Vec<_> = rd.map(|e| e.expect("entry").file_name()).collect();
-            assert!(left.is_empty(), ".imagefs/{sub} not empty: {left:?}");
+            assert!(left.is_empty(), "{} not empty: {left:?}", p.display());
         }
     }
+    assert!(
+        !root.join(PRIVATE).exists(),
+        "bookkeeping inside the store, where hypeman's listings see it"
+    );
     disk
 }
 

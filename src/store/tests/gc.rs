@@ -166,7 +166,7 @@ fn a_collection_reports_what_it_did() {
             digest_gone: true,
         }]
     );
-    assert!(kept[0].starts_with(fx.p(&format!("{}/trash", crate::store::layout::PRIVATE))));
+    assert!(kept[0].starts_with(fx.bookkeeping().join("trash")));
     assert!(kept[0].is_dir() && fx.entries("intents").is_empty());
     let before = store.stats.bytes_reclaimed.load(Relaxed);
     store.release_trashed(&dg(1), &kept[0]);
@@ -174,4 +174,79 @@ fn a_collection_reports_what_it_did() {
     assert!(store.stats.bytes_reclaimed.load(Relaxed) > before);
     assert_eq!(store.stats.collections.load(Relaxed), 2);
     check_reopen(&fx, store);
+}
+
+#[test]
+fn a_directory_another_writer_removes_during_its_collection_leaves_no_intent() {
+    // Issue 9, finding 1: hypeman's own GC removed the directory between imagefs's intent
+    // and its rename into the trash. The collection is done: no intent is left for the next
+    // mount to "finish" on a directory hypeman makes again under the same path.
+    use crate::store::DirKey;
+    let fx = Fx::new();
+    fx.content(7, "ready");
+    let store = fx.open();
+    let key = DirKey::Content(dg(7));
+    let intent = store.gc_intent_if_last(&key).expect("intent");
+    assert!(intent.is_some() && fx.entries("intents").len() == 1);
+    std::fs::remove_dir_all(fx.p(&rel_of(&key))).expect("hypeman's RemoveAll");
+    assert_eq!(store.finish_gc(intent, &key), None);
+    assert!(
+        fx.entries("intents").is_empty(),
+        "an intent was left for the next mount"
+    );
+    assert!(fx.entries("trash").is_empty());
+    // hypeman pulls the digest again (digest-only: no tag); the next mount keeps it.
+    drop(store);
+    fx.content(7, "ready");
+    let store = fx.open();
+    assert!(fx.has(&rel_of(&key)));
+    assert_eq!(snap(&store).dirs.get(&rel_of(&key)), Some(&0));
+}
+
+#[test]
+fn collected_directories_wait_outside_the_store() {
+    // Issue 9, finding 6: hypeman's listings walk the whole store; the trash (an image kept
+    // for its users keeps its metadata.json and rootfs.erofs there) and the intents must not
+    // be in it.
+    let fx = Fx::new();
+    fx.content(1, "ready").ctag("a", "one", 1);
+    let store = fx.open();
+    let keep = std::sync::Arc::new(KeepAll(Default::default()));
+    store.set_in_use(keep.clone());
+    store.remove_tag("a", "one").expect("rm");
+    let kept = keep.0.lock().expect("kept").clone();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0].join("metadata.json").is_file());
+    assert!(
+        !kept[0].starts_with(fx.root()),
+        "{} is inside the store",
+        kept[0].display()
+    );
+    assert_eq!(
+        kept[0].parent(),
+        Some(fx.bookkeeping().join("trash").as_path())
+    );
+    let mut seen = Vec::new();
+    for e in walkdir(fx.root()) {
+        seen.push(e);
+    }
+    assert!(
+        seen.iter()
+            .all(|p| !p.ends_with("metadata.json") || p.starts_with(fx.p(CONTENT))),
+        "{seen:?}"
+    );
+    store.release_trashed(&dg(1), &kept[0]);
+}
+
+/// Every path under `dir` (not following symlinks), as hypeman's `filepath.Walk` visits them.
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("readdir").flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if e.file_type().expect("type").is_dir() {
+            out.extend(walkdir(&p));
+        }
+    }
+    out
 }

@@ -4,7 +4,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 
 use super::fixture::*;
-use crate::store::layout::{CONTENT, PRIVATE, REPOSITORIES};
+use crate::store::layout::{CONTENT, REPOSITORIES};
 use crate::store::{DirKey, RenameMode, Store};
 
 /// Digests tagged before the crash must still exist, and nothing may be left over.
@@ -16,12 +16,7 @@ fn assert_recovered(fx: &Fx, store: &Store) -> Snap {
             "tagged {d} lost"
         );
     }
-    assert!(
-        fs::read_dir(fx.p(&format!("{PRIVATE}/trash")))
-            .expect("trash")
-            .next()
-            .is_none()
-    );
+    assert!(fx.entries("trash").is_empty());
     s
 }
 
@@ -50,7 +45,7 @@ fn recovery_collects_unreferenced_gc_dirs_and_keeps_referenced_ones() {
         .json_intent("0009-i", serde_json::json!({"op": "nonsense"}));
     fs::write(fx.intents().join("garbage.json"), b"{not json").expect("garbage");
     fs::write(fx.intents().join(".imagefs-tmp-1-file"), b"{}").expect("tmp");
-    let trashed = fx.p(&format!("{PRIVATE}/trash/{}-x", &hex(0xdd)[..12]));
+    let trashed = fx.private("trash").join(format!("{}-x", &hex(0xdd)[..12]));
     fs::create_dir_all(trashed.join("sub")).expect("trash");
     fs::write(trashed.join("sub/rootfs.erofs"), b"x").expect("trash file");
     symlink("/etc", trashed.join("link")).expect("trash link");
@@ -63,6 +58,123 @@ fn recovery_collects_unreferenced_gc_dirs_and_keeps_referenced_ones() {
         vec![format!("{CONTENT}/{}", hex(1)), format!("l/{}", hex(9))]
     );
     assert!(fs::metadata("/etc/passwd").is_ok() || fs::metadata("/etc").is_ok());
+}
+
+/// Coarse file timestamps: a directory made again within a few milliseconds may get the
+/// same birth time; hypeman's re-pull takes far longer.
+fn later() {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+}
+
+#[test]
+fn an_intent_never_collects_a_directory_re_created_under_its_path() {
+    // Issue 9, finding 1: imagefs recorded the collection of content/7; hypeman's own GC
+    // removed the directory first, then pulled the digest again as a digest-only image
+    // (no tag, which hypeman keeps) — and again as an image pulled under a tag whose tag
+    // went. Neither is the directory the intent was written for.
+    for name in [
+        "docker.io/library/alpine@sha256:77",
+        "docker.io/library/alpine:latest",
+    ] {
+        let fx = Fx::new();
+        fx.content(7, "ready")
+            .gc_intent("0001", &format!("{CONTENT}/{}", hex(7)));
+        let dir = fx.p(&format!("{CONTENT}/{}", hex(7)));
+        fs::remove_dir_all(&dir).expect("hypeman's RemoveAll");
+        later();
+        fx.content(7, "ready");
+        let md = fs::read_to_string(dir.join("metadata.json")).expect("md");
+        let md = md.replace("\"test\"", &format!("\"{name}\""));
+        fs::write(dir.join("metadata.json"), md).expect("md");
+        let store = fx.open();
+        assert!(
+            dir.is_dir(),
+            "{name}: a re-created directory was collected at replay"
+        );
+        assert!(fx.entries("intents").is_empty(), "{name}");
+        assert_eq!(
+            snap(&store).dirs.get(&format!("{CONTENT}/{}", hex(7))),
+            Some(&0),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn replay_keeps_what_hypeman_keeps_and_what_is_not_finished() {
+    // The very directory, untagged, but (a) hypeman keeps it as digest-only, (b) its status
+    // went back to a pull in progress: kept, the intent dropped.
+    let fx = Fx::new();
+    fx.content(1, "ready").content(2, "ready");
+    let d1 = fx.p(&format!("{CONTENT}/{}", hex(1)));
+    let md = fs::read_to_string(d1.join("metadata.json")).expect("md");
+    fs::write(
+        d1.join("metadata.json"),
+        md.replace("\"test\"", "\"docker.io/library/x@sha256:11\""),
+    )
+    .expect("md");
+    fx.gc_intent("0001", &format!("{CONTENT}/{}", hex(1)))
+        .gc_intent("0002", &format!("{CONTENT}/{}", hex(2)));
+    let d2 = fx.p(&format!("{CONTENT}/{}", hex(2)));
+    let md = fs::read_to_string(d2.join("metadata.json")).expect("md");
+    fs::write(
+        d2.join("metadata.json"),
+        md.replace("\"ready\"", "\"pulling\""),
+    )
+    .expect("md");
+    let store = fx.open();
+    assert!(d1.is_dir() && d2.is_dir());
+    assert!(fx.entries("intents").is_empty());
+    drop(store);
+    // An older imagefs's record names no identity: never replayed.
+    let fx = Fx::new();
+    fx.content(3, "ready")
+        .old_gc_intent("0001", &format!("{CONTENT}/{}", hex(3)));
+    let _store = fx.open();
+    assert!(fx.has(&format!("{CONTENT}/{}", hex(3))));
+    assert!(fx.entries("intents").is_empty());
+}
+
+#[test]
+fn an_intent_whose_directory_another_writer_removed_is_simply_done() {
+    let fx = Fx::new();
+    fx.content(7, "ready")
+        .content(1, "ready")
+        .ctag("a", "one", 1)
+        .gc_intent("0001", &format!("{CONTENT}/{}", hex(7)));
+    fs::remove_dir_all(fx.p(&format!("{CONTENT}/{}", hex(7)))).expect("hypeman's RemoveAll");
+    let rec = crate::store::recover::replay(fx.root(), true).expect("replay");
+    assert!(rec.failures.is_empty(), "{:?}", rec.failures);
+    assert!(
+        rec.actions.iter().any(|a| a.contains("already gone")),
+        "{:?}",
+        rec.actions
+    );
+    assert!(fx.entries("intents").is_empty());
+    let store = fx.open();
+    assert_recovered(&fx, &store);
+}
+
+#[test]
+fn bookkeeping_inside_the_store_from_an_older_imagefs_is_moved_beside_it_at_open() {
+    // An older imagefs kept it in STORE/.imagefs/, where hypeman's listings see it.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .content(2, "ready")
+        .ctag("a", "one", 1);
+    let old = fx.p(crate::store::layout::PRIVATE);
+    fs::create_dir_all(old.join("intents")).expect("old intents");
+    fs::create_dir_all(old.join("trash/x-1/sub")).expect("old trash");
+    fs::write(old.join("trash/x-1/sub/metadata.json"), "{}").expect("trash file");
+    fs::write(old.join("lock"), "").expect("old lock");
+    symlink(format!("{CONTENT}/{}", hex(2)), old.join("intents/0001.gc")).expect("old intent");
+    let store = fx.open();
+    assert!(!old.exists(), "STORE/.imagefs left in the store");
+    // The old record was moved and dropped (no identity): content/2 kept; the trash emptied.
+    assert!(fx.has(&format!("{CONTENT}/{}", hex(2))));
+    let s = assert_recovered(&fx, &store);
+    assert_eq!(s.tags.len(), 1);
+    assert!(fx.bookkeeping().join("lock").is_file());
 }
 
 #[test]
