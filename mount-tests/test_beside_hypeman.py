@@ -187,6 +187,7 @@ def bystander_gone(hm, root, hx) -> int:
 
 
 # ==================================================================================== the race pairs
+@xfail(2, "rm of a sibling tag during legacy hypeman's remove-then-create retag collects the tagged image")
 def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys):
     """Legacy retag (remove, then create) of tag a x `rm` of sibling tag b through the mount."""
     root = store.root
@@ -222,6 +223,7 @@ def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys):
 
 
 @pytest.mark.parametrize("version", ["legacy", "content"])
+@xfail(3, "ln -s racing DeleteImage leaves dangling tags that no warning names and no metric counts")
 def test_race_delete_image_vs_ln(store, mounter, capsys, version):
     """hypeman DeleteImage (resolve, unlink, count, RemoveAll) x `ln -s` of a new tag through the mount."""
     root = store.root
@@ -658,7 +660,7 @@ def test_finding9_fsck_clean_with_tag_stage_leftover(store, mounter):
     # hypeman stopped between staging a tag and renaming it into place.
     stage = root / "repositories" / repo / ".tag-stage-4242"
     stage.mkdir()
-    os.symlink(f"../../../../../content/{hx}", stage / "u")
+    os.symlink(os.path.relpath(hm.content_dir(hx), root / "repositories" / repo), stage / "u")
     r = imagefs("fsck", "--store", root)
     assert r.returncode == 0, r.stdout + r.stderr
     mnt = mounter(store).mnt
