@@ -354,7 +354,8 @@ def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys):
         if m is True:
             c.removed_while_named += 1
     # Every digest lost both tags: someone must collect it (imagefs may wait for the store to be quiet).
-    left = [hx for hx in hs if not eventually(lambda hx=hx: not hm.content_dir(hx).exists(), timeout=5.0)]
+    eventually(lambda: not any(hm.content_dir(hx).exists() for hx in hs), timeout=5.0, step=0.1)
+    left = [hx for hx in hs if hm.content_dir(hx).exists()]
     c.extra["not-collected"] = len(left)
     # hypeman pulls each again by digest: a ready, untagged image hypeman keeps.
     for i, hx in enumerate(hs):
