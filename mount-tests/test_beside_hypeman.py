@@ -305,6 +305,8 @@ def test_race_pull_vs_listing(store, mounter, capsys, version):
                     c.races += 1
                     if name not in known:
                         wrong.append(f"digests/{name}")
+                tnames = os.listdir(T(mnt, repo)) if os.path.isdir(T(mnt, repo)) else []
+                wrong += [f"tags/{repo}/{n}" for n in tnames if n != "latest"]
                 names = os.listdir(mnt / "digests" / hx)
             except OSError:
                 continue
