@@ -506,15 +506,18 @@ def test_finding4_new_legacy_repository_with_tag_and_digest_at_once(store, mount
         f"tags/{repo}/1.0 not shown within 2 s: {os.listdir(T(mnt, repo)) if T(mnt, repo).is_dir() else 'no dir'}"
 
 
+@xfail(4, "first legacy pulls into new repositories: the tag (sorting before the digest) never shows")
 def test_finding4_first_pulls_into_new_legacy_repositories(store, mounter):
-    """The way hypeman makes them: 8 first pulls into new repositories, each tag after ready."""
+    """The way hypeman makes them: 8 first pulls into new repositories (metadata, mkfs, ready, then
+    the tag), each digest name sorting after the tag "1.0"."""
     root = store.root
     hm = Legacy(root, store.images)
     hm.pull("docker.io/library/other", "v1", manifest_hex("f4b-other"), KEYS[0])
     mnt = mounter(store).mnt
+    hs = [h for h in (manifest_hex(f"f4b-{i}") for i in range(40)) if h > "1.0"][:8]
     missing = []
-    for i in range(8):
-        repo, hx = f"docker.io/new{i}/app", manifest_hex(f"f4b-{i}")
+    for i, hx in enumerate(hs):
+        repo = f"docker.io/new{i}/app"
         hm.pull(repo, "1.0", hx, KEYS[i % 3])
         if not eventually(lambda: os.readlink(T(mnt, repo, "1.0")) == mount_target(repo, hx), timeout=2.0):
             missing.append(repo)
@@ -530,21 +533,20 @@ def test_finding5_in_use_never_yanked_by_hypeman(store, mounter):
     hm.pull(repo, "t", hx, KEYS[0])
     mnt = mounter(store).mnt
     rootfs = mnt / "digests" / hx / "rootfs"
-    want = (rootfs / "hello.txt").read_bytes()
     require(any(t.startswith("fuse") for t in mounts_at(rootfs)),
             "image trees are not mounted on their own here (needs root and the kernel's mount API)")
-    fd = os.open(rootfs / "hello.txt", os.O_RDONLY)
+    # Held by the kernel, never read before (so nothing is in the page cache): a file and a directory.
+    fd = os.open(rootfs / "bin" / "sh", os.O_RDONLY)
     dfd = os.open(rootfs / "etc", os.O_RDONLY | os.O_DIRECTORY)
     try:
         hm.delete_image(repo, "t")
         assert not hm.content_dir(hx).exists()
         assert eventually(lambda: hx not in os.listdir(mnt / "digests"), timeout=1.0)
         time.sleep(0.5)
-        got = os.pread(fd, len(want) + 10, 0)
-        assert got == want
-        assert os.listdir(dfd) == ["os-release"]
+        assert os.pread(fd, 4096, 0) == b"#!fake\n" + KEYS[0].encode() * 64
         with open(os.open("os-release", os.O_RDONLY, dir_fd=dfd), "rb") as f:
-            assert b"imagefs-test" in f.read()
+            assert f"KEY={KEYS[0]}".encode() in f.read()
+        assert os.listdir(dfd) == ["os-release"]
     finally:
         os.close(fd)
         os.close(dfd)
