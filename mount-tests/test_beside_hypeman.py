@@ -248,13 +248,19 @@ def test_race_delete_image_vs_ln(store, mounter, capsys, version):
     by = bystander(hm, root)
     mt = mounter(store, extra_args=RACE_MOUNT)
     mnt = mt.mnt
-    hm.gaps = {"unlink": GAP / 2, "count": GAP}
+    hm.gaps = {"unlink": GAP / 2, "count": 2 * GAP}
+    # hypeman's counting takes a while (content: a walk of every tag): spread the ln -s over it.
+    t0 = time.monotonic()
+    hm.count_tags_for_digest(repo, hs[0])
+    if version == "content":
+        hm.content_tag_count(hs[0])
+    jitter = 1.5 * GAP + 2 * (time.monotonic() - t0)
     c = Counts(f"{version} DeleteImage x ln -s")
     dangling_unpreventable = []
     for i, hx in enumerate(hs):
         tag = f"ln-{i:05d}-x"
         h, m, m_start, m_end = race(lambda i=i: hm.delete_image(repo, f"a{i}"),
-                           lambda hx=hx, tag=tag: os.symlink(hx, T(mnt, repo, tag)), 1.5 * GAP)
+                           lambda hx=hx, tag=tag: os.symlink(hx, T(mnt, repo, tag)), jitter)
         c.races += 1
         assert not isinstance(h, Exception), f"race {i}: DeleteImage failed: {h!r}"
         ddir = hm.content_dir(hx) if version == "content" else root / repo / hx
@@ -302,7 +308,7 @@ def test_race_pull_vs_listing(store, mounter, capsys, version):
     hm = VERSIONS[version](root, store.images)
     hm.pull("docker.io/library/seed", "v", manifest_hex(f"seed-{version}"), KEYS[0])
     mnt = mounter(store, extra_args=RACE_MOUNT).mnt
-    hm.gaps = {"metadata-tmp": GAP, "mkfs": GAP / 4, "install": GAP, "tag-stage": GAP, "pull": GAP}
+    hm.gaps = {"metadata-tmp": 5 * GAP, "mkfs": GAP / 4, "install": GAP, "tag-stage": GAP, "pull": GAP}
     n = max(1, RACES // 20)     # a pull is ~10 steps; every listing during it is a race
     hs = hexes(n, f"pull-{version}")
     known = {manifest_hex(f"seed-{version}")} | set(hs)
