@@ -361,6 +361,21 @@ def location_path(root: Path, hx: str, loc) -> Path:
     return Path(root) / "content" / hx if kind == "content" else Path(root) / repo / hx
 
 
+def eventually(pred, timeout=1.0, step=0.02, ignore=()):
+    """Polls pred until it holds (True) or timeout seconds pass (False); exceptions of the kinds in
+    ignore count as "not yet" (a file read while another writer replaces it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if pred():
+                return True
+        except ignore:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+
+
 def bookkeeping(root) -> Path:
     """imagefs's bookkeeping directory (lock, intents/, trash/, import/) of the store at root:
     beside it, <parent>/.imagefs-<name>, out of hypeman's listings; STORE/.imagefs only where

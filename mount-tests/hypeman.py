@@ -196,6 +196,17 @@ class _Base:
         m.update(extra)
         return m
 
+    def count_tags_for_digest(self, repo, hx) -> int:
+        """countTagsForDigest (both versions): the tags of `repo` that resolve to `hx`."""
+        n = 0
+        for tag in self.list_tags(repo):
+            try:
+                if self.resolve_tag(repo, tag) == hx:
+                    n += 1
+            except (NotFound, ValueError):
+                continue
+        return n
+
 
 # =====================================================================================================
 class Legacy(_Base):
@@ -253,16 +264,6 @@ class Legacy(_Base):
             except OSError:
                 pass
         return out
-
-    def count_tags_for_digest(self, repo, hx) -> int:
-        n = 0
-        for tag in self.list_tags(repo):
-            try:
-                if self.resolve_tag(repo, tag) == hx:
-                    n += 1
-            except (NotFound, ValueError):
-                continue
-        return n
 
     # -- manager.go
     def pull(self, repo, tag, hx, key, *, stop_after: str | None = None) -> str:
@@ -495,16 +496,6 @@ class Content(_Base):
                     seen.add(n)
                     out.append(n)
         return out
-
-    def count_tags_for_digest(self, repo, hx) -> int:
-        n = 0
-        for tag in self.list_tags(repo):
-            try:
-                if self.resolve_tag(repo, tag) == hx:
-                    n += 1
-            except (NotFound, ValueError):
-                pass
-        return n
 
     def content_tag_count(self, hx) -> int:
         """Walk every tag under repositories/ (filepath.Walk: no symlink followed)."""

@@ -26,12 +26,14 @@ import os
 import random
 import re
 import threading
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+import helpers
 from helpers import (bookkeeping, gc_intent, imagefs_bin, mount_target, mounts_at, require, scan_store, sh,
                      wait_trash_empty)
 from hypeman import Content, Legacy, NotFound, manifest_hex, normalize_repo, phantoms
@@ -51,19 +53,7 @@ def xfail(n: int, why: str):
     return pytest.mark.xfail(strict=True, reason=f"issue 9 finding {n}: {why}")
 
 
-def eventually(pred, timeout=1.0, step=0.01):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            if pred():
-                return True
-        except OSError:
-            pass
-        time.sleep(step)
-    try:
-        return bool(pred())
-    except OSError:
-        return False
+eventually = functools.partial(helpers.eventually, step=0.01, ignore=OSError)
 
 
 def T(mnt, repo, tag=None) -> Path:

@@ -1,8 +1,8 @@
 """imagefs's GC and bookkeeping next to the real hypeman (issue 9, findings 1 and 6).
 
 hypeman is played with plain file operations, as HYPEMAN.md describes it: its listings walk the
-whole store (both versions, re-implemented below from lib/images/storage.go `listAllTags` and
-storage_refs.go `listAllMetadata`), its own GC `RemoveAll`s a digest directory without any lock,
+whole store (both versions, as `hypeman.py` re-implements them from lib/images/storage.go
+`listAllTags` and storage_refs.go `listAllMetadata`), its own GC `RemoveAll`s a digest directory without any lock,
 and a pull by digest leaves a ready image no tag names, which hypeman keeps.
 
 - Finding 6: while an image collected through the mount is kept for its users (in the trash), and
@@ -24,154 +24,21 @@ import time
 from pathlib import Path
 
 from helpers import bookkeeping, imagefs_bin, require, sh, trash_entries, wait_trash_empty
+from hypeman import Content, Legacy
 from rootfs_tree import wait_until
 
 
-# ------------------------------------------------------------------ hypeman's listings, re-implemented
-
-def _walk(images: Path):
-    """filepath.Walk: lexical order, lstat, descends into every directory, never follows a symlink."""
-    out = []
-
-    def rec(p: Path):
-        out.append(p)
-        if p.is_dir() and not p.is_symlink():
-            try:
-                names = sorted(os.listdir(p))
-            except OSError:
-                return
-            for n in names:
-                rec(p / n)
-
-    rec(images)
-    return out
-
-
-def _exists(p: Path) -> bool:  # os.Stat: follows symlinks
-    return os.path.exists(p)
-
-
-def _status(md: Path):
-    try:
-        return json.loads(md.read_bytes()).get("status")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _read_at(d: Path):
-    """readMetadataAt: the metadata of the directory d, or None (a ready image needs its disk)."""
-    try:
-        meta = json.loads((d / "metadata.json").read_bytes())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict):
-        return None
-    if meta.get("status") == "ready" and not _exists(d / "rootfs.erofs"):
-        return None
-    return meta
-
-
-def _join(images: Path, *parts: str) -> Path:
-    return Path(os.path.normpath(os.path.join(images, *parts)))
-
-
-def _resolve(images: Path, repository: str, hx: str) -> Path:
-    """resolveImageLayout (content version): which directory readMetadata reads."""
-    legacy = _join(images, repository, hx)
-    content = _join(images, "content", hx)
-    if _exists(legacy / "metadata.json") and _exists(legacy / "rootfs.erofs"):
-        if _status(content / "metadata.json") != "ready":
-            return legacy
-    if _exists(content / "metadata.json") or _exists(content / "rootfs.erofs"):
-        return content
-    if _exists(legacy / "metadata.json"):
-        return legacy
-    return content
-
+# ------------------------------------------------------------------ hypeman's listings
 
 def content_listing(images: Path) -> list[tuple[str, str]]:
-    """ListImages of the content-addressed hypeman (storage_refs.go listAllMetadata): (name, directory
-    the metadata was read from) per image."""
-    images = Path(images)
-    seen, content_digests, tagged, tagged_content = set(), [], set(), set()
-    refs, seen_refs, metas = [], set(), []
-    for p in _walk(images):
-        rel = os.path.relpath(p, images)
-        parts = rel.split(os.sep)
-        is_link = p.is_symlink()
-        is_dir = not is_link and p.is_dir()
-        if parts[0] == "content":
-            if not is_dir and p.name == "metadata.json":
-                if p.parent.name not in content_digests:
-                    content_digests.append(p.parent.name)
-            continue
-        if is_link:
-            try:
-                hx = os.path.basename(os.readlink(p))
-            except OSError:
-                continue
-            if len(parts) > 1 and parts[0] == "repositories":
-                repository, tag = "/".join(parts[1:-1]), parts[-1]
-            else:
-                repository, tag = os.path.dirname(rel) or ".", p.name
-            key = f"{repository}:{tag}"
-            if key in seen:
-                continue
-            d = _resolve(images, repository, hx)
-            if _read_at(d) is None:
-                continue
-            seen.add(key)
-            tagged.add(f"{repository}@{hx}")
-            tagged_content.add(hx)
-            metas.append((key, str(d)))
-        elif not is_dir and p.name == "metadata.json":
-            hx = p.parent.name
-            repository = os.path.relpath(p.parent.parent, images)
-            key = f"{repository}@{hx}"
-            if key not in seen_refs:
-                seen_refs.add(key)
-                refs.append((repository, hx))
-    seen_digests = set()
-    for repository, hx in refs:
-        if f"{repository}@{hx}" in tagged:
-            continue
-        key = f"{repository}@{hx}"
-        if key not in seen:
-            d = _resolve(images, repository, hx)
-            meta = _read_at(d)
-            if meta is not None:
-                seen.add(key)
-                metas.append((str(meta.get("name")), str(d)))
-        seen_digests.add(hx)
-    for hx in content_digests:
-        if hx in tagged_content or hx in seen_digests or f"@{hx}" in seen:
-            continue
-        d = images / "content" / hx
-        meta = _read_at(d)
-        if meta is not None:
-            seen.add(f"@{hx}")
-            metas.append((str(meta.get("name")), str(d)))
-    return metas
+    """ListImages of the content-addressed hypeman (hypeman.Content, from storage_refs.go
+    listAllMetadata): (name, digest directory) of every entry."""
+    return [(i.name, str(Path(i.source).parent)) for i in Content(images, None).list_images()]
 
 
 def legacy_listing(images: Path) -> list[tuple[str, str]]:
-    """ListImages of the legacy hypeman (storage.go listAllTags): every symlink under images/ is a tag
-    naming <its directory>/<link text>."""
-    images = Path(images)
-    metas = []
-    for p in _walk(images):
-        if not p.is_symlink():
-            continue
-        try:
-            hx = os.readlink(p)
-        except OSError:
-            continue
-        repository = os.path.relpath(p.parent, images)
-        d = _join(images, repository, hx)
-        meta = _read_at(d)
-        if meta is not None:
-            metas.append((str(meta.get("name")), str(d)))
-    return metas
+    """ListImages of the legacy hypeman (hypeman.Legacy, from storage.go listAllTags)."""
+    return [(i.name, str(Path(i.source).parent)) for i in Legacy(images, None).list_images()]
 
 
 def phantoms(root: Path, real_dirs: set[Path]) -> list[str]:

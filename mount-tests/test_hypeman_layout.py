@@ -16,24 +16,18 @@ import json
 import os
 import shutil
 import tempfile
+import functools
 import time
 from pathlib import Path
 
+import helpers
 from helpers import imagefs_bin, sh
 
 WITHIN = 1.5
 
 
-def eventually(pred, timeout=WITHIN):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        try:
-            if pred():
-                return True
-        except (OSError, ValueError, KeyError):
-            pass  # not there yet, or read while being replaced
-        time.sleep(0.02)
-    return pred()
+# Not there yet, or read while being replaced.
+eventually = functools.partial(helpers.eventually, timeout=WITHIN, ignore=(OSError, ValueError, KeyError))
 
 
 def manifest_hex(key: str) -> str:

@@ -20,21 +20,17 @@ import os
 import re
 import shutil
 import threading
+import functools
 import time
 from pathlib import Path
 
+import helpers
 from helpers import expect_errno, imagefs_bin, sh
 
 WITHIN = 1.0
 
 
-def eventually(pred, timeout=WITHIN):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
+eventually = functools.partial(helpers.eventually, timeout=WITHIN)
 
 
 def T(mnt, repo, tag=None):

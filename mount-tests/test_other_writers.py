@@ -2,20 +2,16 @@
 in the mount within a second, with the kernel's caches dropped; eager GC never removes a
 digest another writer tagged meanwhile; imagefs never collects on their behalf."""
 import os
+import functools
 import time
 
+import helpers
 from helpers import flock_store
 
 WITHIN = 1.0
 
 
-def eventually(pred, timeout=WITHIN):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
+eventually = functools.partial(helpers.eventually, timeout=WITHIN)
 
 
 def T(mnt, repo, tag):

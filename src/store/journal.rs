@@ -545,12 +545,14 @@ mod tests {
         // The longest content-layout record still fits in an ext4 inode (fast symlink).
         let t = std::fs::read_link(&p1).expect("readlink");
         assert!(t.as_os_str().len() <= 60, "{t:?}");
-        let got: Vec<_> = j
-            .pending()
-            .expect("pending")
-            .into_iter()
-            .map(|x| x.1)
-            .collect();
+        let pending = || -> Vec<_> {
+            j.pending()
+                .expect("pending")
+                .into_iter()
+                .map(|x| x.1)
+                .collect()
+        };
+        let got = pending();
         assert!(
             got.contains(&Some(gc)) && got.contains(&Some(mv)) && got.contains(&Some(lgc)),
             "{got:?}"
@@ -558,12 +560,7 @@ mod tests {
         // An older version's record is read without an identity.
         let old = format!("{CONTENT}/{hex}");
         std::os::unix::fs::symlink(&old, j.intents().join("0001-old.gc")).expect("old");
-        let got: Vec<_> = j
-            .pending()
-            .expect("pending")
-            .into_iter()
-            .map(|x| x.1)
-            .collect();
+        let got = pending();
         assert!(
             got.contains(&Some(Intent::Gc { dir: old, id: None })),
             "{got:?}"
