@@ -343,9 +343,9 @@ def test_oci_uncompressed_layers_and_nested_index(workdir, mounter):
                                 "manifests": [arm, amd, attest]}).encode(), MT_INDEX)
     o.index([nested])
     store = new_store(workdir)
-    hx = imported(store, "multi/arch:latest", o.root)
+    hx = imported(store, "docker.io/multi/arch:latest", o.root)
     assert hx == amd["digest"].split(":")[1], "the linux/amd64 manifest is chosen"
-    meta = check_store(store, "multi/arch", "latest", hx)
+    meta = check_store(store, "docker.io/multi/arch", "latest", hx)
     assert meta.get("platform") == "linux/amd64"
     m = mount(mounter, store)
     check_merged_tree(rootfs_of(m, hx))
@@ -354,18 +354,18 @@ def test_oci_uncompressed_layers_and_nested_index(workdir, mounter):
 def test_docker_save_import(workdir, mounter):
     tarball = build_docker_save(workdir / "save.tar")
     store = new_store(workdir)
-    hx = imported(store, "test/save:1", tarball)
+    hx = imported(store, "docker.io/test/save:1", tarball)
     # no manifest blob in a legacy docker save: named by the image bytes
     assert hx == sha256_file(store / "content" / hx / "rootfs.erofs")
-    meta = check_store(store, "test/save", "1", hx)
+    meta = check_store(store, "docker.io/test/save", "1", hx)
     assert meta["entrypoint"] == ["/usr/bin/tool"] and meta["working_dir"] == "/opt"
     # the same layers give the same image bytes as the OCI import
     layout, _ = build_oci(workdir / "oci")
-    oci_hex = imported(store, "test/oci:1", layout)
+    oci_hex = imported(store, "docker.io/test/oci:1", layout)
     assert sha256_file(store / "content" / oci_hex / "rootfs.erofs") == hx
     # a gzip-compressed docker save works too, and is the same image
     gz_tarball = build_docker_save(workdir / "save.tar.gz", compress=True)
-    assert imported(store, "test/save:gz", gz_tarball) == hx
+    assert imported(store, "docker.io/test/save:gz", gz_tarball) == hx
     m = mount(mounter, store)
     check_merged_tree(rootfs_of(m, hx))
 
@@ -395,19 +395,19 @@ def comparable(desc: dict) -> dict:
 def test_directory_tar_and_erofs_import(workdir, mounter):
     src = make_dir_tree(workdir / "tree")
     store = new_store(workdir)
-    hx = imported(store, "local/dir:1", src)
+    hx = imported(store, "docker.io/local/dir:1", src)
     assert hx == sha256_file(store / "content" / hx / "rootfs.erofs")
-    check_store(store, "local/dir", "1", hx)
+    check_store(store, "docker.io/local/dir", "1", hx)
 
     # the same tree as a tar.gz (detected by magic, whatever its name) is the same image
     tgz = workdir / "tree.bin"
     with tarfile.open(tgz, "w:gz") as t:
         t.add(src, arcname=".")
-    assert imported(store, "local/tgz:1", tgz) == hx
+    assert imported(store, "docker.io/local/tgz:1", tgz) == hx
     plain = workdir / "tree.tar"
     with tarfile.open(plain, "w") as t:
         t.add(src, arcname=".")
-    assert imported(store, "local/tar:1", plain) == hx
+    assert imported(store, "docker.io/local/tar:1", plain) == hx
 
     # an existing erofs image (uncompressed, own uuid) is used as is
     img = workdir / "other.img"
@@ -416,7 +416,7 @@ def test_directory_tar_and_erofs_import(workdir, mounter):
     (other / "x" / "y").write_text("erofs as is\n")
     r = sh("mkfs.erofs", "-T0", img, other)
     assert r.returncode == 0, r.stderr
-    ehx = imported(store, "local/erofs:1", img)
+    ehx = imported(store, "docker.io/local/erofs:1", img)
     assert ehx == sha256_file(img)
     assert (store / "content" / ehx / "rootfs.erofs").read_bytes() == img.read_bytes()
 
@@ -435,24 +435,24 @@ def test_directory_tar_and_erofs_import(workdir, mounter):
 def test_same_input_same_digest_stored_once(workdir):
     layout, _ = build_oci(workdir / "oci")
     store = new_store(workdir)
-    r1 = run_import(store, "r/img:a", layout)
-    r2 = run_import(store, "r/img:b", layout)
+    r1 = run_import(store, "docker.io/r/img:a", layout)
+    r2 = run_import(store, "docker.io/r/img:b", layout)
     assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
     h1, h2 = (r.stdout.split("sha256:")[1].split()[0] for r in (r1, r2))
     assert h1 == h2
     assert "already in the store" in r2.stdout and "already" not in r1.stdout
     assert [p.name for p in (store / "content").iterdir()] == [h1]
     for t in ("a", "b"):
-        check_store(store, "r/img", t, h1, first_ref="r/img:a")
+        check_store(store, "docker.io/r/img", t, h1, first_ref="docker.io/r/img:a")
     # a layout rebuilt from scratch, into another store: identical image bytes
     layout2, _ = build_oci(workdir / "oci2")
     store2 = new_store(workdir, "store2")
-    assert imported(store2, "r/img:a", layout2) == h1
+    assert imported(store2, "docker.io/r/img:a", layout2) == h1
     assert sha256_file(store2 / "content" / h1 / "rootfs.erofs") == sha256_file(store / "content" / h1 / "rootfs.erofs")
     # directories too
     src = make_dir_tree(workdir / "tree")
-    d1 = imported(store, "r/dir:1", src)
-    d2 = imported(store2, "r/dir:1", src)
+    d1 = imported(store, "docker.io/r/dir:1", src)
+    d2 = imported(store2, "docker.io/r/dir:1", src)
     assert d1 == d2
 
 
@@ -462,26 +462,46 @@ def test_retag_moves_the_tag_and_a_legacy_twin(workdir):
     b = workdir / "b"
     b.mkdir()
     (b / "only-b").write_text("b")
-    ha = imported(store, "x/y:t", a)
-    hb = imported(store, "x/y:t", b)
+    ha = imported(store, "docker.io/x/y:t", a)
+    hb = imported(store, "docker.io/x/y:t", b)
     assert ha != hb
-    check_store(store, "x/y", "t", hb)
+    check_store(store, "docker.io/x/y", "t", hb)
     # the old image is not collected by import (imagefs gc does that)
     assert (store / "content" / ha).is_dir()
     # a legacy-layout tag of the same name is replaced by the content-layout one
-    (store / "x" / "y").mkdir(parents=True)
-    os.symlink(ha, store / "x" / "y" / "old")
-    hc = imported(store, "x/y:old", b)
-    assert hc == hb and not os.path.lexists(store / "x" / "y" / "old")
-    check_store(store, "x/y", "old", hb, first_ref="x/y:t")
+    legacy = store / "docker.io" / "x" / "y"
+    legacy.mkdir(parents=True)
+    os.symlink(ha, legacy / "old")
+    hc = imported(store, "docker.io/x/y:old", b)
+    assert hc == hb and not os.path.lexists(legacy / "old")
+    check_store(store, "docker.io/x/y", "old", hb, first_ref="docker.io/x/y:t")
+
+
+def test_references_are_stored_as_hypeman_names_them(workdir):
+    """`--tag alpine:1` is docker.io/library/alpine:1, where hypeman looks (docker's normalization)."""
+    from hypeman import Content
+    src = make_dir_tree(workdir / "tree")
+    store = new_store(workdir)
+    for given, repo, tag in [("alpine:1", "docker.io/library/alpine", "1"),
+                             ("myuser/app", "docker.io/myuser/app", "latest"),
+                             ("index.docker.io/library/alpine:2", "docker.io/library/alpine", "2"),
+                             ("localhost:5000/a/b:3", "localhost:5000/a/b", "3")]:
+        r = run_import(store, given, src)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"{repo}:{tag} sha256:"), r.stdout
+        hx = r.stdout.split("sha256:")[1].split()[0]
+        check_store(store, repo, tag, hx, first_ref="docker.io/library/alpine:1")
+        assert Content(store, None).get_image(repo, tag)["digest"] == f"sha256:{hx}"
+    assert not (store / "repositories" / "alpine").exists()
+    assert not (store / "repositories" / "myuser").exists()
 
 
 def test_import_while_mounted(workdir, mounter):
     store = new_store(workdir)
     m = mount(mounter, store)
     src = make_dir_tree(workdir / "tree")
-    hx = imported(store, "live/img:1", src)
-    check_store(store, "live/img", "1", hx)
+    hx = imported(store, "docker.io/live/img:1", src)
+    check_store(store, "docker.io/live/img", "1", hx)
     m.stop()
     m2 = mount(mounter, store)
     assert comparable(describe(rootfs_of(m2, hx))) == comparable(describe(src))
@@ -566,7 +586,7 @@ def test_bad_inputs(workdir):
                                    ("up", "symlink", 0o777, {"target": "../../../../../.."})]),
                          make_tar([("out/planted", "file", 0o644, {"data": b"x"}),
                                    (f"up{victim}/planted2", "file", 0o644, {"data": b"y"})])], CONFIG)])
-    hx = imported(store, "safe/img:1", o.root)
+    hx = imported(store, "docker.io/safe/img:1", o.root)
     assert not any(victim.iterdir()), list(victim.iterdir())
 
 
@@ -603,10 +623,10 @@ def test_progress_only_on_a_terminal(workdir):
 def test_leftovers_of_a_killed_import_are_swept(workdir):
     store = new_store(workdir)
     src = make_dir_tree(workdir / "tree")
-    imported(store, "s/w:1", src)
+    imported(store, "docker.io/s/w:1", src)
     stale = bookkeeping(store) / "import" / "dead-import"
     (stale / "rootfs" / "etc").mkdir(parents=True)
     (stale / "rootfs" / "etc" / "f").write_text("left by kill -9")
-    imported(store, "s/w:2", src)
+    imported(store, "docker.io/s/w:2", src)
     assert not stale.exists()
     assert not list((bookkeeping(store) / "import").iterdir())

@@ -23,8 +23,9 @@
 //! names pulled images; everything else (directories, tars, erofs images, and legacy
 //! `docker save` archives, which carry no manifest blob) by the sha256 of `rootfs.erofs`.
 //!
-//! References: `--tag REPO:TAG` is taken literally (no `docker.io/library/` is added), so
-//! the tag shows in the mount under exactly the name given; `:TAG` defaults to `latest`.
+//! References: `--tag REPO:TAG` is normalized as docker and hypeman normalize it (`alpine`
+//! is `docker.io/library/alpine`, [`names::normalize_repo`]), so hypeman finds the tag where it
+//! looks; `:TAG` defaults to `latest`. The output names the reference as stored.
 //!
 //! No unsafe code: every syscall goes through nix's or rustix's safe wrappers.
 
@@ -132,8 +133,10 @@ impl Progress {
     }
 }
 
-/// Splits `REPO[:TAG]` and checks both against the store's grammar. The tag separator is
-/// the last `:` after the last `/` (a registry host may carry a `:port`).
+/// Splits `REPO[:TAG]`, checks both against the store's grammar and returns the repository
+/// in the form hypeman stores it ([`names::normalize_repo`]: `alpine` is
+/// `docker.io/library/alpine`). The tag separator is the last `:` after the last `/` (a
+/// registry host may carry a `:port`).
 pub fn parse_reference(reference: &str) -> std::result::Result<(String, String), String> {
     if reference.contains('@') {
         return Err("a digest reference (REPO@sha256:...) cannot be a tag; give REPO:TAG".into());
@@ -159,8 +162,16 @@ pub fn parse_reference(reference: &str) -> std::result::Result<(String, String),
             ));
         }
     }
+    let repo = names::normalize_repo(repo);
+    // The normalized name is checked too: `docker.io/library/` adds 18 bytes.
+    if repo.len() > names::MAX_REPO_LEN {
+        return Err(format!(
+            "repository {repo:?} is longer than {} bytes",
+            names::MAX_REPO_LEN
+        ));
+    }
     match names::check_tag(tag.as_bytes()) {
-        Ok(_) => Ok((repo.to_string(), tag.to_string())),
+        Ok(_) => Ok((repo, tag.to_string())),
         Err(NameError::TooLong) => Err(format!(
             "tag {tag:?} is longer than {} bytes",
             names::MAX_TAG_LEN
@@ -415,8 +426,15 @@ mod tests {
     #[test]
     fn references() {
         for (r, repo, tag) in [
-            ("alpine", "alpine", "latest"),
-            ("alpine:3.20", "alpine", "3.20"),
+            ("alpine", "docker.io/library/alpine", "latest"),
+            ("alpine:3.20", "docker.io/library/alpine", "3.20"),
+            ("myuser/app:1", "docker.io/myuser/app", "1"),
+            ("docker.io/alpine:1", "docker.io/library/alpine", "1"),
+            (
+                "index.docker.io/library/alpine:1",
+                "docker.io/library/alpine",
+                "1",
+            ),
             (
                 "docker.io/library/alpine:latest",
                 "docker.io/library/alpine",
