@@ -47,7 +47,7 @@ impl Store {
             "{}: last tag removed; not collected now: another writer took a tag away from it \
              {} ms ago (a retag in progress, as legacy hypeman's remove-then-create); \
              retried once no other writer has untagged it for {} ms, and kept if a tag \
-             names it again",
+             names it again (should the mount end first, `imagefs gc` collects it)",
             key.rel_path().display(),
             ago.as_millis(),
             quiet.unwrap_or_default().as_millis()
@@ -133,17 +133,5 @@ impl Store {
             }
         }
         done
-    }
-
-    /// Says, when the store closes, which deferred collections were not done.
-    pub(super) fn log_deferred_left(&self) {
-        let left = self.deferred.lock();
-        for key in left.keys() {
-            info!(
-                "{}: its deferred collection was not done before the store closed; the \
-                 untagged directory stays (`imagefs gc` collects it)",
-                key.rel_path().display()
-            );
-        }
     }
 }

@@ -26,7 +26,9 @@
 //! # Invariants
 //!
 //! - A digest directory exists iff a tag names it, or it was never tagged, or it is not
-//!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable).
+//!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable), or its
+//!   collection is deferred because another writer untagged it moments ago ([`deferred`]:
+//!   for one to two seconds, while the mount runs).
 //! - A tag is installed by an atomic rename and only ever names an existing, `ready`
 //!   digest directory; the readiness check and the install happen under the lock, so a tag
 //!   can never be created for a directory that GC is removing.
@@ -163,12 +165,6 @@ pub struct Store {
     /// ([`deferred`]).
     deferred: Mutex<std::collections::HashMap<DirKey, journal::DirId>>,
     pub stats: GcStats,
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        self.log_deferred_left();
-    }
 }
 
 /// Held for the whole of a change: the in-process mutex and the store's `flock`.
