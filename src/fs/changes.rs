@@ -210,6 +210,8 @@ impl ImageFs {
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
                     self.digests_changed.raise();
                 }
+                // A deferred collection done by the store's retry: as our own.
+                Change::Collected(c) => self.collected(std::slice::from_ref(&c)),
                 // The store logged it and took the tag out of the index (its Tag change
                 // follows); the metrics count it until the tag leaves the store.
                 Change::Dangling { repo, tag, dir } => {

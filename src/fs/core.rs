@@ -499,6 +499,10 @@ impl ImageFs {
             collections: self.store.stats.collections.load(Relaxed),
             bytes_reclaimed: self.store.stats.bytes_reclaimed.load(Relaxed),
             in_use_only,
+            gc_deferred: self.store.stats.gc_deferred.load(Relaxed),
+            gc_deferred_collected: self.store.stats.gc_deferred_collected.load(Relaxed),
+            gc_deferred_dropped: self.store.stats.gc_deferred_dropped.load(Relaxed),
+            gc_deferred_waiting: self.store.deferred_gc_count(),
             dangling: self.metrics.dangling_now(|repo, tag, dir| {
                 store::still_dangling(self.store.root(), repo, tag, dir)
             }),

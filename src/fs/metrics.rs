@@ -107,6 +107,12 @@ pub struct Gauges {
     pub bytes_reclaimed: u64,
     /// Collected images still served because the kernel holds their inodes.
     pub in_use_only: usize,
+    /// Collections put off because another writer had just changed the image's tags, and
+    /// their outcomes so far; those still waiting.
+    pub gc_deferred: u64,
+    pub gc_deferred_collected: u64,
+    pub gc_deferred_dropped: u64,
+    pub gc_deferred_waiting: usize,
     /// Dangling tags found by the watcher that the store still holds
     /// ([`Metrics::dangling_now`]).
     pub dangling: usize,
@@ -194,6 +200,30 @@ impl Metrics {
             g.in_use_only as u64,
         );
         metric(
+            "imagefs_gc_deferred_total",
+            "counter",
+            "Collections put off because another writer had changed the image's tags within the last second (a retag in progress).",
+            g.gc_deferred,
+        );
+        metric(
+            "imagefs_gc_deferred_collected_total",
+            "counter",
+            "Deferred collections done by a retry once no tag had come back.",
+            g.gc_deferred_collected,
+        );
+        metric(
+            "imagefs_gc_deferred_dropped_total",
+            "counter",
+            "Deferred collections dropped, the directory kept: a tag named it again, it went, or it was no longer collectable.",
+            g.gc_deferred_dropped,
+        );
+        metric(
+            "imagefs_gc_deferred",
+            "gauge",
+            "Deferred collections waiting for the store to be quiet.",
+            g.gc_deferred_waiting as u64,
+        );
+        metric(
             "imagefs_dangling_tags",
             "gauge",
             "Tags in the store naming a digest directory another writer removed (hidden from the mount; imagefs fsck --repair removes them).",
@@ -247,6 +277,10 @@ mod tests {
             collections: 0,
             bytes_reclaimed: 0,
             in_use_only: 0,
+            gc_deferred: 0,
+            gc_deferred_collected: 0,
+            gc_deferred_dropped: 0,
+            gc_deferred_waiting: 0,
             dangling,
         };
         let text = m.render(&g(m.dangling_now(|_, _, _| true)));

@@ -112,11 +112,12 @@ impl ImageFs {
                         nix::poll::PollFlags::POLLIN,
                     )];
                     // Woken by events, or every REVISIT while tags wait for their digest
-                    // directory (they are re-read then: see store::watch).
+                    // directory (they are re-read then: see store::watch) or collections
+                    // wait for the store to be quiet (retried then: see store::deferred).
                     let timeout = nix::poll::PollTimeout::try_from(crate::store::watch::REVISIT)
                         .unwrap_or(nix::poll::PollTimeout::MAX);
                     match nix::poll::poll(&mut pfd, timeout) {
-                        Ok(0) if !fs.store.has_pending_tags() => continue,
+                        Ok(0) if !fs.store.needs_revisit() => continue,
                         Ok(0) => {}
                         Ok(_) | Err(nix::errno::Errno::EINTR) => {
                             // Let a burst of changes settle, then apply it in one go.

@@ -17,6 +17,12 @@
 //!    trash until its last user goes ([`super::InUse`]);
 //! 5. the intent is removed.
 //!
+//! A directory another writer took a tag away from moments ago is not collected at once
+//! ([`LastRef::Defer`]): legacy hypeman retags by removing the old link and then creating
+//! the new one, and a last reference seen in that gap is not the last. The tag change goes
+//! through; the collection is retried once the store is quiet, through the same steps, and
+//! dropped if a tag came back (`deferred.rs`).
+//!
 //! A crash before 3 leaves the directory in the store and the intent: the next mount (or
 //! `imagefs fsck --repair`) collects it only if it is still the very directory the intent
 //! was written for (same identity: a directory hypeman removed and pulled again under the
@@ -157,10 +163,21 @@ pub fn judge(
     id: Option<&DirId>,
 ) -> std::result::Result<DirKey, Stale> {
     let key = DirKey::from_rel_path(dir).ok_or(Stale::Malformed)?;
-    if !ix.has_dir(&key) {
+    judge_key(root, ix, &key, id)?;
+    Ok(key)
+}
+
+/// [`judge`] for a directory already named by its key (a deferred collection's).
+pub(super) fn judge_key(
+    root: &Path,
+    ix: &Index,
+    key: &DirKey,
+    id: Option<&DirId>,
+) -> std::result::Result<(), Stale> {
+    if !ix.has_dir(key) {
         return Err(Stale::Gone);
     }
-    if ix.refs(&key).unwrap_or(0) > 0 {
+    if ix.refs(key).unwrap_or(0) > 0 {
         return Err(Stale::Tagged);
     }
     let id = id.ok_or(Stale::NoIdentity)?;
@@ -180,7 +197,7 @@ pub fn judge(
     if digest_only(&md) {
         return Err(Stale::DigestOnly);
     }
-    Ok(key)
+    Ok(())
 }
 
 /// Does hypeman keep this image without a tag? Its `name` is a digest reference
@@ -286,10 +303,22 @@ pub(super) fn replay(
     Ok(trashed_now)
 }
 
+/// What becomes of a collectable directory whose last reference a change is about to drop.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum LastRef {
+    /// Collected after the tag change: the GC intent is recorded (step 1).
+    Collect(PathBuf),
+    /// Not now: another writer took a tag away from it this long ago (within
+    /// [`super::watch::QUIET`]): put on the deferred list after the tag change, with its
+    /// identity, and retried once the store is quiet (`deferred.rs`).
+    Defer(DirId, std::time::Duration),
+}
+
 impl Store {
     /// Step 1, before a change that may drop the last reference to `key`: if it is the last
-    /// one and the directory is collectable, records the GC intent and returns it.
-    pub(super) fn gc_intent_if_last(&self, key: &DirKey) -> Result<Option<PathBuf>> {
+    /// one and the directory is collectable, records the GC intent (or, if another writer
+    /// changed its tags moments ago, decides to defer the collection).
+    pub(super) fn gc_intent_if_last(&self, key: &DirKey) -> Result<Option<LastRef>> {
         if self.index().refs(key).unwrap_or(0) > 1 {
             return Ok(None);
         }
@@ -311,30 +340,52 @@ impl Store {
                 return Ok(None);
             }
         }
+        if let Some(ago) = self.untagged_by_other_writer(key) {
+            let path = self.root.join(key.rel_path());
+            return match DirId::of(&path) {
+                Ok(id) => Ok(Some(LastRef::Defer(id, ago))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).ctx(|| path.display().to_string()),
+            };
+        }
         match record_intent(&self.journal, &self.root, key) {
-            Ok(rec) => Ok(Some(rec)),
+            Ok(rec) => Ok(Some(LastRef::Collect(rec))),
             // Removed by another writer since its status was read: nothing to collect.
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).ctx(|| format!("journal {}", self.journal.dir.display())),
         }
     }
 
-    /// Step 5, or the intent's removal when the change failed.
-    pub(super) fn drop_intent(&self, intent: Option<PathBuf>) {
-        if let Some(rec) = intent
-            && let Err(e) = self.journal.done(&rec)
-        {
+    /// When the change failed: the intent's removal (a deferral is simply forgotten).
+    pub(super) fn drop_intent(&self, intent: Option<LastRef>) {
+        if let Some(LastRef::Collect(rec)) = intent {
+            self.intent_done(&rec);
+        }
+    }
+
+    /// Step 5.
+    fn intent_done(&self, rec: &Path) {
+        if let Err(e) = self.journal.done(rec) {
             warn!("{}: {e}", rec.display());
         }
     }
 
     /// Steps 3 to 5, after the tag change: moves the unreferenced directory into the trash
-    /// and deletes it. A failure here is logged, not returned: the tag change already
-    /// happened, and the intent stays for the next mount to finish.
-    pub(super) fn finish_gc(&self, intent: Option<PathBuf>, key: &DirKey) -> Option<Collected> {
-        let rec = intent?;
+    /// and deletes it; or puts a deferred collection on the list. A failure here is logged,
+    /// not returned: the tag change already happened, and the intent stays for the next
+    /// mount to finish.
+    pub(super) fn finish_gc(&self, intent: Option<LastRef>, key: &DirKey) -> Option<Collected> {
+        let rec = match intent? {
+            LastRef::Collect(rec) => rec,
+            LastRef::Defer(id, ago) => {
+                if self.index().refs(key).unwrap_or(0) == 0 {
+                    self.defer_gc(key, id, ago);
+                }
+                return None;
+            }
+        };
         if self.index().refs(key).unwrap_or(0) > 0 {
-            self.drop_intent(Some(rec));
+            self.intent_done(&rec);
             return None;
         }
         let trashed = match trash(&self.journal, &self.root, key) {
@@ -343,7 +394,7 @@ impl Store {
                 // hypeman's own GC (or another writer) removed it meanwhile: the collection
                 // is done. The watcher brings the index up to date, as for any change of
                 // another writer.
-                self.drop_intent(Some(rec));
+                self.intent_done(&rec);
                 info!(
                     "collect {}: already removed by another writer; nothing left to do",
                     key.rel_path().display()
@@ -359,6 +410,7 @@ impl Store {
             }
         };
         self.index.write().remove_dir(key);
+        self.forget_deferred(key);
         self.stats.collections.fetch_add(1, Relaxed);
         let digest = key.digest();
         let digest_gone = self.index().dirs_of(&digest).next().is_none();
@@ -375,7 +427,7 @@ impl Store {
                 .get()
                 .is_some_and(|u| u.retain(&digest, &trashed))
         {
-            self.drop_intent(Some(rec));
+            self.intent_done(&rec);
             info!(
                 "collected {} from the store; still in use through the mount, kept in {} until its last user goes",
                 key.rel_path().display(),
@@ -395,7 +447,7 @@ impl Store {
             }
         }
         self.stats.bytes_reclaimed.fetch_add(done.bytes, Relaxed);
-        self.drop_intent(Some(rec));
+        self.intent_done(&rec);
         info!(
             "collected {} (last tag removed, {} bytes freed)",
             key.rel_path().display(),

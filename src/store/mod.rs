@@ -26,7 +26,9 @@
 //! # Invariants
 //!
 //! - A digest directory exists iff a tag names it, or it was never tagged, or it is not
-//!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable).
+//!   collectable (its status is `pending`, `pulling` or `converting`, or unreadable), or its
+//!   collection is deferred because another writer untagged it moments ago ([`deferred`]:
+//!   for one to two seconds, while the mount runs).
 //! - A tag is installed by an atomic rename and only ever names an existing, `ready`
 //!   digest directory; the readiness check and the install happen under the lock, so a tag
 //!   can never be created for a directory that GC is removing.
@@ -48,7 +50,10 @@
 //! When a change drops the last reference to a collectable directory, it is removed before
 //! the change returns, in the steps of [`gc`]: GC intent, tag change, rename into the trash,
 //! delete, intent removal. A directory the mount still serves stays in the trash until its
-//! last user goes ([`InUse`], [`Store::release_trashed`]). [`Store::open_mounted`] replays whatever a
+//! last user goes ([`InUse`], [`Store::release_trashed`]). A directory another writer took a
+//! tag away from moments ago is not collected at once but retried once the store is quiet
+//! ([`deferred`]: legacy hypeman's retag removes a link before it makes the new one).
+//! [`Store::open_mounted`] replays whatever a
 //! crash interrupted ([`recover`]); tools that must not (a mount may be live) read the
 //! store with [`Store::open_view`].
 //!
@@ -60,6 +65,7 @@
 
 #![forbid(unsafe_code)]
 
+mod deferred;
 pub mod error;
 pub mod fsutil;
 pub mod gc;
@@ -121,6 +127,12 @@ pub struct GcStats {
     pub collections: std::sync::atomic::AtomicU64,
     /// Bytes of disk space freed (an in-use image counts when its last user goes).
     pub bytes_reclaimed: std::sync::atomic::AtomicU64,
+    /// Collections put off because another writer had just changed the directory's tags
+    /// (see [`deferred`]), and how those ended: collected by a retry, or dropped (a tag came
+    /// back, the directory went or changed, or it is no longer collectable).
+    pub gc_deferred: std::sync::atomic::AtomicU64,
+    pub gc_deferred_collected: std::sync::atomic::AtomicU64,
+    pub gc_deferred_dropped: std::sync::atomic::AtomicU64,
 }
 
 /// Options for opening a store.
@@ -149,6 +161,9 @@ pub struct Store {
     /// Other writers' changes, once [`Store::watch`] started watching.
     watcher: Mutex<Option<watch::Watcher>>,
     changes: Mutex<Vec<watch::Change>>,
+    /// Collections put off until the store is quiet, with the directory's identity then
+    /// ([`deferred`]).
+    deferred: Mutex<std::collections::HashMap<DirKey, journal::DirId>>,
     pub stats: GcStats,
 }
 
@@ -221,6 +236,7 @@ impl Store {
             in_use: std::sync::OnceLock::new(),
             watcher: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
+            deferred: Mutex::default(),
             stats: GcStats::default(),
         };
         {
@@ -250,23 +266,42 @@ impl Store {
         Ok(fd)
     }
 
-    /// Applies other writers' pending changes (taking the lock) and returns every change
-    /// not yet handed out.
+    /// Applies other writers' pending changes (taking the lock), retries the deferred
+    /// collections that are due ([`deferred`]), and returns every change not yet handed
+    /// out (the retries' collections as [`watch::Change::Collected`]).
     pub fn sync_external(&self) -> Result<Vec<watch::Change>> {
         {
             let _g = self.lock()?;
             self.sync_locked();
+            let collected = self.retry_deferred_locked();
+            if !collected.is_empty() {
+                self.changes
+                    .lock()
+                    .extend(collected.into_iter().map(watch::Change::Collected));
+            }
         }
         Ok(self.take_changes())
     }
 
-    /// Whether tags in the store wait for their digest directory (see [`watch`]): the
-    /// caller of [`Store::sync_external`] should then call it every [`watch::REVISIT`].
-    pub fn has_pending_tags(&self) -> bool {
-        self.watcher
-            .lock()
-            .as_ref()
-            .is_some_and(|w| w.has_pending())
+    /// Whether tags in the store wait for their digest directory (see [`watch`]), or
+    /// collections wait for the store to be quiet ([`deferred`]): the caller of
+    /// [`Store::sync_external`] should then call it every [`watch::REVISIT`].
+    pub fn needs_revisit(&self) -> bool {
+        self.deferred_gc_count() > 0
+            || self
+                .watcher
+                .lock()
+                .as_ref()
+                .is_some_and(|w| w.has_pending())
+    }
+
+    /// Sets the watcher's quiet window ([`watch::QUIET`]), for tests that do not wait a
+    /// second.
+    #[cfg(test)]
+    pub fn set_quiet(&self, quiet: std::time::Duration) {
+        if let Some(w) = self.watcher.lock().as_mut() {
+            w.set_quiet(quiet);
+        }
     }
 
     /// The tags on disk whose digest directory is missing (not shown in the mount), as

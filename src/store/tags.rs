@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{IoContext, Result, StoreError, name_err};
 use super::fsutil::{self, RenameMode};
-use super::gc::Collected;
+use super::gc::{Collected, LastRef};
 use super::journal::Intent;
 use super::layout::{self, DirKey, Layout, layout_of, rel};
 use super::metadata::Status;
@@ -390,7 +390,7 @@ impl Store {
         let for_a = self.key_for_repo(&tb.key, a.0)?;
         let for_b = self.key_for_repo(&ta.key, b.0)?;
         let (ta, tb) = (get(a)?, get(b)?);
-        let mut intents: Vec<(Option<PathBuf>, DirKey)> = Vec::new();
+        let mut intents: Vec<(Option<LastRef>, DirKey)> = Vec::new();
         for old in [&ta.key, &tb.key] {
             if *old != for_a && *old != for_b && intents.iter().all(|(_, k)| k != old) {
                 match self.gc_intent_if_last(old) {

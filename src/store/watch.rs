@@ -17,6 +17,11 @@
 //! watcher thread wakes up for it). A tag whose directory another writer removes goes back
 //! to pending, so a re-created directory brings its tags back. hypeman's staging entries
 //! ([`layout::is_staging_entry`]) and its layer store (`layers/`) are never looked at.
+//!
+//! The watcher also remembers, for [`QUIET`], which digest directories another writer took
+//! a tag away from (removed or re-pointed): legacy hypeman retags by removing the old link
+//! and then creating the new one, and a directory that seems to have lost a reference in
+//! that gap must not be collected at once (see `deferred.rs`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -29,6 +34,7 @@ use log::{debug, info, warn};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::fsutil::TMP_PREFIX;
+use super::gc::Collected;
 use super::index::Index;
 use super::layout::{self, CONTENT, DirKey, LAYERS, Layout, PRIVATE, REPOSITORIES};
 use super::names::{self, Digest};
@@ -44,6 +50,9 @@ pub enum Change {
     DigestGone(Digest),
     /// A digest directory appeared.
     DigestAdded,
+    /// A collection the mount had put off (another writer had just changed the
+    /// directory's tags) was done by a later retry: see `deferred.rs`.
+    Collected(Collected),
     /// A tag that still names, in the store, the digest directory `dir` another writer
     /// removed (logged as a warning; see `tags::dangling_tags`).
     Dangling {
@@ -75,6 +84,13 @@ enum Target {
 
 /// How often pending tags are re-read while any is left.
 pub const REVISIT: Duration = Duration::from_secs(1);
+
+/// How long a directory another writer took a tag away from counts as touched: eager GC
+/// does not collect it within this window, and retries once it is over (`deferred.rs`).
+/// Legacy hypeman's retag is two syscalls in a row (remove, then symlink): microseconds,
+/// milliseconds on a loaded machine; one second is far above that, and is the watcher's
+/// own pace (REVISIT) and the contract's "within one second" for other writers' changes.
+pub const QUIET: Duration = Duration::from_secs(1);
 
 /// A tag entry of the store: (layout, repository, tag).
 type TagEntry = (Layout, String, String);
@@ -149,6 +165,11 @@ pub struct Watcher {
     pending: Pending,
     /// When the pending tags were last re-read (`None`: due now).
     revisited: Option<Instant>,
+    /// Digest directories another writer took a tag away from, and when the watcher saw
+    /// it; entries older than `quiet` are forgotten at each [`Watcher::apply`].
+    untagged: HashMap<DirKey, Instant>,
+    /// [`QUIET`] (shorter in tests).
+    quiet: Duration,
 }
 
 const MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
@@ -168,6 +189,8 @@ impl Watcher {
             wds: HashMap::new(),
             pending: Pending::default(),
             revisited: None,
+            untagged: HashMap::new(),
+            quiet: QUIET,
         };
         // Tags the mount's scan found naming nothing yet (a pull hypeman tagged before its
         // directory was there, say): shown once their directory comes.
@@ -276,6 +299,31 @@ impl Watcher {
         }
     }
 
+    /// How long ago another writer took a tag away from `key`, if less than the quiet
+    /// window ago.
+    pub fn untagged_within_quiet(&self, key: &DirKey) -> Option<Duration> {
+        self.untagged
+            .get(key)
+            .map(Instant::elapsed)
+            .filter(|ago| *ago < self.quiet)
+    }
+
+    /// The quiet window (see [`QUIET`]).
+    pub fn quiet(&self) -> Duration {
+        self.quiet
+    }
+
+    /// Sets the quiet window (tests use a short one).
+    #[cfg(test)]
+    pub fn set_quiet(&mut self, quiet: Duration) {
+        self.quiet = quiet;
+    }
+
+    /// Another writer took a tag away from `key`: see [`Watcher::untagged_within_quiet`].
+    fn untagged_by_other(&mut self, key: DirKey) {
+        self.untagged.insert(key, Instant::now());
+    }
+
     /// Whether tags are waiting for their digest directory: the caller should then call
     /// [`Watcher::apply`] at least every [`REVISIT`], events or not.
     pub fn has_pending(&self) -> bool {
@@ -344,6 +392,8 @@ impl Watcher {
         if !self.pending.is_empty() && self.revisited.is_none_or(|t| t.elapsed() >= REVISIT) {
             self.revisit_pending(root, ix, &mut changes);
         }
+        let quiet = self.quiet;
+        self.untagged.retain(|_, seen| seen.elapsed() < quiet);
         changes
     }
 
@@ -596,8 +646,9 @@ impl Watcher {
                 if want == have {
                     return;
                 }
-                if have.is_some() {
+                if let Some(old) = &have {
                     ix.remove_tag(repo, n);
+                    self.untagged_by_other(old.clone());
                 }
                 if let Some(key) = want {
                     if ix.tag(repo, n).is_some() {
@@ -605,7 +656,9 @@ impl Watcher {
                         if lay == Layout::Legacy {
                             return;
                         }
-                        ix.remove_tag(repo, n);
+                        if let Some((old, _)) = ix.remove_tag(repo, n) {
+                            self.untagged_by_other(old.key);
+                        }
                     }
                     ix.add_tag(repo, n, key, lay);
                 }
@@ -641,7 +694,9 @@ impl Watcher {
                 self.pending.forget(&(lay, repo.to_string(), n.to_string()));
                 let had_tag = ix.tag(repo, n).is_some_and(|t| t.layout == lay);
                 if had_tag {
-                    ix.remove_tag(repo, n);
+                    if let Some((old, _)) = ix.remove_tag(repo, n) {
+                        self.untagged_by_other(old.key);
+                    }
                     out.push(Change::Tag {
                         repo: repo.to_string(),
                         tag: n.to_string(),
@@ -666,6 +721,16 @@ impl Watcher {
                             _ => None,
                         })
                         .collect();
+                    let untagged: Vec<DirKey> = ix
+                        .nodes()
+                        .filter(|(p, _)| **p == sub || p.starts_with(&prefix))
+                        .flat_map(|(_, node)| node.tags.values())
+                        .filter(|t| t.layout == lay)
+                        .map(|t| t.key.clone())
+                        .collect();
+                    for key in untagged {
+                        self.untagged_by_other(key);
+                    }
                     for (repo, tag) in ix.remove_subtree(&sub, lay) {
                         out.push(Change::Tag { repo, tag });
                     }

@@ -6,6 +6,7 @@
 pub(crate) mod fixture;
 
 mod concurrency;
+mod deferred;
 mod gc;
 mod hypeman;
 mod model;
