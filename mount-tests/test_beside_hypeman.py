@@ -586,7 +586,6 @@ def test_finding6_no_phantom_images_with_image_in_use(store, mounter, version):
     assert phantoms(hm.list_images(), root) == []
 
 
-@xfail(7, "a cross-repository ln -s promotes a legacy image into content/, which legacy hypeman cannot see")
 def test_finding7_legacy_store_stays_legacy(store, mounter):
     root = store.root
     hm = Legacy(root, store.images)
@@ -608,7 +607,6 @@ def test_finding7_legacy_store_stays_legacy(store, mounter):
     assert os.path.isdir(T(mnt, a, "a") / "rootfs")
 
 
-@xfail(8, "the same <hex> in two legacy repositories: one repository's tags serve the other's bytes")
 def test_finding8_same_digest_in_two_legacy_repositories(store, mounter):
     root = store.root
     hm = Legacy(root, store.images)

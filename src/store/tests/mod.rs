@@ -8,6 +8,7 @@ pub(crate) mod fixture;
 mod concurrency;
 mod gc;
 mod hypeman;
+mod legacy;
 mod model;
 mod open;
 mod promote;
