@@ -6,9 +6,10 @@
 //!
 //! - `digests/<hex>` shows the digest's primary directory: the content one, else the first
 //!   legacy one in repository order;
-//! - every other legacy directory whose `rootfs.erofs` is another file than the primary's
-//!   (another device or inode: hard-linked copies, [`super::legacy_copy`], are one image)
-//!   is shown as `digests/<hex>@<repo>`, with each `/` of the repository written `+`. No
+//! - every other legacy directory whose `rootfs.erofs` is another file (device and inode)
+//!   than those of the directories shown before it is shown as `digests/<hex>@<repo>`, with
+//!   each `/` of the repository written `+`; hard-linked copies ([`super::legacy_copy`]) are
+//!   one image, shown once, and their tags read the name of the first directory shown. No
 //!   digest or repository name contains `@` or `+` (the reference grammar has neither), so
 //!   the names cannot clash.
 //!
@@ -53,23 +54,41 @@ fn image_file(dir: &Path) -> Option<(u64, u64)> {
 
 /// The directories of `d` that `digests/` shows, the primary first.
 fn shown(root: &Path, ix: &Index, d: &Digest) -> Vec<DirKey> {
+    shown_with_files(root, ix, d, None).0
+}
+
+/// [`shown`], and the shown directory whose image is `of`'s file, if `of` is given.
+fn shown_with_files(
+    root: &Path,
+    ix: &Index,
+    d: &Digest,
+    of: Option<&DirKey>,
+) -> (Vec<DirKey>, Option<DirKey>) {
     let mut dirs = ix.dirs_of(d);
     let Some(primary) = dirs.next() else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
     let mut out = vec![primary.clone()];
     let others: Vec<&DirKey> = dirs.collect();
     if others.is_empty() {
-        return out;
+        return (out, of.filter(|k| *k == primary).cloned());
     }
-    let first = image_file(&root.join(primary.rel_path()));
+    let file = |k: &DirKey| image_file(&root.join(k.rel_path()));
+    let mut seen = vec![(file(primary), primary.clone())];
     for k in others {
-        let same = first.is_some() && image_file(&root.join(k.rel_path())) == first;
-        if !same {
+        let f = file(k);
+        if f.is_none() || seen.iter().all(|(s, _)| *s != f) {
             out.push(k.clone());
+            seen.push((f, k.clone()));
         }
     }
-    out
+    let serving = of.and_then(|key| {
+        let f = file(key);
+        seen.into_iter()
+            .find(|(s, k)| k == key || (f.is_some() && *s == f))
+            .map(|(_, k)| k)
+    });
+    (out, serving)
 }
 
 impl Store {
@@ -114,15 +133,15 @@ impl Store {
         }
     }
 
-    /// The name of the `digests/` entry that serves `key`'s image: `<hex>@<repo>` when it
-    /// is shown of its own, else `<hex>` (the primary, or the same image as the primary).
+    /// The name of the `digests/` entry that serves `key`'s image: its own, or that of the
+    /// directory shown with the same image file (`<hex>` when none is, or the store lost it).
     pub fn image_name(&self, key: &DirKey) -> String {
         let ix = self.index();
-        let own = shown(&self.root, &ix, &key.digest())
-            .iter()
-            .skip(1)
-            .any(|k| k == key);
-        entry_name(key, !own)
+        let (shown, serving) = shown_with_files(&self.root, &ix, &key.digest(), Some(key));
+        match serving {
+            Some(k) => entry_name(&k, shown.first() == Some(&k)),
+            None => key.digest().hex(),
+        }
     }
 
     /// The primary directory of digest `d` (what `digests/<hex>` shows).

@@ -273,9 +273,24 @@ fn each_directory_of_a_digest_with_its_own_image_is_shown_of_its_own() {
     store.remove_tag("a", "t").expect("rm a:t");
     assert_eq!(store.image_name(&bc), hex(8));
     assert_eq!(store.image_name(&d), format!("{}@d", hex(8)));
+    // A copy of `b/c`'s image is shown with it, and its tags read `b/c`'s name.
+    let e = DirKey::Legacy("e".into(), dg(8));
+    fx.mkdirs("e");
+    drop(store);
+    let store = fx.open();
+    store
+        .create_tag("e", b"t", &Target::Dir(d.clone()))
+        .expect("copy of d");
+    assert_eq!(store.image_name(&e), format!("{}@d", hex(8)));
+    assert_eq!(
+        store.images_window(0, 10).len(),
+        3,
+        "{:?}",
+        store.images_window(0, 10)
+    );
     // A content directory comes first.
     drop(store);
-    fx.content(8, "ready").ctag("e", "t", 8);
+    fx.content(8, "ready").ctag("f", "t", 8);
     let store = fx.open();
     assert_eq!(store.image_by_name(&hex(8)), Some(DirKey::Content(dg(8))));
     assert_eq!(store.image_name(&bc), extra);
