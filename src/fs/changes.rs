@@ -204,7 +204,7 @@ impl ImageFs {
                     self.ready.lock().remove(&image);
                     self.open_images.close(&image);
                     if self.store.has_digest(&d) {
-                        self.digest_dirs_changed(&dir, false);
+                        self.digest_dirs_changed(&dir);
                     } else {
                         self.forget_rootfs_mount(&image);
                         self.inval
@@ -214,7 +214,7 @@ impl ImageFs {
                 }
                 Change::DirAdded(dir) => {
                     if self.store.dirs_of(&dir.digest()).len() > 1 {
-                        self.digest_dirs_changed(&dir, false);
+                        self.digest_dirs_changed(&dir);
                     }
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
                     self.digests_changed.raise();
@@ -250,14 +250,13 @@ impl ImageFs {
         self.digests_changed.raise();
     }
 
-    /// A directory of digest `dir`'s, which keeps others, came or went (`collected`: by our
-    /// own GC, which already dropped the listing of `digests/`). What `digests/` shows of
+    /// A directory of digest `dir`'s, which keeps others, came or went. What `digests/` shows of
     /// the digest may have changed (`store::images`): another primary behind `<hex>`, a
     /// `<hex>@<repo>` entry more or less, and so the text of the digest's tags, which the
     /// kernel caches (FUSE_CACHE_SYMLINKS). Drops all of that from the kernel's caches; a
     /// tree mounted on `digests/<hex>/rootfs` of another primary is detached (lazily: its
     /// users keep it) and mounted again for the new one.
-    fn digest_dirs_changed(&self, dir: &DirKey, collected: bool) {
+    fn digest_dirs_changed(&self, dir: &DirKey) {
         let d = dir.digest();
         let dirs = self.store.dirs_of(&d);
         // The primary is the first directory: it changed if `dir` came first or went
@@ -280,9 +279,9 @@ impl ImageFs {
                     .send_and_wait(Inval::Entry(inodes::DIGESTS, name.into()), limit);
             }
         }
-        if !collected {
-            self.inval.send(Inval::Inode(inodes::DIGESTS));
-        }
+        // The kernel caches the listing of digests/ (no OPENDIR).
+        self.inval
+            .send_and_wait(Inval::Inode(inodes::DIGESTS), limit);
         let held = self.inodes.lock().held_tags();
         for (repo, tag, ino) in held {
             if self
@@ -306,11 +305,8 @@ impl ImageFs {
             // without the kernel holding an inode); its users reopen it from the trash.
             self.open_images.close(&image);
             if !c.digest_gone {
-                self.inval
-                    .send_and_wait(Inval::Inode(inodes::DIGESTS), Duration::from_secs(1));
-                self.digest_dirs_changed(&c.dir, true);
-            }
-            if c.digest_gone {
+                self.digest_dirs_changed(&c.dir);
+            } else {
                 self.forget_rootfs_mount(&image);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),

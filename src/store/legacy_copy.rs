@@ -17,18 +17,21 @@
 //! 1. the directory is built in the bookkeeping's `trash/` (same filesystem, out of
 //!    hypeman's sight, a name no one takes for a digest; whatever a crash leaves there is
 //!    garbage by definition and the next mount deletes it);
-//! 2. it is renamed into place (`RENAME_NOREPLACE`);
-//! 3. a GC intent is recorded for it (one `statx` and one `symlink`), and it enters the index;
+//! 2. a GC intent is recorded for `B/<hex>` with the built directory's identity ([`DirId`]:
+//!    inode and birth time, which a rename keeps);
+//! 3. it is renamed into place (`RENAME_NOREPLACE`) and enters the index;
 //! 4. the caller installs the tag;
 //! 5. [`Store::settle_copies`] drops the intent, or, if no tag names the copy (the tag's
 //!    install failed), collects it at once.
 //!
-//! A crash between 3 and 5 leaves the directory and its intent: the next mount (or
-//! `imagefs fsck --repair`) collects it if no tag names it (the tag never arrived), and
-//! keeps it, dropping the intent, if the tag did (see [`super::gc`]). A crash in the one
-//! system call between 2 and 3 leaves a ready legacy directory no tag names, which
-//! `imagefs gc` collects. (The intent is recorded after the rename because it names the
-//! directory's identity, birth or change time included, and a rename changes the latter.)
+//! A crash before 3 leaves an intent whose directory does not exist (dropped at the next
+//! mount) and the staged directory in the trash (deleted). A crash between 3 and 5 leaves
+//! the directory and its intent: the next mount (or `imagefs fsck --repair`) collects it if
+//! no tag names it (the tag never arrived), and keeps it, dropping the intent, if the tag
+//! did (see [`super::gc`]). Where the filesystem keeps no birth time the identity is the
+//! change time, which the rename changes: the intent is then written again after the
+//! rename, and a crash in that one system call leaves a ready legacy directory no tag
+//! names, which `imagefs gc` collects.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -39,6 +42,7 @@ use log::{info, warn};
 use super::Store;
 use super::error::{IoContext, Result, StoreError};
 use super::fsutil::{self, RenameMode};
+use super::journal::DirId;
 use super::layout::{self, DirKey, Layout};
 use super::metadata::{Metadata, Status};
 
@@ -81,22 +85,34 @@ impl Store {
             let _ = fsutil::remove_tree(&staged);
             return Err(e).ctx(|| format!("copy {} -> {}", src.display(), staged.display()));
         }
-        if let Err(e) = fsutil::rename(&staged, &dest, RenameMode::NoReplace) {
-            let _ = fsutil::remove_tree(&staged);
-            return Err(e).ctx(|| format!("rename {} -> {}", staged.display(), dest.display()));
-        }
-        let rec = match super::gc::record_intent(&self.journal, &self.root, &to) {
+        let id = DirId::of(&staged).ctx(|| staged.display().to_string())?;
+        let mut rec = match self.journal.record_gc(&to, &id) {
             Ok(r) => r,
             Err(e) => {
-                // Taken back: without its intent a crash could leave it untagged.
-                if let Err(e) = fsutil::rename(&dest, &staged, RenameMode::NoReplace)
-                    .and_then(|()| fsutil::remove_tree(&staged))
-                {
-                    warn!("{}: cannot take back the copy: {e}", dest.display());
-                }
+                let _ = fsutil::remove_tree(&staged);
                 return Err(e).ctx(|| format!("journal {}", self.journal.dir.display()));
             }
         };
+        if let Err(e) = fsutil::rename(&staged, &dest, RenameMode::NoReplace) {
+            let _ = self.journal.done(&rec);
+            let _ = fsutil::remove_tree(&staged);
+            return Err(e).ctx(|| format!("rename {} -> {}", staged.display(), dest.display()));
+        }
+        // Without a birth time the identity is the change time, which the rename changed:
+        // the intent is written again for the directory in place.
+        if !id.matches(&dest).unwrap_or(false) {
+            match super::gc::record_intent(&self.journal, &self.root, &to) {
+                Ok(again) => {
+                    let _ = self.journal.done(&rec);
+                    rec = again;
+                }
+                Err(e) => warn!(
+                    "{}: cannot record its GC intent again: {e}; if the tag is not made, \
+                     `imagefs gc` collects it",
+                    dest.display()
+                ),
+            }
+        }
         self.fsync_dir(&self.root.join(repo));
         info!(
             "{repo}:{tag}: {} made as a copy of {} (the store has no content/: it stays legacy)",
@@ -142,13 +158,18 @@ impl Store {
     }
 
     /// Creates the legacy store directory of `repo` and its missing parents, each like the
-    /// directory above it (owner and mode), and records it in the index.
+    /// content layout's directory of the same path if there is one (`mkdir` in the mount
+    /// made it with its caller's owner and mode), else like the directory above it; and
+    /// records it in the index.
     fn ensure_legacy_repo_dir(&self, repo: &str) -> Result<()> {
         let mut dir = self.root.clone();
+        let mut like = self.root.join(layout::REPOSITORIES);
         for c in repo.split('/').filter(|c| !c.is_empty()) {
             let parent = dir.clone();
             dir.push(c);
+            like.push(c);
             match std::fs::create_dir(&dir) {
+                Ok(()) if like.is_dir() => copy_owner_and_mode(&like, &dir),
                 Ok(()) => copy_owner_and_mode(&parent, &dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
@@ -163,11 +184,11 @@ impl Store {
     }
 }
 
-/// A new directory takes the owner and mode of its parent (best effort: an unprivileged
-/// mount keeps its own).
-fn copy_owner_and_mode(parent: &Path, dir: &Path) {
+/// A new directory takes the owner and mode of `like` (best effort: an unprivileged mount
+/// keeps its own).
+fn copy_owner_and_mode(like: &Path, dir: &Path) {
     use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::metadata(parent) {
+    if let Ok(m) = std::fs::metadata(like) {
         let _ = std::os::unix::fs::chown(dir, Some(m.uid()), Some(m.gid()));
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m.mode() & 0o7777));
     }
