@@ -321,13 +321,19 @@ impl ImageFs {
     }
 
     /// The directory behind an entry of `digests/`: in the store, or, for a collected
-    /// directory still in use, in the trash.
+    /// directory still in use, in the trash. A legacy directory that left the store while
+    /// `content/<hex>` is there was promoted into it (by a cross-repository tag, or by
+    /// content hypeman's clone): the same image, served from there.
     pub(super) fn digest_dir(&self, d: &ImageId) -> Option<std::path::PathBuf> {
         let (key, zombie) = {
             let inodes = self.inodes.lock();
             (inodes.dir_of(d), inodes.zombies.get(d).cloned())
         };
-        key.and_then(|k| self.store.dir_path(&k)).or(zombie)
+        let key = key?;
+        self.store.dir_path(&key).or(zombie).or_else(|| match key {
+            DirKey::Legacy(_, digest) => self.store.dir_path(&DirKey::Content(digest)),
+            DirKey::Content(_) => None,
+        })
     }
 
     /// The image that `digests/<hex>` shows: the digest's primary directory.
