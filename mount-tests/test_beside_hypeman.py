@@ -631,7 +631,6 @@ def test_finding6_no_phantom_images_with_image_in_use(store, mounter, version):
     assert phantoms(hm.list_images(), root) == []
 
 
-@xfail(7, "a cross-repository ln -s promotes a legacy image into content/, which legacy hypeman cannot see")
 def test_finding7_legacy_store_stays_legacy(store, mounter):
     root = store.root
     hm = Legacy(root, store.images)
@@ -653,7 +652,6 @@ def test_finding7_legacy_store_stays_legacy(store, mounter):
     assert os.path.isdir(T(mnt, a, "a") / "rootfs")
 
 
-@xfail(8, "the same <hex> in two legacy repositories: one repository's tags serve the other's bytes")
 def test_finding8_same_digest_in_two_legacy_repositories(store, mounter):
     root = store.root
     hm = Legacy(root, store.images)
@@ -667,6 +665,140 @@ def test_finding8_same_digest_in_two_legacy_repositories(store, mounter):
         for f in ("metadata.json", "rootfs.erofs"):
             assert (T(mnt, repo, "t") / f).read_bytes() == (root / repo / hx / f).read_bytes(), \
                 f"tags/{repo}/t/{f} does not show {repo}'s own bytes"
+
+
+def _hello(key: str) -> str:
+    """rootfs/hello.txt of the image of ImageCache key `key`."""
+    return ("hello from " + key + "\n") * 50
+
+
+def _two_pulls(store, name: str):
+    """Legacy hypeman pulls one manifest digest into two repositories (other mkfs runs: other
+    bytes). Returns (hypeman, repo a, repo b, hex, b's digests/ entry)."""
+    hm = Legacy(store.root, store.images)
+    a, b = f"docker.io/library/{name}a", f"docker.io/library/{name}b"
+    hx = manifest_hex(name)
+    hm.pull(a, "t", hx, KEYS[0])
+    hm.pull(b, "t", hx, KEYS[1])
+    return hm, a, b, hx, f"{hx}@{b.replace('/', '+')}"
+
+
+def _released(root) -> bool:
+    """The kernel forgot every inode of the collected images (it forgets unused dentries
+    lazily: drop its caches to hurry it), so the trash is empty."""
+    if wait_trash_empty(root, timeout=1.0):
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+    return wait_trash_empty(root) == []
+
+
+def test_finding8_each_repositorys_directory_is_listed_tagged_and_served(store, mounter):
+    root = store.root
+    hm, a, b, hx, extra = _two_pulls(store, "s8")
+    mnt = mounter(store).mnt
+    assert sorted(os.listdir(mnt / "digests")) == [hx, extra]
+    assert os.readlink(T(mnt, a, "t")) == mount_target(a, hx)
+    assert os.readlink(T(mnt, b, "t")) == mount_target(b, extra)
+    for repo, key, entry in ((a, KEYS[0], hx), (b, KEYS[1], extra)):
+        for base in (mnt / "digests" / entry, T(mnt, repo, "t")):
+            for f in ("metadata.json", "rootfs.erofs"):
+                assert (base / f).read_bytes() == (root / repo / hx / f).read_bytes(), f"{base}/{f}"
+            assert (base / "rootfs" / "hello.txt").read_text() == _hello(key), base
+    # ln -s takes the entry as a target: in b, b's own directory; in a new repository of this
+    # legacy store, a copy of b's (shown with b's: one image), and a tag of b resolves the same.
+    os.symlink(f"../../../../digests/{extra}", T(mnt, b, "u"))
+    os.makedirs(T(mnt, "docker.io/library/s8c"))
+    os.symlink(str(mnt / "digests" / extra), T(mnt, "docker.io/library/s8c", "x"))
+    os.symlink(str(T(mnt, b, "t")), T(mnt, "docker.io/library/s8c", "y"))
+    for repo, tag in ((b, "u"), ("docker.io/library/s8c", "x"), ("docker.io/library/s8c", "y")):
+        assert os.readlink(T(mnt, repo, tag)) == mount_target(repo, extra), (repo, tag)
+        assert (T(mnt, repo, tag) / "rootfs" / "hello.txt").read_text() == _hello(KEYS[1])
+    assert sorted(os.listdir(mnt / "digests")) == [hx, extra]
+    assert not (root / "content").exists()
+    assert (root / "docker.io/library/s8c" / hx / "rootfs.erofs").stat().st_ino == \
+        (root / b / hx / "rootfs.erofs").stat().st_ino
+    # hypeman sees every tag, each with its own repository's directory, and nothing else.
+    listing = hm.list_images()
+    assert not phantoms(listing, root), [(im.name, im.source) for im in listing]
+    assert sorted((im.name, os.path.relpath(im.source, root)) for im in listing if im.hex == hx) == sorted([
+        (f"{a}:t", f"{a}/{hx}/metadata.json"),
+        (f"{b}:t", f"{b}/{hx}/metadata.json"),
+        (f"{b}:t", f"{b}/{hx}/metadata.json"),
+        ("docker.io/library/s8c:x", f"docker.io/library/s8c/{hx}/metadata.json"),
+        ("docker.io/library/s8c:x", f"docker.io/library/s8c/{hx}/metadata.json"),
+    ])
+    r = imagefs("fsck", "--store", root)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("trees", ["own-mounts", "main-mount"])
+def test_finding8_rm_of_one_repositorys_last_tag_keeps_the_other_and_every_user(store, mounter, trees):
+    root = store.root
+    hm, a, b, hx, extra = _two_pulls(store, "r8")
+    mnt = mounter(store, extra_args=[] if trees == "own-mounts" else ["--no-rootfs-mounts"]).mnt
+    # b's directory goes (not the primary) while a file of its tree is open.
+    fb = open(mnt / "digests" / extra / "rootfs" / "hello.txt", "rb")
+    try:
+        os.unlink(T(mnt, b, "t"))
+        assert not (root / b / hx).exists() and (root / a / hx).is_dir()
+        assert sorted(os.listdir(mnt / "digests")) == [hx]
+        assert fb.read() == _hello(KEYS[1]).encode(), "an open file of the collected directory"
+        assert (T(mnt, a, "t") / "rootfs" / "hello.txt").read_text() == _hello(KEYS[0])
+    finally:
+        fb.close()
+    assert _released(root)
+    # Pulled again into b; now a's directory (the primary) goes while a file of it is open:
+    # b's becomes digests/<hex>, and b's tag, which the kernel had cached, reads so.
+    hm.pull(b, "t", hx, KEYS[1])
+    assert eventually(lambda: sorted(os.listdir(mnt / "digests")) == [hx, extra], timeout=2.0)
+    assert os.readlink(T(mnt, b, "t")) == mount_target(b, extra)
+    fa = open(T(mnt, a, "t") / "rootfs" / "hello.txt", "rb")
+    try:
+        os.unlink(T(mnt, a, "t"))
+        assert not (root / a / hx).exists() and (root / b / hx).is_dir()
+        assert sorted(os.listdir(mnt / "digests")) == [hx]
+        assert os.readlink(T(mnt, b, "t")) == mount_target(b, hx)
+        assert (T(mnt, b, "t") / "rootfs" / "hello.txt").read_text() == _hello(KEYS[1])
+        assert (mnt / "digests" / hx / "rootfs.erofs").read_bytes() == (root / b / hx / "rootfs.erofs").read_bytes()
+        assert fa.read() == _hello(KEYS[0]).encode(), "an open file of the collected primary"
+    finally:
+        fa.close()
+    assert _released(root)
+    assert not phantoms(hm.list_images(), root)
+    r = imagefs("fsck", "--store", root)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_finding7_copies_through_the_mount_are_legacy_and_collected_alone(store, mounter):
+    root = store.root
+    hm = Legacy(root, store.images)
+    a, b, c = "docker.io/library/c7a", "docker.io/library/c7b", "docker.io/library/c7c"
+    hx = manifest_hex("c7")
+    hm.pull(a, "a", hx, KEYS[0])
+    mnt = mounter(store).mnt
+    for r in (b, c):
+        os.makedirs(T(mnt, r))
+    os.symlink(hx, T(mnt, b, "b"))
+    os.symlink(f"sha256:{hx}", T(mnt, b, "b2"))
+    os.rename(T(mnt, b, "b2"), T(mnt, c, "c"))        # mv across repositories: c gets its copy
+    assert not (root / "content").exists()
+    for r, t in ((a, "a"), (b, "b"), (c, "c")):
+        assert os.readlink(T(mnt, r, t)) == mount_target(r, hx)
+        assert os.readlink(root / r / t) == hx, "a legacy tag, as legacy hypeman writes them"
+        assert hm.get_image(r, t)["status"] == "ready"
+    assert sorted(os.listdir(mnt / "digests")) == [hx]
+    assert json.loads((root / c / hx / "metadata.json").read_text())["name"] == f"{c}:c"
+    # The copy's last tag goes: only its directory does.
+    os.unlink(T(mnt, b, "b"))
+    assert not (root / b / hx).exists()
+    assert (root / a / hx / "rootfs.erofs").is_file() and (root / c / hx / "rootfs.erofs").is_file()
+    # The source's last tag goes: the copy keeps the image.
+    os.unlink(T(mnt, a, "a"))
+    assert not (root / a / hx).exists()
+    assert (T(mnt, c, "c") / "rootfs" / "hello.txt").read_text() == _hello(KEYS[0])
+    assert [im.name for im in hm.list_images() if im.hex == hx] == [f"{c}:c"]
+    r = imagefs("fsck", "--store", root)
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_finding9_layers_are_not_digests(store, mounter):

@@ -11,10 +11,10 @@ use log::{Level, info};
 
 use super::core::name_str;
 use super::errno::{Error, Result};
-use super::inodes::{self, NodeKey};
+use super::inodes::{self, ImageId, NodeKey};
 use super::notify::Inval;
 use super::{ImageFs, target};
-use crate::store::{self, RenameMode, names};
+use crate::store::{self, DirKey, RenameMode, names};
 
 impl ImageFs {
     pub(super) fn mkdir(
@@ -198,15 +198,24 @@ impl ImageFs {
                         self.inval.send(Inval::Inode(p));
                     }
                 }
-                Change::DigestGone(d) => {
-                    self.ready.lock().remove(&d);
-                    self.open_images.close(&d);
-                    self.forget_rootfs_mount(&d);
-                    self.inval
-                        .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
-                    self.inval.send(Inval::Inode(inodes::DIGESTS));
+                Change::DirGone(dir) => {
+                    let d = dir.digest();
+                    let image = self.inodes.lock().image_of(&dir);
+                    self.ready.lock().remove(&image);
+                    self.open_images.close(&image);
+                    if self.store.has_digest(&d) {
+                        self.digest_dirs_changed(&dir);
+                    } else {
+                        self.forget_rootfs_mount(&image);
+                        self.inval
+                            .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                        self.inval.send(Inval::Inode(inodes::DIGESTS));
+                    }
                 }
-                Change::DigestAdded => {
+                Change::DirAdded(dir) => {
+                    if self.store.dirs_of(&dir.digest()).len() > 1 {
+                        self.digest_dirs_changed(&dir);
+                    }
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
                     self.digests_changed.raise();
                 }
@@ -224,11 +233,12 @@ impl ImageFs {
     /// A digest left the store: the kernel drops its `rootfs` dentry, which detaches the
     /// image tree's bind mount on it (lazily: processes inside keep it), and the read-only
     /// connection drops its entry, so the image is released once nobody uses it.
-    fn forget_rootfs_mount(&self, d: &store::Digest) {
+    fn forget_rootfs_mount(&self, image: &ImageId) {
         if !self.tree_conn_on.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*d)) {
+        let d = image.digest;
+        if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*image)) {
             self.inval.send_and_wait(
                 Inval::Entry(ino, super::rootfs::ROOTFS.into()),
                 Duration::from_secs(1),
@@ -242,17 +252,64 @@ impl ImageFs {
         self.digests_changed.raise();
     }
 
-    /// After GC removed digest directories: drop what the kernel caches of digests that
-    /// no longer have any directory.
+    /// A directory of digest `dir`'s, which keeps others, came or went. What `digests/` shows of
+    /// the digest may have changed (`store::images`): another primary behind `<hex>`, a
+    /// `<hex>@<repo>` entry more or less, and so the text of the digest's tags, which the
+    /// kernel caches (FUSE_CACHE_SYMLINKS). Drops all of that from the kernel's caches; a
+    /// tree mounted on `digests/<hex>/rootfs` of another primary is detached (lazily: its
+    /// users keep it) and mounted again for the new one.
+    fn digest_dirs_changed(&self, dir: &DirKey) {
+        let d = dir.digest();
+        let dirs = self.store.dirs_of(&d);
+        // The primary is the first directory: it changed if `dir` came first or went
+        // from before the first that is left.
+        let primary_changed = dirs.first().is_none_or(|p| p == dir || dir < p);
+        let limit = Duration::from_secs(1);
+        if primary_changed {
+            self.inval
+                .send_and_wait(Inval::Entry(inodes::DIGESTS, d.hex().into()), limit);
+            if self.tree_conn_on.load(std::sync::atomic::Ordering::Relaxed) {
+                self.inval_tree_conn
+                    .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
+            }
+            self.digests_changed.raise();
+        }
+        for k in dirs.iter().chain(std::iter::once(dir)) {
+            if let DirKey::Legacy(..) = k {
+                let name = store::images::entry_name(k, false);
+                self.inval
+                    .send_and_wait(Inval::Entry(inodes::DIGESTS, name.into()), limit);
+            }
+        }
+        // The kernel caches the listing of digests/ (no OPENDIR).
+        self.inval
+            .send_and_wait(Inval::Inode(inodes::DIGESTS), limit);
+        let held = self.inodes.lock().held_tags();
+        for (repo, tag, ino) in held {
+            if self
+                .store
+                .tag(&repo, &tag)
+                .is_some_and(|t| t.key.digest() == d)
+            {
+                self.inval.send(Inval::Inode(ino));
+            }
+        }
+    }
+
+    /// After GC removed digest directories: drop what the kernel caches of each, and of
+    /// digests that no longer have any directory.
     fn collected(&self, done: &[store::Collected]) {
         for c in done {
             let d = c.digest;
-            if c.digest_gone {
-                self.ready.lock().remove(&d);
-                // An open image would keep its deleted file's space (a listing opens it
-                // without the kernel holding an inode).
-                self.open_images.close(&d);
-                self.forget_rootfs_mount(&d);
+            let image = self.inodes.lock().image_of(&c.dir);
+            self.ready.lock().remove(&image);
+            // An open image would keep its deleted file's space (a listing opens it
+            // without the kernel holding an inode); its users reopen it from the trash.
+            self.open_images.close(&image);
+            if !c.digest_gone {
+                self.digest_dirs_changed(&c.dir);
+            } else {
+                self.forget_rootfs_mount(&image);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),
                     Duration::from_secs(1),
@@ -260,7 +317,7 @@ impl ImageFs {
                 // The kernel caches the listing of digests/ (no OPENDIR).
                 self.inval
                     .send_and_wait(Inval::Inode(inodes::DIGESTS), Duration::from_secs(1));
-                if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(d)) {
+                if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(image)) {
                     self.inval.send(Inval::Inode(ino));
                 }
             }

@@ -16,7 +16,7 @@ use super::ImageFs;
 use super::attr::{self, IMMUTABLE_TTL, TAGS_TTL};
 use super::errno::{Error, Result};
 use super::handles::Handle;
-use super::inodes::NodeKey;
+use super::inodes::{ImageId, NodeKey};
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::store::{self, DirKey, names};
 
@@ -115,15 +115,11 @@ impl ImageFs {
                 }
             }
             NodeKey::Digests => {
-                let d = name_str(name)
+                let key = name_str(name)
                     .ok()
-                    .and_then(store::Digest::parse_hex)
+                    .and_then(|n| self.store.image_by_name(n))
                     .ok_or_else(missing)?;
-                if self.store.has_digest(&d) {
-                    Ok(NodeKey::Digest(d))
-                } else {
-                    Err(missing())
-                }
+                Ok(NodeKey::Digest(self.inodes.lock().image_of(&key)))
             }
             NodeKey::Digest(d) => {
                 let dir = self.digest_dir(d).ok_or_else(missing)?;
@@ -156,6 +152,7 @@ impl ImageFs {
                 let d = name_str(name)
                     .ok()
                     .and_then(store::Digest::parse_hex)
+                    .and_then(|d| self.primary_image(&d))
                     .ok_or_else(missing)?;
                 self.child_key(&NodeKey::Digest(d), OsStr::new(ROOTFS))
             }
@@ -209,7 +206,7 @@ impl ImageFs {
                 let m = stat(&link)?;
                 let mut a = attr::from_metadata(0, FileType::Symlink, &m, false);
                 a.perm = 0o777;
-                a.size = link_text(r, &tag.key).len() as u64;
+                a.size = self.link_text(r, &tag.key).len() as u64;
                 (a, TAGS_TTL)
             }
             NodeKey::Digest(d) => {
@@ -283,7 +280,7 @@ impl ImageFs {
     pub(super) fn forget(&self, ino: u64, n: u64) {
         let released = {
             let mut inodes = self.inodes.lock();
-            match inodes.forget(ino, n).and_then(|k| k.digest()) {
+            match inodes.forget(ino, n).and_then(|k| k.image()) {
                 Some(d) if !inodes.holds(&d) => {
                     self.open_images.close(&d);
                     inodes.zombies.remove(&d).map(|p| (d, p))
@@ -292,12 +289,12 @@ impl ImageFs {
             }
         };
         if let Some((d, trashed)) = released {
-            self.store.release_trashed(&d, &trashed);
+            self.store.release_trashed(&d.digest, &trashed);
         }
     }
 
-    /// The open image of digest `d`.
-    pub(super) fn image(&self, d: &store::Digest) -> Result<Arc<imagefs_erofs::Image>> {
+    /// The open image of `d`.
+    pub(super) fn image(&self, d: &ImageId) -> Result<Arc<imagefs_erofs::Image>> {
         // Every request inside an image asks: no path built once it is open.
         if let Some(img) = self.open_images.cached(d) {
             return Ok(img);
@@ -323,12 +320,26 @@ impl ImageFs {
         }
     }
 
-    /// The directory behind `digests/<hex>/`: in the store, or, for a collected digest
-    /// still in use, in the trash.
-    pub(super) fn digest_dir(&self, d: &store::Digest) -> Option<std::path::PathBuf> {
-        self.store
-            .digest_path(d)
-            .or_else(|| self.inodes.lock().zombies.get(d).cloned())
+    /// The directory behind an entry of `digests/`: in the store, or, for a collected
+    /// directory still in use, in the trash. A legacy directory that left the store while
+    /// `content/<hex>` is there was promoted into it (by a cross-repository tag, or by
+    /// content hypeman's clone): the same image, served from there.
+    pub(super) fn digest_dir(&self, d: &ImageId) -> Option<std::path::PathBuf> {
+        let (key, zombie) = {
+            let inodes = self.inodes.lock();
+            (inodes.dir_of(d), inodes.zombies.get(d).cloned())
+        };
+        let key = key?;
+        self.store.dir_path(&key).or(zombie).or_else(|| match key {
+            DirKey::Legacy(_, digest) => self.store.dir_path(&DirKey::Content(digest)),
+            DirKey::Content(_) => None,
+        })
+    }
+
+    /// The image that `digests/<hex>` shows: the digest's primary directory.
+    pub(super) fn primary_image(&self, d: &store::Digest) -> Option<ImageId> {
+        let key = self.store.primary_dir(d)?;
+        Some(self.inodes.lock().image_of(&key))
     }
 
     pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
@@ -339,7 +350,7 @@ impl ImageFs {
                     .tag(&r, &t)
                     .map(|t| t.key)
                     .ok_or_else(|| Error::not_found(format!("tags/{r}/{t}")))?;
-                Ok(link_text(&r, &key).into_bytes())
+                Ok(self.link_text(&r, &key).into_bytes())
             }
             NodeKey::Rootfs(d, nid) => self
                 .image(&d)?
@@ -382,7 +393,7 @@ impl ImageFs {
                     ));
                 }
                 Handle::ImageFile {
-                    digest: *d,
+                    id: *d,
                     image,
                     nid: Nid(*nid),
                 }
@@ -442,9 +453,7 @@ impl ImageFs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b[start..end].to_vec())
             }
-            Handle::ImageFile { digest, image, nid } => {
-                self.read_image(digest, image, *nid, offset, size)
-            }
+            Handle::ImageFile { id, image, nid } => self.read_image(id, image, *nid, offset, size),
             Handle::Backed { .. } => Err(Error::new(
                 fuser::Errno::EISDIR,
                 Level::Debug,
@@ -455,7 +464,7 @@ impl ImageFs {
 
     fn read_image(
         &self,
-        d: &store::Digest,
+        d: &ImageId,
         image: &imagefs_erofs::Image,
         nid: Nid,
         offset: u64,
@@ -471,7 +480,7 @@ impl ImageFs {
 
     /// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress
     /// may still be writing the image.
-    pub(super) fn digest_ready(&self, d: &store::Digest, dir: &Path) -> bool {
+    pub(super) fn digest_ready(&self, d: &ImageId, dir: &Path) -> bool {
         if self.ready.lock().contains(d) {
             return true;
         }
@@ -518,11 +527,15 @@ fn is_ready(dir: &Path) -> bool {
     )
 }
 
-/// The text of a tag's symlink: up to the mount's root, then `digests/<hex>`.
-pub(super) fn link_text(repo: &str, key: &DirKey) -> String {
-    format!(
-        "{}digests/{}",
-        "../".repeat(names::depth(repo) + 1),
-        key.digest()
-    )
+impl ImageFs {
+    /// The text of a tag's symlink: up to the mount's root, then the `digests/` entry that
+    /// serves its directory (`<hex>`, or `<hex>@<repo>`: see `store::images`).
+    pub(super) fn link_text(&self, repo: &str, key: &DirKey) -> String {
+        link_text(repo, &self.store.image_name(key))
+    }
+}
+
+/// A tag's symlink text in `repo` for the `digests/` entry `entry`.
+pub(super) fn link_text(repo: &str, entry: &str) -> String {
+    format!("{}digests/{entry}", "../".repeat(names::depth(repo) + 1))
 }

@@ -18,7 +18,7 @@ use log::Level;
 
 use super::ImageFs;
 use super::errno::{Error, Result};
-use super::inodes::NodeKey;
+use super::inodes::{ImageId, NodeKey};
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::store::{self, names};
 
@@ -131,9 +131,13 @@ impl ImageFs {
                 .collect(),
             NodeKey::Digests => {
                 // Skipping over the keys is cheap; only the window is formatted.
-                let v: Vec<store::Digest> = self.store.digests_window(skip, max);
+                let v = self.store.images_window(skip, max);
+                let mut inodes = self.inodes.lock();
                 v.into_iter()
-                    .map(|d| (NodeKey::Digest(d), FileType::Directory, d.hex().into()))
+                    .map(|(name, dir)| {
+                        let id = inodes.image_of(&dir);
+                        (NodeKey::Digest(id), FileType::Directory, name.into())
+                    })
                     .collect()
             }
             NodeKey::Digest(d) => window(&mut self.digest_listing(d)?.into_iter()),
@@ -154,9 +158,9 @@ impl ImageFs {
         })
     }
 
-    /// `digests/<hex>/`: `rootfs/` (when ready) and the digest directory's regular files,
+    /// `digests/<entry>/`: `rootfs/` (when ready) and the digest directory's regular files,
     /// but writers' temporaries ([`store::layout::is_staging_file`]).
-    fn digest_listing(&self, d: &store::Digest) -> Result<Vec<(NodeKey, FileType, OsString)>> {
+    fn digest_listing(&self, d: &ImageId) -> Result<Vec<(NodeKey, FileType, OsString)>> {
         let dir = self
             .digest_dir(d)
             .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;

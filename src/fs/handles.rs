@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use fuser::BackingId;
 use imagefs_erofs::{Image, Nid};
 
-use crate::store::Digest;
+use super::inodes::ImageId;
 
 pub enum Handle {
     /// A store file opened for passthrough: the kernel reads it; we keep the backing id.
@@ -22,7 +22,7 @@ pub enum Handle {
     File { file: File, changing: bool },
     /// A regular file of an image.
     ImageFile {
-        digest: Digest,
+        id: ImageId,
         image: Arc<Image>,
         nid: Nid,
     },

@@ -59,10 +59,15 @@ impl ImageTrees {
         self.0.store.digests()
     }
 
-    /// Can digest `d`'s `rootfs/` be served now (present in the store and ready)?
+    /// Can digest `d`'s `rootfs/` be served now (present in the store and ready)? The tree
+    /// mounted on `digests/<hex>/rootfs` is that of the digest's primary directory; other
+    /// directories of the digest (`digests/<hex>@<repo>`) are served by the main mount.
     pub(crate) fn serves_tree(&self, d: &Digest) -> bool {
         let fs = &self.0;
-        fs.digest_dir(d).is_some_and(|dir| fs.digest_ready(d, &dir))
+        fs.primary_image(d).is_some_and(|i| {
+            fs.digest_dir(&i)
+                .is_some_and(|dir| fs.digest_ready(&i, &dir))
+        })
     }
 
     /// Does the kernel hold an inode of digest `d`'s image tree? Before its tree is
@@ -77,7 +82,9 @@ impl ImageTrees {
     pub(crate) fn drop_cached_tree(&self, d: &Digest) {
         let fs = &self.0;
         let limit = Duration::from_secs(1);
-        let ino = fs.inodes.lock().ino_of(&NodeKey::Digest(*d));
+        let ino = fs
+            .primary_image(d)
+            .and_then(|i| fs.inodes.lock().ino_of(&NodeKey::Digest(i)));
         if let Some(ino) = ino {
             fs.inval
                 .send_and_wait(Inval::Entry(ino, ROOTFS.into()), limit);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use crate::store::Digest;
+use crate::store::{Digest, DirKey};
 
 pub const ROOT: u64 = 1;
 pub const TAGS: u64 = 2;
@@ -22,6 +22,25 @@ const FIRST_DYNAMIC: u64 = 16;
 /// image for the life of the mount. Other nodes are numbered from 16 up, far below.
 const NID_BITS: u32 = 44;
 
+/// One digest directory as the mount serves it: `digests/<hex>` or `digests/<hex>@<repo>`
+/// (see `store::images`). Nodes under it, the kernel's holds on them and collected
+/// directories kept for their users go by it, so a tag serves the bytes of the directory it
+/// names, and collecting one legacy directory of a digest never yanks another's users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ImageId {
+    pub digest: Digest,
+    /// Whose directory: 0 the content layout's, `n` the legacy one of the `n`-th repository
+    /// the table met (stable for the mount's life; see [`Inodes::image_of`]).
+    owner: u32,
+}
+
+impl std::fmt::Display for ImageId {
+    /// The digest: enough for log lines, which name the directory where it matters.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.digest.fmt(f)
+    }
+}
+
 /// A node of the mounted tree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NodeKey {
@@ -30,10 +49,10 @@ pub enum NodeKey {
     TagsDir(String),
     Tag(String, String),
     Digests,
-    Digest(Digest),
-    DigestFile(Digest, OsString),
+    Digest(ImageId),
+    DigestFile(ImageId, OsString),
     /// An inode (by nid) of a digest's image, under `digests/<hex>/rootfs/`.
-    Rootfs(Digest, u64),
+    Rootfs(ImageId, u64),
     Private,
     Metrics,
     /// The root of the image-tree connection: one entry per ready digest, its image's root.
@@ -49,8 +68,8 @@ struct Entry {
 }
 
 impl NodeKey {
-    /// The digest a node belongs to, for nodes under `digests/<hex>/`.
-    pub fn digest(&self) -> Option<Digest> {
+    /// The image a node belongs to, for nodes under `digests/<entry>/`.
+    pub fn image(&self) -> Option<ImageId> {
         match self {
             NodeKey::Digest(d) | NodeKey::DigestFile(d, _) | NodeKey::Rootfs(d, _) => Some(*d),
             _ => None,
@@ -63,14 +82,17 @@ pub struct Inodes {
     by_key: HashMap<NodeKey, u64>,
     by_ino: HashMap<u64, Entry>,
     next: u64,
-    /// digest -> how many inodes under `digests/<hex>/` the kernel holds.
-    held: HashMap<Digest, u32>,
-    /// digest -> how many of those are in its image tree (`rootfs/` and below).
-    held_tree: HashMap<Digest, u32>,
-    /// Collected digests still in use: where their directory waits in the trash.
-    pub zombies: HashMap<Digest, PathBuf>,
+    /// image -> how many inodes under its `digests/` entry the kernel holds.
+    held: HashMap<ImageId, u32>,
+    /// image -> how many of those are in its image tree (`rootfs/` and below).
+    held_tree: HashMap<ImageId, u32>,
+    /// Collected directories still in use: where they wait in the trash.
+    pub zombies: HashMap<ImageId, PathBuf>,
     /// Image slots for stable inode numbers (never reused within a mount).
-    slots: HashMap<Digest, u64>,
+    slots: HashMap<ImageId, u64>,
+    /// The legacy repositories met, owner `n` at `n - 1` ([`ImageId`]).
+    owners: Vec<String>,
+    owner_of: HashMap<String, u32>,
 }
 
 impl Default for Inodes {
@@ -83,6 +105,8 @@ impl Default for Inodes {
             held_tree: HashMap::new(),
             zombies: HashMap::new(),
             slots: HashMap::new(),
+            owners: Vec::new(),
+            owner_of: HashMap::new(),
         };
         for (ino, key) in [
             (ROOT, NodeKey::Root),
@@ -100,7 +124,7 @@ impl Default for Inodes {
 }
 
 /// One fewer held inode of `d`.
-fn release(counts: &mut HashMap<Digest, u32>, d: &Digest) {
+fn release(counts: &mut HashMap<ImageId, u32>, d: &ImageId) {
     if let Some(n) = counts.get_mut(d) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -110,6 +134,48 @@ fn release(counts: &mut HashMap<Digest, u32>, d: &Digest) {
 }
 
 impl Inodes {
+    /// The image of the digest directory `key`.
+    pub fn image_of(&mut self, key: &DirKey) -> ImageId {
+        let owner = match key {
+            DirKey::Content(_) => 0,
+            DirKey::Legacy(repo, _) => match self.owner_of.get(repo) {
+                Some(&n) => n,
+                None => {
+                    self.owners.push(repo.clone());
+                    let n = u32::try_from(self.owners.len()).unwrap_or(u32::MAX);
+                    self.owner_of.insert(repo.clone(), n);
+                    n
+                }
+            },
+        };
+        ImageId {
+            digest: key.digest(),
+            owner,
+        }
+    }
+
+    /// The digest directory of `id`.
+    pub fn dir_of(&self, id: &ImageId) -> Option<DirKey> {
+        match id.owner {
+            0 => Some(DirKey::Content(id.digest)),
+            n => {
+                let repo = self.owners.get(usize::try_from(n - 1).ok()?)?;
+                Some(DirKey::Legacy(repo.clone(), id.digest))
+            }
+        }
+    }
+
+    /// The inodes of tags the kernel holds: (repository, tag, inode).
+    pub fn held_tags(&self) -> Vec<(String, String, u64)> {
+        self.by_key
+            .iter()
+            .filter_map(|(k, &ino)| match k {
+                NodeKey::Tag(r, t) => Some((r.clone(), t.clone(), ino)),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn key(&self, ino: u64) -> Option<&NodeKey> {
         self.by_ino.get(&ino).map(|e| &e.key)
     }
@@ -130,7 +196,7 @@ impl Inodes {
             self.next += 1;
             self.next - 1
         });
-        if let Some(d) = key.digest() {
+        if let Some(d) = key.image() {
             *self.held.entry(d).or_default() += 1;
         }
         if let NodeKey::Rootfs(d, _) = key {
@@ -185,7 +251,7 @@ impl Inodes {
         if self.by_key.get(&e.key) == Some(&ino) {
             self.by_key.remove(&e.key);
         }
-        if let Some(d) = e.key.digest() {
+        if let Some(d) = e.key.image() {
             release(&mut self.held, &d);
         }
         if let NodeKey::Rootfs(d, _) = e.key {
@@ -194,15 +260,15 @@ impl Inodes {
         Some(e.key)
     }
 
-    /// Does the kernel hold any inode under `digests/<hex>/`?
-    pub fn holds(&self, d: &Digest) -> bool {
+    /// Does the kernel hold any inode of image `d` (under its `digests/` entry)?
+    pub fn holds(&self, d: &ImageId) -> bool {
         self.held.contains_key(d)
     }
 
-    /// Does the kernel hold any inode of digest `d`'s image tree (through either
-    /// connection)?
+    /// Does the kernel hold any inode of an image tree of digest `d` (through either
+    /// connection, of any of its directories)?
     pub fn holds_tree(&self, d: &Digest) -> bool {
-        self.held_tree.contains_key(d)
+        self.held_tree.keys().any(|i| i.digest == *d)
     }
 
     /// The node `key` no longer exists: its inode (if the kernel holds one) becomes `Gone`.
@@ -275,6 +341,15 @@ impl Inodes {
             }
             self.by_key.insert(new, ino);
         }
+        // Legacy digest directories move with their repository: their images follow.
+        for (n, repo) in self.owners.iter_mut().enumerate() {
+            if let Some(new) = moved(repo) {
+                self.owner_of.remove(repo.as_str());
+                *repo = new;
+                self.owner_of
+                    .insert(repo.clone(), u32::try_from(n + 1).unwrap_or(u32::MAX));
+            }
+        }
     }
 }
 
@@ -300,14 +375,38 @@ mod tests {
     #[test]
     fn image_inodes_keep_their_number_across_forgets() {
         let mut t = Inodes::default();
-        let d = Digest::from_bytes([7; 32]);
-        let e = Digest::from_bytes([8; 32]);
+        let d = t.image_of(&DirKey::Content(Digest::from_bytes([7; 32])));
+        let e = t.image_of(&DirKey::Content(Digest::from_bytes([8; 32])));
         let a = t.lookup(NodeKey::Rootfs(d, 42));
         assert_eq!(t.forget(a, 1), Some(NodeKey::Rootfs(d, 42)));
         let other = t.lookup(NodeKey::Rootfs(e, 42));
         assert_ne!(other, a, "the same nid in another image is another inode");
         assert_eq!(t.lookup(NodeKey::Rootfs(d, 42)), a);
         assert_eq!(t.key(a), Some(&NodeKey::Rootfs(d, 42)));
+    }
+
+    #[test]
+    fn each_directory_of_a_digest_is_an_image_that_follows_its_repository() {
+        let mut t = Inodes::default();
+        let d = Digest::from_bytes([7; 32]);
+        let keys = [
+            DirKey::Content(d),
+            DirKey::Legacy("a/b".into(), d),
+            DirKey::Legacy("c".into(), d),
+        ];
+        let ids: Vec<ImageId> = keys.iter().map(|k| t.image_of(k)).collect();
+        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+        assert_eq!(t.image_of(&keys[1]), ids[1], "stable");
+        for (k, id) in keys.iter().zip(&ids) {
+            assert_eq!(t.dir_of(id).as_ref(), Some(k));
+        }
+        let held = t.lookup(NodeKey::Rootfs(ids[1], 1));
+        assert!(t.holds(&ids[1]) && !t.holds(&ids[2]) && t.holds_tree(&d));
+        // A repository directory moved: its images' directories move with it.
+        t.rename_subtree("a", "z");
+        assert_eq!(t.dir_of(&ids[1]), Some(DirKey::Legacy("z/b".into(), d)));
+        assert_eq!(t.image_of(&DirKey::Legacy("z/b".into(), d)), ids[1]);
+        assert_eq!(t.key(held), Some(&NodeKey::Rootfs(ids[1], 1)));
     }
 
     #[test]

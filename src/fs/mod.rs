@@ -62,7 +62,7 @@ pub(crate) struct ImageFs {
     open_images: rootfs::OpenImages,
     /// Digests seen `ready`: a finished pull does not go back, so metadata.json is read
     /// once per digest, not on every lookup and getattr under `digests/<hex>/`.
-    ready: Mutex<std::collections::HashSet<crate::store::Digest>>,
+    ready: Mutex<std::collections::HashSet<inodes::ImageId>>,
     inval: Invalidator,
     /// Invalidations for the image-tree connection.
     inval_tree_conn: Invalidator,
@@ -162,15 +162,16 @@ impl Drop for Mutation<'_> {
     }
 }
 
-/// GC asks the inode table whether the kernel still holds a collected digest's nodes; if
+/// GC asks the inode table whether the kernel still holds a collected directory's nodes; if
 /// so the directory is served from the trash until the last of them is forgotten.
 struct Usage(Arc<Mutex<Inodes>>);
 
 impl crate::store::InUse for Usage {
-    fn retain(&self, digest: &crate::store::Digest, trashed: &Path) -> bool {
+    fn retain(&self, dir: &crate::store::DirKey, trashed: &Path) -> bool {
         let mut inodes = self.0.lock();
-        if inodes.holds(digest) {
-            inodes.zombies.insert(*digest, trashed.to_path_buf());
+        let image = inodes.image_of(dir);
+        if inodes.holds(&image) {
+            inodes.zombies.insert(image, trashed.to_path_buf());
             true
         } else {
             false

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use super::attr;
 use super::errno::Error;
-use crate::store::Digest;
+use super::inodes::ImageId;
 
 /// The name of the image tree inside a digest directory.
 pub const ROOTFS: &str = "rootfs";
@@ -24,14 +24,14 @@ pub const ROOTFS_IMAGE: &str = "rootfs.erofs";
 
 #[derive(Default)]
 pub struct OpenImages {
-    open: Mutex<HashMap<Digest, Arc<Image>>>,
-    /// Digests whose image failed already: logged once, then quietly.
-    bad: Mutex<HashSet<Digest>>,
+    open: Mutex<HashMap<ImageId, Arc<Image>>>,
+    /// Images that failed already: logged once, then quietly.
+    bad: Mutex<HashSet<ImageId>>,
 }
 
 impl OpenImages {
     /// The open image of digest `d`, whose directory is `dir`.
-    pub fn get(&self, d: &Digest, dir: &Path) -> Result<Arc<Image>, Error> {
+    pub fn get(&self, d: &ImageId, dir: &Path) -> Result<Arc<Image>, Error> {
         if let Some(img) = self.cached(d) {
             return Ok(img);
         }
@@ -43,18 +43,18 @@ impl OpenImages {
     }
 
     /// The image of digest `d`, if it is open.
-    pub fn cached(&self, d: &Digest) -> Option<Arc<Image>> {
+    pub fn cached(&self, d: &ImageId) -> Option<Arc<Image>> {
         self.open.lock().get(d).cloned()
     }
 
     /// Closes the image of a digest the kernel no longer holds anything of, or that left
     /// the store (a digest still in use reopens it from the trash).
-    pub fn close(&self, d: &Digest) {
+    pub fn close(&self, d: &ImageId) {
         self.open.lock().remove(d);
     }
 
     /// An image error as an errno reply; corruption is logged loudly once per digest.
-    pub fn error(&self, d: &Digest, e: ImageError) -> Error {
+    pub fn error(&self, d: &ImageId, e: ImageError) -> Error {
         let errno = fuser::Errno::from_i32(e.errno());
         let loud = matches!(
             e,

@@ -1,10 +1,11 @@
 //! What `ln -s TARGET tags/REPO/TAG` may say, turned into a [`Target`]:
-//! `<hex>`, `sha256:<hex>`, any path ending in `digests/<hex>`, or a path to another tag
-//! of this mount (relative to the new link, or absolute through the mountpoint).
+//! `<hex>`, `sha256:<hex>`, any path ending in `digests/<hex>` or `digests/<hex>@<repo>`
+//! (one legacy directory of a digest, as `store::images` names it), or a path to another
+//! tag of this mount (relative to the new link, or absolute through the mountpoint).
 
 use std::path::Path;
 
-use crate::store::{Digest, Target, names};
+use crate::store::{Digest, DirKey, Target, images, names};
 
 /// Parses `target` for a link created in repository `repo`; `mountpoint` is the mount's
 /// absolute path. `None`: the target names neither a digest nor a tag of this mount.
@@ -17,10 +18,10 @@ pub fn parse(target: &Path, repo: &str, mountpoint: &Path) -> Option<Target> {
         .split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .collect();
-    if let [.., "digests", hex] = comps.as_slice()
-        && let Some(d) = Digest::parse_hex(hex)
+    if let [.., "digests", entry] = comps.as_slice()
+        && let Some(t) = entry_target(entry)
     {
-        return Some(Target::Digest(d));
+        return Some(t);
     }
     // Resolve lexically, from the mount's root, to a path inside the mount.
     let resolved = if s.starts_with('/') {
@@ -36,13 +37,21 @@ pub fn parse(target: &Path, repo: &str, mountpoint: &Path) -> Option<Target> {
         names::resolve_lexically(start, s)?
     };
     match resolved.as_slice() {
-        ["digests", hex] => Digest::parse_hex(hex).map(Target::Digest),
+        ["digests", entry] => entry_target(entry),
         ["tags", path @ .., tag] if !path.is_empty() => Some(Target::Tag {
             repo: path.join("/"),
             tag: (*tag).to_string(),
         }),
         _ => None,
     }
+}
+
+/// The target an entry name of `digests/` stands for.
+fn entry_target(entry: &str) -> Option<Target> {
+    Some(match images::parse_entry_name(entry)? {
+        (d, None) => Target::Digest(d),
+        (d, Some(repo)) => Target::Dir(DirKey::Legacy(repo, d)),
+    })
 }
 
 #[cfg(test)]
@@ -66,6 +75,18 @@ mod tests {
         ] {
             assert_eq!(parse(Path::new(&t), "a/b", mp), d, "{t}");
         }
+        let dir = Some(Target::Dir(DirKey::Legacy(
+            "docker.io/library/x".into(),
+            Digest::parse_hex(&hex()).expect("hex"),
+        )));
+        for t in [
+            format!("../../digests/{}@docker.io+library+x", hex()),
+            format!("/mnt/x/digests/{}@docker.io+library+x", hex()),
+        ] {
+            assert_eq!(parse(Path::new(&t), "a/b", mp), dir, "{t}");
+        }
+        let bad = format!("/anywhere/digests/{}@Docker", hex());
+        assert_eq!(parse(Path::new(&bad), "a/b", mp), None);
     }
 
     #[test]

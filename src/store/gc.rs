@@ -421,12 +421,7 @@ impl Store {
             bytes: 0,
             digest_gone,
         };
-        if digest_gone
-            && self
-                .in_use
-                .get()
-                .is_some_and(|u| u.retain(&digest, &trashed))
-        {
+        if self.in_use.get().is_some_and(|u| u.retain(key, &trashed)) {
             self.intent_done(&rec);
             info!(
                 "collected {} from the store; still in use through the mount, kept in {} until its last user goes",

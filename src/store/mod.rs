@@ -60,8 +60,10 @@
 //! # Modules
 //!
 //! The changes by subject: [`tags`](Store::create_tag) (`tags.rs`), repository directories
-//! (`repo_dirs.rs`), promotion of legacy directories (`promote.rs`), [`gc`], and
-//! [`install`] for writers that do not mount the store.
+//! (`repo_dirs.rs`), promotion of legacy directories (`promote.rs`) and, in a store without
+//! `content/`, legacy copies instead ([`legacy_copy`]), [`gc`], and [`install`] for writers
+//! that do not mount the store. [`images`] says which directories of a digest `digests/`
+//! shows, under which names.
 
 #![forbid(unsafe_code)]
 
@@ -69,10 +71,12 @@ mod deferred;
 pub mod error;
 pub mod fsutil;
 pub mod gc;
+pub mod images;
 pub mod index;
 pub mod install;
 pub mod journal;
 pub mod layout;
+mod legacy_copy;
 pub mod lockfile;
 pub mod metadata;
 pub mod names;
@@ -107,17 +111,25 @@ use journal::Journal;
 /// What a new tag points at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
+    /// The digest: its primary directory (`digests/<hex>`).
     Digest(Digest),
-    Tag { repo: String, tag: String },
+    /// One directory of a digest (`digests/<hex>@<repo>`: see [`images`]).
+    Dir(DirKey),
+    Tag {
+        repo: String,
+        tag: String,
+    },
 }
 
 /// Asked by GC, for a directory it just took out of the store, whether the mount still
 /// serves it to someone (an open file, a cwd). Called under the store lock, once the
-/// directory has left the store and the index. Returning `true` takes ownership of the
-/// trashed directory: the caller must hand it back with [`Store::release_trashed`] when the
-/// last user goes; until then it stays in the bookkeeping's `trash/`.
+/// directory has left the store and the index, for every collected directory (another
+/// directory of the same digest may stay: the mount serves each directory's own bytes).
+/// Returning `true` takes ownership of the trashed directory: the caller must hand it back
+/// with [`Store::release_trashed`] when the last user goes; until then it stays in the
+/// bookkeeping's `trash/`.
 pub trait InUse: Send + Sync {
-    fn retain(&self, digest: &Digest, trashed: &Path) -> bool;
+    fn retain(&self, dir: &DirKey, trashed: &Path) -> bool;
 }
 
 /// What eager GC has done since the store was opened.
@@ -164,6 +176,9 @@ pub struct Store {
     /// Collections put off until the store is quiet, with the directory's identity then
     /// ([`deferred`]).
     deferred: Mutex<std::collections::HashMap<DirKey, journal::DirId>>,
+    /// Legacy copies made by the change in progress, with their GC intents, until the tag
+    /// that needed each is installed ([`legacy_copy`]).
+    fresh_copies: Mutex<Vec<(PathBuf, DirKey)>>,
     pub stats: GcStats,
 }
 
@@ -237,6 +252,7 @@ impl Store {
             watcher: Mutex::new(None),
             changes: Mutex::new(Vec::new()),
             deferred: Mutex::default(),
+            fresh_copies: Mutex::new(Vec::new()),
             stats: GcStats::default(),
         };
         {

@@ -1,5 +1,6 @@
 //! Promotion: a digest directory in one repository's legacy layout (`<repo>/<hex>`) that
-//! another repository's tag is to name moves into the content layout (`content/<hex>`),
+//! another repository's tag is to name moves into the content layout (`content/<hex>`), in
+//! a store that has `content/` already (without it, see [`super::legacy_copy`]),
 //! and the legacy tags naming it are rewritten there. Journaled as a `promote` intent, so
 //! [`super::recover`] finishes it after a crash.
 
@@ -13,14 +14,20 @@ use super::layout::{self, DirKey, Layout};
 use super::names::Digest;
 
 impl Store {
-    /// The key a tag in `repo` uses for the directory `key`: itself, unless `key` is another
-    /// repository's legacy directory, which is then promoted into the content layout.
-    pub(super) fn key_for_repo(&self, key: &DirKey, repo: &str) -> Result<DirKey> {
+    /// The key a tag `repo:tag` uses for the directory `key`: itself, unless `key` is another
+    /// repository's legacy directory. Then `content/<hex>` if the digest has one; else, in a
+    /// store without `content/`, a legacy directory of `repo` ([`super::legacy_copy`]); else
+    /// `key` is promoted into the content layout.
+    pub(super) fn key_for_repo(&self, key: &DirKey, repo: &str, tag: &str) -> Result<DirKey> {
         match key {
             DirKey::Legacy(owner, d) if owner != repo => {
-                if !self.index().has_dir(&DirKey::Content(*d)) {
-                    self.promote(owner, *d)?;
+                if self.index().has_dir(&DirKey::Content(*d)) {
+                    return Ok(DirKey::Content(*d));
                 }
+                if self.stays_legacy(repo) {
+                    return self.legacy_dir_in(key, repo, tag);
+                }
+                self.promote(owner, *d)?;
                 Ok(DirKey::Content(*d))
             }
             k => Ok(k.clone()),

@@ -94,16 +94,6 @@ impl Store {
         self.index().digests().copied().collect()
     }
 
-    /// The digests `skip..skip + max` of [`Store::digests`].
-    pub fn digests_window(&self, skip: usize, max: usize) -> Vec<Digest> {
-        self.index()
-            .digests()
-            .skip(skip)
-            .take(max)
-            .copied()
-            .collect()
-    }
-
     /// The number of digests with a directory in the store.
     pub fn digest_count(&self) -> usize {
         self.index().digest_count()
@@ -125,13 +115,6 @@ impl Store {
                 .map(|(k, _)| self.root.join(k.rel_path()))
                 .collect(),
         }
-    }
-
-    /// The directory that `digests/<hex>` shows: the content one, else a legacy one.
-    pub fn digest_path(&self, d: &Digest) -> Option<PathBuf> {
-        let ix = self.index();
-        let key = ix.dirs_of(d).next()?;
-        Some(self.root.join(key.rel_path()))
     }
 
     /// The tag `repo:tag` and the store path of its symlink.

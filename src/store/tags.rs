@@ -139,7 +139,15 @@ impl Store {
         let tag = check_new_tag(repo, tag)?;
         let _g = self.lock()?;
         self.sync_locked();
-        let digest = self.resolve(target)?;
+        let result = self.create_tag_locked(repo, tag, target);
+        self.settle_copies();
+        result
+    }
+
+    /// [`Store::create_tag`] with the lock held.
+    fn create_tag_locked(&self, repo: &str, tag: &str, target: &Target) -> Result<Digest> {
+        let source = self.resolve(target)?;
+        let digest = source.digest();
         {
             let ix = self.index();
             let node = ix
@@ -149,7 +157,7 @@ impl Store {
                 return Err(StoreError::Exists(format!("{repo}:{tag}")));
             }
         }
-        let key = self.choose_dir(repo, digest)?;
+        let key = self.choose_dir(repo, tag, &source)?;
         let lay = layout_of(&key);
         self.ensure_store_dir(lay, repo)?;
         let link = self.tag_path(repo, tag, lay);
@@ -254,9 +262,20 @@ impl Store {
         mode: RenameMode,
     ) -> Result<Vec<Collected>> {
         let to_tag = check_new_tag(to_repo, to_tag)?;
-        let to = (to_repo, to_tag);
         let _g = self.lock()?;
         self.sync_locked();
+        let result = self.rename_tag_locked(from, (to_repo, to_tag), mode);
+        self.settle_copies();
+        result
+    }
+
+    /// [`Store::rename_tag`] with the lock held.
+    fn rename_tag_locked(
+        &self,
+        from: (&str, &str),
+        to: (&str, &str),
+        mode: RenameMode,
+    ) -> Result<Vec<Collected>> {
         let src = self
             .index()
             .tag(from.0, from.1)
@@ -287,7 +306,7 @@ impl Store {
         }
         // The moved tag keeps its directory; a legacy one entering another repository
         // needs the content layout.
-        let new_key = self.key_for_repo(&src.key, to.0)?;
+        let new_key = self.key_for_repo(&src.key, to.0, to.1)?;
         let src = self.index().tag(from.0, from.1).cloned().unwrap_or(src);
         let new_layout = layout_of(&new_key);
         let intent = match &dst {
@@ -387,8 +406,8 @@ impl Store {
         };
         let (ta, tb) = (get(a)?, get(b)?);
         // What each position will name after the swap.
-        let for_a = self.key_for_repo(&tb.key, a.0)?;
-        let for_b = self.key_for_repo(&ta.key, b.0)?;
+        let for_a = self.key_for_repo(&tb.key, a.0, a.1)?;
+        let for_b = self.key_for_repo(&ta.key, b.0, b.1)?;
         let (ta, tb) = (get(a)?, get(b)?);
         let mut intents: Vec<(Option<LastRef>, DirKey)> = Vec::new();
         for old in [&ta.key, &tb.key] {
@@ -478,38 +497,45 @@ impl Store {
         Ok(())
     }
 
-    /// Resolves a tag target to a digest.
-    fn resolve(&self, target: &Target) -> Result<Digest> {
+    /// Resolves a tag target to the digest directory it names: a digest's primary one (the
+    /// first of [`super::index::Index::dirs_of`]), the one named, or the tag's.
+    fn resolve(&self, target: &Target) -> Result<DirKey> {
+        let ix = self.index();
         match target {
-            Target::Digest(d) => {
-                if self.index().dirs_of(d).next().is_some() {
-                    Ok(*d)
-                } else {
-                    Err(StoreError::NotFound(format!("digest {d}")))
-                }
-            }
-            Target::Tag { repo, tag } => self
-                .index()
+            Target::Digest(d) => ix
+                .dirs_of(d)
+                .next()
+                .cloned()
+                .ok_or_else(|| StoreError::NotFound(format!("digest {d}"))),
+            Target::Dir(key) if ix.has_dir(key) => Ok(key.clone()),
+            Target::Dir(key) => Err(StoreError::NotFound(format!(
+                "digest directory {}",
+                key.rel_path().display()
+            ))),
+            Target::Tag { repo, tag } => ix
                 .tag(repo, tag)
-                .map(|t| t.key.digest())
+                .map(|t| t.key.clone())
                 .ok_or_else(|| StoreError::NotFound(format!("tag {repo}:{tag}"))),
         }
     }
 
-    /// The directory a new tag in `repo` should name for `digest`, checked `ready`.
-    /// A digest only in another repository's legacy layout is promoted first.
-    fn choose_dir(&self, repo: &str, digest: Digest) -> Result<DirKey> {
-        let candidates: Vec<DirKey> = self.index().dirs_of(&digest).cloned().collect();
+    /// The directory a new tag `repo:tag` should name for the digest of `source`, checked
+    /// `ready`: the digest's content directory, else `repo`'s own legacy one, else `source`
+    /// as [`Store::key_for_repo`] gives it to `repo` (promoted, or copied in a store
+    /// without `content/`).
+    fn choose_dir(&self, repo: &str, tag: &str, source: &DirKey) -> Result<DirKey> {
+        let digest = source.digest();
+        let content = DirKey::Content(digest);
         let local = DirKey::Legacy(repo.to_string(), digest);
-        let key = if candidates.contains(&DirKey::Content(digest)) {
-            DirKey::Content(digest)
-        } else if candidates.contains(&local) {
-            local
-        } else {
-            candidates
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::NotFound(format!("digest {digest}")))?
+        let key = {
+            let ix = self.index();
+            if ix.has_dir(&content) {
+                content
+            } else if ix.has_dir(&local) {
+                local
+            } else {
+                source.clone()
+            }
         };
         match self.status(&key) {
             Ok(Status::Ready) => {}
@@ -526,6 +552,6 @@ impl Store {
                 });
             }
         }
-        self.key_for_repo(&key, repo)
+        self.key_for_repo(&key, repo, tag)
     }
 }

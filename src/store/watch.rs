@@ -46,10 +46,10 @@ pub enum Change {
     Tag { repo: String, tag: String },
     /// A repository directory appeared or vanished.
     Dir(String),
-    /// A digest directory vanished.
-    DigestGone(Digest),
+    /// A digest directory vanished (other directories of its digest may remain).
+    DirGone(DirKey),
     /// A digest directory appeared.
-    DigestAdded,
+    DirAdded(DirKey),
     /// A collection the mount had put off (another writer had just changed the
     /// directory's tags) was done by a later retry: see `deferred.rs`.
     Collected(Collected),
@@ -497,7 +497,7 @@ impl Watcher {
                         if !ix.has_dir(&key) {
                             info!("another writer added {}", path.display());
                             ix.add_dir(key.clone());
-                            out.push(Change::DigestAdded);
+                            out.push(Change::DirAdded(key.clone()));
                             self.arrived(root, &key, ix, out);
                         }
                     }
@@ -505,7 +505,7 @@ impl Watcher {
                         if ix.has_dir(&key) {
                             info!("another writer removed {}", path.display());
                             self.dir_gone(root, &key, ix, out);
-                            out.push(Change::DigestGone(d));
+                            out.push(Change::DirGone(key));
                         }
                     }
                 }
@@ -599,14 +599,12 @@ impl Watcher {
             match (is_dir, ix.has_dir(&key)) {
                 (true, false) => {
                     ix.add_dir(key.clone());
-                    out.push(Change::DigestAdded);
+                    out.push(Change::DirAdded(key.clone()));
                     self.arrived(root, &key, ix, out);
                 }
                 (false, true) => {
                     self.dir_gone(root, &key, ix, out);
-                    if ix.dirs_of(&d).next().is_none() {
-                        out.push(Change::DigestGone(d));
-                    }
+                    out.push(Change::DirGone(key));
                 }
                 _ => {}
             }
@@ -709,17 +707,15 @@ impl Watcher {
                 });
                 if had_dir && meta.is_none() {
                     let prefix = format!("{sub}/");
-                    let digests: Vec<Digest> = ix
+                    let dirs: Vec<DirKey> = ix
                         .dir_keys()
-                        .filter_map(|(k, _)| match k {
-                            DirKey::Legacy(r, d)
-                                if lay == Layout::Legacy
-                                    && (*r == sub || r.starts_with(&prefix)) =>
-                            {
-                                Some(*d)
+                        .filter(|(k, _)| match k {
+                            DirKey::Legacy(r, _) => {
+                                lay == Layout::Legacy && (*r == sub || r.starts_with(&prefix))
                             }
-                            _ => None,
+                            DirKey::Content(_) => false,
                         })
+                        .map(|(k, _)| k.clone())
                         .collect();
                     let untagged: Vec<DirKey> = ix
                         .nodes()
@@ -734,11 +730,7 @@ impl Watcher {
                     for (repo, tag) in ix.remove_subtree(&sub, lay) {
                         out.push(Change::Tag { repo, tag });
                     }
-                    for d in digests {
-                        if ix.dirs_of(&d).next().is_none() {
-                            out.push(Change::DigestGone(d));
-                        }
-                    }
+                    out.extend(dirs.into_iter().map(Change::DirGone));
                     self.unwatch_subtree(lay, &sub);
                     out.push(Change::Dir(sub));
                 }

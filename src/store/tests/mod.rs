@@ -9,6 +9,7 @@ mod concurrency;
 mod deferred;
 mod gc;
 mod hypeman;
+mod legacy;
 mod model;
 mod open;
 mod promote;

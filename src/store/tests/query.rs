@@ -46,10 +46,16 @@ fn queries_answer_from_the_index() {
     assert!(store.has_digest(&dg(9)) && !store.has_digest(&dg(0xaa)));
     let all: Vec<_> = (1..=9).map(dg).collect();
     assert_eq!(store.digests(), all);
-    assert_eq!(store.digests_window(2, 2), all[2..4]);
+    assert_eq!(
+        store.images_window(2, 2),
+        vec![
+            (hex(3), DirKey::Content(dg(3))),
+            (hex(4), DirKey::Content(dg(4)))
+        ]
+    );
     assert_eq!(store.digest_count(), 9);
     assert_eq!(
-        store.digest_path(&dg(8)),
+        store.primary_dir(&dg(8)).and_then(|k| store.dir_path(&k)),
         Some(
             store
                 .root()
@@ -61,7 +67,7 @@ fn queries_answer_from_the_index() {
     assert_eq!(census.tags, store.tag_count());
     assert_eq!(census.dirs.len(), 9);
     assert_eq!(
-        store.digest_path(&dg(1)),
+        store.primary_dir(&dg(1)).and_then(|k| store.dir_path(&k)),
         Some(fx.p(&format!("content/{}", hex(1))))
     );
 }
