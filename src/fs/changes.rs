@@ -200,7 +200,7 @@ impl ImageFs {
                 }
                 Change::DigestGone(d) => {
                     self.ready.lock().remove(&d);
-                    self.open_images.close(&d);
+                    self.digest_left(&d);
                     self.forget_rootfs_mount(&d);
                     self.inval
                         .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
@@ -248,8 +248,8 @@ impl ImageFs {
             if c.digest_gone {
                 self.ready.lock().remove(&d);
                 // An open image would keep its deleted file's space (a listing opens it
-                // without the kernel holding an inode).
-                self.open_images.close(&d);
+                // without the kernel holding an inode); one in use stays open for its users.
+                self.digest_left(&d);
                 self.forget_rootfs_mount(&d);
                 self.inval.send_and_wait(
                     Inval::Entry(inodes::DIGESTS, d.hex().into()),
