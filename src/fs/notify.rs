@@ -173,3 +173,30 @@ impl Signal {
         std::mem::take(&mut *r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_threads_minus_one_wait_and_none_before_start() {
+        let inval = Invalidator::default();
+        assert!(
+            inval.permit().is_none(),
+            "nothing waits before the lanes start"
+        );
+        inval.max_waiting.store(2, Ordering::Release);
+        let a = inval.permit();
+        let b = inval.permit();
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            inval.permit().is_none(),
+            "a third waiter would leave no thread free"
+        );
+        drop(a);
+        assert!(
+            inval.permit().is_some(),
+            "a permit is given back when its wait ends"
+        );
+    }
+}
