@@ -577,6 +577,7 @@ def still_served_then_released(m, hx, remove, gone):
             assert f"KEY={KEYS[0]}".encode() in f.read()
         assert os.listdir(dfd) == ["os-release"]
         assert not released(m, hx), "the log says the image was released while it is still in use"
+        assert in_use_only(m) == 1, metrics(m.mnt)
     finally:
         os.close(fd)
         os.close(dfd)
@@ -586,6 +587,14 @@ def still_served_then_released(m, hx, remove, gone):
             f.write("2\n")
         return released(m, hx)
     assert eventually(dropped, timeout=5.0, step=0.2), f"no log line says the image was released:\n{m.log_tail(20)}"
+    assert in_use_only(m) == 0, metrics(m.mnt)
+
+
+def in_use_only(m) -> int:
+    """The metric of removed images still served to their users."""
+    found = re.search(r"^imagefs_in_use_only_images (\d+)$", metrics(m.mnt), re.M)
+    assert found, metrics(m.mnt)
+    return int(found.group(1))
 
 
 def released(m, hx) -> bool:

@@ -525,7 +525,8 @@ impl ImageFs {
             dirs,
         } = self.store.census();
         let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
-        let in_use_only = self.inodes.lock().zombies.len();
+        // Ours wait in the trash; those another writer removed, only as open images.
+        let in_use_only = self.inodes.lock().zombies.len() + self.open_images.left_count();
         self.metrics.render(&super::metrics::Gauges {
             tags,
             digests,

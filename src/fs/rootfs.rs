@@ -73,6 +73,11 @@ impl OpenImages {
         self.left.lock().remove(d)
     }
 
+    /// How many images are open only for the kernel, their digest removed by another writer.
+    pub fn left_count(&self) -> usize {
+        self.left.lock().len()
+    }
+
     /// Digest `d` left the store by another writer's hand while the kernel holds inodes of
     /// it: its image (if open) stays open for them. Returns whether that is news.
     pub fn left_in_use(&self, d: &Digest) -> bool {
