@@ -5,7 +5,8 @@ remove-then-create retag, content tag-before-ready with staging names, DeleteIma
 RemoveAll, layers/). This file
 
 - races that writer against the mount, pair by pair, for IMAGEFS_RACES races each (default 200),
-  and prints per pair: tagged images lost, directories removed while a tag named them, images deleted
+  once with image trees mounted on their own connection and once with rootfs/ served by the main
+  mount (`--no-rootfs-mounts`), and prints per pair and way: tagged images lost, directories removed while a tag named them, images deleted
   that no one removed, dangling tags imagefs could have prevented, unpreventable races (and how many
   of them were logged, counted in the metrics and reported by fsck). The "must be 0" ones are asserted.
 - pins every numbered finding of issue 9 with a test that sets up the exact order of events.
@@ -34,18 +35,16 @@ from pathlib import Path
 import pytest
 
 import helpers
-from helpers import (bookkeeping, gc_intent, imagefs_bin, mount_target, mounts_at, require, scan_store, sh,
-                     wait_trash_empty)
+from helpers import (bookkeeping, gc_intent, imagefs_bin, is_fuse_mounted, mount_target, mounts_at, require,
+                     scan_store, sh, wait_trash_empty)
 from hypeman import Content, Legacy, NotFound, manifest_hex, normalize_repo, phantoms
 
 RACES = int(os.environ.get("IMAGEFS_RACES", "200"))
 GAP = float(os.environ.get("IMAGEFS_RACE_GAP", "0.002"))   # seconds: max pause at a preemption point
 KEYS = ["hm-a", "hm-b", "hm-c"]   # real erofs images (ImageCache keys)
-# The race pairs serve rootfs/ from the main mount unless IMAGEFS_BESIDE_ROOTFS_MOUNTS=1: with image
-# trees mounted on their own, hypeman's GC racing the mount's hung the daemon on today's main (an rm
-# through the mount never returned; kill -9 left the daemon a zombie with a thread stuck), which no
-# xfail marker can contain. The findings test the image-tree connection (finding 5).
-RACE_MOUNT = [] if os.environ.get("IMAGEFS_BESIDE_ROOTFS_MOUNTS") == "1" else ["--no-rootfs-mounts"]
+# How rootfs/ is served: image trees mounted on their own connection (the default as root, with the
+# kernel's mount API) or the main mount (--no-rootfs-mounts). Every race pair and finding 5 run both.
+SERVED_BY = {"image-trees": [], "main-mount": ["--no-rootfs-mounts"]}
 VERSIONS = {"legacy": Legacy, "content": Content}
 
 
@@ -110,6 +109,22 @@ def hexes(n: int, prefix: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ race machinery
+@pytest.fixture(params=list(SERVED_BY))
+def served_by(request) -> str:
+    return request.param
+
+
+def race_mount(store, mounter, served_by):
+    """Mounts the store for a race pair, rootfs/ served as `served_by` says."""
+    m = mounter(store, extra_args=SERVED_BY[served_by])
+    if served_by == "image-trees":
+        def trees_mounted():
+            return any(is_fuse_mounted(m.mnt / "digests" / hx / "rootfs") for hx in os.listdir(m.mnt / "digests"))
+        require(eventually(trees_mounted, timeout=3.0),
+                "image trees are not mounted on their own here (needs root and the kernel's mount API)")
+    return m
+
+
 def race(h, m, jitter: float):
     """Runs h() in a thread and m() in this one after a random delay up to jitter; returns
     (h's result or exception, m's result or exception, monotonic times m began and returned)."""
@@ -199,7 +214,7 @@ def bystander_gone(hm, root, hx) -> int:
 
 
 # ==================================================================================== the race pairs
-def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys):
+def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys, served_by):
     """Legacy retag (remove, then create) of tag a x `rm` of sibling tag b through the mount."""
     root = store.root
     hm = Legacy(root, store.images)
@@ -209,9 +224,9 @@ def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys):
         hm.pull(repo, f"a{i}", hx, KEYS[i % 3])
         hm.retag(repo, f"b{i}", hx)
     by = bystander(hm, root)
-    mnt = mounter(store, extra_args=RACE_MOUNT).mnt
+    mnt = race_mount(store, mounter, served_by).mnt
     hm.gaps = {"retag": GAP}
-    c = Counts("legacy retag x rm sibling")
+    c = Counts(f"legacy retag x rm sibling, {served_by}")
     for i, hx in enumerate(hs):
         d = root / repo / hx
 
@@ -240,7 +255,7 @@ def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys):
 
 
 @pytest.mark.parametrize("version", ["legacy", "content"])
-def test_race_delete_image_vs_ln(store, mounter, capsys, version):
+def test_race_delete_image_vs_ln(store, mounter, capsys, served_by, version):
     """hypeman DeleteImage (resolve, unlink, count, RemoveAll) x `ln -s` of a new tag through the mount."""
     root = store.root
     hm = VERSIONS[version](root, store.images)
@@ -249,7 +264,7 @@ def test_race_delete_image_vs_ln(store, mounter, capsys, version):
     for i, hx in enumerate(hs):
         quick_pull(hm, repo, f"a{i}", hx, KEYS[i % 3])
     by = bystander(hm, root)
-    mt = mounter(store, extra_args=RACE_MOUNT)
+    mt = race_mount(store, mounter, served_by)
     mnt = mt.mnt
     hm.gaps = {"unlink": GAP / 2, "count": 2 * GAP}
     # hypeman's counting takes a while (content: a walk of every tag): spread the ln -s over it.
@@ -258,7 +273,7 @@ def test_race_delete_image_vs_ln(store, mounter, capsys, version):
     if version == "content":
         hm.content_tag_count(hs[0])
     jitter = 1.5 * GAP + 2 * (time.monotonic() - t0)
-    c = Counts(f"{version} DeleteImage x ln -s")
+    c = Counts(f"{version} DeleteImage x ln -s, {served_by}")
     dangling_unpreventable = []
     for i, hx in enumerate(hs):
         tag = f"ln-{i:05d}-x"
@@ -301,19 +316,19 @@ STAGING = re.compile(r"(\.tmp|\.tmp-.*|^\.install-.*|^\.tag-stage-.*)$")
     pytest.param("legacy"),
     pytest.param("content"),
 ])
-def test_race_pull_vs_listing(store, mounter, capsys, version):
+def test_race_pull_vs_listing(store, mounter, capsys, served_by, version):
     """A hypeman pull, step by step (first pulls into new repositories), x listings through the mount:
     digests/ shows only digest directories, a digest directory none of hypeman's staging files, and
     every pull's tag shows within a second once the pull is done."""
     root = store.root
     hm = VERSIONS[version](root, store.images)
     hm.pull("docker.io/library/seed", "v", manifest_hex(f"seed-{version}"), KEYS[0])
-    mnt = mounter(store, extra_args=RACE_MOUNT).mnt
+    mnt = race_mount(store, mounter, served_by).mnt
     hm.gaps = {"metadata-tmp": 5 * GAP, "mkfs": GAP / 4, "install": GAP, "tag-stage": GAP, "pull": GAP}
     n = max(1, RACES // 20)     # a pull is ~10 steps; every listing during it is a race
     hs = hexes(n, f"pull-{version}")
     known = {manifest_hex(f"seed-{version}")} | set(hs)
-    c = Counts(f"{version} pull x listing")
+    c = Counts(f"{version} pull x listing, {served_by}")
     wrong: list[str] = []
     not_converged: list[str] = []
     for i, hx in enumerate(hs):
@@ -351,7 +366,7 @@ def test_race_pull_vs_listing(store, mounter, capsys, version):
     assert c.lost == 0, c.line()
 
 
-def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys):
+def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys, served_by):
     """Content: hypeman DeleteImage of tag a x `rm` of tag b through the mount, both last-reference
     collections of one digest. Then hypeman re-pulls every digest as a digest-only image (kept by
     hypeman) and the store is mounted again: nothing a leftover intent names may go."""
@@ -363,10 +378,10 @@ def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys):
         quick_pull(hm, repo, f"a{i}", hx, KEYS[i % 3])
         hm.retag(repo, f"b{i}", hx)
     by = bystander(hm, root)
-    m1 = mounter(store, extra_args=RACE_MOUNT)
+    m1 = race_mount(store, mounter, served_by)
     mnt = m1.mnt
     hm.gaps = {"unlink": GAP, "count": GAP}
-    c = Counts("content DeleteImage x rm (both collect)")
+    c = Counts(f"content DeleteImage x rm (both collect), {served_by}")
     for i, hx in enumerate(hs):
         def mount_rm(i=i, hx=hx):
             os.unlink(T(mnt, repo, f"b{i}"))
@@ -387,7 +402,7 @@ def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys):
     m1.stop()
     intents = bookkeeping(root) / "intents"
     c.extra["intents-left"] = len(os.listdir(intents)) if intents.is_dir() else 0
-    mounter(store, extra_args=RACE_MOUNT)
+    race_mount(store, mounter, served_by)
     time.sleep(0.5)
     c.deleted_unremoved = sum(1 for hx in hs if not hm.content_dir(hx).is_dir()) + bystander_gone(hm, root, by)
     report(capsys, c)
@@ -398,7 +413,7 @@ def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys):
     "legacy",
     pytest.param("content"),
 ])
-def test_race_listing_vs_collections_in_use(store, mounter, capsys, version):
+def test_race_listing_vs_collections_in_use(store, mounter, capsys, served_by, version):
     """hypeman's listing x collections through the mount, every other image kept in use (an open
     rootfs.erofs): the listing never shows an entry that is no image of the store."""
     root = store.root
@@ -408,9 +423,9 @@ def test_race_listing_vs_collections_in_use(store, mounter, capsys, version):
     hs = hexes(n, f"inuse-{version}")
     for i, hx in enumerate(hs):
         quick_pull(hm, repo, f"t{i}", hx, KEYS[i % 3])
-    mnt = mounter(store, extra_args=RACE_MOUNT).mnt
+    mnt = race_mount(store, mounter, served_by).mnt
     held = [os.open(mnt / "digests" / hx / "rootfs.erofs", os.O_RDONLY) for hx in hs[::2]]
-    c = Counts(f"{version} listing x collections in use")
+    c = Counts(f"{version} listing x collections in use, {served_by}")
     seen: list = []
     try:
         for i, hx in enumerate(hs):
@@ -576,32 +591,85 @@ def test_finding4_first_pulls_into_new_legacy_repositories(store, mounter):
     assert not missing, f"first pulls whose tag never showed: {missing}"
 
 
-@xfail(5, "a file open under rootfs/ answers ENOENT after hypeman's DeleteImage removed the digest")
-def test_finding5_in_use_never_yanked_by_hypeman(store, mounter):
-    root = store.root
-    hm = Content(root, store.images)
-    repo = "docker.io/library/f5"
-    hx = manifest_hex("f5")
-    hm.pull(repo, "t", hx, KEYS[0])
-    mnt = mounter(store).mnt
-    rootfs = mnt / "digests" / hx / "rootfs"
-    require(any(t.startswith("fuse") for t in mounts_at(rootfs)),
-            "image trees are not mounted on their own here (needs root and the kernel's mount API)")
-    # Held by the kernel, never read before (so nothing is in the page cache): a file and a directory.
+def mount_serving_rootfs(store, mounter, served_by, hx):
+    """Mounts the store with rootfs/ served as asked; returns (mount, digests/<hx>/rootfs)."""
+    m = mounter(store, extra_args=SERVED_BY[served_by])
+    rootfs = m.mnt / "digests" / hx / "rootfs"
+    on_its_own = any(t.startswith("fuse") for t in mounts_at(rootfs))
+    if served_by == "image-trees":
+        require(on_its_own, "image trees are not mounted on their own here (needs root and the kernel's mount API)")
+    else:
+        assert not on_its_own, f"--no-rootfs-mounts, yet {rootfs} is a mount: {mounts_at(rootfs)}"
+    return m, rootfs
+
+
+def still_served_then_released(m, hx, remove, gone):
+    """Holds a file and a directory under digests/<hx>/rootfs/ (never read before, so nothing is in
+    the page cache), lets remove() take the digest out of the store from outside the mount, and checks
+    that both keep being served until they are closed, and that the daemon then releases the image
+    and says so."""
+    rootfs = m.mnt / "digests" / hx / "rootfs"
     fd = os.open(rootfs / "bin" / "sh", os.O_RDONLY)
     dfd = os.open(rootfs / "etc", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        hm.delete_image(repo, "t")
-        assert not hm.content_dir(hx).exists()
-        assert eventually(lambda: hx not in os.listdir(mnt / "digests"), timeout=1.0)
-        time.sleep(0.5)
+        remove()
+        assert gone(), "the digest directory is still in the store"
+        assert eventually(lambda: hx not in os.listdir(m.mnt / "digests"), timeout=1.0)
+        time.sleep(0.5)     # the watcher has applied the removal (it shows within a second)
         assert os.pread(fd, 4096, 0) == b"#!fake\n" + KEYS[0].encode() * 64
-        with open(os.open("os-release", os.O_RDONLY, dir_fd=dfd), "rb") as f:
+        assert os.fstat(fd).st_size == len(b"#!fake\n" + KEYS[0].encode() * 64)
+        with open(os.open("os-release", os.O_RDONLY, dir_fd=dfd), "rb") as f:   # never looked up before
             assert f"KEY={KEYS[0]}".encode() in f.read()
         assert os.listdir(dfd) == ["os-release"]
+        assert not released(m, hx), "the log says the image was released while it is still in use"
+        assert in_use_only(m) == 1, metrics(m.mnt)
     finally:
         os.close(fd)
         os.close(dfd)
+    # The last holders went: the kernel forgets the inodes (drop_caches evicts what it only caches).
+    def dropped():
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        return released(m, hx)
+    assert eventually(dropped, timeout=5.0, step=0.2), f"no log line says the image was released:\n{m.log_tail(20)}"
+    assert in_use_only(m) == 0, metrics(m.mnt)
+
+
+def in_use_only(m) -> int:
+    """The metric of removed images still served to their users."""
+    found = re.search(r"^imagefs_in_use_only_images (\d+)$", metrics(m.mnt), re.M)
+    assert found, metrics(m.mnt)
+    return int(found.group(1))
+
+
+def released(m, hx) -> bool:
+    return f"released the image of sha256:{hx}" in m.log_text()
+
+
+def test_finding5_in_use_never_yanked_by_hypeman(store, mounter, served_by):
+    root = store.root
+    hm = Content(root, store.images)
+    repo = "docker.io/library/f5"
+    hx = manifest_hex(f"f5-{served_by}")
+    hm.pull(repo, "t", hx, KEYS[0])
+    m, _ = mount_serving_rootfs(store, mounter, served_by, hx)
+    still_served_then_released(m, hx, lambda: hm.delete_image(repo, "t"),
+                               lambda: not hm.content_dir(hx).exists())
+
+
+def test_finding5_in_use_never_yanked_by_imagefs_gc(store, mounter, served_by):
+    """`imagefs gc` run beside the mount (another process: the lock, an intent, the rename into the
+    trash, the deletion) removes an untagged image that is in use through the mount."""
+    root = store.root
+    hm = Content(root, store.images)
+    hx = manifest_hex(f"f5-gc-{served_by}")
+    hm.pull("docker.io/library/f5gc", None, hx, KEYS[0])      # a digest-only pull: no tag names it
+    m, _ = mount_serving_rootfs(store, mounter, served_by, hx)
+
+    def gc():
+        r = imagefs("gc", "--store", root)
+        assert r.returncode == 0 and f"content/{hx}" in r.stdout, (r.returncode, r.stdout, r.stderr)
+    still_served_then_released(m, hx, gc, lambda: not hm.content_dir(hx).exists())
 
 
 @pytest.mark.parametrize("version", [

@@ -89,7 +89,7 @@ impl RootfsMounts {
                 return None;
             }
         };
-        trees.start_notifier(session.notifier());
+        trees.start_notifier(session.notifier(), config.n_threads.unwrap_or(1));
         let (done_tx, done) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("imagefs-trees".into())

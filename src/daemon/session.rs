@@ -44,7 +44,7 @@ pub(super) fn serve(
     let config = fuse_config(store.root(), opts);
     let mut session = Session::new(Connection::main(fs.clone()), mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
-    fs.start_notifier(session.notifier());
+    fs.start_notifier(session.notifier(), opts.threads);
     tuning::raise_readahead(mp);
     fs.start_watcher()?;
     let rootfs_mounts = if opts.rootfs_mounts {

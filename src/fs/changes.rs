@@ -202,7 +202,7 @@ impl ImageFs {
                     let d = dir.digest();
                     let image = self.inodes.lock().image_of(&dir);
                     self.ready.lock().remove(&image);
-                    self.open_images.close(&image);
+                    self.image_left(&image);
                     if self.store.has_digest(&d) {
                         self.digest_dirs_changed(&dir);
                     } else {
@@ -304,8 +304,8 @@ impl ImageFs {
             let image = self.inodes.lock().image_of(&c.dir);
             self.ready.lock().remove(&image);
             // An open image would keep its deleted file's space (a listing opens it
-            // without the kernel holding an inode); its users reopen it from the trash.
-            self.open_images.close(&image);
+            // without the kernel holding an inode); one in use stays open for its users.
+            self.image_left(&image);
             if !c.digest_gone {
                 self.digest_dirs_changed(&c.dir);
             } else {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fuser::{FileAttr, FileType, INodeNo};
 use imagefs_erofs::Nid;
-use log::Level;
+use log::{Level, info};
 
 use super::ImageFs;
 use super::attr::{self, IMMUTABLE_TTL, TAGS_TTL};
@@ -272,8 +272,18 @@ impl ImageFs {
     }
 
     pub(super) fn entry(&self, key: NodeKey) -> Result<(FileAttr, Duration)> {
+        // An image inode is counted only with its image open (the invariant of rootfs.rs):
+        // if its digest left the store since the image was read here, the image is kept.
+        let image = match &key {
+            NodeKey::Rootfs(d, _) => Some((*d, self.image(d)?)),
+            _ => None,
+        };
         let (mut a, ttl) = self.attr_of(&key)?;
-        a.ino = INodeNo(self.inodes.lock().lookup(key));
+        let mut inodes = self.inodes.lock();
+        if let Some((d, img)) = image {
+            self.open_images.keep(&d, img);
+        }
+        a.ino = INodeNo(inodes.lookup(key));
         Ok((a, ttl))
     }
 
@@ -282,7 +292,12 @@ impl ImageFs {
             let mut inodes = self.inodes.lock();
             match inodes.forget(ino, n).and_then(|k| k.image()) {
                 Some(d) if !inodes.holds(&d) => {
-                    self.open_images.close(&d);
+                    if self.open_images.close(&d) {
+                        info!(
+                            "released the image of sha256:{d}, which another writer removed \
+                             from the store: the kernel forgot the last of its inodes"
+                        );
+                    }
                     inodes.zombies.remove(&d).map(|p| (d, p))
                 }
                 _ => None,
@@ -290,6 +305,23 @@ impl ImageFs {
         };
         if let Some((d, trashed)) = released {
             self.store.release_trashed(&d.digest, &trashed);
+        }
+    }
+
+    /// The directory of `image` left the store (our GC collected it, or another writer
+    /// removed it: hypeman's `RemoveAll`, `imagefs gc`). Its image is closed unless the
+    /// kernel holds inodes of it: then it stays open and serves them (its open file keeps the
+    /// removed image's bytes) until [`forget`](Self::forget) of the last one.
+    pub(super) fn image_left(&self, image: &ImageId) {
+        let inodes = self.inodes.lock();
+        if !inodes.holds(image) {
+            self.open_images.close(image);
+        } else if !inodes.zombies.contains_key(image) && self.open_images.left_in_use(image) {
+            // (A collection of ours keeps the directory in the trash and logs that itself.)
+            info!(
+                "sha256:{image} left the store (another writer removed it) while in use \
+                 through the mount: its open image serves what the kernel holds until it lets go"
+            );
         }
     }
 
@@ -500,7 +532,8 @@ impl ImageFs {
             dirs,
         } = self.store.census();
         let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
-        let in_use_only = self.inodes.lock().zombies.len();
+        // Ours wait in the trash; those another writer removed, only as open images.
+        let in_use_only = self.inodes.lock().zombies.len() + self.open_images.left_count();
         self.metrics.render(&super::metrics::Gauges {
             tags,
             digests,

@@ -38,9 +38,9 @@ impl ImageTrees {
 
     /// Starts sending the image-tree connection's invalidations through its session's
     /// notifier: from now on rootfs mounts are on, and a digest that goes drops its tree's
-    /// entries in both connections.
-    pub(crate) fn start_notifier(&self, notifier: Notifier) {
-        self.0.inval_tree_conn.start(notifier);
+    /// entries in both connections. The connection is served by `threads` threads.
+    pub(crate) fn start_notifier(&self, notifier: Notifier, threads: usize) {
+        self.0.inval_tree_conn.start(notifier, threads);
         self.0.tree_conn_on.store(true, Ordering::Relaxed);
     }
 

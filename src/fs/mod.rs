@@ -140,9 +140,10 @@ impl ImageFs {
         Ok(())
     }
 
-    /// Starts sending cache invalidations through the main connection's notifier.
-    pub(crate) fn start_notifier(&self, notifier: Notifier) {
-        self.inval.start(notifier);
+    /// Starts sending cache invalidations through the main connection's notifier; the
+    /// connection is served by `threads` threads.
+    pub(crate) fn start_notifier(&self, notifier: Notifier, threads: usize) {
+        self.inval.start(notifier, threads);
     }
 
     /// Holds a change through `tags/` open: see [`Mutation`].

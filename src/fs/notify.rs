@@ -1,7 +1,29 @@
-//! Kernel cache invalidations, sent from a thread of their own: a notification sent from
+//! Kernel cache invalidations, sent from threads of their own: a notification sent from
 //! inside a request handler could wait on a lock that the same request holds in the kernel.
+//!
+//! Invalidating an entry takes its directory's inode lock in the kernel, and a request in
+//! flight in that directory holds that lock until it is answered (an `rm` in `tags/REPO`
+//! holds `tags/REPO`'s). A request that waits for an invalidation (so that its change is
+//! visible when it returns) must therefore never wait, directly or through a queue, for one
+//! that needs a lock held by a request that is waiting, nor occupy the last thread that
+//! could answer the requests holding such locks. By construction:
+//!
+//! - Two lanes, each with its own thread. [`Invalidator::send`]: nobody waits for it; entries
+//!   of `tags/` go here (another writer's change in a repository an `rm` is working in).
+//!   [`Invalidator::send_and_wait`]: only invalidations that no waiting request holds a lock
+//!   for: entries of `digests/` (only changes through `tags/` wait, and those hold no lock
+//!   in `digests/`) and inodes (which take no directory lock). Before the lanes, an `rm`
+//!   waited for its `digests/<hex>/rootfs` invalidation queued behind another writer's tag
+//!   change in the `rm`'s own directory: every such wait ran out its bound, the watchdog of
+//!   a race test fired, and its `kill -9` left the daemon stuck in the kernel for good.
+//! - At most `threads - 1` threads wait at once (the rest send without waiting), so one
+//!   thread serving the connection is always free for the lookups and listings in
+//!   `digests/` whose locks the waited lane may need.
+//!
+//! The bound on a wait stays as a last resort (a lock held by something outside imagefs).
 
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::time::Duration;
 
@@ -18,44 +40,33 @@ pub enum Inval {
 
 type Msg = (Inval, Option<SyncSender<()>>);
 
-pub struct Invalidator {
+/// One queue of invalidations and (once started) the thread delivering it, in order.
+struct Lane {
     tx: Mutex<Sender<Msg>>,
     rx: Mutex<Option<Receiver<Msg>>>,
 }
 
-impl Default for Invalidator {
+impl Default for Lane {
     fn default() -> Self {
         let (tx, rx) = channel();
-        Invalidator {
+        Lane {
             tx: Mutex::new(tx),
             rx: Mutex::new(Some(rx)),
         }
     }
 }
 
-impl Invalidator {
-    pub fn send(&self, i: Inval) {
-        // Before the session starts nothing is cached, so a closed channel loses nothing.
-        let _ = self.tx.lock().send((i, None));
+impl Lane {
+    fn push(&self, i: Inval, ack: Option<SyncSender<()>>) -> bool {
+        self.tx.lock().send((i, ack)).is_ok()
     }
 
-    /// Sends and waits (bounded) until the kernel has dropped the entry, so that a change
-    /// is visible when the request that made it returns. The bound keeps a request from
-    /// waiting forever on a kernel lock that another request, queued behind it, holds.
-    pub fn send_and_wait(&self, i: Inval, limit: Duration) {
-        let (ack, done) = sync_channel(1);
-        if self.tx.lock().send((i, Some(ack))).is_ok() && done.recv_timeout(limit).is_err() {
-            log::debug!("invalidation still pending after {limit:?}");
-        }
-    }
-
-    /// Starts delivering to the kernel through `notifier`.
-    pub fn start(&self, notifier: Notifier) {
+    fn start(&self, name: &str, notifier: Notifier) {
         let Some(rx) = self.rx.lock().take() else {
             return;
         };
         let spawned = std::thread::Builder::new()
-            .name("imagefs-inval".into())
+            .name(name.into())
             .spawn(move || {
                 for (i, ack) in rx {
                     let r = match &i {
@@ -73,6 +84,70 @@ impl Invalidator {
         if let Err(e) = spawned {
             log::error!("cannot start the invalidation thread: {e}");
         }
+    }
+}
+
+/// The invalidations of one connection (see the module doc for the two lanes).
+#[derive(Default)]
+pub struct Invalidator {
+    queued: Lane,
+    awaited: Lane,
+    /// Threads waiting now, and how many may (0 until started: nothing is cached yet).
+    waiting: AtomicUsize,
+    max_waiting: AtomicUsize,
+}
+
+/// A place among the threads that may wait; given back on drop.
+struct WaitPermit<'a>(&'a AtomicUsize);
+
+impl Drop for WaitPermit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Invalidator {
+    /// Sends without waiting. Anything may go here; entries of `tags/` must.
+    pub fn send(&self, i: Inval) {
+        // Before the session starts nothing is cached, so a closed channel loses nothing.
+        let _ = self.queued.push(i, None);
+    }
+
+    /// Sends and waits (bounded) until the kernel has dropped the entry, so that a change
+    /// is visible when the request that made it returns. Only for invalidations that no
+    /// waiting request can hold a lock for (the module doc): entries of `digests/` and of
+    /// the image-tree connection's root, and inodes; never an entry of `tags/`. When
+    /// `threads - 1` threads wait already, it only sends.
+    pub fn send_and_wait(&self, i: Inval, limit: Duration) {
+        let Some(_permit) = self.permit() else {
+            log::debug!("invalidate {i:?}: sent without waiting (enough threads wait)");
+            let _ = self.awaited.push(i, None);
+            return;
+        };
+        let what = format!("{i:?}");
+        let (ack, done) = sync_channel(1);
+        if self.awaited.push(i, Some(ack)) && done.recv_timeout(limit).is_err() {
+            log::warn!("invalidate {what}: still pending after {limit:?}; not waiting longer");
+        }
+    }
+
+    fn permit(&self) -> Option<WaitPermit<'_>> {
+        let max = self.max_waiting.load(Ordering::Acquire);
+        self.waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitPermit(&self.waiting))
+    }
+
+    /// Starts delivering to the kernel through `notifier`, for a connection served by
+    /// `threads` threads.
+    pub fn start(&self, notifier: Notifier, threads: usize) {
+        self.queued.start("imagefs-inval", notifier.clone());
+        self.awaited.start("imagefs-inval-w", notifier);
+        self.max_waiting
+            .store(threads.saturating_sub(1), Ordering::Release);
     }
 }
 
@@ -96,5 +171,32 @@ impl Signal {
             let _ = self.cv.wait_for(&mut r, limit);
         }
         std::mem::take(&mut *r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_threads_minus_one_wait_and_none_before_start() {
+        let inval = Invalidator::default();
+        assert!(
+            inval.permit().is_none(),
+            "nothing waits before the lanes start"
+        );
+        inval.max_waiting.store(2, Ordering::Release);
+        let a = inval.permit();
+        let b = inval.permit();
+        assert!(a.is_some() && b.is_some());
+        assert!(
+            inval.permit().is_none(),
+            "a third waiter would leave no thread free"
+        );
+        drop(a);
+        assert!(
+            inval.permit().is_some(),
+            "a permit is given back when its wait ends"
+        );
     }
 }

@@ -1,7 +1,16 @@
 //! `digests/<hex>/rootfs/`: the image's own tree, read from `rootfs.erofs` in user space.
 //!
-//! Images are opened on first use and kept while the kernel holds any inode of their digest;
-//! a collected digest's image stays open for those holders (see `inodes::Inodes::zombies`).
+//! Images (one per digest directory the mount shows: `inodes::ImageId`) are opened on first
+//! use and kept while the kernel holds any inode of them.
+//!
+//! Invariant (in use is never yanked, whoever removes the directory): while the inode table
+//! holds an inode of an image, that image is open here. Both halves are kept under
+//! the inode table's lock: an image inode is counted only with its image put back here if it
+//! was closed meanwhile ([`OpenImages::keep`], by `ImageFs::entry`), and an image is closed
+//! only when the kernel holds no inode of it (`ImageFs::forget`,
+//! `ImageFs::image_left`). So an image whose directory left the store, by our GC or by
+//! another writer (hypeman's `RemoveAll`, `imagefs gc`), goes on serving from its open file,
+//! which keeps the removed `rootfs.erofs`'s bytes, until the kernel forgets the last inode.
 //! A corrupt image answers `EIO`, logged once per digest; other images are unaffected.
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +36,10 @@ pub struct OpenImages {
     open: Mutex<HashMap<ImageId, Arc<Image>>>,
     /// Images that failed already: logged once, then quietly.
     bad: Mutex<HashSet<ImageId>>,
+    /// Images whose directory another writer removed from the store while the kernel held
+    /// inodes of them:
+    /// their image stays open for those, and its release is logged.
+    left: Mutex<HashSet<ImageId>>,
 }
 
 impl OpenImages {
@@ -47,10 +60,30 @@ impl OpenImages {
         self.open.lock().get(d).cloned()
     }
 
-    /// Closes the image of a digest the kernel no longer holds anything of, or that left
-    /// the store (a digest still in use reopens it from the trash).
-    pub fn close(&self, d: &ImageId) {
+    /// Puts `img` back as `d`'s open image unless one is open: for an inode of it the
+    /// kernel is about to hold, read from an image closed since (its digest left the store).
+    /// Called under the inode table's lock (see the module doc).
+    pub fn keep(&self, d: &ImageId, img: Arc<Image>) {
+        self.open.lock().entry(*d).or_insert(img);
+    }
+
+    /// Closes the image of a digest the kernel holds nothing of (under the inode table's
+    /// lock). Returns whether it was kept open for the kernel after another writer removed
+    /// its digest ([`OpenImages::left_in_use`]).
+    pub fn close(&self, d: &ImageId) -> bool {
         self.open.lock().remove(d);
+        self.left.lock().remove(d)
+    }
+
+    /// How many images are open only for the kernel, their digest removed by another writer.
+    pub fn left_count(&self) -> usize {
+        self.left.lock().len()
+    }
+
+    /// `d`'s directory left the store by another writer's hand while the kernel holds inodes of
+    /// it: its image (if open) stays open for them. Returns whether that is news.
+    pub fn left_in_use(&self, d: &ImageId) -> bool {
+        self.open.lock().contains_key(d) && self.left.lock().insert(*d)
     }
 
     /// An image error as an errno reply; corruption is logged loudly once per digest.
