@@ -182,24 +182,9 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
             "leftover temporary file of an interrupted change",
         ));
     }
-    match std::fs::read_dir(journal.trash()) {
-        Ok(rd) => {
-            let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-            entries.sort();
-            for p in entries {
-                f.push(if mounted {
-                    info(
-                        Kind::Trash,
-                        p,
-                        "in the trash; kept, a live mount may still serve it to its users",
-                    )
-                } else {
-                    problem(Kind::Trash, p, "leftover in the trash")
-                });
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => f.push(problem(Kind::Trash, journal.trash(), e.to_string())),
+    // The bookkeeping's trash, and the side trashes inside the store (journal.rs).
+    for trash in std::iter::once(journal.trash()).chain(view.scan.side_trash.iter().cloned()) {
+        trash_findings(&trash, mounted, &mut f);
     }
     for p in &view.scan.problems {
         f.push(problem(Kind::Ignored, &p.path, p.reason.clone()));
@@ -564,6 +549,30 @@ pub(crate) fn run_to(args: &FsckArgs, o: &mut dyn Write, e: &mut dyn Write) -> i
         EXIT_PROBLEMS
     } else {
         EXIT_OK
+    }
+}
+
+/// Each entry of the trash directory `trash`: a problem when no mount is live (it should have
+/// been deleted: a mount point or an immutable file inside keeps it there), else information.
+fn trash_findings(trash: &Path, mounted: bool, f: &mut Vec<Finding>) {
+    match std::fs::read_dir(trash) {
+        Ok(rd) => {
+            let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            entries.sort();
+            for p in entries {
+                f.push(if mounted {
+                    info(
+                        Kind::Trash,
+                        p,
+                        "in the trash; kept, a live mount may still serve it to its users",
+                    )
+                } else {
+                    problem(Kind::Trash, p, "leftover in the trash")
+                });
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => f.push(problem(Kind::Trash, trash, e.to_string())),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Small filesystem primitives with the durability and atomicity the store relies on.
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -101,30 +102,193 @@ pub fn sha256_of(mut r: impl std::io::Read) -> io::Result<(super::names::Digest,
     Ok((super::names::Digest::from_bytes(h.finalize().into()), size))
 }
 
-/// Disk space used by a tree, in bytes (allocated blocks; symlinks not followed).
+/// Disk space used by a tree, in bytes (allocated blocks; symlinks not followed, and nothing
+/// past the tree's own filesystem: a mount inside it is not counted).
 pub fn tree_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let own = m.blocks() * 512;
-    if !m.is_dir() {
-        return own;
+    fn walk(path: &Path, dev: Option<u64>) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(path) else {
+            return 0;
+        };
+        if dev.is_some_and(|d| d != m.dev()) {
+            return 0;
+        }
+        let own = m.blocks() * 512;
+        if !m.is_dir() {
+            return own;
+        }
+        let children: u64 = std::fs::read_dir(path)
+            .map(|rd| rd.flatten().map(|e| walk(&e.path(), Some(m.dev()))).sum())
+            .unwrap_or(0);
+        own + children
     }
-    let children: u64 = std::fs::read_dir(path)
-        .map(|rd| rd.flatten().map(|e| tree_bytes(&e.path())).sum())
-        .unwrap_or(0);
-    own + children
+    walk(path, None)
 }
 
 /// Removes a directory tree; a missing tree is not an error.
+///
+/// Never leaves the tree's own filesystem: every directory is opened with `O_NOFOLLOW` from its
+/// parent's descriptor and entered only if it is on the parent's mount (mount id and device),
+/// so a mount inside the tree (a bind mount, a read-only mount, another filesystem) is never
+/// descended into nor unmounted, and every deletion is an `unlinkat` relative to a descriptor
+/// (a symlink is removed, never followed). What cannot be removed (such a mount point, an
+/// immutable file: `EPERM`, a read-only filesystem: `EROFS`) is left where it is and the rest is
+/// removed anyway; the error then names every entry left and why, and has the kind of the first.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    let m = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !m.is_dir() {
+        return std::fs::remove_file(path);
     }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a removable directory", path.display()),
+        ));
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let pfd = rustix::fs::open(
+        parent,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    let mut left = Vec::new();
+    remove_at(&pfd, name, path, place_of(&pfd)?, &mut left);
+    left_behind(left)
+}
+
+/// The mount a descriptor is on: mount id (where the kernel says it) and device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    mnt_id: Option<u64>,
+    dev: (u32, u32),
+}
+
+fn place_of(fd: impl rustix::fd::AsFd) -> io::Result<Place> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let st = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
+    Ok(Place {
+        mnt_id: (st.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id),
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+    })
+}
+
+/// Removes `name` (shown as `path`) from the directory `parent`, which is on `place`; what is
+/// left behind goes to `left`. Returns whether `name` is gone.
+fn remove_at(
+    parent: &rustix::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    path: &Path,
+    place: Place,
+    left: &mut Vec<(std::path::PathBuf, io::Error)>,
+) -> bool {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, unlinkat};
+    use rustix::io::Errno;
+    let gone = |r: rustix::io::Result<()>, left: &mut Vec<_>| match r {
+        Ok(()) | Err(Errno::NOENT) => true,
+        Err(e) => {
+            left.push((path.to_path_buf(), io::Error::from(e)));
+            false
+        }
+    };
+    // O_DIRECTORY fails before anything is opened on a file, a FIFO or a device.
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+            return gone(unlinkat(parent, name, AtFlags::empty()), left);
+        }
+        Err(e) => return gone(Err(e), left),
+    };
+    match place_of(&fd) {
+        Ok(p) if p == place => {}
+        Ok(_) => {
+            left.push((
+                path.to_path_buf(),
+                io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "a mount point (another filesystem or a bind mount): never entered, left in place; unmount it and the next mount (or fsck --repair) deletes the rest",
+                ),
+            ));
+            return false;
+        }
+        Err(e) => {
+            left.push((path.to_path_buf(), e));
+            return false;
+        }
+    }
+    let mut all_gone = true;
+    match Dir::read_from(&fd) {
+        Ok(dir) => {
+            for entry in dir {
+                let entry = match entry {
+                    Ok(e) => e,
+                    Err(e) => {
+                        left.push((path.to_path_buf(), io::Error::from(e)));
+                        all_gone = false;
+                        break;
+                    }
+                };
+                let n = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes());
+                if n == "." || n == ".." {
+                    continue;
+                }
+                let child = path.join(n);
+                all_gone &= match entry.file_type() {
+                    FileType::Directory | FileType::Unknown => {
+                        remove_at(&fd, n, &child, place, left)
+                    }
+                    _ => match unlinkat(&fd, n, AtFlags::empty()) {
+                        Ok(()) | Err(Errno::NOENT) => true,
+                        Err(e) => {
+                            left.push((child, io::Error::from(e)));
+                            false
+                        }
+                    },
+                };
+            }
+        }
+        Err(e) => {
+            left.push((path.to_path_buf(), io::Error::from(e)));
+            return false;
+        }
+    }
+    drop(fd);
+    if !all_gone {
+        // What is left was reported; the directory holding it stays too.
+        return false;
+    }
+    gone(unlinkat(parent, name, AtFlags::REMOVEDIR), left)
+}
+
+/// `Ok` when nothing was left, else one error naming every entry left (the first few) and why.
+fn left_behind(left: Vec<(std::path::PathBuf, io::Error)>) -> io::Result<()> {
+    let Some((_, first)) = left.first() else {
+        return Ok(());
+    };
+    let kind = first.kind();
+    let mut msg = format!(
+        "{} entr{} left behind: ",
+        left.len(),
+        if left.len() == 1 { "y" } else { "ies" }
+    );
+    for (i, (p, e)) in left.iter().take(5).enumerate() {
+        if i > 0 {
+            msg.push_str("; ");
+        }
+        msg.push_str(&format!("{}: {e}", p.display()));
+    }
+    if left.len() > 5 {
+        msg.push_str("; ...");
+    }
+    Err(io::Error::new(kind, msg))
 }
 
 #[cfg(test)]
@@ -146,6 +310,24 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["t"]);
+    }
+
+    #[test]
+    fn remove_tree_removes_links_never_what_they_name() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).expect("outside");
+        std::fs::write(outside.join("precious"), b"x").expect("precious");
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b/c")).expect("tree");
+        std::fs::write(tree.join("a/b/c/f"), b"y").expect("file");
+        std::os::unix::fs::symlink(&outside, tree.join("a/to-dir")).expect("link");
+        std::os::unix::fs::symlink(outside.join("precious"), tree.join("a/b/to-file"))
+            .expect("link");
+        remove_tree(&tree).expect("remove");
+        assert!(!tree.exists());
+        assert_eq!(std::fs::read(outside.join("precious")).expect("kept"), b"x");
+        remove_tree(&tree).expect("a missing tree is fine");
     }
 
     #[test]

@@ -264,14 +264,15 @@ pub fn collect(root: &Path, key: &DirKey) -> std::result::Result<u64, GcError> {
 
 /// The replay of interrupted collections, after every other intent was replayed and the
 /// store scanned into `ix`: step 3 for each directory [`judge`] lets go (its intent dropped
-/// otherwise). Each step taken is told to `did`. Returns what went into the trash, for the
-/// caller to delete.
+/// otherwise). Each step taken is told to `report` (`Ok`), and each that failed (`Err`: the
+/// directory stays, its intent too, for the next mount to try again; never a reason not to
+/// mount). Returns what went into the trash, for the caller to delete.
 pub(super) fn replay(
     root: &Path,
     journal: &Journal,
     ix: &mut Index,
     intents: Vec<(PathBuf, String, Option<DirId>)>,
-    did: &mut impl FnMut(String),
+    report: &mut impl FnMut(std::result::Result<String, String>),
 ) -> Result<Vec<PathBuf>> {
     let mut trashed_now = Vec::new();
     for (record, dir, id) in intents {
@@ -279,24 +280,31 @@ pub(super) fn replay(
             Ok(key) => match trash(journal, root, &key) {
                 Ok(trashed) => {
                     ix.remove_dir(&key);
-                    did(format!(
+                    report(Ok(format!(
                         "finished interrupted collection of {dir} ({})",
                         trashed.display()
-                    ));
+                    )));
                     trashed_now.push(trashed);
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    did(format!("dropped the GC intent of {dir}: {}", Stale::Gone))
+                Err(e) if e.kind() == io::ErrorKind::NotFound => report(Ok(format!(
+                    "dropped the GC intent of {dir}: {}",
+                    Stale::Gone
+                ))),
+                Err(e) => {
+                    report(Err(format!(
+                        "collect {}: cannot move it into the trash: {e}; kept, with its intent, for the next mount to try again",
+                        root.join(&dir).display()
+                    )));
+                    continue;
                 }
-                Err(e) => return Err(e).ctx(|| format!("collect {dir}")),
             },
-            Err(Stale::Tagged) => did(format!(
+            Err(Stale::Tagged) => report(Ok(format!(
                 "rolled back interrupted collection of {dir}: a tag still names it"
-            )),
+            ))),
             Err(Stale::Malformed) => {}
-            Err(s) => did(format!(
+            Err(s) => report(Ok(format!(
                 "dropped the GC intent of {dir}: {s}; the directory is kept"
-            )),
+            ))),
         }
         journal.done(&record).ctx(|| record.display().to_string())?;
     }

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::fsutil::{self, TMP_PREFIX};
-use super::layout::{CONTENT, DirKey, PRIVATE};
+use super::layout::{CONTENT, DirKey, PRIVATE, SIDE_TRASH};
 use super::names::Digest;
 
 /// The identity of one directory: a directory removed and re-created under the same path
@@ -239,6 +239,11 @@ impl Journal {
         self.dir.join("intents")
     }
 
+    /// Spare GC records for a full disk (see [`SLOTS`]); one in use is an intent.
+    fn spare(&self) -> PathBuf {
+        self.dir.join("spare")
+    }
+
     pub fn trash(&self) -> PathBuf {
         self.dir.join("trash")
     }
@@ -279,7 +284,64 @@ impl Journal {
             }
         }
         std::fs::create_dir_all(self.intents())?;
-        std::fs::create_dir_all(self.trash())
+        std::fs::create_dir_all(self.trash())?;
+        self.make_slots();
+        Ok(())
+    }
+
+    /// Makes sure [`SLOTS`] spare GC records exist (best effort: on a full disk there is no room
+    /// to make one, and the ones made before serve). Each is a file of one written block, so
+    /// that recording an intent in it later overwrites allocated bytes and needs no new block.
+    fn make_slots(&self) {
+        if let Err(e) = std::fs::create_dir_all(self.spare()) {
+            log::debug!("{}: {e}", self.spare().display());
+            return;
+        }
+        for i in 0..SLOTS {
+            let path = self.spare().join(format!("{i}{SLOT_SUFFIX}"));
+            if path.symlink_metadata().is_ok() {
+                continue;
+            }
+            if let Err(e) = fsutil::write_atomic(&path, &[0u8; SLOT_BYTES]) {
+                log::debug!("{}: no spare GC record made: {e}", path.display());
+                return;
+            }
+        }
+    }
+
+    /// Records a GC record in a free spare slot (see [`SLOTS`]): for when the disk is full.
+    fn record_in_slot(&self, stem: &str, target: &str) -> io::Result<PathBuf> {
+        use std::os::unix::fs::FileExt;
+        let text = format!("{SLOT_MAGIC}{stem}\n{target}\n");
+        if text.len() > SLOT_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "GC record too long for a spare slot",
+            ));
+        }
+        for i in 0..SLOTS {
+            let path = self.spare().join(format!("{i}{SLOT_SUFFIX}"));
+            let Ok(f) = File::options().read(true).write(true).open(&path) else {
+                continue;
+            };
+            let mut first = [0u8; 1];
+            if f.metadata().map(|m| m.len()).unwrap_or(0) < SLOT_BYTES as u64
+                || f.read_at(&mut first, 0).ok() != Some(1)
+                || first[0] != 0
+            {
+                continue;
+            }
+            // The first byte last: a record is never seen half-written (after kill -9 the page
+            // cache holds both writes in order).
+            let bytes = text.as_bytes();
+            f.write_all_at(bytes.get(1..).unwrap_or_default(), 1)?;
+            f.write_all_at(bytes.get(..1).unwrap_or_default(), 0)?;
+            return Ok(path);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            "no space for a GC intent, and no free spare slot",
+        ))
     }
 
     /// Once per process, where the bookkeeping has to stay inside the store: says so.
@@ -376,9 +438,19 @@ impl Journal {
             DirKey::Content(_) => id.encode(),
             DirKey::Legacy(repo, _) => format!("{}:{repo}", id.encode()),
         };
-        let path = self.intents().join(name);
-        std::os::unix::fs::symlink(target, &path)?;
-        Ok(path)
+        let path = self.intents().join(&name);
+        match std::os::unix::fs::symlink(&target, &path) {
+            Ok(()) => Ok(path),
+            // A full disk (or quota): a symlink whose target does not fit in the inode, or a
+            // directory that needs a new block. Freeing space must still work: a spare slot.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                let stem = name.strip_suffix(".gc").unwrap_or(&name);
+                self.record_in_slot(stem, &target).map_err(|slot| {
+                    io::Error::new(e.kind(), format!("{e}; and no spare slot: {slot}"))
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Records an intent; returns its path, to pass to [`Journal::done`].
@@ -410,6 +482,19 @@ impl Journal {
     }
 
     pub fn done(&self, record: &Path) -> io::Result<()> {
+        if record
+            .as_os_str()
+            .as_encoded_bytes()
+            .ends_with(SLOT_SUFFIX.as_bytes())
+        {
+            // A spare slot is freed (its first byte zeroed), never removed: it stays allocated.
+            use std::os::unix::fs::FileExt;
+            return match File::options().write(true).open(record) {
+                Ok(f) => f.write_all_at(&[0], 0),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         match std::fs::remove_file(record) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -420,17 +505,26 @@ impl Journal {
     /// are returned as `None` so the caller can log and drop them.
     pub fn pending(&self) -> io::Result<Vec<(PathBuf, Option<Intent>)>> {
         let mut out = Vec::new();
-        let rd = match std::fs::read_dir(self.intents()) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
-        };
-        for entry in rd.flatten() {
+        let mut entries = Vec::new();
+        for dir in [self.intents(), self.spare()] {
+            match std::fs::read_dir(dir) {
+                Ok(rd) => entries.extend(rd.flatten()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for entry in entries {
             let path = entry.path();
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let intent = if name.starts_with(TMP_PREFIX) {
                 None
+            } else if name.ends_with(SLOT_SUFFIX) {
+                match read_slot(&path) {
+                    Slot::Free => continue,
+                    Slot::Record(stem, target) => parse_gc(&stem, &target),
+                    Slot::Unreadable => None,
+                }
             } else if let Some(stem) = name.strip_suffix(".gc") {
                 std::fs::read_link(&path)
                     .ok()
@@ -447,28 +541,101 @@ impl Journal {
         Ok(out)
     }
 
-    /// Moves a digest directory into the trash (one atomic rename) and returns where it went.
+    /// Moves a digest directory into the trash (one atomic rename) and returns where it went:
+    /// the bookkeeping's `trash/`; or, where the directory is on another filesystem than that
+    /// (`content/` or a legacy repository a mount of its own: `EXDEV`), the side trash
+    /// ([`SIDE_TRASH`]) of the directory that holds it, on its own filesystem. A rename never
+    /// crosses filesystems, so it stays atomic; the next mount's scan finds either trash.
     pub fn move_to_trash(&self, store: &Path, key: &DirKey) -> io::Result<PathBuf> {
-        let dest = self
-            .trash()
-            .join(fsutil::unique_name(&key.digest().hex()[..12]));
-        std::fs::rename(store.join(key.rel_path()), &dest)?;
+        let from = store.join(key.rel_path());
+        let name = fsutil::unique_name(&key.digest().hex()[..12]);
+        let dest = self.trash().join(&name);
+        match std::fs::rename(&from, &dest) {
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+            r => return r.map(|()| dest),
+        }
+        let side = from.parent().unwrap_or(store).join(SIDE_TRASH);
+        match std::fs::create_dir(&side) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let dest = side.join(name);
+        std::fs::rename(&from, &dest)?;
         Ok(dest)
     }
 
-    /// Deletes everything in the trash; returns how many entries went.
-    pub fn empty_trash(&self) -> io::Result<usize> {
-        let mut n = 0;
-        let rd = match std::fs::read_dir(self.trash()) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
+    /// Deletes everything in the bookkeeping's trash and in the side trashes `side` (found by
+    /// the scan; each goes too once empty). An entry that cannot be deleted (a mount point
+    /// inside it, an immutable file) is left for the next try and reported, never an error:
+    /// it must never stop a mount.
+    pub fn empty_trash(&self, side: &[PathBuf]) -> Emptied {
+        let mut out = Emptied::default();
+        let empty = |dir: &Path, out: &mut Emptied| match std::fs::read_dir(dir) {
+            Ok(rd) => {
+                for entry in rd {
+                    match entry {
+                        Ok(e) => match fsutil::remove_tree(&e.path()) {
+                            Ok(()) => out.removed += 1,
+                            Err(err) => out.left.push(format!("{}: {err}", e.path().display())),
+                        },
+                        Err(err) => out.left.push(format!("{}: {err}", dir.display())),
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => out.left.push(format!("{}: {e}", dir.display())),
         };
-        for entry in rd.flatten() {
-            fsutil::remove_tree(&entry.path())?;
-            n += 1;
+        empty(&self.trash(), &mut out);
+        for dir in side {
+            empty(dir, &mut out);
+            let _ = std::fs::remove_dir(dir);
         }
-        Ok(n)
+        out
+    }
+}
+
+/// What [`Journal::empty_trash`] did: how many entries went, and each left ("path: reason").
+#[derive(Debug, Default)]
+pub struct Emptied {
+    pub removed: usize,
+    pub left: Vec<String>,
+}
+
+/// How many spare GC records the bookkeeping keeps for a full disk, their size (one block of
+/// any filesystem's, bigger than any record), their names' suffix, and the first bytes of a
+/// slot in use (a free one starts with a zero byte).
+const SLOTS: usize = 8;
+const SLOT_BYTES: usize = 4096;
+const SLOT_SUFFIX: &str = ".slot";
+const SLOT_MAGIC: &str = "gc ";
+
+enum Slot {
+    Free,
+    /// The stem and target of the GC record it holds, as a symlink record would have them.
+    Record(String, String),
+    Unreadable,
+}
+
+fn read_slot(path: &Path) -> Slot {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(SLOT_BYTES);
+    let read = File::open(path).and_then(|f| f.take(SLOT_BYTES as u64).read_to_end(&mut buf));
+    if read.is_err() {
+        return Slot::Unreadable;
+    }
+    if buf.first().is_none_or(|b| *b == 0) {
+        return Slot::Free;
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines = text
+        .strip_prefix(SLOT_MAGIC)
+        .unwrap_or_default()
+        .split('\n');
+    match (lines.next(), lines.next()) {
+        (Some(stem), Some(target)) if !stem.is_empty() && !target.is_empty() => {
+            Slot::Record(stem.to_string(), target.to_string())
+        }
+        _ => Slot::Unreadable,
     }
 }
 
@@ -571,6 +738,54 @@ mod tests {
         j.done(&p3).expect("done");
         j.done(&p2).expect("done twice is fine");
         assert!(j.pending().expect("pending").is_empty());
+    }
+
+    #[test]
+    fn a_full_disk_records_gc_intents_in_spare_slots() {
+        // Issue 10, bug 3: recording in a slot overwrites a block allocated at open.
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = d.path().join("store");
+        std::fs::create_dir(&store).expect("store");
+        let j = Journal::new(&store);
+        j.create_dirs().expect("dirs");
+        let slot = j.spare().join(format!("0{SLOT_SUFFIX}"));
+        let len = |p: &Path| std::fs::metadata(p).expect("slot").len();
+        assert_eq!(len(&slot), SLOT_BYTES as u64);
+        assert!(
+            j.pending().expect("pending").is_empty(),
+            "a free slot is no intent"
+        );
+        let hex = "cd".repeat(32);
+        let repo = "registry.example.com/a-team/with-a-long-repository-name";
+        let id = DirId {
+            ino: 77,
+            birth: true,
+            nanos: 12345,
+        };
+        let key = DirKey::Legacy(repo.into(), Digest::parse_hex(&hex).expect("hex"));
+        let target = format!("{}:{repo}", id.encode());
+        let rec = j
+            .record_in_slot(&format!("0001.{hex}"), &target)
+            .expect("slot");
+        assert_eq!(rec, slot);
+        let want = Intent::Gc {
+            dir: key.rel_path().to_string_lossy().into_owned(),
+            id: Some(id),
+        };
+        let got: Vec<_> = j.pending().expect("pending").into_iter().collect();
+        assert_eq!(got, vec![(slot.clone(), Some(want))]);
+        // The next record goes to the next free slot; done frees a slot and keeps its block.
+        let rec2 = j
+            .record_in_slot(&format!("0002.{hex}"), &target)
+            .expect("slot 2");
+        assert_ne!(rec2, rec);
+        j.done(&rec).expect("done");
+        j.done(&rec2).expect("done");
+        assert_eq!(len(&slot), SLOT_BYTES as u64);
+        assert!(j.pending().expect("pending").is_empty());
+        // A torn record (no target line) is unreadable: dropped by the replay, never parsed.
+        std::fs::write(&slot, b"gc 0003.zz").expect("torn");
+        assert_eq!(j.pending().expect("pending"), vec![(slot, None)]);
     }
 
     #[test]

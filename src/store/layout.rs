@@ -26,6 +26,11 @@ use super::names::{self, Digest};
 pub const CONTENT: &str = "content";
 pub const REPOSITORIES: &str = "repositories";
 pub const PRIVATE: &str = ".imagefs";
+/// A trash of imagefs's own inside a directory holding digest directories (`content/` or a
+/// legacy repository), used only where that directory is on another filesystem than the
+/// bookkeeping's `trash/` (see `journal.rs`). Never a digest, tag or repository name (those
+/// never start with a dot); emptied at mount like the bookkeeping's trash.
+pub const SIDE_TRASH: &str = ".imagefs-trash";
 /// hypeman's per-layer artifact store (`layers/<layerHex>/`), content hypeman only.
 pub const LAYERS: &str = "layers";
 
@@ -175,6 +180,8 @@ pub struct Scan {
     pub repo_dirs: Vec<ScannedDir>,
     /// Leftover temporary files of interrupted tag installs (safe to delete under the lock).
     pub temp_files: Vec<PathBuf>,
+    /// imagefs's trash directories inside the store ([`SIDE_TRASH`]).
+    pub side_trash: Vec<PathBuf>,
     /// hypeman's staging entries ([`is_staging_entry`]): in progress, or left by an
     /// interrupted hypeman (which sweeps them at its next start). Never imagefs's to touch.
     pub staging: Vec<PathBuf>,
@@ -200,6 +207,10 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         Ok(rd) => {
             for entry in rd.flatten() {
                 let name = entry.file_name();
+                if name == SIDE_TRASH {
+                    scan.side_trash.push(entry.path());
+                    continue;
+                }
                 if is_staging_entry(name.as_bytes()) {
                     debug!(
                         "{}: hypeman's staging entry; skipped",
@@ -230,6 +241,7 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         scan.tags.extend(p.tags);
         scan.repo_dirs.extend(p.repo_dirs);
         scan.temp_files.extend(p.temp_files);
+        scan.side_trash.extend(p.side_trash);
         scan.staging.extend(p.staging);
         scan.problems.extend(p.problems);
     }
@@ -307,6 +319,10 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
         if is_staging_entry(name.as_bytes()) {
             debug!("{}: hypeman's staging entry; skipped", path.display());
             scan.staging.push(path);
+            continue;
+        }
+        if layout == Layout::Legacy && !repo.is_empty() && name == SIDE_TRASH {
+            scan.side_trash.push(path);
             continue;
         }
         if layout == Layout::Legacy && repo.is_empty() && is_store_own(&name) {

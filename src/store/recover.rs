@@ -159,7 +159,10 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
         scan,
         index: mut ix,
     } = View::scan(&root).ctx(|| root.display().to_string())?;
-    let trashed_now = gc::replay(&root, &journal, &mut ix, gc, &mut |m| rec.did(m))?;
+    let trashed_now = gc::replay(&root, &journal, &mut ix, gc, &mut |m| match m {
+        Ok(m) => rec.did(m),
+        Err(m) => rec.failed(m),
+    })?;
     for t in &scan.temp_files {
         match std::fs::remove_file(t) {
             Ok(()) => rec.did(format!("removed leftover {}", t.display())),
@@ -167,11 +170,17 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
         }
     }
     if empty_trash {
-        let n = journal
-            .empty_trash()
-            .ctx(|| journal.trash().display().to_string())?;
-        if n > 0 {
-            rec.did(format!("emptied {n} entries from the trash"));
+        let emptied = journal.empty_trash(&scan.side_trash);
+        if emptied.removed > 0 {
+            rec.did(format!(
+                "emptied {} entries from the trash",
+                emptied.removed
+            ));
+        }
+        for left in emptied.left {
+            rec.failed(format!(
+                "kept in the trash, the next mount tries again: {left}"
+            ));
         }
     } else {
         for t in trashed_now {

@@ -739,8 +739,11 @@ impl Watcher {
     }
 }
 
-/// Entries the watcher never reads: imagefs's own temporaries and hypeman's staging entries.
+/// Entries the watcher never reads: imagefs's own temporaries and trash, and hypeman's staging
+/// entries.
 fn skipped(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.starts_with(TMP_PREFIX.as_bytes()) || layout::is_staging_entry(b)
+    b.starts_with(TMP_PREFIX.as_bytes())
+        || layout::is_staging_entry(b)
+        || name == layout::SIDE_TRASH
 }

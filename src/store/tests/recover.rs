@@ -398,3 +398,35 @@ fn recovery_finishes_an_interrupted_relink() {
     let store = fx.open();
     assert_eq!(assert_recovered(&fx, &store).tags.len(), 1);
 }
+
+#[test]
+fn side_trashes_inside_the_store_are_emptied_at_open_and_never_problems() {
+    // Issue 10, bug 2: where content/ or a legacy repository is a filesystem of its own, a
+    // collection renames the directory into `.imagefs-trash/` beside it; a crash leaves it there.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .legacy("l", 2, "ready")
+        .ltag("l", "two", 2);
+    let side = [
+        fx.root().join(CONTENT).join(".imagefs-trash"),
+        fx.root().join("l").join(".imagefs-trash"),
+    ];
+    for s in &side {
+        let d = s.join(format!("x-{}", &hex(9)[..12]));
+        fs::create_dir_all(d.join("sub")).expect("side trash");
+        fs::write(d.join("metadata.json"), b"{}").expect("metadata");
+        symlink("/etc", d.join("sub/link")).expect("link");
+    }
+    let view = crate::store::layout::scan(fx.root()).expect("scan");
+    assert!(view.problems.is_empty(), "{:?}", view.problems);
+    let mut found = view.side_trash.clone();
+    found.sort();
+    assert_eq!(found, side.to_vec());
+    let store = fx.open();
+    for s in &side {
+        assert!(!s.exists(), "{} left", s.display());
+    }
+    let s = check(&store);
+    assert_eq!(s.dirs.len(), 2, "{:?}", s.dirs.keys());
+    assert!(fs::metadata("/etc").is_ok());
+}
