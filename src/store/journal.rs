@@ -4,7 +4,7 @@
 //! ```text
 //! <parent>/<name>/                  the store (hypeman's `images/`)
 //! <parent>/.imagefs-<name>/         imagefs's bookkeeping (this module's `dir`)
-//!   lock  mounted  intents/  trash/  import/
+//!   lock  mounted  intents/  spare/  trash/  import/
 //! ```
 //!
 //! Both versions of hypeman list images by walking the whole store: the legacy version takes
@@ -44,7 +44,15 @@
 //! - `promote`, `move`, `exchange`, `relink`: small JSON records (see [`Intent`]), written
 //!   atomically, for the rarer multi-step changes.
 //!
-//! Everything under `trash/` is garbage by definition and is deleted at mount.
+//! A GC record that cannot be written for lack of space (ENOSPC, EDQUOT: a legacy target too
+//! long for the inode, a directory that needs a new block) goes to a spare slot instead:
+//! `spare/<n>.slot`, files of one written block made at open, overwritten in place (needs no
+//! new block), freed by zeroing their first byte.
+//!
+//! Everything under `trash/` is garbage by definition and is deleted at mount. So is every
+//! side trash ([`SIDE_TRASH`], `content/.imagefs-trash/`, `<repo>/.imagefs-trash/`): where a
+//! digest directory is on another filesystem than `trash/` (a rename would fail with EXDEV),
+//! it goes there, on its own filesystem; the scan finds them.
 
 use std::fs::File;
 use std::io;
