@@ -281,3 +281,26 @@ def test_gc_never_deletes_an_image_a_process_works_in(store, mounter, served_by,
             p.kill()
             p.wait()
     assert p.returncode == 0 and "KEY=bug6" in out, (p.returncode, out, err)
+
+
+def test_a_legacy_copy_into_a_repository_on_its_own_filesystem(store, mounter):
+    """A legacy store whose repository B is a filesystem of its own: tagging A's image in B makes B's
+    legacy copy (built beside B, on B's filesystem: the bookkeeping's trash is on another), and
+    removing that tag collects it."""
+    a, b = "docker.io/library/copy-a", "docker.io/library/copy-b"
+    with mounted(["-t", "tmpfs", "-o", "size=16m", "tmpfs"], store.root / b):
+        hx = store.add_digest("copy-a", layout="legacy", repo=a)
+        store.tag(a, "t", hx)
+        m = mounter(store.root)
+        os.symlink(hx, T(m.mnt, b, "t"))                          # EXDEV before the fix
+        assert (store.legacy_dir(b, hx) / "rootfs.erofs").is_file()
+        assert os.readlink(store.root / b / "t") == hx
+        assert (T(m.mnt, b, "t") / "rootfs" / "etc" / "os-release").read_text().endswith("KEY=copy-a\n")
+        os.unlink(T(m.mnt, b, "t"))
+        assert eventually(lambda: not store.legacy_dir(b, hx).exists(), timeout=5.0)
+        assert (store.legacy_dir(a, hx) / "rootfs.erofs").is_file()
+        m.stop()
+        m2 = mounter(store.root)
+        assert os.listdir(m2.mnt / "digests") == [hx]
+        assert not (store.root / b / ".imagefs-trash").exists()
+        m2.stop()

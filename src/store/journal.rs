@@ -572,6 +572,20 @@ impl Journal {
         Ok(dest)
     }
 
+    /// Where to build a directory that is then renamed into `dir` (a legacy copy): the
+    /// bookkeeping's `trash/`, or the side trash of `dir` where `dir` is on another filesystem
+    /// (the rename would fail with EXDEV). Either is emptied at mount, so a crash leaves nothing.
+    pub fn staging_for(&self, dir: &Path) -> io::Result<PathBuf> {
+        if same_mount(&self.trash(), dir)? {
+            return Ok(self.trash());
+        }
+        let side = dir.join(SIDE_TRASH);
+        match std::fs::create_dir(&side) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+            _ => Ok(side),
+        }
+    }
+
     /// Deletes everything in the bookkeeping's trash and in the side trashes `side` (found by
     /// the scan; each goes too once empty). An entry that cannot be deleted (a mount point
     /// inside it, an immutable file) is left for the next try and reported, never an error:

@@ -16,7 +16,8 @@
 //! Steps, all under the store lock:
 //! 1. the directory is built in the bookkeeping's `trash/` (same filesystem, out of
 //!    hypeman's sight, a name no one takes for a digest; whatever a crash leaves there is
-//!    garbage by definition and the next mount deletes it);
+//!    garbage by definition and the next mount deletes it), or in `B/.imagefs-trash/` where
+//!    `B` is a filesystem of its own ([`super::journal::Journal::staging_for`]);
 //! 2. a GC intent is recorded for `B/<hex>` with the built directory's identity ([`DirId`]:
 //!    inode and birth time, which a rename keeps);
 //! 3. it is renamed into place (`RENAME_NOREPLACE`) and enters the index;
@@ -77,9 +78,11 @@ impl Store {
         let src = self.root.join(from.rel_path());
         let dest = self.root.join(to.rel_path());
         self.ensure_legacy_repo_dir(repo)?;
+        let repo_dir = self.root.join(repo);
         let staged = self
             .journal
-            .trash()
+            .staging_for(&repo_dir)
+            .ctx(|| repo_dir.display().to_string())?
             .join(fsutil::unique_name(&format!("copy-{}", &d.hex()[..12])));
         if let Err(e) = build_copy(&src, &staged, &format!("{repo}:{tag}")) {
             let _ = fsutil::remove_tree(&staged);
