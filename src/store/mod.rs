@@ -85,6 +85,7 @@ mod query;
 pub mod recover;
 mod repo_dirs;
 mod tags;
+mod twins;
 #[cfg(test)]
 pub(crate) mod tests;
 mod view;

@@ -14,6 +14,7 @@ use super::install;
 use super::journal::Intent;
 use super::layout::{self, DirKey, Layout, rel};
 use super::names::{self, Digest};
+use super::tags::check_not_digest_shaped;
 
 impl Store {
     /// Creates the store directory of `repo` in `layout` if it is missing. New content-layout
@@ -48,6 +49,7 @@ impl Store {
         if path.len() > names::MAX_REPO_LEN {
             return Err(StoreError::NameTooLong(path));
         }
+        check_not_digest_shaped(&path)?;
         let _g = self.lock()?;
         self.sync_locked();
         {
@@ -175,7 +177,7 @@ impl Store {
         }
         if mode == RenameMode::Exchange {
             return Err(StoreError::Invalid(format!(
-                "{from} <-> {to}: exchanging repository directories is not supported"
+                "{from} <-> {to}: exchanging a repository directory (with a directory or a tag) is not supported"
             )));
         }
         let _g = self.lock()?;
@@ -214,9 +216,9 @@ impl Store {
             .collect();
         for old in &moved {
             let new = format!("{to}{}", &old[from.len()..]);
-            if names::check_repo(&new).is_err() {
-                return Err(StoreError::InvalidName(new));
-            }
+            // Past 255 bytes: ENAMETOOLONG, as for any name too long.
+            names::check_repo(&new).map_err(|e| name_err(e, || new.clone()))?;
+            check_not_digest_shaped(&new)?;
             if node.legacy && layout::is_reserved_top(&new) {
                 return Err(StoreError::Invalid(format!(
                     "{new}: a legacy repository cannot be named after the store's own directories"
