@@ -11,8 +11,7 @@ use super::Store;
 use super::error::{IoContext, Result, StoreError, name_err};
 use super::fsutil::{self, RenameMode};
 use super::install;
-use super::journal::Intent;
-use super::layout::{self, DirKey, Layout, rel};
+use super::layout::{self, DirKey, Layout};
 use super::names::{self, Digest};
 use super::tags::check_not_digest_shaped;
 
@@ -201,12 +200,6 @@ impl Store {
         if existing_tag {
             return Err(StoreError::NotDir(to));
         }
-        if existing_dir {
-            if mode == RenameMode::NoReplace {
-                return Err(StoreError::Exists(to));
-            }
-            self.rmdir_locked(&to)?;
-        }
         // Check every legacy repository under `from` can live at its new path.
         let moved: Vec<String> = self
             .index()
@@ -225,45 +218,28 @@ impl Store {
                 )));
             }
         }
-        for (has, lay) in [
+        let halves: Vec<Layout> = [
             (node.content, Layout::Content),
             (node.legacy, Layout::Legacy),
-        ] {
-            if !has {
-                continue;
+        ]
+        .into_iter()
+        .filter_map(|(has, lay)| has.then_some(lay))
+        .collect();
+        let replaced: Vec<Layout> = match existing_dir.then(|| self.index().node(&to).cloned()) {
+            Some(Some(n)) => [(n.content, Layout::Content), (n.legacy, Layout::Legacy)]
+                .into_iter()
+                .filter_map(|(has, lay)| has.then_some(lay))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.check_move_dest(from, &to, &halves, &replaced)?;
+        if existing_dir {
+            if mode == RenameMode::NoReplace {
+                return Err(StoreError::Exists(to));
             }
-            if lay == Layout::Content {
-                self.ensure_store_dir(lay, to_parent)?;
-            } else if !to_parent.is_empty() {
-                let p = self.root.join(to_parent);
-                std::fs::create_dir_all(&p).ctx(|| p.display().to_string())?;
-            }
-            let (a, b) = (
-                self.root.join(layout::repo_rel_dir(lay, from)),
-                self.root.join(layout::repo_rel_dir(lay, &to)),
-            );
-            let relink = lay == Layout::Content && names::depth(from) != names::depth(&to);
-            let rec = if relink {
-                Some(
-                    self.journal
-                        .record(&Intent::Relink {
-                            dir: rel(&b, &self.root),
-                        })
-                        .ctx(|| "journal".to_string())?,
-                )
-            } else {
-                None
-            };
-            fsutil::rename(&a, &b, RenameMode::NoReplace)
-                .ctx(|| format!("rename {} -> {}", a.display(), b.display()))?;
-            if let Some(rec) = rec {
-                relink_tree(&b, &to)?;
-                let _ = self.journal.done(&rec);
-            }
-            for d in [a.parent(), b.parent()].into_iter().flatten() {
-                self.fsync_dir(d);
-            }
+            self.rmdir_locked(&to)?;
         }
+        self.move_repo_halves(from, &to, &halves)?;
         self.index.write().move_subtree(from, &to);
         if let Some(w) = self.watcher.lock().as_mut() {
             for (has, lay) in [
