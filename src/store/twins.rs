@@ -63,11 +63,7 @@ impl Store {
             _ => None,
         };
         match std::fs::remove_file(&twin.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                self.drop_twin_gc(gc);
-                Err(e).ctx(|| format!("{} (the same tag in the other layout)", twin.path.display()))
-            }
-            _ => {
+            Ok(()) => {
                 log::info!(
                     "{}: removed with the tag of the same name in the other layout, which shadowed it",
                     twin.path.display()
@@ -76,6 +72,12 @@ impl Store {
                     self.fsync_dir(p);
                 }
                 Ok(gc)
+            }
+            // Gone meanwhile (another writer): nothing to remove.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(gc),
+            Err(e) => {
+                self.drop_twin_gc(gc);
+                Err(e).ctx(|| format!("{} (the same tag in the other layout)", twin.path.display()))
             }
         }
     }
