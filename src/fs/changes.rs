@@ -131,6 +131,7 @@ impl ImageFs {
                 .rename_dir(&from, &np, newname.as_bytes(), mode)?;
             let to = names::join(&np, name_str(newname)?);
             self.inodes.lock().rename_subtree(&from, &to);
+            self.forget_tag_texts_under(&to);
             info!("moved tags/{from} to tags/{to}");
             return Ok(());
         }
@@ -168,6 +169,22 @@ impl ImageFs {
         info!("renamed {p}:{name} to {np}:{newname}");
         self.collected(&collected);
         Ok(())
+    }
+
+    /// A repository directory moved to `dir`: every tag under it, at any depth, keeps its
+    /// inode (the kernel moved its dentries), but may read differently now (another depth:
+    /// `../` once per level). The kernel caches symlink text per inode (FUSE_CACHE_SYMLINKS),
+    /// so each held tag's inode is invalidated, and waited for (an inode takes no directory
+    /// lock: the awaited lane) so that a `readlink` after `mv` returns sees the new text.
+    fn forget_tag_texts_under(&self, dir: &str) {
+        let prefix = format!("{dir}/");
+        let held = self.inodes.lock().held_tags();
+        for (repo, _, ino) in held {
+            if repo == dir || repo.starts_with(&prefix) {
+                self.inval
+                    .send_and_wait(Inval::Inode(ino), Duration::from_secs(1));
+            }
+        }
     }
 
     /// Drops from the kernel's caches what other writers changed in the store.

@@ -171,6 +171,10 @@ pub enum Intent {
     /// Rewrite every content-layout tag under this store-relative repository directory
     /// to its canonical target (after a repository moved to another depth).
     Relink { dir: String },
+    /// Move the store directories of repository `from` (both layouts) to repository `to`, all
+    /// or nothing (`repo_move.rs` replays it).
+    #[serde(rename = "move-repo")]
+    MoveRepo { from: String, to: String },
 }
 
 /// Where a store's bookkeeping lives.

@@ -84,9 +84,11 @@ mod promote;
 mod query;
 pub mod recover;
 mod repo_dirs;
+mod repo_move;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;
+mod twins;
 mod view;
 pub mod watch;
 

@@ -187,6 +187,15 @@ pub fn check_repo(path: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// The first component of `path` that is 64 lowercase hex characters, if any. In the legacy
+/// layout `STORE/<repo>/<hex>/` is a digest directory, so a repository path with such a
+/// component would be taken for a digest of its parent after a remount (and a repository made
+/// in the content layout can get a legacy half: a legacy copy, a move). New names never have
+/// one ([`super::repo_dirs`], [`super::tags::check_new_tag`]); docker refuses such names too.
+pub fn digest_shaped_component(path: &str) -> Option<&str> {
+    path.split('/').find(|c| Digest::parse_hex(c).is_some())
+}
+
 /// Docker Hub's registry host in a normalized name.
 pub const DEFAULT_DOMAIN: &str = "docker.io";
 /// Docker Hub's legacy host, normalized to [`DEFAULT_DOMAIN`].
@@ -366,5 +375,15 @@ mod tests {
             Some(vec!["a", "c", "d"])
         );
         assert_eq!(resolve_lexically(vec!["a"], "../../x"), None);
+    }
+
+    #[test]
+    fn digest_shaped_components_are_found() {
+        let h = "ab".repeat(32);
+        assert_eq!(digest_shaped_component(&format!("foo/{h}")), Some(&*h));
+        assert_eq!(digest_shaped_component(&format!("{h}/x")), Some(&*h));
+        assert_eq!(digest_shaped_component(&format!("foo/{h}a")), None);
+        assert_eq!(digest_shaped_component(&"AB".repeat(32)), None);
+        assert_eq!(digest_shaped_component("docker.io/library/alpine"), None);
     }
 }

@@ -140,6 +140,9 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
                 }
                 rec.did("finished interrupted exchange".to_string());
             }
+            Some(Intent::MoveRepo { from, to }) => {
+                rec.did(super::repo_move::replay(&root, &from, &to)?);
+            }
             Some(Intent::Relink { dir }) => {
                 let repo = dir
                     .strip_prefix(layout::REPOSITORIES)

@@ -11,9 +11,9 @@ use super::Store;
 use super::error::{IoContext, Result, StoreError, name_err};
 use super::fsutil::{self, RenameMode};
 use super::install;
-use super::journal::Intent;
-use super::layout::{self, DirKey, Layout, rel};
+use super::layout::{self, DirKey, Layout};
 use super::names::{self, Digest};
+use super::tags::check_not_digest_shaped;
 
 impl Store {
     /// Creates the store directory of `repo` in `layout` if it is missing. New content-layout
@@ -48,6 +48,7 @@ impl Store {
         if path.len() > names::MAX_REPO_LEN {
             return Err(StoreError::NameTooLong(path));
         }
+        check_not_digest_shaped(&path)?;
         let _g = self.lock()?;
         self.sync_locked();
         {
@@ -175,7 +176,7 @@ impl Store {
         }
         if mode == RenameMode::Exchange {
             return Err(StoreError::Invalid(format!(
-                "{from} <-> {to}: exchanging repository directories is not supported"
+                "{from} <-> {to}: exchanging a repository directory (with a directory or a tag) is not supported"
             )));
         }
         let _g = self.lock()?;
@@ -199,12 +200,6 @@ impl Store {
         if existing_tag {
             return Err(StoreError::NotDir(to));
         }
-        if existing_dir {
-            if mode == RenameMode::NoReplace {
-                return Err(StoreError::Exists(to));
-            }
-            self.rmdir_locked(&to)?;
-        }
         // Check every legacy repository under `from` can live at its new path.
         let moved: Vec<String> = self
             .index()
@@ -214,54 +209,37 @@ impl Store {
             .collect();
         for old in &moved {
             let new = format!("{to}{}", &old[from.len()..]);
-            if names::check_repo(&new).is_err() {
-                return Err(StoreError::InvalidName(new));
-            }
+            // Past 255 bytes: ENAMETOOLONG, as for any name too long.
+            names::check_repo(&new).map_err(|e| name_err(e, || new.clone()))?;
+            check_not_digest_shaped(&new)?;
             if node.legacy && layout::is_reserved_top(&new) {
                 return Err(StoreError::Invalid(format!(
                     "{new}: a legacy repository cannot be named after the store's own directories"
                 )));
             }
         }
-        for (has, lay) in [
+        let halves: Vec<Layout> = [
             (node.content, Layout::Content),
             (node.legacy, Layout::Legacy),
-        ] {
-            if !has {
-                continue;
+        ]
+        .into_iter()
+        .filter_map(|(has, lay)| has.then_some(lay))
+        .collect();
+        let replaced: Vec<Layout> = match existing_dir.then(|| self.index().node(&to).cloned()) {
+            Some(Some(n)) => [(n.content, Layout::Content), (n.legacy, Layout::Legacy)]
+                .into_iter()
+                .filter_map(|(has, lay)| has.then_some(lay))
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.check_move_dest(from, &to, &halves, &replaced)?;
+        if existing_dir {
+            if mode == RenameMode::NoReplace {
+                return Err(StoreError::Exists(to));
             }
-            if lay == Layout::Content {
-                self.ensure_store_dir(lay, to_parent)?;
-            } else if !to_parent.is_empty() {
-                let p = self.root.join(to_parent);
-                std::fs::create_dir_all(&p).ctx(|| p.display().to_string())?;
-            }
-            let (a, b) = (
-                self.root.join(layout::repo_rel_dir(lay, from)),
-                self.root.join(layout::repo_rel_dir(lay, &to)),
-            );
-            let relink = lay == Layout::Content && names::depth(from) != names::depth(&to);
-            let rec = if relink {
-                Some(
-                    self.journal
-                        .record(&Intent::Relink {
-                            dir: rel(&b, &self.root),
-                        })
-                        .ctx(|| "journal".to_string())?,
-                )
-            } else {
-                None
-            };
-            fsutil::rename(&a, &b, RenameMode::NoReplace)
-                .ctx(|| format!("rename {} -> {}", a.display(), b.display()))?;
-            if let Some(rec) = rec {
-                relink_tree(&b, &to)?;
-                let _ = self.journal.done(&rec);
-            }
-            for d in [a.parent(), b.parent()].into_iter().flatten() {
-                self.fsync_dir(d);
-            }
+            self.rmdir_locked(&to)?;
         }
+        self.move_repo_halves(from, &to, &halves)?;
         self.index.write().move_subtree(from, &to);
         if let Some(w) = self.watcher.lock().as_mut() {
             for (has, lay) in [

@@ -25,7 +25,22 @@ pub fn check_new_tag<'a>(repo: &str, tag: &'a [u8]) -> Result<&'a str> {
         )));
     }
     names::check_repo(repo).map_err(|e| name_err(e, || repo.to_string()))?;
+    check_not_digest_shaped(repo)?;
     Ok(tag)
+}
+
+/// Refuses a new repository path (mkdir, mv of a directory, a new tag's repository) with a
+/// component that the legacy layout takes for a digest directory (64 lowercase hex,
+/// [`names::digest_shaped_component`]): after a remount its tags would be gone and a bogus
+/// digest shown. Repositories the store already has under such a path are still served.
+pub(super) fn check_not_digest_shaped(repo: &str) -> Result<()> {
+    match names::digest_shaped_component(repo) {
+        None => Ok(()),
+        Some(c) => Err(StoreError::Invalid(format!(
+            "{repo}: the component {c} is 64 hex characters, which the store's legacy layout \
+             takes for a digest directory; a repository cannot be named so"
+        ))),
+    }
 }
 
 /// The names hypeman uses: a new tag through the mount (`ln -s`, `mv`) must go under a
@@ -242,14 +257,26 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("{repo}:{tag}")))?;
         let link = self.tag_path(repo, tag, t.layout);
         let intent = self.gc_intent_if_last(&t.key)?;
+        // The same name in the other layout goes too (`twins.rs`), first.
+        let twin = self.shadowed_twin(repo, tag, t.layout);
+        let twin_gc = match self.remove_twin(twin, &[&t.key]) {
+            Ok(g) => g,
+            Err(e) => {
+                self.drop_intent(intent);
+                return Err(e);
+            }
+        };
         if let Err(e) = std::fs::remove_file(&link)
             && e.kind() != std::io::ErrorKind::NotFound
         {
             self.drop_intent(intent);
+            self.drop_twin_gc(twin_gc);
             return Err(e).ctx(|| link.display().to_string());
         }
         self.index.write().remove_tag(repo, tag);
-        Ok(self.finish_gc(intent, &t.key).into_iter().collect())
+        let mut collected: Vec<Collected> = self.finish_gc(intent, &t.key).into_iter().collect();
+        collected.extend(self.finish_twin_gc(twin_gc));
+        Ok(collected)
     }
 
     /// `mv`, `ln -sf`, `renameat2`: moves or retags atomically. A replaced tag drops its
@@ -290,6 +317,16 @@ impl Store {
                 .node(to.0)
                 .ok_or_else(|| StoreError::NotFound(to.0.to_string()))?;
             if node.subdirs.contains(to.1) {
+                if mode == RenameMode::Exchange {
+                    // As the other way round (`Store::rename_dir`): a tag and a repository
+                    // directory are not exchanged (ext4 would swap them; here a tag cannot
+                    // become a directory of tags).
+                    return Err(StoreError::Invalid(format!(
+                        "{}:{} <-> {}/{}: exchanging a tag and a repository directory is not \
+                         supported",
+                        from.0, from.1, to.0, to.1
+                    )));
+                }
                 return Err(StoreError::IsDir(format!("{}/{}", to.0, to.1)));
             }
             node.tags.get(to.1).cloned()
@@ -327,10 +364,23 @@ impl Store {
         } else {
             None
         };
+        // The moved name's twin in the other layout goes too (`twins.rs`), first.
+        let twin = self.shadowed_twin(from.0, from.1, src.layout);
+        let mut handled = vec![&src.key, &new_key];
+        handled.extend(dst.as_ref().map(|d| &d.key));
+        let twin_gc = match self.remove_twin(twin, &handled) {
+            Ok(g) => g,
+            Err(e) => {
+                self.drop_intent(intent);
+                self.drop_intent(src_intent);
+                return Err(e);
+            }
+        };
         let result = self.move_link(from, &src, to, &new_key, dst.as_ref().map(|d| d.layout));
         if let Err(e) = result {
             self.drop_intent(intent);
             self.drop_intent(src_intent);
+            self.drop_twin_gc(twin_gc);
             return Err(e);
         }
         {
@@ -344,6 +394,7 @@ impl Store {
             None => Vec::new(),
         };
         collected.extend(self.finish_gc(src_intent, &src.key));
+        collected.extend(self.finish_twin_gc(twin_gc));
         Ok(collected)
     }
 

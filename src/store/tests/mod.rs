@@ -11,6 +11,7 @@ mod gc;
 mod hypeman;
 mod legacy;
 mod model;
+mod moves;
 mod open;
 mod promote;
 mod query;
