@@ -65,7 +65,7 @@ fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
             durable: opts.durable,
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| refused_because_mounted(&opts.store, e))?;
     // The scan's threads leave freed memory in their malloc arenas; give it back.
     tuning::trim_heap();
     log::info!(
@@ -75,6 +75,22 @@ fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
         store.digest_count()
     );
     Ok(Arc::new(store))
+}
+
+/// The error of opening the store; "already mounted" also says where that mount is (a
+/// lazily unmounted one is in no mount table, but its daemon still serves its users).
+fn refused_because_mounted(store: &Path, e: crate::store::StoreError) -> String {
+    let busy = matches!(&e, crate::store::StoreError::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::ResourceBusy);
+    if !busy {
+        return e.to_string();
+    }
+    match mountinfo::mounts_of_store(store).as_slice() {
+        [] => format!(
+            "{e}; it is mounted nowhere any more (unmounted lazily, its daemon still serves processes that were using it, and exits once they are gone)"
+        ),
+        mps => format!("{e}; mounted on {}", mps.join(", ")),
+    }
 }
 
 fn which(bin: &str) -> bool {

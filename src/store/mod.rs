@@ -164,8 +164,8 @@ pub struct Store {
     root: PathBuf,
     journal: Journal,
     lock_file: File,
-    /// The mount marker ([`lockfile::hold_mounted`]), for a store opened by a mount.
-    _mounted: Option<File>,
+    /// One mount per store ([`lockfile::MountedLock`]), for a store opened by a mount.
+    _mounted: Option<lockfile::MountedLock>,
     mutate: Mutex<()>,
     index: RwLock<Index>,
     opts: Options,
@@ -223,15 +223,22 @@ impl Store {
                 "store /: refusing to use the filesystem root as an image store".into(),
             ));
         }
+        // A second mount is refused before anything is written (bookkeeping made, moved or
+        // replayed, trash emptied): the identity lock first, the marker once it can exist.
+        let root_lock = match mount {
+            true => Some(
+                lockfile::MountedLock::take(&root).ctx(|| format!("store {}", root.display()))?,
+            ),
+            false => None,
+        };
         let journal = Journal::new(&root);
         journal.warn_if_in_store();
         journal
             .create_dirs()
             .ctx(|| format!("{}", journal.dir.display()))?;
-        let mounted = if mount {
-            Some(lockfile::hold_mounted(&root).ctx(|| format!("store {}", root.display()))?)
-        } else {
-            None
+        let mounted = match root_lock {
+            Some(l) => Some(l.mark(&root).ctx(|| format!("store {}", root.display()))?),
+            None => None,
         };
         let lock_file = File::options()
             .create(true)
