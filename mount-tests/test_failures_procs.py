@@ -4,6 +4,7 @@ refused `imagefs umount` changes nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -150,3 +151,75 @@ def test_a_remount_after_sigterm_while_busy_never_serves_the_store_twice(store, 
     assert os.listdir(m2.mnt / "tags" / REPO) == ["a"]
     assert not trash_entries(root)
     assert not (root / "content" / b).exists()
+
+
+# ------------------------------------------------------------------ bug 12: a killed import
+
+def mkfs_of(import_dir: Path) -> list[int]:
+    """pids of mkfs.erofs processes writing into import_dir."""
+    r = sh("pgrep", "-f", f"mkfs.erofs.*{import_dir}")
+    return [int(p) for p in r.stdout.split()]
+
+
+def dead_import_dirs(root) -> list[Path]:
+    d = bookkeeping(root) / "import"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def fake_dead_import(root, name: str) -> Path:
+    """What a killed import leaves: import/<unique>/ with a half-built image, nobody holding its lock."""
+    d = bookkeeping(root) / "import" / name
+    (d / "digest").mkdir(parents=True)
+    (d / "digest" / "rootfs.erofs").write_bytes(b"\0" * 300_000)
+    return d
+
+
+def test_a_killed_import_leaves_no_mkfs_running_and_its_leftovers_are_found_and_removed(store, mounter, workdir):
+    require(sh("which", "pgrep").returncode == 0, "needs pgrep (procps)")
+    a, _ = two_images(store)
+    root = store.root
+    src = workdir / "big"
+    src.mkdir()
+    for i in range(3):  # incompressible: mkfs.erofs -zlz4 needs a second or more for it
+        (src / f"blob{i}").write_bytes(os.urandom(16 << 20))
+    imports = bookkeeping(root) / "import"
+    p = subprocess.Popen([str(imagefs_bin()), "import", "--store", str(root), "--tag", f"{REPO}:big", str(src)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert eventually(lambda: mkfs_of(imports), 10, 0.01), "mkfs.erofs never started"
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        assert eventually(lambda: not mkfs_of(imports), 2), f"mkfs.erofs outlived the killed import: {mkfs_of(imports)}"
+    finally:
+        for pid in mkfs_of(imports):
+            os.kill(pid, signal.SIGKILL)
+    left = dead_import_dirs(root)
+    assert len(left) == 1, left
+    # A live import's directory (its flock held) is neither reported nor removed.
+    live = bookkeeping(root) / "import" / "import-live"
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        f = run("fsck", "--store", root)
+        assert f.returncode == 1, f.stdout + f.stderr
+        lines = [ln for ln in f.stdout.splitlines() if str(left[0]) in ln]
+        assert lines and lines[0].startswith("problem:"), f.stdout
+        assert any(u in lines[0] for u in ("MB", "kB")), f"no size in {lines[0]!r}"
+        assert str(live) not in f.stdout, f.stdout
+        g = run("gc", "--store", root)
+        assert g.returncode == 0, g.stdout + g.stderr
+        assert dead_import_dirs(root) == [live], "gc did not remove a killed import's leftovers"
+        assert str(left[0]) in g.stdout, g.stdout
+        # fsck --repair and mount remove them too.
+        dead = fake_dead_import(root, "import-dead-1")
+        f = run("fsck", "--store", root, "--repair")
+        assert not dead.exists(), f"fsck --repair left {dead}:\n{f.stdout}"
+        assert f.returncode == 0, f.stdout + f.stderr
+        dead = fake_dead_import(root, "import-dead-2")
+        m = mounter(store)
+        assert not dead.exists(), f"the mount left {dead}:\n{m.log_tail(20)}"
+        assert live.is_dir(), "a live import's work directory was removed"
+        assert os.listdir(m.mnt / "tags" / REPO) == ["a", "b"]
+    finally:
+        os.close(fd)

@@ -16,7 +16,8 @@
 //!   intents/<id>.<hex>.gc               GC intent -> identity of the digest directory
 //!   intents/<id>.json                   promote / move / exchange / relink intent
 //!   trash/<id>-<hex12>/                 collected directories; emptied at mount
-//!   import/<id>/                        `imagefs import`'s work directories
+//!   import/<id>/                        `imagefs import`'s work directories (flock held
+//!                                       while the import lives; [`import_work`])
 //! ```
 //!
 //! ([`layout`] reads the store, [`journal`] owns the bookkeeping: beside the store, where
@@ -72,6 +73,7 @@ pub mod error;
 pub mod fsutil;
 pub mod gc;
 pub mod images;
+pub mod import_work;
 pub mod index;
 pub mod install;
 pub mod journal;
