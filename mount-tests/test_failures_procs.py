@@ -223,3 +223,45 @@ def test_a_killed_import_leaves_no_mkfs_running_and_its_leftovers_are_found_and_
         assert os.listdir(m.mnt / "tags" / REPO) == ["a", "b"]
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------ a refused imagefs umount
+
+def mount_ids(mnt: Path) -> dict[str, str]:
+    """Mount point -> mount id, for the mount on mnt and every mount below it."""
+    out = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == str(mnt) or fields[4].startswith(f"{mnt}/"):
+                out[fields[4]] = fields[0]
+    return out
+
+
+def test_a_refused_imagefs_umount_of_a_busy_mount_changes_nothing(store, mounter):
+    a, b = two_images(store)
+    m = mounter(store)
+    tree = m.mnt / "digests" / a / "rootfs"
+    require(eventually(lambda: os.stat(tree).st_dev != os.stat(m.mnt).st_dev, 5),
+            "the image trees are not mounts of their own here (needs root and the mount API)")
+    assert eventually(lambda: len(mount_ids(m.mnt)) == 3, 5), mount_ids(m.mnt)
+    before = mount_ids(m.mnt)
+    holder = hold_cwd(m.mnt / "tags" / REPO)  # keeps the main mount busy
+    inside = hold_cwd(tree / "etc")  # a container in an image tree
+    try:
+        r = run("umount", m.mnt, timeout=30)
+        assert r.returncode != 0 and "busy" in r.stderr, r.stdout + r.stderr
+        assert mount_ids(m.mnt) == before, "a refused umount detached (or remounted) the image trees"
+        assert str(holder.pid) in r.stderr, f"the refusal does not name the process holding it:\n{r.stderr}"
+        assert Path(f"/proc/{inside.pid}/cwd/os-release").read_text().startswith("NAME=")
+        assert os.listdir(m.mnt / "tags" / REPO) == ["a", "b"]
+    finally:
+        stop(holder)
+    try:
+        r = run("umount", m.mnt, timeout=30)
+        assert r.returncode == 0, r.stderr
+        assert not mount_ids(m.mnt)
+        assert "KEY=procs-a" in Path(f"/proc/{inside.pid}/cwd/os-release").read_text()
+    finally:
+        stop(inside)
+    assert m.proc.wait(timeout=10) == 0, m.log_tail()

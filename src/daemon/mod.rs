@@ -6,6 +6,7 @@
 //! - `session`: the main FUSE session, its options, signals.
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
+//! - `busy`: who keeps a mount busy (checked before `imagefs umount` detaches anything).
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
 //! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
 //!
@@ -13,6 +14,7 @@
 //! fork); every error before the mount is ready reaches the command that started it, which
 //! prints it and exits 1. The daemon uses `fs` and `store`; neither uses the daemon.
 
+mod busy;
 mod config;
 mod daemonize;
 mod mount_api;
@@ -144,6 +146,13 @@ pub(crate) fn umount(mountpoint: &Path) -> Result<(), String> {
         let mp = mountpoint
             .canonicalize()
             .unwrap_or_else(|_| mountpoint.to_path_buf());
+        // Refused before the trees are detached: a refused umount changes nothing.
+        if let Some(who) = mountinfo::main_mount(&mp).and_then(|main| busy::holder(&mp, main)) {
+            return Err(format!(
+                "{}: busy ({who}); nothing was unmounted: stop it, or `umount -l` to detach lazily",
+                mountpoint.display()
+            ));
+        }
         let mut tries = 0;
         let r = loop {
             rootfs_mounts::detach_below(&mp);

@@ -95,6 +95,31 @@ pub(super) fn mounts_of_store(root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The mount id and device of the mount on `mp` (canonical; the topmost, if several are
+/// stacked there), without asking the filesystem there.
+pub(super) fn main_mount(mp: &Path) -> Option<super::busy::MainMount> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (Path::new(&unescape(f.get(4)?)) == mp).then_some(())?;
+            Some(super::busy::MainMount {
+                id: f.first()?.parse().ok()?,
+                dev: dev_number(f.get(2)?)?,
+            })
+        })
+        .last()
+}
+
+/// A device "major:minor" (decimal, as mountinfo writes it) as a `dev_t`.
+fn dev_number(dev: &str) -> Option<u64> {
+    let (major, minor) = dev.split_once(':')?;
+    Some(nix::sys::stat::makedev(
+        major.parse().ok()?,
+        minor.parse().ok()?,
+    ))
+}
+
 /// The mount points strictly below `mp`, deepest first.
 pub(super) fn mounts_below(mounts: &[Mount], mp: &Path) -> Vec<String> {
     let prefix = format!("{}/", mp.display());
@@ -168,6 +193,16 @@ mod tests {
             imagefs_mains(&info),
             vec![("/mnt/i j".to_string(), "/st ore".to_string())]
         );
+    }
+
+    #[test]
+    fn dev_number_reads_major_and_minor() {
+        let d = dev_number("0:61").expect("dev");
+        assert_eq!(
+            (nix::sys::stat::major(d), nix::sys::stat::minor(d)),
+            (0, 61)
+        );
+        assert_eq!(dev_number("x:1"), None);
     }
 
     #[test]
