@@ -99,16 +99,14 @@ pub(super) fn mounts_of_store(root: &Path) -> Vec<String> {
 /// stacked there), without asking the filesystem there.
 pub(super) fn main_mount(mp: &Path) -> Option<super::busy::MainMount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (Path::new(&unescape(f.get(4)?)) == mp).then_some(())?;
-            Some(super::busy::MainMount {
-                id: f.first()?.parse().ok()?,
-                dev: dev_number(f.get(2)?)?,
-            })
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (Path::new(&unescape(f.get(4)?)) == mp).then_some(())?;
+        Some(super::busy::MainMount {
+            id: f.first()?.parse().ok()?,
+            dev: dev_number(f.get(2)?)?,
         })
-        .last()
+    })
 }
 
 /// A device "major:minor" (decimal, as mountinfo writes it) as a `dev_t`.

@@ -1,12 +1,13 @@
-//! Locks that coordinate the writers of one store across processes. Both files live in the
+//! Locks that coordinate the writers of one store across processes. The files live in the
 //! store's bookkeeping directory ([`Journal`]: beside the store, out of hypeman's sight).
 //!
 //! - `lock`: exclusive `flock` for every change to the store, by the mount and by every
 //!   other writer (import, gc, fsck --repair, a puller that follows the rule).
-//! - `mounted`: an exclusive `flock` held by a mount for its whole life, taken before its
-//!   recovery runs: a second mount of the store is refused (its recovery would empty the
-//!   trash the first one keeps images in use in), and tools can tell a live mount serves the
-//!   store (and leave its trash alone).
+//! - one live mount ([`MountedLock`]): an exclusive `flock` on the store's root directory
+//!   (its identity, whatever the path), then on `mounted`, held by a mount for its whole
+//!   life and taken before its recovery runs: a second mount of the store is refused (its
+//!   recovery would empty the trash the first one keeps images in use in), and tools can
+//!   tell a live mount serves the store (and leave its trash alone).
 
 use std::fs::File;
 use std::io;

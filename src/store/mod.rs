@@ -12,7 +12,8 @@
 //!   <repo>/<tag>                        legacy tag -> <hex>
 //! STORE/../.imagefs-<name of STORE>/    imagefs's bookkeeping, out of hypeman's sight:
 //!   lock                                exclusive flock of every writer, for each change
-//!   mounted                             exclusive flock held by the one live mount (lockfile)
+//!   mounted                             exclusive flock held by the one live mount, as is one
+//!                                       on STORE/ itself (lockfile::MountedLock)
 //!   intents/<id>.<hex>.gc               GC intent -> identity of the digest directory
 //!   intents/<id>.json                   promote / move / exchange / relink intent
 //!   trash/<id>-<hex12>/                 collected directories; emptied at mount
