@@ -19,7 +19,17 @@ fn on_path(bin: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
 }
 
-/// Runs the one word after it only while the process `$1` is still its parent: the guard
+/// Is there a `setpriv` that knows `--pdeathsig` (util-linux 2.33 and later)?
+fn setpriv_has_pdeathsig() -> bool {
+    on_path("setpriv")
+        && Command::new("setpriv")
+            .arg("--help")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--pdeathsig"))
+}
+
+/// Runs the command after `$1` only while the process `$1` is still its parent: the guard
 /// between `setpriv --pdeathsig` (which arms the signal) and the program, for an import
 /// killed before the signal was armed. (`$PPID` is read when the shell starts, after.)
 const PARENT_GUARD: &str = r#"[ "$PPID" = "$1" ] || exit 125; shift; exec "$@""#;
@@ -31,8 +41,8 @@ const PARENT_GUARD: &str = r#"[ "$PPID" = "$1" ] || exit 125; shift; exec "$@""#
 /// the import is still its parent and becomes mkfs.erofs. Without setpriv, mkfs.erofs runs
 /// as it is (and the work directory's inherited lock keeps it from being swept meanwhile).
 fn mkfs_command() -> Command {
-    if !on_path("setpriv") {
-        log::debug!("setpriv not found: mkfs.erofs would outlive a killed import");
+    if !setpriv_has_pdeathsig() {
+        log::debug!("no setpriv --pdeathsig: mkfs.erofs would outlive a killed import");
         return Command::new("mkfs.erofs");
     }
     let mut c = Command::new("setpriv");

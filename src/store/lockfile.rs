@@ -72,7 +72,7 @@ const MOUNTED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 ///   older imagefs holds (it takes no lock on the root).
 #[derive(Debug)]
 pub struct MountedLock {
-    _root: File,
+    _root: Option<File>,
     _marker: File,
 }
 
@@ -82,8 +82,25 @@ impl MountedLock {
     /// [`MOUNTED_GRACE`]. Writes nothing.
     pub fn take(root: &Path) -> io::Result<RootLock> {
         let dir = File::open(root)?;
-        lock_within_grace(&dir).map_err(|e| e.unwrap_or_else(|| busy(&dir, None)))?;
-        Ok(RootLock(dir))
+        match lock_within_grace(&dir) {
+            Ok(()) => Ok(RootLock(Some(dir))),
+            Err(None) => Err(busy(&dir, None)),
+            // NFS emulates flock with byte-range locks, which a directory (open read-only)
+            // cannot take: one mount per store then rests on the marker alone (by path).
+            Err(Some(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBADF | libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL)
+                ) =>
+            {
+                log::warn!(
+                    "{}: cannot lock the store's directory ({e}); a second mount of it by another path would not be refused",
+                    root.display()
+                );
+                Ok(RootLock(None))
+            }
+            Err(Some(e)) => Err(e),
+        }
     }
 }
 
@@ -106,7 +123,7 @@ fn lock_within_grace(f: &File) -> Result<(), Option<io::Error>> {
 /// The identity lock alone ([`MountedLock::take`]), until the marker is added
 /// ([`RootLock::mark`]) once the bookkeeping exists.
 #[derive(Debug)]
-pub struct RootLock(File);
+pub struct RootLock(Option<File>);
 
 impl RootLock {
     /// Takes the `mounted` marker of the bookkeeping too; fails with `ResourceBusy` when
