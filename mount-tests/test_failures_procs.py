@@ -8,13 +8,12 @@ import fcntl
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from helpers import (
-    bookkeeping, eventually, find_daemon_pids, imagefs_bin, is_fuse_mounted, mounts_at, pid_alive,
+    bookkeeping, eventually, imagefs_bin, is_fuse_mounted, mounts_at, pid_alive,
     require, sh, trash_entries,
 )
 
@@ -44,8 +43,12 @@ def hold_cwd(path: Path) -> subprocess.Popen:
 def untag_in_use(m, b: str) -> subprocess.Popen:
     """Holds a cwd in b's image tree, then removes b's last tag: b waits in the trash, served."""
     user = hold_cwd(m.mnt / "digests" / b / "rootfs" / "etc")
-    os.unlink(m.mnt / "tags" / REPO / "b")
-    assert trash_entries(m.store), f"b in use but not kept in the trash:\n{m.log_tail(20)}"
+    try:
+        os.unlink(m.mnt / "tags" / REPO / "b")
+        assert trash_entries(m.store), f"b in use but not kept in the trash:\n{m.log_tail(20)}"
+    except BaseException:
+        stop(user)
+        raise
     return user
 
 
@@ -255,13 +258,12 @@ def test_a_refused_imagefs_umount_of_a_busy_mount_changes_nothing(store, mounter
         assert str(holder.pid) in r.stderr, f"the refusal does not name the process holding it:\n{r.stderr}"
         assert Path(f"/proc/{inside.pid}/cwd/os-release").read_text().startswith("NAME=")
         assert os.listdir(m.mnt / "tags" / REPO) == ["a", "b"]
-    finally:
         stop(holder)
-    try:
         r = run("umount", m.mnt, timeout=30)
         assert r.returncode == 0, r.stderr
         assert not mount_ids(m.mnt)
         assert "KEY=procs-a" in Path(f"/proc/{inside.pid}/cwd/os-release").read_text()
     finally:
+        stop(holder)
         stop(inside)
     assert m.proc.wait(timeout=10) == 0, m.log_tail()
