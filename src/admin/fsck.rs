@@ -1,7 +1,7 @@
 //! `imagefs fsck`: checks a store, and with `--repair` fixes what can be fixed safely.
 //!
 //! Under the store lock: interrupted changes (journal intents), leftover temporary files,
-//! the trash, entries the scan ignores (stray files, malformed names, tags naming nothing the
+//! the trash, what killed imports left, entries the scan ignores (stray files, malformed names, tags naming nothing the
 //! store could hold), dangling tags, tags the mount ignores, digest directories without a
 //! readable status, untagged digests (information only: digest-only pulls are legitimate),
 //! hypeman's staging entries (information only: a pull in progress, or hypeman's to sweep).
@@ -23,6 +23,7 @@ use super::{
     EXIT_FAILED, EXIT_OK, EXIT_PROBLEMS, View, check_store, lock, lock_for_reading, out, status_of,
 };
 use crate::store::gc;
+use crate::store::import_work;
 use crate::store::index::Tag;
 use crate::store::journal::{Intent, Journal};
 use crate::store::layout::{self, DirKey};
@@ -68,6 +69,8 @@ pub enum Kind {
     TempFile,
     /// An entry of the bookkeeping's `trash/`.
     Trash,
+    /// A work directory a killed `imagefs import` left in the bookkeeping's `import/`.
+    ImportLeftover,
     /// An entry the scan ignores: stray file, malformed name, tag outside the store.
     Ignored,
     /// A tag naming a digest directory that does not exist.
@@ -185,6 +188,23 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
     // The bookkeeping's trash, and the side trashes inside the store (journal.rs).
     for trash in std::iter::once(journal.trash()).chain(view.scan.side_trash.iter().cloned()) {
         trash_findings(&trash, mounted, &mut f);
+    }
+    match import_work::dead(&journal.import_dir()) {
+        Ok(dead) => f.extend(dead.into_iter().map(|p| {
+            let size = super::human(super::dir_bytes(&p));
+            problem(
+                Kind::ImportLeftover,
+                p,
+                format!(
+                    "left by a killed import ({size}); --repair, gc or the next mount removes it"
+                ),
+            )
+        })),
+        Err(e) => f.push(problem(
+            Kind::ImportLeftover,
+            journal.import_dir(),
+            e.to_string(),
+        )),
     }
     for p in &view.scan.problems {
         f.push(problem(Kind::Ignored, &p.path, p.reason.clone()));

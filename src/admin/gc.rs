@@ -3,6 +3,7 @@
 //! Under the store lock, with the mount's crash-safe steps ([`store::gc::collect`]): a GC
 //! intent record, an atomic rename into the bookkeeping's `trash/`, the deletion, then the record
 //! goes. A crash at any point is finished by the next mount or `imagefs fsck --repair`.
+//! Also removes the work directories killed imports left ([`store::import_work`]).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -140,6 +141,7 @@ pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32
         n += 1;
         bytes += size;
     }
+    failed += remove_import_leftovers(&root, args.dry_run, o, e);
     let verb = if args.dry_run {
         "would remove"
     } else {
@@ -159,6 +161,70 @@ pub(crate) fn run_to(args: &GcArgs, o: &mut dyn Write, e: &mut dyn Write) -> i32
         ),
     );
     if failed > 0 { EXIT_PROBLEMS } else { EXIT_OK }
+}
+
+/// Removes (or with `dry_run` lists) the work directories killed imports left; returns the
+/// number of removals that failed.
+fn remove_import_leftovers(
+    root: &Path,
+    dry_run: bool,
+    o: &mut dyn Write,
+    e: &mut dyn Write,
+) -> usize {
+    let base = store::journal::Journal::new(root).import_dir();
+    let listed = match store::import_work::dead(&base) {
+        Ok(d) => d,
+        Err(err) => {
+            out(e, format!("imagefs gc: {}: {err}", base.display()));
+            return 1;
+        }
+    };
+    let sizes: Vec<(PathBuf, u64)> = listed
+        .into_iter()
+        .map(|p| {
+            let n = dir_bytes(&p);
+            (p, n)
+        })
+        .collect();
+    let size_of = |p: &Path| sizes.iter().find(|(q, _)| q == p).map_or(0, |(_, n)| *n);
+    if dry_run {
+        for (p, n) in &sizes {
+            out(
+                o,
+                format!(
+                    "would remove {} (left by a killed import, {})",
+                    p.display(),
+                    human(*n)
+                ),
+            );
+        }
+        return 0;
+    }
+    let done = match store::import_work::remove_dead(&base) {
+        Ok(d) => d,
+        Err(err) => {
+            out(e, format!("imagefs gc: {}: {err}", base.display()));
+            return 1;
+        }
+    };
+    let mut failed = 0;
+    for (p, r) in done {
+        match r {
+            Ok(()) => out(
+                o,
+                format!(
+                    "removed {} (left by a killed import, {})",
+                    p.display(),
+                    human(size_of(&p))
+                ),
+            ),
+            Err(err) => {
+                out(e, format!("imagefs gc: {}: {err}", p.display()));
+                failed += 1;
+            }
+        }
+    }
+    failed
 }
 
 /// `imagefs gc`; returns the exit status.

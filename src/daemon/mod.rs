@@ -6,6 +6,7 @@
 //! - `session`: the main FUSE session, its options, signals.
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
+//! - `busy`: who keeps a mount busy (checked before `imagefs umount` detaches anything).
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
 //! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
 //!
@@ -13,6 +14,7 @@
 //! fork); every error before the mount is ready reaches the command that started it, which
 //! prints it and exits 1. The daemon uses `fs` and `store`; neither uses the daemon.
 
+mod busy;
 mod config;
 mod daemonize;
 mod mount_api;
@@ -65,7 +67,7 @@ fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
             durable: opts.durable,
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| refused_because_mounted(&opts.store, e))?;
     // The scan's threads leave freed memory in their malloc arenas; give it back.
     tuning::trim_heap();
     log::info!(
@@ -75,6 +77,22 @@ fn open_store(opts: &MountConfig) -> Result<Arc<Store>, String> {
         store.digest_count()
     );
     Ok(Arc::new(store))
+}
+
+/// The error of opening the store; "already mounted" also says where that mount is (a
+/// lazily unmounted one is in no mount table, but its daemon still serves its users).
+fn refused_because_mounted(store: &Path, e: crate::store::StoreError) -> String {
+    let busy = matches!(&e, crate::store::StoreError::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::ResourceBusy);
+    if !busy {
+        return e.to_string();
+    }
+    match mountinfo::mounts_of_store(store).as_slice() {
+        [] => format!(
+            "{e}; it is mounted nowhere any more (unmounted lazily, its daemon still serves processes that were using it, and exits once they are gone)"
+        ),
+        mps => format!("{e}; mounted on {}", mps.join(", ")),
+    }
 }
 
 fn which(bin: &str) -> bool {
@@ -128,6 +146,13 @@ pub(crate) fn umount(mountpoint: &Path) -> Result<(), String> {
         let mp = mountpoint
             .canonicalize()
             .unwrap_or_else(|_| mountpoint.to_path_buf());
+        // Refused before the trees are detached: a refused umount changes nothing.
+        if let Some(who) = mountinfo::main_mount(&mp).and_then(|main| busy::holder(&mp, main)) {
+            return Err(format!(
+                "{}: busy ({who}); nothing was unmounted: stop it, or `umount -l` to detach lazily",
+                mountpoint.display()
+            ));
+        }
         let mut tries = 0;
         let r = loop {
             rootfs_mounts::detach_below(&mp);

@@ -58,6 +58,66 @@ pub(super) fn device_of(mp: &Path) -> Option<String> {
         .map(|m| m.dev)
 }
 
+/// The main mounts of imagefs in a mountinfo text, as (mount point, source: the store's path
+/// as that mount named it). An image tree is a mount of one directory of its superblock (its
+/// root is `/<hex>`), a main mount of the whole of it (`/`).
+fn imagefs_mains(mountinfo: &str) -> Vec<(String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
+            let mut r = right.split(' ');
+            let (fstype, source) = (r.next()?, r.next()?);
+            let point = f.get(4)?;
+            (fstype == "fuse.imagefs" && *f.get(3)? == "/")
+                .then(|| (unescape(point), unescape(source)))
+        })
+        .collect()
+}
+
+/// Where imagefs mounts of the store `root` are mounted (matched by the store's identity,
+/// whatever path each mount was given).
+pub(super) fn mounts_of_store(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(id), Ok(text)) = (
+        std::fs::metadata(root),
+        std::fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return Vec::new();
+    };
+    imagefs_mains(&text)
+        .into_iter()
+        .filter(|(_, source)| {
+            std::fs::metadata(source).is_ok_and(|m| (m.dev(), m.ino()) == (id.dev(), id.ino()))
+        })
+        .map(|(point, _)| point)
+        .collect()
+}
+
+/// The mount id and device of the mount on `mp` (canonical; the topmost, if several are
+/// stacked there), without asking the filesystem there.
+pub(super) fn main_mount(mp: &Path) -> Option<super::busy::MainMount> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (Path::new(&unescape(f.get(4)?)) == mp).then_some(())?;
+        Some(super::busy::MainMount {
+            id: f.first()?.parse().ok()?,
+            dev: dev_number(f.get(2)?)?,
+        })
+    })
+}
+
+/// A device "major:minor" (decimal, as mountinfo writes it) as a `dev_t`.
+fn dev_number(dev: &str) -> Option<u64> {
+    let (major, minor) = dev.split_once(':')?;
+    Some(nix::sys::stat::makedev(
+        major.parse().ok()?,
+        minor.parse().ok()?,
+    ))
+}
+
 /// The mount points strictly below `mp`, deepest first.
 pub(super) fn mounts_below(mounts: &[Mount], mp: &Path) -> Vec<String> {
     let prefix = format!("{}/", mp.display());
@@ -116,6 +176,31 @@ mod tests {
             .filter_map(|h| Digest::parse_hex(h))
             .collect();
         assert_eq!((trees.len(), trees), (2, want));
+    }
+
+    #[test]
+    fn imagefs_mains_skips_image_trees_and_other_types() {
+        let a = "ab".repeat(32);
+        let info = format!(
+            "22 1 0:21 / /mnt/i\\040j rw - fuse.imagefs /st\\040ore rw
+23 22 0:22 /{a} /mnt/i/digests/{a}/rootfs ro - fuse.imagefs /store ro
+24 1 0:23 / /mnt/other rw - fuse.sshfs /store rw
+"
+        );
+        assert_eq!(
+            imagefs_mains(&info),
+            vec![("/mnt/i j".to_string(), "/st ore".to_string())]
+        );
+    }
+
+    #[test]
+    fn dev_number_reads_major_and_minor() {
+        let d = dev_number("0:61").expect("dev");
+        assert_eq!(
+            (nix::sys::stat::major(d), nix::sys::stat::minor(d)),
+            (0, 61)
+        );
+        assert_eq!(dev_number("x:1"), None);
     }
 
     #[test]

@@ -15,9 +15,10 @@
 //!
 //! All the work happens in `import/<unique>/` of the store's bookkeeping directory (beside
 //! the store, out of hypeman's listings; same filesystem as the store, so the install is one
-//! rename). That directory is removed on every error path;
-//! one left by a killed import is removed by the next import (a live import holds an
-//! `flock` on its directory, a dead one does not).
+//! rename). That directory is removed on every error path; one left by a killed import
+//! (a live import holds an `flock` on its directory, a dead one does not) is reported by
+//! `fsck` and removed by the next import, mount, `fsck --repair` or `gc`
+//! ([`crate::store::import_work`]). `mkfs.erofs` dies with the import ([`build::mkfs`]).
 //!
 //! Digest naming: OCI images are named by the sha256 of their manifest blob, as hypeman
 //! names pulled images; everything else (directories, tars, erofs images, and legacy
@@ -323,26 +324,12 @@ struct WorkDir {
 impl WorkDir {
     fn create(store: &Path) -> Result<WorkDir> {
         let base = crate::store::journal::Journal::new(store).import_dir();
-        std::fs::create_dir_all(&base).map_err(|e| ImportError::io(base.display(), e))?;
-        // Sweeping and creating happen under an exclusive flock on `base`, so a sweep never
-        // sees a directory created but not yet locked.
-        let base_lock =
-            std::fs::File::open(&base).map_err(|e| ImportError::io(base.display(), e))?;
-        flock_blocking(&base_lock).map_err(|e| ImportError::io(base.display(), e))?;
-        sweep_stale(&base);
-        let path = base.join(crate::store::fsutil::unique_name("import"));
-        std::fs::create_dir(&path).map_err(|e| ImportError::io(path.display(), e))?;
-        let lock = match std::fs::File::open(&path).and_then(|f| try_flock(&f).map(|()| f)) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&path);
-                return Err(ImportError::io(path.display(), e));
-            }
-        };
+        let (path, lock) = crate::store::import_work::create(&base)
+            .map_err(|e| ImportError::io(base.display(), e))?;
         // mkfs.erofs inherits the lock, so the directory is not swept while a build that
-        // outlived a killed import still writes into it.
+        // outlived a killed import (where it cannot be made to die with it: `build`) still
+        // writes into it.
         let _ = nix::fcntl::fcntl(&lock, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty()));
-        drop(base_lock);
         Ok(WorkDir { path, _lock: lock })
     }
 
@@ -355,46 +342,6 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         if let Err(e) = crate::store::fsutil::remove_tree(&self.path) {
             log::warn!("{}: cannot remove: {e}", self.path.display());
-        }
-    }
-}
-
-fn flock_blocking(f: &std::fs::File) -> std::io::Result<()> {
-    loop {
-        match f.lock() {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            other => return other,
-        }
-    }
-}
-
-/// An exclusive `flock` on `f` if nobody holds one; "somebody does" is `EWOULDBLOCK`.
-fn try_flock(f: &std::fs::File) -> std::io::Result<()> {
-    f.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::WouldBlock => std::io::Error::from_raw_os_error(libc::EWOULDBLOCK),
-        std::fs::TryLockError::Error(e) => e,
-    })
-}
-
-/// Removes work directories of imports that died (nobody holds their lock).
-fn sweep_stale(base: &Path) {
-    let Ok(rd) = std::fs::read_dir(base) else {
-        return;
-    };
-    for entry in rd.flatten() {
-        let p = entry.path();
-        let Ok(f) = std::fs::File::open(&p) else {
-            continue;
-        };
-        // The lock is released when `f` is dropped.
-        if try_flock(&f).is_ok() {
-            match crate::store::fsutil::remove_tree(&p) {
-                Ok(()) => log::info!("{}: removed what a killed import left", p.display()),
-                Err(e) => log::warn!(
-                    "{}: cannot remove a killed import's leftovers: {e}",
-                    p.display()
-                ),
-            }
         }
     }
 }

@@ -1,12 +1,13 @@
-//! Locks that coordinate the writers of one store across processes. Both files live in the
+//! Locks that coordinate the writers of one store across processes. The files live in the
 //! store's bookkeeping directory ([`Journal`]: beside the store, out of hypeman's sight).
 //!
 //! - `lock`: exclusive `flock` for every change to the store, by the mount and by every
 //!   other writer (import, gc, fsck --repair, a puller that follows the rule).
-//! - `mounted`: an exclusive `flock` held by a mount for its whole life, taken before its
-//!   recovery runs: a second mount of the store is refused (its recovery would empty the
-//!   trash the first one keeps images in use in), and tools can tell a live mount serves the
-//!   store (and leave its trash alone).
+//! - one live mount ([`MountedLock`]): an exclusive `flock` on the store's root directory
+//!   (its identity, whatever the path), then on `mounted`, held by a mount for its whole
+//!   life and taken before its recovery runs: a second mount of the store is refused (its
+//!   recovery would empty the trash the first one keeps images in use in), and tools can
+//!   tell a live mount serves the store (and leave its trash alone).
 
 use std::fs::File;
 use std::io;
@@ -53,44 +54,139 @@ impl StoreLock {
     }
 }
 
-/// How long a new mount waits for the marker: a mount just unmounted may still be exiting.
+/// How long a new mount waits for the store: a mount just unmounted may still be exiting.
 const MOUNTED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Marks the store as mounted for as long as the returned file stays open; fails with
-/// `ResourceBusy` when another mount still serves it after [`MOUNTED_GRACE`].
-pub fn hold_mounted(root: &Path) -> io::Result<File> {
-    let j = Journal::new(root);
-    j.create_dirs()?;
-    let file = open(&j.mounted_path())?;
-    let t0 = std::time::Instant::now();
-    loop {
-        match file.try_lock() {
-            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < MOUNTED_GRACE => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+/// The one live mount of a store, held for as long as this value lives (a mount keeps it in
+/// its `Store` until the daemon exits: also after a lazy unmount, while the daemon still
+/// serves processes inside the detached mount).
+///
+/// Two locks, taken in this order:
+/// - an exclusive `flock` on the store's root directory itself, which names the store by its
+///   identity (device and inode), not by the path it was given: a symlink, a `..` path or a
+///   bind mount of the store reaches the same lock. (The bookkeeping directory is found by
+///   path: a bind mount of the store's root is a mount point, so its bookkeeping would be
+///   another directory, with another `mounted` marker.) Taken before anything is written, so
+///   a refused mount changes nothing.
+/// - the `mounted` marker in the bookkeeping, which tools check ([`is_mounted`]) and which an
+///   older imagefs holds (it takes no lock on the root).
+#[derive(Debug)]
+pub struct MountedLock {
+    _root: Option<File>,
+    _marker: File,
+}
+
+impl MountedLock {
+    /// Takes the store's identity lock; fails with `ResourceBusy`, naming the live mount's
+    /// pid where `/proc/locks` tells it, when another mount still holds it after
+    /// [`MOUNTED_GRACE`]. Writes nothing.
+    pub fn take(root: &Path) -> io::Result<RootLock> {
+        let dir = File::open(root)?;
+        match lock_within_grace(&dir) {
+            Ok(()) => Ok(RootLock(Some(dir))),
+            Err(None) => Err(busy(&dir, None)),
+            // NFS emulates flock with byte-range locks, which a directory (open read-only)
+            // cannot take: one mount per store then rests on the marker alone (by path).
+            Err(Some(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBADF | libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL)
+                ) =>
+            {
+                log::warn!(
+                    "{}: cannot lock the store's directory ({e}); a second mount of it by another path would not be refused",
+                    root.display()
+                );
+                Ok(RootLock(None))
             }
-            r => break mounted_result(root, &j, file, r),
+            Err(Some(e)) => Err(e),
         }
     }
 }
 
-fn mounted_result(
-    root: &Path,
-    j: &Journal,
-    file: File,
-    r: Result<(), std::fs::TryLockError>,
-) -> io::Result<File> {
-    match r {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
-            io::ErrorKind::ResourceBusy,
-            format!(
-                "the store {} is already mounted (another imagefs holds {}); one mount per store",
-                root.display(),
-                j.mounted_path().display()
-            ),
-        )),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
+/// An exclusive `flock` on `f`, waiting up to [`MOUNTED_GRACE`] for its holder to let go;
+/// `Err(None)`: still held.
+fn lock_within_grace(f: &File) -> Result<(), Option<io::Error>> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < MOUNTED_GRACE => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Some(e)),
+        }
     }
+}
+
+/// The identity lock alone ([`MountedLock::take`]), until the marker is added
+/// ([`RootLock::mark`]) once the bookkeeping exists.
+#[derive(Debug)]
+pub struct RootLock(Option<File>);
+
+impl RootLock {
+    /// Takes the `mounted` marker of the bookkeeping too; fails with `ResourceBusy` when
+    /// another imagefs (an older one, which takes no identity lock) holds it.
+    pub fn mark(self, root: &Path) -> io::Result<MountedLock> {
+        let j = Journal::new(root);
+        let marker = open(&j.mounted_path())?;
+        lock_within_grace(&marker)
+            .map_err(|e| e.unwrap_or_else(|| busy(&marker, Some(&j.mounted_path()))))?;
+        Ok(MountedLock {
+            _root: self.0,
+            _marker: marker,
+        })
+    }
+}
+
+/// Marks the store as mounted ([`MountedLock`]), for tests: both locks at once.
+#[cfg(test)]
+pub fn hold_mounted(root: &Path) -> io::Result<MountedLock> {
+    let l = MountedLock::take(root)?;
+    Journal::new(root).create_dirs()?;
+    l.mark(root)
+}
+
+/// "Already mounted" (the caller names the store), naming the pid holding `locked`'s lock if `/proc/locks`
+/// tells it, and the marker (`Some`) when that is what is held.
+fn busy(locked: &File, marker: Option<&Path>) -> io::Error {
+    let by = match locked.metadata().ok().and_then(|m| flock_holder(&m)) {
+        Some(pid) => format!("by imagefs pid {pid}"),
+        None => "by another imagefs".into(),
+    };
+    let held = marker
+        .map(|p| format!(", which holds {}", p.display()))
+        .unwrap_or_default();
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!("already mounted {by}{held} (one mount per store)"),
+    )
+}
+
+/// The pid holding an exclusive `flock` on the file `m` describes, from `/proc/locks`
+/// (`1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF`, device numbers in hex).
+fn flock_holder(m: &std::fs::Metadata) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let (major, minor) = (
+        nix::sys::stat::major(m.dev()),
+        nix::sys::stat::minor(m.dev()),
+    );
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Waiters are listed with "->" after the number: never the holder.
+        if f.len() < 6 || f[1] != "FLOCK" || f[3] != "WRITE" {
+            return None;
+        }
+        let mut id = f[5].split(':');
+        let maj = u64::from_str_radix(id.next()?, 16).ok()?;
+        let min = u64::from_str_radix(id.next()?, 16).ok()?;
+        let ino: u64 = id.next()?.parse().ok()?;
+        (maj == major && min == minor && ino == m.ino())
+            .then(|| f[4].parse().ok())
+            .flatten()
+    })
 }
 
 /// Is a mount serving the store at `root` right now? (Also one of an older imagefs, whose
@@ -98,7 +194,10 @@ fn mounted_result(
 pub fn is_mounted(root: &Path) -> bool {
     let j = Journal::new(root);
     let held = |p: &Path| File::open(p).is_ok_and(|f| f.try_lock().is_err());
-    held(&j.mounted_path()) || held(&root.join(super::layout::PRIVATE).join("mounted"))
+    // The identity lock is tried shared: a mount taking it meanwhile retries (its grace).
+    let root_held = File::open(root)
+        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)));
+    root_held || held(&j.mounted_path()) || held(&root.join(super::layout::PRIVATE).join("mounted"))
 }
 
 #[cfg(test)]
@@ -123,5 +222,15 @@ mod tests {
             !root.join(super::super::layout::PRIVATE).exists(),
             "bookkeeping made inside the store"
         );
+    }
+
+    #[test]
+    fn the_holder_of_a_flock_is_found_in_proc_locks() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = File::open(d.path()).expect("open dir");
+        let m = f.metadata().expect("stat");
+        assert_eq!(flock_holder(&m), None);
+        f.lock().expect("flock");
+        assert_eq!(flock_holder(&m), Some(std::process::id()));
     }
 }

@@ -12,11 +12,13 @@
 //!   <repo>/<tag>                        legacy tag -> <hex>
 //! STORE/../.imagefs-<name of STORE>/    imagefs's bookkeeping, out of hypeman's sight:
 //!   lock                                exclusive flock of every writer, for each change
-//!   mounted                             exclusive flock held by the one live mount (lockfile)
+//!   mounted                             exclusive flock held by the one live mount, as is one
+//!                                       on STORE/ itself (lockfile::MountedLock)
 //!   intents/<id>.<hex>.gc               GC intent -> identity of the digest directory
 //!   intents/<id>.json                   promote / move / exchange / relink intent
 //!   trash/<id>-<hex12>/                 collected directories; emptied at mount
-//!   import/<id>/                        `imagefs import`'s work directories
+//!   import/<id>/                        `imagefs import`'s work directories (flock held
+//!                                       while the import lives; [`import_work`])
 //! ```
 //!
 //! ([`layout`] reads the store, [`journal`] owns the bookkeeping: beside the store, where
@@ -72,6 +74,7 @@ pub mod error;
 pub mod fsutil;
 pub mod gc;
 pub mod images;
+pub mod import_work;
 pub mod index;
 pub mod install;
 pub mod journal;
@@ -166,8 +169,8 @@ pub struct Store {
     root: PathBuf,
     journal: Journal,
     lock_file: File,
-    /// The mount marker ([`lockfile::hold_mounted`]), for a store opened by a mount.
-    _mounted: Option<File>,
+    /// One mount per store ([`lockfile::MountedLock`]), for a store opened by a mount.
+    _mounted: Option<lockfile::MountedLock>,
     mutate: Mutex<()>,
     index: RwLock<Index>,
     opts: Options,
@@ -225,15 +228,22 @@ impl Store {
                 "store /: refusing to use the filesystem root as an image store".into(),
             ));
         }
+        // A second mount is refused before anything is written (bookkeeping made, moved or
+        // replayed, trash emptied): the identity lock first, the marker once it can exist.
+        let root_lock = match mount {
+            true => Some(
+                lockfile::MountedLock::take(&root).ctx(|| format!("store {}", root.display()))?,
+            ),
+            false => None,
+        };
         let journal = Journal::new(&root);
         journal.warn_if_in_store();
         journal
             .create_dirs()
             .ctx(|| format!("{}", journal.dir.display()))?;
-        let mounted = if mount {
-            Some(lockfile::hold_mounted(&root).ctx(|| format!("store {}", root.display()))?)
-        } else {
-            None
+        let mounted = match root_lock {
+            Some(l) => Some(l.mark(&root).ctx(|| format!("store {}", root.display()))?),
+            None => None,
         };
         let lock_file = File::options()
             .create(true)

@@ -172,6 +172,18 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
             Err(e) => rec.failed(format!("{}: {e}", t.display())),
         }
     }
+    // What killed imports left (their mkfs.erofs may have written hundreds of MB).
+    match super::import_work::remove_dead(&journal.import_dir()) {
+        Ok(done) => {
+            for (p, r) in done {
+                match r {
+                    Ok(()) => rec.did(format!("removed {} (left by a killed import)", p.display())),
+                    Err(e) => rec.failed(format!("remove {}: {e}", p.display())),
+                }
+            }
+        }
+        Err(e) => rec.failed(format!("{}: {e}", journal.import_dir().display())),
+    }
     if empty_trash {
         let emptied = journal.empty_trash(&scan.side_trash);
         if emptied.removed > 0 {
