@@ -97,7 +97,7 @@ fn mounted_result(
 /// marker is inside the store.)
 pub fn is_mounted(root: &Path) -> bool {
     let j = Journal::new(root);
-    let held = |p: &Path| File::open(p).is_ok_and(|f| f.try_lock().is_err());
+    let held = |p: &Path| super::safe_open::open_regular(p).is_ok_and(|f| f.try_lock().is_err());
     held(&j.mounted_path()) || held(&root.join(super::layout::PRIVATE).join("mounted"))
 }
 

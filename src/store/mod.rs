@@ -84,6 +84,7 @@ mod promote;
 mod query;
 pub mod recover;
 mod repo_dirs;
+pub mod safe_open;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;
