@@ -45,7 +45,7 @@ pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
     };
     // Daemonize before any thread exists: the child serves, the parent waits for its word.
     let mut ready = if opts.foreground {
-        Ready::foreground()
+        Ready::foreground(log.as_ref())
     } else {
         match daemonize::fork(log.as_ref())? {
             Forked::Parent(word) => return word,
@@ -101,6 +101,7 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
         }
         Err(e) => return Err(format!("mountpoint {}: {e}", mountpoint.display())),
     };
+    refuse_nesting(store, &mp)?;
     if mountinfo::is_mountpoint(&mp) {
         return Err(format!(
             "mountpoint {}: something is already mounted there (busy); unmount it first",
@@ -114,6 +115,41 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
         return Err("fusermount3 not found on PATH: install fuse3 (apt-get install fuse3)".into());
     }
     Ok(mp)
+}
+
+/// Refuses a mountpoint inside the store or its bookkeeping, and a store inside the
+/// mountpoint (compared as canonical paths, `mp` is already canonical). The daemon reads the
+/// store by path: once mounted, a path through the mountpoint is a request to the daemon's
+/// own mount, which nobody serves while the daemon waits for it (`imagefs mount` never
+/// returned); a store below the mountpoint is hidden by the mount.
+fn refuse_nesting(store: &Path, mp: &Path) -> Result<(), String> {
+    let store = store
+        .canonicalize()
+        .map_err(|e| format!("store {}: {e}", store.display()))?;
+    let bookkeeping = crate::store::journal::Journal::new(&store).dir;
+    let why = if mp.starts_with(&store) {
+        format!(
+            "mountpoint {} is inside the store {}: the daemon would wait on its own mount",
+            mp.display(),
+            store.display()
+        )
+    } else if mp.starts_with(&bookkeeping) {
+        format!(
+            "mountpoint {} is inside {}, the bookkeeping of the store {}",
+            mp.display(),
+            bookkeeping.display(),
+            store.display()
+        )
+    } else if store.starts_with(mp) {
+        format!(
+            "the store {} is inside the mountpoint {}: the mount would hide it",
+            store.display(),
+            mp.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(format!("{why}; choose a mountpoint outside the store"))
 }
 
 /// Runs `imagefs umount`.
