@@ -6,6 +6,7 @@
 //! - `session`: the main FUSE session, its options, signals.
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
+//! - `nesting`: a mountpoint inside the store, or a store inside the mountpoint, is refused.
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
 //! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
 //!
@@ -17,6 +18,7 @@ mod config;
 mod daemonize;
 mod mount_api;
 mod mountinfo;
+mod nesting;
 mod rootfs_mounts;
 mod session;
 mod tuning;
@@ -101,7 +103,7 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
         }
         Err(e) => return Err(format!("mountpoint {}: {e}", mountpoint.display())),
     };
-    refuse_nesting(store, &mp)?;
+    nesting::refuse(store, &mp)?;
     if mountinfo::is_mountpoint(&mp) {
         return Err(format!(
             "mountpoint {}: something is already mounted there (busy); unmount it first",
@@ -115,41 +117,6 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
         return Err("fusermount3 not found on PATH: install fuse3 (apt-get install fuse3)".into());
     }
     Ok(mp)
-}
-
-/// Refuses a mountpoint inside the store or its bookkeeping, and a store inside the
-/// mountpoint (compared as canonical paths, `mp` is already canonical). The daemon reads the
-/// store by path: once mounted, a path through the mountpoint is a request to the daemon's
-/// own mount, which nobody serves while the daemon waits for it (`imagefs mount` never
-/// returned); a store below the mountpoint is hidden by the mount.
-fn refuse_nesting(store: &Path, mp: &Path) -> Result<(), String> {
-    let store = store
-        .canonicalize()
-        .map_err(|e| format!("store {}: {e}", store.display()))?;
-    let bookkeeping = crate::store::journal::Journal::new(&store).dir;
-    let why = if mp.starts_with(&store) {
-        format!(
-            "mountpoint {} is inside the store {}: the daemon would wait on its own mount",
-            mp.display(),
-            store.display()
-        )
-    } else if mp.starts_with(&bookkeeping) {
-        format!(
-            "mountpoint {} is inside {}, the bookkeeping of the store {}",
-            mp.display(),
-            bookkeeping.display(),
-            store.display()
-        )
-    } else if store.starts_with(mp) {
-        format!(
-            "the store {} is inside the mountpoint {}: the mount would hide it",
-            store.display(),
-            mp.display()
-        )
-    } else {
-        return Ok(());
-    };
-    Err(format!("{why}; choose a mountpoint outside the store"))
 }
 
 /// Runs `imagefs umount`.
