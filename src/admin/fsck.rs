@@ -391,7 +391,7 @@ pub fn read_image(file: File) -> Result<ReadStats, String> {
 pub fn verify_image(root: &Path, key: &DirKey) -> Vec<Finding> {
     let dir = root.join(key.rel_path());
     let path = dir.join("rootfs.erofs");
-    let file = match File::open(&path) {
+    let file = match crate::store::safe_open::open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return vec![info(

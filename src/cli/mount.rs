@@ -22,8 +22,9 @@ pub struct MountArgs {
     /// Threads serving kernel requests.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
-    /// When daemonized, append the log here (otherwise it is discarded once the mount
-    /// is ready; with --foreground the log goes to stderr).
+    /// Append the whole log here, from before the store is opened, daemonized or in the
+    /// foreground (without it, a daemon's log is discarded once the mount is ready, and a
+    /// foreground mount's goes to stderr).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// Serve store files with pread instead of FUSE passthrough.

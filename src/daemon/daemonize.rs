@@ -5,7 +5,9 @@
 //! opened: its scan starts threads). The parent exits only when the child has said "ok"
 //! (the mount answers) or failed: it then prints the child's error, or says the daemon
 //! exited, and `imagefs mount` exits 1. The child's standard descriptors stay those of the
-//! command until the mount is ready, then go to /dev/null (stderr to the log file if any).
+//! command until the mount is ready, then go to /dev/null (stderr to the log file if any;
+//! with a log file, stderr is the file from the fork on). In the foreground with a log file,
+//! stderr is the file from before the store is opened.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -20,28 +22,48 @@ pub(super) enum Forked {
 }
 
 /// The daemon's word to the command that started it: "ok", or the error. Foreground mounts
-/// have nobody to tell.
-pub(super) struct Ready(Option<OwnedFd>);
+/// have nobody to tell; with a log file, they keep their own stderr for the last word.
+pub(super) struct Ready {
+    /// Daemonized: the pipe to the parent.
+    parent: Option<OwnedFd>,
+    /// In the foreground with a log file: the command's own stderr, the log going to the file.
+    own_stderr: Option<OwnedFd>,
+}
 
 impl Ready {
-    pub(super) fn foreground() -> Ready {
-        Ready(None)
+    /// Stays in the foreground; with `log`, the log goes there from now on (before the store
+    /// is opened: its scan warnings and recovery steps are in the file too).
+    pub(super) fn foreground(log: Option<&File>) -> Ready {
+        let own_stderr = log.and_then(|f| {
+            let own = nix::unistd::dup(std::io::stderr()).ok()?;
+            nix::unistd::dup2_stderr(f).ok()?;
+            Some(own)
+        });
+        Ready {
+            parent: None,
+            own_stderr,
+        }
     }
 
     /// The mount is ready: tells the parent and detaches from its terminal or pipes.
     pub(super) fn ok(&mut self, log: Option<File>) {
-        if let Some(w) = self.0.take() {
+        if let Some(w) = self.parent.take() {
             let _ = File::from(w).write_all(b"ok");
             detach_stdio(log);
         }
     }
 
-    /// The daemon failed before the mount was ready: in the foreground, returns `msg` for
-    /// the command to print. Daemonized, the parent prints it (and exits 1); the daemon
-    /// writes it to the log file, if one was given (its stderr), and exits 1 quietly,
-    /// since its stderr is otherwise the parent's.
+    /// The daemon failed: in the foreground, returns `msg` for the command to print (with a
+    /// log file, also logged there, and stderr is the command's own again). Daemonized, before
+    /// the mount was ready, the parent prints it (and exits 1); the daemon writes it to the
+    /// log file, if one was given (its stderr), and exits 1 quietly, since its stderr is
+    /// otherwise the parent's.
     pub(super) fn failed(self, msg: String, log_file: bool) -> String {
-        let Some(w) = self.0 else {
+        if let Some(own) = self.own_stderr {
+            eprintln!("imagefs: {msg}");
+            let _ = nix::unistd::dup2_stderr(&own);
+        }
+        let Some(w) = self.parent else {
             return msg;
         };
         let _ = File::from(w).write_all(msg.as_bytes());
@@ -79,7 +101,10 @@ pub(super) fn fork(log: Option<&File>) -> Result<Forked, String> {
                 // The daemon's whole log goes to the file; the parent reports errors.
                 let _ = nix::unistd::dup2_stderr(f);
             }
-            Ok(Forked::Child(Ready(Some(w))))
+            Ok(Forked::Child(Ready {
+                parent: Some(w),
+                own_stderr: None,
+            }))
         }
     }
 }

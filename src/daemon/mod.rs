@@ -7,6 +7,7 @@
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
 //! - `busy`: who keeps a mount busy (checked before `imagefs umount` detaches anything).
+//! - `nesting`: a mountpoint inside the store, or a store inside the mountpoint, is refused.
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
 //! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
 //!
@@ -19,6 +20,7 @@ mod config;
 mod daemonize;
 mod mount_api;
 mod mountinfo;
+mod nesting;
 mod rootfs_mounts;
 mod session;
 mod tuning;
@@ -47,7 +49,7 @@ pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
     };
     // Daemonize before any thread exists: the child serves, the parent waits for its word.
     let mut ready = if opts.foreground {
-        Ready::foreground()
+        Ready::foreground(log.as_ref())
     } else {
         match daemonize::fork(log.as_ref())? {
             Forked::Parent(word) => return word,
@@ -119,6 +121,7 @@ fn preflight(store: &Path, mountpoint: &Path) -> Result<PathBuf, String> {
         }
         Err(e) => return Err(format!("mountpoint {}: {e}", mountpoint.display())),
     };
+    nesting::refuse(store, &mp)?;
     if mountinfo::is_mountpoint(&mp) {
         return Err(format!(
             "mountpoint {}: something is already mounted there (busy); unmount it first",

@@ -134,8 +134,16 @@ impl ImageFs {
                     let img = self.open_images.get(d, &dir)?;
                     return Ok(NodeKey::Rootfs(*d, img.root().0));
                 }
-                match std::fs::symlink_metadata(dir.join(name)) {
+                let p = dir.join(name);
+                match std::fs::symlink_metadata(&p) {
                     Ok(m) if m.is_file() => Ok(NodeKey::DigestFile(*d, name.to_os_string())),
+                    // The image of a ready digest is there but is no file (a directory, a
+                    // FIFO): a corrupt image, not a missing one.
+                    Ok(m) if name == ROOTFS_IMAGE => Err(self.open_images.open_error(
+                        d,
+                        &p,
+                        &store::safe_open::not_regular(&p, m.file_type()),
+                    )),
                     _ => Err(missing()),
                 }
             }
@@ -408,8 +416,13 @@ impl ImageFs {
                     .ok_or_else(|| Error::not_found(format!("digests/{d}")))?;
                 let changing = !self.digest_ready(d, &dir);
                 let p = dir.join(name);
-                let file =
-                    std::fs::File::open(&p).map_err(|e| Error::io(p.display().to_string(), &e))?;
+                let file = store::safe_open::open_regular(&p).map_err(|e| {
+                    if name == ROOTFS_IMAGE {
+                        self.open_images.open_error(d, &p, &e)
+                    } else {
+                        Error::io(p.display().to_string(), &e)
+                    }
+                })?;
                 Handle::File { file, changing }
             }
             NodeKey::Rootfs(d, nid) => {

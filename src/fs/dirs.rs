@@ -167,7 +167,8 @@ impl ImageFs {
         let rd = std::fs::read_dir(&dir).map_err(|e| Error::io(dir.display().to_string(), &e))?;
         let mut names: Vec<OsString> = rd
             .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            // rootfs.erofs is listed whatever it is: if it is no file, its lookup says EIO.
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()) || e.file_name() == ROOTFS_IMAGE)
             .map(|e| e.file_name())
             // Writers' temporaries (metadata.json.tmp, rootfs.erofs.tmp-<build>, hidden
             // names) are not the digest's files.
@@ -176,12 +177,20 @@ impl ImageFs {
         names.sort();
         let mut out = Vec::new();
         if self.digest_ready(d, &dir) {
-            // An image that does not open is still listed: its lookup answers EIO.
-            let root = self
-                .open_images
-                .get(d, &dir)
-                .map(|i| i.root().0)
-                .unwrap_or(0);
+            // An image that does not open is still listed: its lookup answers EIO. Its
+            // error is logged here, where it is first met (then once per digest).
+            let root = match self.open_images.get(d, &dir) {
+                Ok(i) => i.root().0,
+                Err(e) => {
+                    log::log!(
+                        e.level,
+                        "readdir digests/{d}: {} ({})",
+                        e.reason,
+                        e.errno_name()
+                    );
+                    0
+                }
+            };
             out.push((
                 NodeKey::Rootfs(*d, root),
                 FileType::Directory,

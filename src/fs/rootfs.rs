@@ -11,7 +11,9 @@
 //! `ImageFs::image_left`). So an image whose directory left the store, by our GC or by
 //! another writer (hypeman's `RemoveAll`, `imagefs gc`), goes on serving from its open file,
 //! which keeps the removed `rootfs.erofs`'s bytes, until the kernel forgets the last inode.
-//! A corrupt image answers `EIO`, logged once per digest; other images are unaffected.
+//! A corrupt image answers `EIO`, logged once per digest; other images are unaffected. So does
+//! a `rootfs.erofs` that is not a regular file (never opened if a device, never waited on if
+//! a FIFO).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -25,6 +27,7 @@ use parking_lot::Mutex;
 use super::attr;
 use super::errno::Error;
 use super::inodes::ImageId;
+use crate::store::safe_open;
 
 /// The name of the image tree inside a digest directory.
 pub const ROOTFS: &str = "rootfs";
@@ -49,8 +52,7 @@ impl OpenImages {
             return Ok(img);
         }
         let path = dir.join(ROOTFS_IMAGE);
-        let file =
-            std::fs::File::open(&path).map_err(|e| Error::io(path.display().to_string(), &e))?;
+        let file = safe_open::open_regular(&path).map_err(|e| self.open_error(d, &path, &e))?;
         let img = Arc::new(Image::open(file).map_err(|e| self.error(d, e))?);
         Ok(self.open.lock().entry(*d).or_insert(img).clone())
     }
@@ -84,6 +86,25 @@ impl OpenImages {
     /// it: its image (if open) stays open for them. Returns whether that is news.
     pub fn left_in_use(&self, d: &ImageId) -> bool {
         self.open.lock().contains_key(d) && self.left.lock().insert(*d)
+    }
+
+    /// Why `rootfs.erofs` of `d` (at `path`) did not open, as an errno reply. One that is not
+    /// a regular file (a directory, a FIFO, a device: see `store::safe_open`) is a corrupt
+    /// image, `EIO`, logged loudly once per digest.
+    pub fn open_error(&self, d: &ImageId, path: &Path, e: &std::io::Error) -> Error {
+        if e.kind() != std::io::ErrorKind::InvalidData {
+            return Error::io(path.display().to_string(), e);
+        }
+        let level = if self.bad.lock().insert(*d) {
+            Level::Error
+        } else {
+            Level::Debug
+        };
+        Error::new(
+            fuser::Errno::EIO,
+            level,
+            format!("image of digest sha256:{d}: {e}"),
+        )
     }
 
     /// An image error as an errno reply; corruption is logged loudly once per digest.

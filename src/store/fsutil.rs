@@ -27,9 +27,15 @@ pub fn rename(from: &Path, to: &Path, mode: RenameMode) -> io::Result<()> {
     nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).map_err(io::Error::from)
 }
 
-/// Flushes a directory's entries to disk.
+/// Flushes a directory's entries to disk. `O_DIRECTORY`: whatever else stands at `dir` is
+/// refused, never opened (a FIFO would block).
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?
+        .sync_all()
 }
 
 /// A name unique in this process and, through the pid and clock, across processes.

@@ -383,7 +383,7 @@ impl Journal {
             Ok(m) if m.is_dir() => {}
             _ => return Ok(0),
         }
-        if let Ok(f) = File::open(self.old.join("mounted"))
+        if let Ok(f) = super::safe_open::open_regular(&self.old.join("mounted"))
             && f.try_lock().is_err()
         {
             return Err(io::Error::new(
@@ -542,7 +542,8 @@ impl Journal {
                     .ok()
                     .and_then(|t| parse_gc(stem, t.to_str()?))
             } else {
-                std::fs::read(&path)
+                // Intents are a few hundred bytes; anything else is not one (never blocks).
+                super::safe_open::read_regular(&path, 1 << 16)
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok())
             };

@@ -193,7 +193,7 @@ fn flock_holder(m: &std::fs::Metadata) -> Option<u32> {
 /// marker is inside the store.)
 pub fn is_mounted(root: &Path) -> bool {
     let j = Journal::new(root);
-    let held = |p: &Path| File::open(p).is_ok_and(|f| f.try_lock().is_err());
+    let held = |p: &Path| super::safe_open::open_regular(p).is_ok_and(|f| f.try_lock().is_err());
     // The identity lock is tried shared: a mount taking it meanwhile retries (its grace).
     let root_held = File::open(root)
         .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)));

@@ -1,8 +1,17 @@
 //! hypeman's `metadata.json`: read for the status, written back with unknown fields kept.
+//!
+//! It is read only if it is a regular file of at most [`MAX_BYTES`] ([`safe_open`]); anything
+//! else leaves the status unknown (so the directory is never collected nor served as ready),
+//! with one warning per file.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
+
+use super::safe_open;
 
 /// The life cycle of a digest directory, as hypeman records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +68,14 @@ impl Metadata {
 
     pub fn read(dir: &Path) -> Result<Metadata, String> {
         let path = dir.join("metadata.json");
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = safe_open::read_regular(&path, MAX_BYTES).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                warn_once(&path, &e);
+                e.to_string()
+            } else {
+                format!("{}: {e}", path.display())
+            }
+        })?;
         Metadata::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
@@ -74,6 +90,21 @@ impl Metadata {
         let mut out = serde_json::to_vec_pretty(&self.fields).unwrap_or_default();
         out.push(b'\n');
         out
+    }
+}
+
+/// The largest metadata.json read. hypeman's are under 4 KiB; a larger one is no metadata of
+/// a pull, and reading it whole would take the daemon's memory (and time, at every lookup).
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// Logs a refused metadata.json (not a regular file, too large) once per path: the status
+/// of its directory is asked at every lookup.
+fn warn_once(path: &Path, e: &std::io::Error) {
+    static WARNED: LazyLock<Mutex<HashSet<PathBuf>>> = LazyLock::new(Mutex::default);
+    if WARNED.lock().insert(path.to_path_buf()) {
+        log::warn!(
+            "{e}; the status of its digest directory is unknown (never collected, not served as ready)"
+        );
     }
 }
 
@@ -116,5 +147,25 @@ mod tests {
             Metadata::parse(br#"{"status":"weird"}"#).map(|m| m.status()),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn a_fifo_or_a_huge_metadata_json_leaves_the_status_unknown() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("metadata.json");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .expect("mkfifo");
+        safe_open::tests::unblock_fifo_after(&path, 3);
+        let t0 = std::time::Instant::now();
+        let e = read_status(d.path()).expect_err("a FIFO has no status");
+        assert!(t0.elapsed().as_secs() < 2, "waited on the FIFO");
+        assert!(e.contains("a FIFO"), "{e}");
+        std::fs::remove_file(&path).expect("rm");
+        let f = std::fs::File::create(&path).expect("create");
+        f.set_len(MAX_BYTES + 1).expect("set_len");
+        let e = read_status(d.path()).expect_err("too large");
+        assert!(e.contains("larger than"), "{e}");
+        std::fs::write(&path, br#"{"status":"ready"}"#).expect("write");
+        assert_eq!(read_status(d.path()), Ok(Status::Ready));
     }
 }

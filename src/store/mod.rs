@@ -88,6 +88,7 @@ mod query;
 pub mod recover;
 mod repo_dirs;
 mod repo_move;
+pub mod safe_open;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -67,7 +67,16 @@ impl Recovery {
 impl Store {
     /// Finishes or rolls back every interrupted change and returns the index of what is left.
     pub(super) fn recover(&self) -> Result<Index> {
-        Ok(replay(&self.root, true)?.index)
+        let rec = replay(&self.root, true)?;
+        if !rec.actions.is_empty() || !rec.failures.is_empty() {
+            info!(
+                "store {}: recovery: {} steps taken, {} failed",
+                self.root.display(),
+                rec.actions.len(),
+                rec.failures.len()
+            );
+        }
+        Ok(rec.index)
     }
 }
 
