@@ -141,6 +141,10 @@ def mounter(request, workdir):
     if request.node.get_closest_marker("slow"):
         timeout += float(os.environ.get("IMAGEFS_STRESS_SECONDS", "20")) * 3 + \
             float(os.environ.get("IMAGEFS_CRASH_ITERATIONS", "20")) * 10
+    if request.node.get_closest_marker("races"):
+        # Up to half a second per race (hypeman's DeleteImage walks every tag): 1,000 races
+        # must not run into the watchdog, whose SIGKILL would end the mount mid-run.
+        timeout += float(os.environ.get("IMAGEFS_RACES", "200")) * 0.5
 
     def fire():
         request.node._imagefs_watchdog_fired = True

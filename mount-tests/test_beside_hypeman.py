@@ -214,6 +214,7 @@ def bystander_gone(hm, root, hx) -> int:
 
 
 # ==================================================================================== the race pairs
+@pytest.mark.races
 def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys, served_by):
     """Legacy retag (remove, then create) of tag a x `rm` of sibling tag b through the mount."""
     root = store.root
@@ -255,6 +256,7 @@ def test_race_legacy_retag_vs_rm_sibling(store, mounter, capsys, served_by):
 
 
 @pytest.mark.parametrize("version", ["legacy", "content"])
+@pytest.mark.races
 def test_race_delete_image_vs_ln(store, mounter, capsys, served_by, version):
     """hypeman DeleteImage (resolve, unlink, count, RemoveAll) x `ln -s` of a new tag through the mount."""
     root = store.root
@@ -316,6 +318,7 @@ STAGING = re.compile(r"(\.tmp|\.tmp-.*|^\.install-.*|^\.tag-stage-.*)$")
     pytest.param("legacy"),
     pytest.param("content"),
 ])
+@pytest.mark.races
 def test_race_pull_vs_listing(store, mounter, capsys, served_by, version):
     """A hypeman pull, step by step (first pulls into new repositories), x listings through the mount:
     digests/ shows only digest directories, a digest directory none of hypeman's staging files, and
@@ -366,6 +369,7 @@ def test_race_pull_vs_listing(store, mounter, capsys, served_by, version):
     assert c.lost == 0, c.line()
 
 
+@pytest.mark.races
 def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys, served_by):
     """Content: hypeman DeleteImage of tag a x `rm` of tag b through the mount, both last-reference
     collections of one digest. Then hypeman re-pulls every digest as a digest-only image (kept by
@@ -413,6 +417,7 @@ def test_race_hypeman_gc_vs_mount_gc(store, mounter, capsys, served_by):
     "legacy",
     pytest.param("content"),
 ])
+@pytest.mark.races
 def test_race_listing_vs_collections_in_use(store, mounter, capsys, served_by, version):
     """hypeman's listing x collections through the mount, every other image kept in use (an open
     rootfs.erofs): the listing never shows an entry that is no image of the store."""
