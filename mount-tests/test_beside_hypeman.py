@@ -358,7 +358,7 @@ def test_race_pull_vs_listing(store, mounter, capsys, served_by, version):
         ok = eventually(lambda: os.readlink(T(mnt, repo, "latest")) == mount_target(repo, hx)
                         and "rootfs" in os.listdir(T(mnt, repo, "latest")), timeout=1.0)
         if not ok:
-            not_converged.append(f"{repo}:latest")
+            not_converged.append(f"{repo}:latest: {late_state(mnt, repo, hx)}")
     st = scan_store(root)
     c.lost = sum(1 for v in st.tags.values() if v is None)
     c.extra["wrong-entries"] = len(wrong)
@@ -367,6 +367,23 @@ def test_race_pull_vs_listing(store, mounter, capsys, served_by, version):
     assert not wrong, f"{len(wrong)} wrong entries, e.g. {sorted(set(wrong))[:8]}: {c.line()}"
     assert not not_converged, f"pulls whose tag the mount did not show within 1 s: {not_converged[:8]}"
     assert c.lost == 0, c.line()
+
+
+def late_state(mnt, repo, hx) -> str:
+    """What a late pull showed 1 s after it ended, and how long the mount took to show it all."""
+    def part(f):
+        try:
+            return repr(f())
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+    shown = (f"readlink {part(lambda: os.readlink(T(mnt, repo, 'latest')))}, "
+             f"tags/{repo} {part(lambda: os.listdir(T(mnt, repo)))}, "
+             f"digests/{hx[:12]} {part(lambda: os.listdir(mnt / 'digests' / hx))}, "
+             f"via tag {part(lambda: os.listdir(T(mnt, repo, 'latest')))}")
+    t0 = time.monotonic()
+    ok = eventually(lambda: os.readlink(T(mnt, repo, "latest")) == mount_target(repo, hx)
+                    and "rootfs" in os.listdir(T(mnt, repo, "latest")), timeout=10.0, ignore=OSError)
+    return f"{shown}; {'all shown after' if ok else 'still not shown after'} {time.monotonic() - t0:.2f} s more"
 
 
 @pytest.mark.races

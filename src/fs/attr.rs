@@ -11,6 +11,12 @@ use fuser::{FileAttr, FileType, INodeNo};
 pub const TAGS_TTL: Duration = Duration::from_secs(1);
 /// Digest directories are immutable while they exist; GC invalidates them when they go.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
+/// A digest directory whose pull is still in progress, and its files. Nothing watches inside
+/// digest directories (one watch per directory would not scale to a store's thousands), so
+/// the turn to `ready` (its listing gains `rootfs`, `rootfs.erofs`) reaches the kernel when
+/// these expire: a quarter of a second, well inside the second in which the mount promises
+/// to show another writer's change. Only pulls in progress are asked for this often.
+pub const PENDING_TTL: Duration = Duration::from_millis(250);
 
 pub fn time(secs: i64, nsecs: i64) -> SystemTime {
     let ns = u32::try_from(nsecs.clamp(0, 999_999_999)).unwrap_or(0);

@@ -193,18 +193,32 @@ impl ImageFs {
         for c in changes {
             match c {
                 Change::Tag { repo, tag } => {
-                    let (parent, ino) = {
+                    // A tag another writer made hints that its digest changed state (legacy
+                    // hypeman tags a pull once it is ready): the kernel drops the digest
+                    // directory's cached attributes and listing, which may still show a pull in
+                    // progress (no `rootfs`), instead of keeping them for their TTL. (Nothing
+                    // watches inside digest directories.)
+                    let named = self.store.tag(&repo, &tag).map(|t| t.key);
+                    let (parent, ino, digest) = {
                         let mut inodes = self.inodes.lock();
+                        let digest = named.map(|k| {
+                            let image = inodes.image_of(&k);
+                            inodes.ino_of(&NodeKey::Digest(image))
+                        });
                         let key = NodeKey::Tag(repo.clone(), tag.clone());
                         let ino = inodes.ino_of(&key);
                         inodes.detach(&key);
-                        (inodes.ino_of(&NodeKey::TagsDir(repo)), ino)
+                        (
+                            inodes.ino_of(&NodeKey::TagsDir(repo)),
+                            ino,
+                            digest.flatten(),
+                        )
                     };
                     if let Some(p) = parent {
                         self.inval.send(Inval::Entry(p, tag.into()));
                         self.inval.send(Inval::Inode(p));
                     }
-                    if let Some(i) = ino {
+                    for i in [ino, digest].into_iter().flatten() {
                         self.inval.send(Inval::Inode(i));
                     }
                 }

@@ -13,7 +13,7 @@ use imagefs_erofs::Nid;
 use log::{Level, info};
 
 use super::ImageFs;
-use super::attr::{self, IMMUTABLE_TTL, TAGS_TTL};
+use super::attr::{self, IMMUTABLE_TTL, PENDING_TTL, TAGS_TTL};
 use super::errno::{Error, Result};
 use super::handles::Handle;
 use super::inodes::{ImageId, NodeKey};
@@ -234,7 +234,7 @@ impl ImageFs {
                     {
                         a.mtime = a.mtime.max(t);
                     }
-                    (a, TAGS_TTL)
+                    (a, PENDING_TTL)
                 }
             }
             NodeKey::DigestFile(d, name) => {
@@ -251,7 +251,7 @@ impl ImageFs {
                 let ttl = if self.digest_ready(d, &dir) {
                     IMMUTABLE_TTL
                 } else {
-                    TAGS_TTL
+                    PENDING_TTL
                 };
                 (attr::from_metadata(0, FileType::RegularFile, &m, true), ttl)
             }
