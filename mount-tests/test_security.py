@@ -398,3 +398,45 @@ exec {real} "$@"
         f"another user ran the extracted setuid-root id while mkfs.erofs built the image: {seen['id']!r}"
     assert "Permission denied" in seen["zero"], \
         f"another user opened the extracted dev/zero while mkfs.erofs built the image: {seen['zero']!r}"
+
+
+# ---------------------------------------------------------------- xattrs
+def _acl_granting_read(uid: int) -> bytes:
+    """A POSIX access ACL (system.posix_acl_access, version 2) on a 0600 file that grants uid read."""
+    import struct
+    entries = [(0x01, 6, 0xFFFFFFFF), (0x02, 4, uid), (0x04, 0, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF),
+               (0x20, 0, 0xFFFFFFFF)]  # USER_OBJ rw, USER uid r, GROUP_OBJ -, MASK r, OTHER -
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_image_xattrs_grant_nothing(workdir, mounter):
+    """An image's POSIX ACL grants no access (the kernel checks mode bits only: imagefs does not ask for
+    FUSE_POSIX_ACL), and the values of its trusted.* xattrs stay hidden from users (the kernel's rule for trusted.*)."""
+    tree = workdir / "t1"
+    tree.mkdir()
+    (tree / "secret").write_text("secret\n")
+    os.chmod(tree / "secret", 0o600)
+    try:
+        os.setxattr(tree / "secret", "system.posix_acl_access", _acl_granting_read(UID))
+    except OSError as e:
+        require(False, f"setting a POSIX ACL on {workdir}: {e}")
+    (tree / "x").write_text("x\n")
+    os.setxattr(tree / "x", "trusted.imagefs-test", b"hidden")
+    os.setxattr(tree / "x", "user.imagefs-test", b"shown")
+    # On the source tree the ACL works: uid 1000 reads it (so the image does carry a grant).
+    os.chmod(workdir, 0o755)
+    assert as_user("cat", tree / "secret").returncode == 0
+    store = workdir / "store"
+    store.mkdir(mode=0o755)
+    hx = import_tree(store, f"{REPO}:1", tree)
+    m = mounter(store, allow_other=True)
+    rootfs = m.mnt / "digests" / hx / "rootfs"
+    assert os.getxattr(rootfs / "secret", "system.posix_acl_access"), "the image kept no ACL"
+    assert os.getxattr(rootfs / "x", "trusted.imagefs-test") == b"hidden"
+    r = as_user("cat", rootfs / "secret")
+    assert r.returncode != 0 and "Permission denied" in r.stderr, f"the image's ACL granted read: {r}"
+    # The value stays hidden (ENODATA); the name is listed (FUSE passes the list as the daemon gives it).
+    code = ("import errno, os, sys\ntry:\n    print(os.getxattr(sys.argv[1], 'trusted.imagefs-test'))\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])\nprint(os.getxattr(sys.argv[1], 'user.imagefs-test'))")
+    r = as_user(PY, "-c", code, rootfs / "x")
+    assert r.returncode == 0 and r.stdout.split() == ["ENODATA", "b'shown'"], r
