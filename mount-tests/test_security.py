@@ -440,3 +440,34 @@ def test_image_xattrs_grant_nothing(workdir, mounter):
             "except OSError as e:\n    print(errno.errorcode[e.errno])\nprint(os.getxattr(sys.argv[1], 'user.imagefs-test'))")
     r = as_user(PY, "-c", code, rootfs / "x")
     assert r.returncode == 0 and r.stdout.split() == ["ENODATA", "b'shown'"], r
+
+
+# ---------------------------------------------------------------- names
+def test_crafted_names_in_an_image_are_never_served(workdir, mounter):
+    """Directory entries a crafted image names `..`, `a/slash/b` or with a NUL are skipped (logged), never
+    served: no name in a tree leads out of it. (mkfs.erofs makes no such names: the bytes are patched.)"""
+    from rootfs_tree import StoreRoot, add_image, mkfs
+    tree = workdir / "names"
+    tree.mkdir()
+    names = {b"a_slash_b": b"a/slash/b", b"._": b"..", b"n_ul": b"n\0ul"}  # each sorts where it was
+    for n in [*names, b"keep", b"zzz"]:  # zzz: n\0ul is not the block's last name (which ends at a NUL)
+        (tree / n.decode()).write_text("data\n")
+    data = bytearray(mkfs(workdir / "names.erofs", tree, "plain").read_bytes())
+    for old, new in names.items():
+        assert data.count(old) == 1, f"{old!r} occurs {data.count(old)} times in the image"
+        i = data.index(old)
+        data[i:i + len(old)] = new
+    # The patch may touch the superblock's block: drop its checksum (feature_compat bit 0, SB_CHKSUM).
+    assert data[1024:1028] == b"\xe2\xe1\xf5\xe0", "erofs magic"
+    data[1032] &= ~1 & 0xFF
+    img = workdir / "crafted.erofs"
+    img.write_bytes(bytes(data))
+    root = workdir / "store"
+    root.mkdir(mode=0o755)
+    hx = add_image(root, img, repo="sec/names", tag="1")
+    m = mounter(StoreRoot(root), allow_other=True)
+    rootfs = m.mnt / "digests" / hx / "rootfs"
+    assert sorted(os.listdir(rootfs)) == ["keep", "zzz"], os.listdir(rootfs)
+    assert not os.path.lexists(rootfs / "a") and not os.path.lexists(rootfs / "n")
+    assert 'skipping untrusted entry name "a/slash/b"' in m.log_text(), m.log_tail(20)
+    assert sorted(os.listdir(rootfs / "..")) == ["metadata.json", "rootfs", "rootfs.erofs"]
