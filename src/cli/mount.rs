@@ -19,6 +19,12 @@ pub struct MountArgs {
     /// Let other users use the mount (permissions are still checked by the kernel).
     #[arg(long)]
     allow_other: bool,
+    /// Let setuid and setgid binaries and file capabilities in images take effect (the
+    /// mounts are nosuid without it; device nodes are never opened). Logs a warning. Needs
+    /// root; with --allow-other, only under a directory only root can enter (owned by
+    /// root, mode 0700 or 0710 with group root), else refused.
+    #[arg(long)]
+    allow_setuid: bool,
     /// Threads serving kernel requests.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
@@ -45,9 +51,10 @@ pub struct MountArgs {
     #[arg(long)]
     no_sync: bool,
     /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
-    /// threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts,
+    /// allow_setuid, threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts,
     /// rootfs_mounts_max=N, foreground,
-    /// and the generic dev, nodev, suid, nosuid, exec, noexec, atime, noatime; defaults,
+    /// and the generic nodev, nosuid, exec, noexec, atime, noatime; dev, suid (which
+    /// mount.fuse3 adds to every mount: they are not allow_setuid), defaults,
     /// rw, auto, noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is
     /// refused: tags/ takes changes).
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
@@ -72,6 +79,7 @@ fn config(a: MountArgs) -> Result<MountConfig, String> {
         flags: Vec::new(),
         foreground: a.foreground,
         allow_other: a.allow_other,
+        allow_setuid: a.allow_setuid,
         threads: a.threads.into(),
         durable: !a.no_sync,
         passthrough: !a.no_passthrough,
@@ -82,6 +90,7 @@ fn config(a: MountArgs) -> Result<MountConfig, String> {
     for opt in a.options.iter().filter(|o| !o.is_empty()) {
         match options::parse(opt)? {
             options::Opt::AllowOther => o.allow_other = true,
+            options::Opt::AllowSetuid => o.allow_setuid = true,
             options::Opt::Threads(n) => o.threads = n,
             options::Opt::LogFile(p) => o.log_file = Some(p),
             options::Opt::NoSync => o.durable = false,

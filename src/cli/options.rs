@@ -33,6 +33,7 @@ pub fn helper_argv(args: Vec<OsString>) -> Vec<OsString> {
 #[derive(Debug, PartialEq)]
 pub enum Opt {
     AllowOther,
+    AllowSetuid,
     Threads(usize),
     LogFile(PathBuf),
     NoSync,
@@ -52,6 +53,7 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
     };
     Ok(match (key, value) {
         ("allow_other", None) => Opt::AllowOther,
+        ("allow_setuid", None) => Opt::AllowSetuid,
         ("threads", Some(v)) => match v.parse::<usize>() {
             Ok(n) if (1..=64).contains(&n) => Opt::Threads(n),
             _ => return Err(format!("-o threads={v}: expected 1 to 64")),
@@ -65,10 +67,12 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
             _ => return Err(format!("-o rootfs_mounts_max={v}: expected a number from 1 up")),
         },
         ("foreground", None) => Opt::Foreground,
-        ("dev", None) => Opt::Flag(MountOption::Dev),
         ("nodev", None) => Opt::Flag(MountOption::NoDev),
-        ("suid", None) => Opt::Flag(MountOption::Suid),
         ("nosuid", None) => Opt::Flag(MountOption::NoSuid),
+        // mount.fuse3 appends `dev,suid` to every mount it makes (and mount(8) drops a `suid`
+        // the user wrote): they cannot be the operator's opt-in. The mounts stay nodev and,
+        // without allow_setuid, nosuid (daemon::privileges).
+        ("dev" | "suid", None) => Opt::Ignored,
         ("exec", None) => Opt::Flag(MountOption::Exec),
         ("noexec", None) => Opt::Flag(MountOption::NoExec),
         ("atime", None) => Opt::Flag(MountOption::Atime),
@@ -120,6 +124,10 @@ mod tests {
         assert_eq!(parse("rootfs_mounts_max=3"), Ok(Opt::RootfsMountsMax(3)));
         assert!(parse("rootfs_mounts_max=0").is_err());
         assert_eq!(parse("nosuid"), Ok(Opt::Flag(MountOption::NoSuid)));
+        assert_eq!(parse("allow_setuid"), Ok(Opt::AllowSetuid));
+        // What mount.fuse3 appends to every mount: never an opt-in.
+        assert_eq!(parse("suid"), Ok(Opt::Ignored));
+        assert_eq!(parse("dev"), Ok(Opt::Ignored));
         assert_eq!(parse("x-systemd.automount"), Ok(Opt::Ignored));
         assert_eq!(parse("nofail"), Ok(Opt::Ignored));
         assert!(parse("ro").is_err());

@@ -9,10 +9,13 @@ use fuser::MountOption;
 pub(crate) struct MountConfig {
     pub store: PathBuf,
     pub mountpoint: PathBuf,
-    /// Kernel mount flags from `-o` (dev, suid, exec, atime and their negations).
+    /// Kernel mount flags from `-o` (nosuid, nodev, exec, atime and their negations); never
+    /// `suid` or `dev`: see `privileges`.
     pub flags: Vec<MountOption>,
     pub foreground: bool,
     pub allow_other: bool,
+    /// `--allow-setuid`: the mounts are `suid` (checked by `privileges::check`).
+    pub allow_setuid: bool,
     pub threads: usize,
     pub durable: bool,
     pub passthrough: bool,

@@ -8,6 +8,7 @@
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
 //! - `busy`: who keeps a mount busy (checked before `imagefs umount` detaches anything).
 //! - `nesting`: a mountpoint inside the store, or a store inside the mountpoint, is refused.
+//! - `privileges`: every mount `nosuid,nodev`; where the `--allow-setuid` opt-in is refused.
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
 //! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
 //!
@@ -21,6 +22,7 @@ mod daemonize;
 mod mount_api;
 mod mountinfo;
 mod nesting;
+mod privileges;
 mod rootfs_mounts;
 mod session;
 mod tuning;
@@ -37,6 +39,7 @@ use daemonize::{Forked, Ready};
 pub(crate) fn mount(opts: &MountConfig) -> Result<(), String> {
     tuning::tune_malloc();
     let mp = preflight(&opts.store, &opts.mountpoint)?;
+    privileges::check(opts, &mp)?;
     let log = match &opts.log_file {
         Some(p) => Some(
             std::fs::File::options()

@@ -48,9 +48,10 @@ pub(super) fn serve(
     tuning::raise_readahead(mp);
     fs.start_watcher()?;
     let rootfs_mounts = if opts.rootfs_mounts {
+        // As the main mount: image trees never open devices nor, unless opted in, elevate.
         let flags = SuperblockFlags {
-            nosuid: opts.flags.contains(&MountOption::NoSuid),
-            nodev: !opts.flags.contains(&MountOption::Dev),
+            nosuid: !opts.allow_setuid,
+            nodev: true,
             noexec: opts.flags.contains(&MountOption::NoExec),
             allow_other: opts.allow_other,
         };
@@ -85,6 +86,7 @@ pub(super) fn serve(
         })
         .map_err(|e| format!("thread: {e}"))?;
     log::info!("mounted {} on {}", store.root().display(), mp.display());
+    super::privileges::warn_if_opted_in(opts, mp);
     ready.ok(log);
     let r = session.run().map_err(|e| format!("session: {e}"));
     log::info!("unmounted {}", mp.display());
@@ -104,16 +106,18 @@ fn fuse_config(store: &Path, opts: &MountConfig) -> Config {
         MountOption::CUSTOM("subtype=imagefs".into()),
         MountOption::DefaultPermissions,
     ];
-    // Defaults: suid (a container rootfs needs its setuid binaries), nodev (device nodes
-    // in images are shown, not opened); -o may say otherwise.
-    let has = |a: &MountOption, b: &MountOption| opts.flags.contains(a) || opts.flags.contains(b);
-    if !has(&MountOption::Suid, &MountOption::NoSuid) {
-        config.mount_options.push(MountOption::Suid);
-    }
-    if !has(&MountOption::Dev, &MountOption::NoDev) {
-        config.mount_options.push(MountOption::NoDev);
-    }
-    config.mount_options.extend(opts.flags.iter().cloned());
+    // Image content is untrusted (see `privileges`): device nodes in images are shown, never
+    // opened, and setuid, setgid and file capabilities take effect only when opted in.
+    config.mount_options.push(MountOption::NoDev);
+    config.mount_options.push(if opts.allow_setuid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
+    let decided = [MountOption::NoDev, MountOption::NoSuid];
+    config
+        .mount_options
+        .extend(opts.flags.iter().filter(|f| !decided.contains(f)).cloned());
     config.acl = if opts.allow_other {
         SessionACL::All
     } else {

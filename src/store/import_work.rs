@@ -89,7 +89,9 @@ pub fn create(base: &Path) -> io::Result<(PathBuf, File)> {
     // A leftover that cannot be removed is logged; it does not stop this import.
     let _ = remove_dead_locked(base);
     let path = base.join(fsutil::unique_name("import"));
-    std::fs::create_dir(&path)?;
+    // Only its maker may enter: the tree extracted here keeps the image's setuid binaries
+    // and device nodes, on a filesystem that is neither nosuid nor nodev.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&path)?;
     let lock = File::open(&path).and_then(|f| match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => {
