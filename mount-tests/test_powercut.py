@@ -282,6 +282,8 @@ def next_op(rnd: random.Random, m: Model, pool: list):
     src = rnd.choice(repos)
     free = [r for r in [f"{HOST}/p{i}" for i in range(12)] + [f"{HOST}/ns/q{i}" for i in range(12)]
             if r not in m.repos]
+    if not free:
+        return ("rm",) + rnd.choice(tags)
     return ("mvrepo", src, rnd.choice(free))
 
 
@@ -378,8 +380,9 @@ def populate(store, pool_keys: list, rnd: random.Random) -> None:
     """Adds every pool digest missing from the store, each with two tags in random repositories
     (content layout); makes the repository directories of REPOS."""
     st = scan_store(store.root)
-    for r in REPOS:
-        (store.root / "repositories" / r).mkdir(parents=True, exist_ok=True)
+    if not (store.root / "repositories").is_dir():
+        for r in REPOS:
+            (store.root / "repositories" / r).mkdir(parents=True)
     used = set(st.tags)
     for pk in pool_keys:
         _, hx = store.images.get(pk)
@@ -387,8 +390,9 @@ def populate(store, pool_keys: list, rnd: random.Random) -> None:
             continue
         store.add_digest(pk)
         for _ in range(2):
-            free = [(r, t) for r in REPOS for t in TAGS if (r, t) not in used
-                    and (store.root / "repositories" / r).is_dir()]
+            repos = sorted(os.path.relpath(d, store.root / "repositories")
+                           for d, _, _ in os.walk(store.root / "repositories") if Path(d).name[0] in "pq")
+            free = [(r, t) for r in repos for t in TAGS if (r, t) not in used]
             repo, tag = rnd.choice(free)
             store.tag(repo, tag, hx, layout="content")
             used.add((repo, tag))

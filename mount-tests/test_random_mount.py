@@ -46,6 +46,7 @@ CHECK_EVERY = 100
 CONVERGE = 3.0
 QUIET = 1.2
 HOST = "reg.io"
+LEGACY = "leg.io/old"
 COMPONENTS = ["a", "b", "x"]
 DIRS = [HOST] + [f"{HOST}/{c}" for c in COMPONENTS] + [f"{HOST}/{c}/{d}" for c in COMPONENTS for d in COMPONENTS]
 TAGS = ["t0", "t1", "t2", "t3"]
@@ -238,6 +239,15 @@ class Run:
             mo.add_dirs(repo)
         s.tag(f"{HOST}/b", "t1", p, layout="content")
         mo.tags[(f"{HOST}/b", "t1")] = p
+        # A legacy repository with its own digest: moving its tags elsewhere promotes the digest
+        # into content/, moving the repository moves both halves; the mount shows neither.
+        lg = s.add_digest("random-legacy", layout="legacy", repo=LEGACY)
+        mo.digests[lg], mo.keys[lg] = "ready", "random-legacy"
+        self.pool.append(lg)
+        for tag in ("t0", "t1"):
+            s.tag(LEGACY, tag, lg, layout="legacy")
+            mo.tags[(LEGACY, tag)] = lg
+        mo.add_dirs(LEGACY)
         self.never = "f" * 64 if "f" * 64 not in mo.digests else "e" * 64
 
     # -- random choices
@@ -308,7 +318,7 @@ class Run:
             got, _ = call(os.rmdir, self.t(d))
             self.expect(f"rmdir tags/{d}", got, want)
         elif k < 0.75:
-            srcs = sorted(mo.dirs - {HOST})
+            srcs = sorted(mo.dirs - {HOST, "leg.io"})
             if not srcs:
                 return
             s, d = rnd.choice(srcs), rnd.choice(DIRS[1:])
