@@ -418,6 +418,17 @@ def wait_trash_empty(root: Path, timeout=5.0) -> list:
     return trash_entries(root)
 
 
+def bookkeeping_left(root: Path) -> list[str]:
+    """Work left in the bookkeeping (intents, trash, import work directories...) as
+    `<dir>/<entry>`; spare/<n>.slot files kept for a full disk count only when in use (their
+    first byte is not zero). Empty after a clean mount's replay."""
+    priv = bookkeeping(root)
+    if not priv.is_dir():
+        return []
+    return [f"{d.name}/{e.name}" for d in sorted(priv.iterdir()) if d.is_dir() for e in sorted(d.iterdir())
+            if not (d.name == "spare" and e.read_bytes()[:1] == b"\0")]
+
+
 def check_invariants(root: Path, *, ever_tagged: set, never_tagged: set = frozenset(),
                      check_hashes=True) -> list[str]:
     """The store invariants of DESIGN.md section 4, checked on disk. Returns a list of violations."""

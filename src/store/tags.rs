@@ -273,6 +273,12 @@ impl Store {
             self.drop_twin_gc(twin_gc);
             return Err(e).ctx(|| link.display().to_string());
         }
+        // An acknowledged `rm` must survive a power cut as an acknowledged `ln -s` does: a
+        // shutdown of the filesystem without flushing its journal brought the tag back
+        // (mount-tests/test_powercut.py). Its GC intent, recorded before, is then durable too.
+        if let Some(p) = link.parent() {
+            self.fsync_dir(p);
+        }
         self.index.write().remove_tag(repo, tag);
         let mut collected: Vec<Collected> = self.finish_gc(intent, &t.key).into_iter().collect();
         collected.extend(self.finish_twin_gc(twin_gc));
