@@ -1,5 +1,6 @@
 //! Applies tar layers to a tree: regular files, directories, symlinks, hard links, devices
-//! and fifos with their modes, owners, mtimes and xattrs (PAX `SCHILY.xattr.*`), plus OCI
+//! and fifos with their modes, owners, mtimes and xattrs (PAX `SCHILY.xattr.*`, binary values
+//! included: [`tarstream`]), plus OCI
 //! whiteouts (`.wh.<name>`) and opaque directories (`.wh..wh..opq`).
 //!
 //! Nothing is ever written outside the tree:
@@ -18,6 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::at;
+use super::tarstream::{self, Kind};
 use super::{ImportError, Result};
 
 /// Longest chain of symlinks followed while resolving one parent path.
@@ -164,53 +166,48 @@ impl Tree {
 
     fn apply_entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        tar: &mut tarstream::Reader<R>,
+        entry: &tarstream::Entry,
     ) -> std::result::Result<(), LayerError> {
-        let raw_name = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            return Ok(());
-        }
-        let comps = clean_path(&raw_name).map_err(|r| entry_err(&raw_name, r))?;
-        let meta = EntryMeta::read(entry).map_err(|r| entry_err(&raw_name, r))?;
+        let raw_name = &entry.name;
+        let kind = entry.kind;
+        let comps = clean_path(raw_name).map_err(|r| entry_err(raw_name, r))?;
+        let meta = EntryMeta::read(entry).map_err(|r| entry_err(raw_name, r))?;
         let Some((name, parent)) = comps.split_last() else {
             // The root itself ("./"): only its metadata.
-            if kind.is_dir() {
+            if kind == Kind::Dir {
                 let root = self.root.try_clone().map_err(LayerError::Tree)?;
                 meta.apply_dir(root.as_fd())
-                    .map_err(|e| entry_err(&raw_name, e))?;
+                    .map_err(|e| entry_err(raw_name, e))?;
             }
             return Ok(());
         };
         if self.whiteouts && name.starts_with(b".wh.") {
             return self
                 .whiteout(parent, name)
-                .map_err(|e| entry_err(&raw_name, e));
+                .map_err(|e| entry_err(raw_name, e));
         }
-        let cname = at::cstring(name).map_err(|e| entry_err(&raw_name, e))?;
+        if let Kind::Other(flag) = kind {
+            log::warn!(
+                "{}: unsupported tar entry type {:?}; skipped",
+                String::from_utf8_lossy(raw_name),
+                char::from(flag)
+            );
+            return Ok(());
+        }
+        let cname = at::cstring(name).map_err(|e| entry_err(raw_name, e))?;
         let dir = self
             .open_dir(parent, true)
-            .map_err(|e| entry_err(&raw_name, format!("parent directory: {e}")))?;
+            .map_err(|e| entry_err(raw_name, format!("parent directory: {e}")))?;
         let dir = dir.as_fd();
-        let existing = at::lstat_opt(dir, &cname).map_err(|e| entry_err(&raw_name, e))?;
-        let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(at::is_dir);
+        let existing = at::lstat_opt(dir, &cname).map_err(|e| entry_err(raw_name, e))?;
+        let keep_dir = kind == Kind::Dir && existing.as_ref().is_some_and(at::is_dir);
         // A hard link to the very path it replaces keeps what is there.
         let link_target = match kind {
-            tar::EntryType::Link => {
-                let t = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| entry_err(&raw_name, "hard link without a target"))?;
-                Some(
-                    clean_path(&t)
-                        .map_err(|r| entry_err(&raw_name, format!("hard link target: {r}")))?,
-                )
-            }
+            Kind::Link => Some(
+                clean_path(&entry.link)
+                    .map_err(|r| entry_err(raw_name, format!("hard link target: {r}")))?,
+            ),
             _ => None,
         };
         if link_target.as_deref() == Some(comps.as_slice()) {
@@ -218,54 +215,44 @@ impl Tree {
         }
         if existing.is_some() && !keep_dir {
             at::remove_tree(dir, &cname)
-                .map_err(|e| entry_err(&raw_name, format!("replacing: {e}")))?;
+                .map_err(|e| entry_err(raw_name, format!("replacing: {e}")))?;
         }
         // The entry and its ancestors were written by this layer (an opaque marker later in
         // the layer must keep them).
         for n in 1..=comps.len() {
             self.unpacked.insert(join(&comps[..n]));
         }
-        let fail = |e: io::Error| entry_err(&raw_name, e);
+        let fail = |e: io::Error| entry_err(raw_name, e);
         match kind {
-            tar::EntryType::Directory => {
+            Kind::Dir => {
                 if !keep_dir {
                     at::mkdir(dir, &cname, 0o700).map_err(fail)?;
                 }
                 let fd = at::open_dir(dir, &cname).map_err(fail)?;
                 meta.apply_dir(fd.as_fd()).map_err(fail)?;
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            Kind::Regular => {
                 let mut f = at::create_file(dir, &cname).map_err(fail)?;
-                let want = entry.size();
-                let n = io::copy(entry, &mut f).map_err(LayerError::Read)?;
-                if n != want && kind != tar::EntryType::GNUSparse {
-                    return Err(LayerError::Read(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{}: {n} of {want} bytes (truncated archive)",
-                            String::from_utf8_lossy(&raw_name)
-                        ),
-                    )));
-                }
+                write_data(&mut f, tar, entry.sparse.as_ref())?;
                 drop(f);
                 meta.apply_at(dir, &cname, false).map_err(fail)?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| entry_err(&raw_name, "symlink without a target"))?;
-                let target = at::cstring(&target).map_err(fail)?;
+            Kind::Symlink => {
+                if entry.link.is_empty() {
+                    return Err(entry_err(raw_name, "symlink without a target"));
+                }
+                let target = at::cstring(&entry.link).map_err(fail)?;
                 at::symlink(&target, dir, &cname).map_err(fail)?;
                 meta.apply_at(dir, &cname, true).map_err(fail)?;
             }
-            tar::EntryType::Link => {
+            Kind::Link => {
                 let target = link_target.unwrap_or_default();
                 let Some((tname, tparent)) = target.split_last() else {
-                    return Err(entry_err(&raw_name, "hard link to the root directory"));
+                    return Err(entry_err(raw_name, "hard link to the root directory"));
                 };
                 let tdir = self.open_dir(tparent, false).map_err(|e| {
                     entry_err(
-                        &raw_name,
+                        raw_name,
                         format!(
                             "hard link target {:?}: {e}",
                             String::from_utf8_lossy(&join(&target))
@@ -275,7 +262,7 @@ impl Tree {
                 let tname = at::cstring(tname).map_err(fail)?;
                 at::link(tdir.as_fd(), &tname, dir, &cname).map_err(|e| {
                     entry_err(
-                        &raw_name,
+                        raw_name,
                         format!(
                             "hard link to {:?}: {e}",
                             String::from_utf8_lossy(&join(&target))
@@ -283,24 +270,17 @@ impl Tree {
                     )
                 })?;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            Kind::Char | Kind::Block | Kind::Fifo => {
                 let fmt = match kind {
-                    tar::EntryType::Char => libc::S_IFCHR,
-                    tar::EntryType::Block => libc::S_IFBLK,
+                    Kind::Char => libc::S_IFCHR,
+                    Kind::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                let dev = libc::makedev(major, minor);
+                let dev = libc::makedev(entry.dev_major, entry.dev_minor);
                 at::mknod(dir, &cname, fmt | 0o600, dev).map_err(fail)?;
                 meta.apply_at(dir, &cname, false).map_err(fail)?;
             }
-            other => {
-                log::warn!(
-                    "{}: unsupported tar entry type {other:?}; skipped",
-                    String::from_utf8_lossy(&raw_name)
-                );
-            }
+            Kind::Other(_) => {}
         }
         Ok(())
     }
@@ -363,50 +343,21 @@ struct EntryMeta {
 }
 
 impl EntryMeta {
-    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<EntryMeta, String> {
-        let h = entry.header();
-        // Ids from the header, unless PAX records override them (then the header's may be blank).
-        let mut uid = h.uid().ok().and_then(|v| u32::try_from(v).ok());
-        let mut gid = h.gid().ok().and_then(|v| u32::try_from(v).ok());
-        let mode = h.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777;
-        let mut mtime = h.mtime().map(|m| m as i64).unwrap_or(0);
-        let mut xattrs = Vec::new();
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax {
-                let ext = ext.map_err(|e| format!("bad PAX header: {e}"))?;
-                let Ok(key) = ext.key() else { continue };
-                let value = ext.value_bytes();
-                let parse = || {
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
-                };
-                if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
-                    let k = std::ffi::CString::new(x)
-                        .map_err(|_| "xattr name contains NUL".to_string())?;
-                    xattrs.push((k, value.to_vec()));
-                } else if key == "uid" {
-                    uid = Some(
-                        parse()
-                            .and_then(|v| u32::try_from(v).ok())
-                            .ok_or("bad PAX uid")?,
-                    );
-                } else if key == "gid" {
-                    gid = Some(
-                        parse()
-                            .and_then(|v| u32::try_from(v).ok())
-                            .ok_or("bad PAX gid")?,
-                    );
-                } else if key == "mtime" {
-                    mtime = parse().unwrap_or(mtime);
-                }
-            }
+    fn read(e: &tarstream::Entry) -> std::result::Result<EntryMeta, String> {
+        let id = |v: u64, what: &str| {
+            u32::try_from(v).map_err(|_| format!("{what} {v} is out of range"))
+        };
+        let mut xattrs = Vec::with_capacity(e.xattrs.len());
+        for (k, v) in &e.xattrs {
+            let k = std::ffi::CString::new(k.as_slice())
+                .map_err(|_| "xattr name contains NUL".to_string())?;
+            xattrs.push((k, v.clone()));
         }
         Ok(EntryMeta {
-            uid: uid.ok_or("bad uid field")?,
-            gid: gid.ok_or("bad gid field")?,
-            mode,
-            mtime,
+            uid: id(e.uid, "uid")?,
+            gid: id(e.gid, "gid")?,
+            mode: e.mode,
+            mtime: e.mtime,
             xattrs,
         })
     }
@@ -437,6 +388,31 @@ impl EntryMeta {
     }
 }
 
+/// Writes the current entry's data into `f`: a sparse file's chunks at their offsets (the
+/// holes stay holes), then its full size.
+fn write_data<R: Read>(
+    f: &mut std::fs::File,
+    tar: &mut tarstream::Reader<R>,
+    sparse: Option<&tarstream::Sparse>,
+) -> std::result::Result<(), LayerError> {
+    use std::io::{Seek, SeekFrom};
+    let Some(s) = sparse else {
+        io::copy(&mut tar.data(), f).map_err(LayerError::Read)?;
+        return Ok(());
+    };
+    for &(off, len) in &s.chunks {
+        f.seek(SeekFrom::Start(off)).map_err(LayerError::Read)?;
+        let n = io::copy(&mut tar.data().take(len), f).map_err(LayerError::Read)?;
+        if n != len {
+            return Err(LayerError::Read(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated archive: it ends inside a sparse file's data",
+            )));
+        }
+    }
+    f.set_len(s.size).map_err(LayerError::Read)
+}
+
 /// Applies one tar stream to the tree at `tree`.
 pub fn apply<R: Read>(
     tree: &Path,
@@ -449,14 +425,12 @@ pub fn apply<R: Read>(
         whiteouts: opts.whiteouts,
         unpacked: HashSet::new(),
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(LayerError::Read)?;
-    for entry in entries {
-        let mut entry = entry.map_err(LayerError::Read)?;
-        t.apply_entry(&mut entry)?;
+    let mut tar = tarstream::Reader::new(reader);
+    while let Some(entry) = tar.next().map_err(LayerError::Read)? {
+        t.apply_entry(&mut tar, &entry)?;
     }
     // Read to the end: a layer's digest covers its trailing blocks too.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
+    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
     Ok(())
 }
 

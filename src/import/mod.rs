@@ -38,6 +38,7 @@ pub mod install;
 pub mod layer;
 pub mod oci;
 pub mod source;
+pub mod tarstream;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

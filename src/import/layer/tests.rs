@@ -349,3 +349,35 @@ fn clean_paths() {
     assert!(c("..").is_err());
     assert!(c("a/../..").is_err());
 }
+
+/// Issue 12 bug 1: a PAX value holding a newline (a file capability is `01 00 00 02 0a ...`)
+/// is one record (records are length-prefixed), and records after it still apply.
+#[test]
+fn pax_binary_xattr_values_with_newlines() {
+    let (_d, t) = new_tree();
+    let cap: &[u8] = b"\x01\x00\x00\x02\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let long = format!("{}f", "dir/".repeat(30));
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.cap", cap),
+        ("SCHILY.xattr.user.lines", b"x\n9 uid=1\n".as_slice()),
+        ("path", long.as_bytes()),
+        ("uid", b"4242".as_slice()),
+    ])
+    .expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_path("short").expect("path");
+    h.set_size(2);
+    h.set_mode(0o640);
+    h.set_cksum();
+    b.append(&h, &b"hi"[..]).expect("append");
+    apply(&t, &b.into_inner().expect("tar")[..], layer_opts()).expect("apply");
+    let f = t.join(&long);
+    assert_eq!(std::fs::read(&f).expect("read"), b"hi");
+    assert_eq!(std::fs::metadata(&f).expect("stat").uid(), 4242);
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(&f, "user.cap", &mut buf[..]).expect("user.cap");
+    assert_eq!(&buf[..n], cap);
+    let n = rustix::fs::lgetxattr(&f, "user.lines", &mut buf[..]).expect("user.lines");
+    assert_eq!(&buf[..n], b"x\n9 uid=1\n");
+}
