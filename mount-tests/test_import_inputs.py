@@ -129,3 +129,20 @@ def test_gnu_tar_xattrs_and_acls_archive(workdir):
     with kernel_mount(image_of(store, hx), workdir / "k") as k:
         assert xattr(k / "d/f", "security.capability") == CAP
         assert xattr(k / "d/f", "system.posix_acl_access") == ACL_1000
+
+
+# ---------------------------------------------------------------- bug 3: fsck after an OCI import
+def test_fsck_is_clean_after_oci_and_docker_save_imports(workdir):
+    from test_import import build_docker_save
+    layout, manifest_hex = oci_image(workdir / "oci", [make_tar([("f", "file", 0o644, {"data": b"x"})])])
+    store = new_store(workdir)
+    hx = imported(store, "docker.io/test/fsck:oci", layout)
+    # the manifest the directory is named by, byte for byte, as hypeman's content layout keeps it
+    manifest = (store / "content" / hx / "manifest.json").read_bytes()
+    assert hashlib.sha256(manifest).hexdigest() == hx == manifest_hex
+    assert os.stat(store / "content" / hx / "manifest.json").st_mode & 0o777 == 0o644
+    # a legacy docker save has no manifest blob: named by its image, and no manifest.json
+    saved = imported(store, "docker.io/test/fsck:save", build_docker_save(workdir / "save.tar"))
+    assert not (store / "content" / saved / "manifest.json").exists()
+    r = sh(imagefs_bin(), "fsck", "--store", store, timeout=120)
+    assert r.returncode == 0, f"fsck exited {r.returncode}: {r.stdout}{r.stderr}"

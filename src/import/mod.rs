@@ -245,7 +245,7 @@ pub fn import(
             };
             let tree = work.path().join("rootfs");
             match oci::TarBlobs::index(&tar, source)? {
-                Some(blobs) => from_image(&blobs, &name, &tree, &image, progress)?,
+                Some(blobs) => from_image(&blobs, &name, &tree, &out, progress)?,
                 None => {
                     progress.say("extracting");
                     layer::extract_tar_file(&tar, source, &tree)?;
@@ -259,7 +259,7 @@ pub fn import(
         source::Kind::OciDir => {
             let blobs = oci::DirBlobs::new(source);
             let tree = work.path().join("rootfs");
-            from_image(&blobs, &name, &tree, &image, progress)?
+            from_image(&blobs, &name, &tree, &out, progress)?
         }
     };
     install::write_metadata(&out, &meta)?;
@@ -274,14 +274,16 @@ pub fn import(
     })
 }
 
-/// Applies an OCI / docker-save image's layers into `tree` and builds `image` from it.
+/// Applies an OCI / docker-save image's layers into `tree` and builds `out/rootfs.erofs`
+/// from it (and `out/manifest.json` for an OCI image).
 fn from_image(
     blobs: &dyn oci::Blobs,
     name: &str,
     tree: &Path,
-    image: &Path,
+    out: &Path,
     progress: Progress,
 ) -> Result<(Digest, install::MetaInput)> {
+    let image = &out.join("rootfs.erofs");
     let plan = oci::plan(blobs, name)?;
     layer::create_root(tree)?;
     let n = plan.layers.len();
@@ -300,6 +302,11 @@ fn from_image(
     build::mkfs(tree, image)?;
     let (erofs_digest, size) = build::hash_file(image)?;
     let digest = plan.manifest_digest.unwrap_or(erofs_digest);
+    if let Some(manifest) = &plan.manifest {
+        // hypeman's content layout keeps the manifest the directory is named by; fsck checks
+        // the name of a directory without one against the sha256 of its image.
+        install::write_manifest(out, manifest)?;
+    }
     let meta = install::MetaInput::from_config(name, digest, size, &plan.config);
     Ok((digest, meta))
 }

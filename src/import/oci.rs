@@ -236,6 +236,8 @@ pub struct Plan {
     pub layers: Vec<LayerRef>,
     pub config: Value,
     pub manifest_digest: Option<Digest>,
+    /// The manifest blob, as it is named by `manifest_digest` (kept as `manifest.json`).
+    pub manifest: Option<Vec<u8>>,
 }
 
 fn blob_path(desc: &Value, blobs: &dyn Blobs, what: &str) -> Result<(String, Digest)> {
@@ -396,12 +398,15 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
     let mut path = "index.json".to_string();
     let mut doc = parse_json(blobs, &path, &blobs.read_small(&path)?)?;
     let mut manifest_digest = None;
+    let mut bytes = Vec::new();
     for _ in 0..=MAX_NESTING {
         if !is_index(&doc) {
             let digest = manifest_digest.ok_or_else(|| {
                 ImportError::source(blobs.describe(&path), "index.json is not an image index")
             })?;
-            return plan_manifest(blobs, &path, &doc, digest);
+            let mut plan = plan_manifest(blobs, &path, &doc, digest)?;
+            plan.manifest = Some(bytes);
+            return Ok(plan);
         }
         let manifests = doc
             .get("manifests")
@@ -411,7 +416,7 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             })?;
         let desc = pick(manifests, tag, reference, blobs, &path)?;
         let (p, digest) = blob_path(desc, blobs, &path)?;
-        let bytes = read_verified(blobs, &p, &digest)?;
+        bytes = read_verified(blobs, &p, &digest)?;
         doc = parse_json(blobs, &p, &bytes)?;
         path = p;
         manifest_digest = Some(digest);
@@ -451,6 +456,7 @@ fn plan_manifest(blobs: &dyn Blobs, path: &str, manifest: &Value, digest: Digest
         layers,
         config,
         manifest_digest: Some(digest),
+        manifest: None,
     })
 }
 
@@ -535,6 +541,7 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
         layers,
         config,
         manifest_digest: None,
+        manifest: None,
     })
 }
 
