@@ -146,3 +146,24 @@ def test_fsck_is_clean_after_oci_and_docker_save_imports(workdir):
     assert not (store / "content" / saved / "manifest.json").exists()
     r = sh(imagefs_bin(), "fsck", "--store", store, timeout=120)
     assert r.returncode == 0, f"fsck exited {r.returncode}: {r.stdout}{r.stderr}"
+
+
+# ---------------------------------------------------------------- bug 7: the importing user's umask
+def test_digest_does_not_depend_on_the_umask(workdir):
+    # a/ and a/b/ have no entries of their own: the import creates them
+    tarball = workdir / "implicit.tar"
+    tarball.write_bytes(make_tar([("a/b/file", "file", 0o644, {"data": b"x"}), ("c/d", "file", 0o600)]))
+    digests = {}
+    for umask in (0o022, 0o077, 0o002):
+        store = new_store(workdir, f"store-{umask:03o}")
+        r = subprocess.run([str(imagefs_bin()), "import", "--store", str(store), "--tag", "docker.io/t/u:1",
+                            str(tarball)], capture_output=True, text=True, timeout=120,
+                           preexec_fn=lambda u=umask: os.umask(u))
+        assert r.returncode == 0, r.stderr
+        digests[umask] = (r.stdout.split("sha256:")[1].split()[0], store)
+    assert len({d for d, _ in digests.values()}) == 1, f"digests differ by umask: {digests}"
+    hx, store = digests[0o077]
+    with kernel_mount(image_of(store, hx), workdir / "k") as k:
+        for d in ("a", "a/b", "c"):
+            st = os.lstat(k / d)
+            assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0), d

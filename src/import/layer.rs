@@ -25,6 +25,10 @@ use super::{ImportError, Result};
 /// Longest chain of symlinks followed while resolving one parent path.
 const MAX_LINKS: usize = 40;
 
+/// A directory a layer writes into without an entry of its own: root's, 0755, as docker
+/// and umoci create it.
+const IMPLICIT_DIR_MODE: u32 = 0o755;
+
 /// How a tar stream is applied.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -111,7 +115,7 @@ fn join(comps: &[Vec<u8>]) -> Vec<u8> {
 
 impl Tree {
     /// Opens the directory `comps` (resolving symlinks inside the tree). Missing directories
-    /// are created (0755, root) when `create`.
+    /// are created ([`IMPLICIT_DIR_MODE`], root) when `create`.
     fn open_dir(&self, comps: &[Vec<u8>], create: bool) -> io::Result<OwnedFd> {
         let mut stack: Vec<OwnedFd> = vec![self.root.try_clone()?];
         let mut todo: std::collections::VecDeque<Vec<u8>> = comps.iter().cloned().collect();
@@ -134,8 +138,13 @@ impl Tree {
             match at::open_dir(cur.as_fd(), &name) {
                 Ok(fd) => stack.push(fd),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                    match at::mkdir(cur.as_fd(), &name, 0o755) {
-                        Ok(()) => {}
+                    match at::mkdir(cur.as_fd(), &name, IMPLICIT_DIR_MODE) {
+                        // Set, not left to mkdir: the umask would clear bits (another
+                        // digest for another user), a set-gid parent would add its group.
+                        Ok(()) => {
+                            at::lchown(cur.as_fd(), &name, 0, 0)?;
+                            at::chmod(cur.as_fd(), &name, IMPLICIT_DIR_MODE)?;
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
