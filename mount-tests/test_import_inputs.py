@@ -35,9 +35,11 @@ def acl(entries) -> bytes:
 
 ANY = 0xFFFFFFFF
 USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
-# user::rw-, user:1000:r--, group::r--, mask::r--, other::--- (0x0a in it too: none, but 0x04 0x00...)
+# user::rw-, user:1000:r--, group::r--, mask::r--, other::---
 ACL_1000 = acl([(USER_OBJ, 6, ANY), (USER, 4, 1000), (GROUP_OBJ, 4, ANY), (MASK, 4, ANY), (OTHER, 0, ANY)])
 # user:10:r-x -- the qualifier 10 is 0x0a.
+# user:2000:rwx (no 0x0a byte: this one does not need the bug 1 fix)
+ACL_2000 = acl([(USER_OBJ, 7, ANY), (USER, 7, 2000), (GROUP_OBJ, 5, ANY), (MASK, 5, ANY), (OTHER, 5, ANY)])
 ACL_10 = acl([(USER_OBJ, 7, ANY), (USER, 5, 10), (GROUP_OBJ, 5, ANY), (MASK, 5, ANY), (OTHER, 5, ANY)])
 
 
@@ -167,3 +169,30 @@ def test_digest_does_not_depend_on_the_umask(workdir):
         for d in ("a", "a/b", "c"):
             st = os.lstat(k / d)
             assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0), d
+
+
+# ---------------------------------------------------------------- bug 5: default ACLs leaking into children
+def test_default_acls_do_not_leak_into_children(workdir):
+    default = binary_pax({"SCHILY.xattr.system.posix_acl_default": ACL_1000})
+    lower = layer_tar([
+        (ti("shared/", tarfile.DIRTYPE, 0o755, pax=default), None),
+        (ti("shared/secret", size=1, mode=0o640), b"s"),
+        (ti("shared/sub/", tarfile.DIRTYPE, 0o700), None),
+        (ti("shared/own", size=1, mode=0o755,
+            pax=binary_pax({"SCHILY.xattr.system.posix_acl_access": ACL_2000})), b"o"),
+    ])
+    # a later layer writes below the directory too
+    upper = layer_tar([(ti("shared/later", size=1, mode=0o600), b"l")])
+    layout, _ = oci_image(workdir / "oci", [lower, upper])
+    store = new_store(workdir)
+    hx = imported(store, "docker.io/test/acl:1", layout)
+    with kernel_mount(image_of(store, hx), workdir / "k") as k:
+        assert xattr(k / "shared", "system.posix_acl_default") == ACL_1000
+        for f, mode in (("secret", 0o640), ("later", 0o600), ("sub", 0o700)):
+            st = os.lstat(k / "shared" / f)
+            assert st.st_mode & 0o7777 == mode, f
+            assert xattr(k / "shared" / f, "system.posix_acl_access") is None, f"{f} got an inherited ACL"
+            assert xattr(k / "shared" / f, "system.posix_acl_default") is None, f"{f} got an inherited ACL"
+        # an ACL of its own is kept, and no more
+        assert xattr(k / "shared/own", "system.posix_acl_access") == ACL_2000
+        assert os.lstat(k / "shared/own").st_mode & 0o777 == 0o755

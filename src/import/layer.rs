@@ -12,8 +12,8 @@
 //! - the last component is created with `O_EXCL`/`mknodat`/`symlinkat` and changed only with
 //!   calls that do not follow it.
 
-use std::collections::HashSet;
-use std::ffi::CStr;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -107,6 +107,66 @@ struct Tree {
     root: OwnedFd,
     whiteouts: bool,
     unpacked: HashSet<Vec<u8>>,
+    dirs: DirXattrs,
+}
+
+/// Directories' xattrs, held back until every layer is written: a default ACL
+/// (`system.posix_acl_default`) set on a directory at once would be inherited by every file
+/// created below it afterwards, which the image does not hold. Keyed by the directory's path
+/// in the tree; what is removed or replaced is forgotten.
+#[derive(Default)]
+pub struct DirXattrs(BTreeMap<Vec<u8>, Vec<(CString, Vec<u8>)>>);
+
+impl DirXattrs {
+    /// The xattrs of the directory at `path` are `xattrs` (a later entry for it replaces
+    /// what an earlier one set).
+    fn set(&mut self, path: Vec<u8>, xattrs: &[(CString, Vec<u8>)]) {
+        if xattrs.is_empty() {
+            self.0.remove(&path);
+        } else {
+            self.0.insert(path, xattrs.to_vec());
+        }
+    }
+
+    /// `path` and everything under it were removed.
+    fn forget(&mut self, path: &[u8]) {
+        self.0.retain(|k, _| {
+            !(k.as_slice() == path
+                || path.is_empty()
+                || k.starts_with(path) && k.get(path.len()) == Some(&b'/'))
+        });
+    }
+
+    /// Sets the held-back xattrs, once the tree is complete.
+    pub fn finish(self, tree: &Path) -> std::result::Result<(), LayerError> {
+        let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
+        for (path, xattrs) in self.0 {
+            // Component by component, never through a symlink: a record of a directory that
+            // became something else would have been forgotten.
+            let mut fd = root.try_clone().map_err(LayerError::Tree)?;
+            let mut found = true;
+            for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                match at::cstring(c).and_then(|c| at::open_dir(fd.as_fd(), &c)) {
+                    Ok(next) => fd = next,
+                    Err(e) => {
+                        log::debug!(
+                            "{}: {e}; its xattrs are not set",
+                            String::from_utf8_lossy(&path)
+                        );
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if !found {
+                continue;
+            }
+            for (k, v) in &xattrs {
+                at::set_xattr(fd.as_fd(), c".", k, v).map_err(|e| entry_err(&path, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn join(comps: &[Vec<u8>]) -> Vec<u8> {
@@ -188,6 +248,7 @@ impl Tree {
                 let root = self.root.try_clone().map_err(LayerError::Tree)?;
                 meta.apply_dir(root.as_fd())
                     .map_err(|e| entry_err(raw_name, e))?;
+                self.dirs.set(Vec::new(), &meta.xattrs);
             }
             return Ok(());
         };
@@ -225,6 +286,7 @@ impl Tree {
         if existing.is_some() && !keep_dir {
             at::remove_tree(dir, &cname)
                 .map_err(|e| entry_err(raw_name, format!("replacing: {e}")))?;
+            self.dirs.forget(&join(&comps));
         }
         // The entry and its ancestors were written by this layer (an opaque marker later in
         // the layer must keep them).
@@ -239,6 +301,7 @@ impl Tree {
                 }
                 let fd = at::open_dir(dir, &cname).map_err(fail)?;
                 meta.apply_dir(fd.as_fd()).map_err(fail)?;
+                self.dirs.set(join(&comps), &meta.xattrs);
             }
             Kind::Regular => {
                 let mut f = at::create_file(dir, &cname).map_err(fail)?;
@@ -296,7 +359,7 @@ impl Tree {
 
     /// `.wh.<name>` removes `<name>` from the lower layers; `.wh..wh..opq` empties the
     /// directory of what lower layers put there.
-    fn whiteout(&self, parent: &[Vec<u8>], name: &[u8]) -> io::Result<()> {
+    fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8]) -> io::Result<()> {
         let dir = match self.open_dir(parent, false) {
             Ok(d) => d,
             // Nothing below to hide.
@@ -319,11 +382,17 @@ impl Tree {
                 "whiteout of nothing",
             ));
         }
+        let mut path = join(parent);
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(victim);
+        self.dirs.forget(&path);
         at::remove_tree(dir.as_fd(), &at::cstring(victim)?)
     }
 
     /// Removes every entry under `dir` (path `rel`) that this layer did not write.
-    fn opaque(&self, dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<()> {
+    fn opaque(&mut self, dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<()> {
         for child in at::list(dir)? {
             let mut path = rel.to_vec();
             if !path.is_empty() {
@@ -333,6 +402,7 @@ impl Tree {
             let c = at::cstring(&child)?;
             if !self.unpacked.contains(&path) {
                 at::remove_tree(dir, &c)?;
+                self.dirs.forget(&path);
             } else if at::lstat(dir, &c).is_ok_and(|st| at::is_dir(&st)) {
                 let sub = at::open_dir(dir, &c)?;
                 self.opaque(sub.as_fd(), &path)?;
@@ -371,16 +441,12 @@ impl EntryMeta {
         })
     }
 
-    /// Owner, mode, xattrs of an open directory (its mtime would change as entries are added;
-    /// `mkfs.erofs -T` fixes every timestamp anyway).
+    /// Owner and mode of an open directory (its xattrs wait in [`DirXattrs`]; its mtime
+    /// would change as entries are added; `mkfs.erofs -T` fixes every timestamp anyway).
     fn apply_dir(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let dot = c".";
         at::lchown(fd, dot, self.uid, self.gid)?;
-        at::chmod(fd, dot, self.mode)?;
-        for (k, v) in &self.xattrs {
-            at::set_xattr(fd, dot, k, v)?;
-        }
-        Ok(())
+        at::chmod(fd, dot, self.mode)
     }
 
     /// Owner, mode (not for symlinks), xattrs and mtime of `name` in `dir`.
@@ -422,22 +488,42 @@ fn write_data<R: Read>(
     f.set_len(s.size).map_err(LayerError::Read)
 }
 
-/// Applies one tar stream to the tree at `tree`.
+/// Applies one tar stream to the tree at `tree`, the whole image: its directories' xattrs
+/// are set at the end.
 pub fn apply<R: Read>(
     tree: &Path,
     reader: R,
     opts: Options,
+) -> std::result::Result<(), LayerError> {
+    let mut dirs = DirXattrs::default();
+    apply_layer(tree, reader, opts, &mut dirs)?;
+    dirs.finish(tree)
+}
+
+/// Applies one tar stream (one layer of several) to the tree at `tree`; its directories'
+/// xattrs go into `dirs`, to be set once every layer is written ([`DirXattrs::finish`]).
+pub fn apply_layer<R: Read>(
+    tree: &Path,
+    reader: R,
+    opts: Options,
+    dirs: &mut DirXattrs,
 ) -> std::result::Result<(), LayerError> {
     let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
     let mut t = Tree {
         root,
         whiteouts: opts.whiteouts,
         unpacked: HashSet::new(),
+        dirs: std::mem::take(dirs),
     };
     let mut tar = tarstream::Reader::new(reader);
-    while let Some(entry) = tar.next().map_err(LayerError::Read)? {
-        t.apply_entry(&mut tar, &entry)?;
-    }
+    let r = (|| {
+        while let Some(entry) = tar.next().map_err(LayerError::Read)? {
+            t.apply_entry(&mut tar, &entry)?;
+        }
+        Ok(())
+    })();
+    *dirs = std::mem::take(&mut t.dirs);
+    r?;
     // Read to the end: a layer's digest covers its trailing blocks too.
     io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
     Ok(())

@@ -286,6 +286,7 @@ fn from_image(
     let image = &out.join("rootfs.erofs");
     let plan = oci::plan(blobs, name)?;
     layer::create_root(tree)?;
+    let mut dirs = layer::DirXattrs::default();
     let n = plan.layers.len();
     for (i, l) in plan.layers.iter().enumerate() {
         progress.say(format_args!(
@@ -296,8 +297,10 @@ fn from_image(
                 .map(|s| format!(" ({})", human_size(s)))
                 .unwrap_or_default()
         ));
-        oci::apply_layer(blobs, l, tree)?;
+        oci::apply_layer(blobs, l, tree, &mut dirs)?;
     }
+    dirs.finish(tree)
+        .map_err(|e| e.into_import(&tree.display().to_string()))?;
     progress.say("building the erofs image");
     build::mkfs(tree, image)?;
     let (erofs_digest, size) = build::hash_file(image)?;

@@ -559,8 +559,14 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Applies one layer (plain tar or gzip, found by magic bytes) to `tree`, checking its digest.
-pub fn apply_layer(blobs: &dyn Blobs, l: &LayerRef, tree: &Path) -> Result<()> {
+/// Applies one layer (plain tar or gzip, found by magic bytes) to `tree`, checking its digest;
+/// its directories' xattrs go into `dirs`.
+pub fn apply_layer(
+    blobs: &dyn Blobs,
+    l: &LayerRef,
+    tree: &Path,
+    dirs: &mut layer::DirXattrs,
+) -> Result<()> {
     let what = blobs.describe(&l.path);
     let hasher = std::rc::Rc::new(std::cell::RefCell::new(Sha256::new()));
     let mut raw = io::BufReader::with_capacity(
@@ -577,7 +583,7 @@ pub fn apply_layer(blobs: &dyn Blobs, l: &LayerRef, tree: &Path) -> Result<()> {
     let opts = layer::Options { whiteouts: true };
     let result = if magic.starts_with(&[0x1f, 0x8b]) {
         let mut gz = flate2::bufread::MultiGzDecoder::new(raw);
-        let r = layer::apply(tree, &mut gz, opts);
+        let r = layer::apply_layer(tree, &mut gz, opts, dirs);
         // The digest covers the whole blob.
         r.and_then(|()| {
             io::copy(&mut gz.into_inner(), &mut io::sink())
@@ -590,7 +596,7 @@ pub fn apply_layer(blobs: &dyn Blobs, l: &LayerRef, tree: &Path) -> Result<()> {
             "zstd-compressed layers are not supported",
         ));
     } else {
-        layer::apply(tree, &mut raw, opts)
+        layer::apply_layer(tree, &mut raw, opts, dirs)
     };
     result.map_err(|e| e.into_import(&what))?;
     if let Some(want) = l.digest {

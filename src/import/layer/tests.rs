@@ -381,3 +381,54 @@ fn pax_binary_xattr_values_with_newlines() {
     let n = rustix::fs::lgetxattr(&f, "user.lines", &mut buf[..]).expect("user.lines");
     assert_eq!(&buf[..n], b"x\n9 uid=1\n");
 }
+
+fn dir_with_xattr(name: &str, key: &str, value: &str) -> L {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([(key, value.as_bytes())])
+        .expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).expect("path");
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o755);
+    h.set_cksum();
+    b.append(&h, io::empty()).expect("append");
+    L(b)
+}
+
+/// Directory xattrs are set once all layers are written (issue 12 bug 5), as the last entry
+/// for the directory had them; a removed or replaced directory's are dropped.
+#[test]
+fn directory_xattrs_wait_for_the_last_layer() {
+    let (_d, t) = new_tree();
+    let mut dirs = DirXattrs::default();
+    let layers = [
+        dir_with_xattr("kept/", "SCHILY.xattr.user.k", "1")
+            .dir("kept/sub/")
+            .file("kept/f", "x"),
+        dir_with_xattr("gone/", "SCHILY.xattr.user.g", "1"),
+        dir_with_xattr("retyped/", "SCHILY.xattr.user.r", "1"),
+        dir_with_xattr("kept/", "SCHILY.xattr.user.k", "2")
+            .file(".wh.gone", "")
+            .file("retyped", "now a file")
+            .dir("gone/"),
+    ];
+    for (i, l) in layers.into_iter().enumerate() {
+        apply_layer(&t, &l.bytes()[..], layer_opts(), &mut dirs).expect("layer");
+        if i == 0 {
+            let mut buf = [0u8; 8];
+            assert!(rustix::fs::lgetxattr(t.join("kept"), "user.k", &mut buf[..]).is_err());
+        }
+    }
+    dirs.finish(&t).expect("finish");
+    let get = |p: &str, k: &str| {
+        let mut buf = [0u8; 8];
+        rustix::fs::lgetxattr(t.join(p), k, &mut buf[..])
+            .ok()
+            .map(|n| buf[..n].to_vec())
+    };
+    assert_eq!(get("kept", "user.k"), Some(b"2".to_vec()));
+    assert_eq!(get("gone", "user.g"), None);
+    assert_eq!(get("retyped", "user.r"), None);
+    assert_eq!(get("kept/sub", "user.k"), None);
+}
