@@ -196,3 +196,19 @@ def test_default_acls_do_not_leak_into_children(workdir):
         # an ACL of its own is kept, and no more
         assert xattr(k / "shared/own", "system.posix_acl_access") == ACL_2000
         assert os.lstat(k / "shared/own").st_mode & 0o777 == 0o755
+
+
+# ---------------------------------------------------------------- bug 8: whiteouts in their own layer
+def test_a_whiteout_spares_what_its_own_layer_added(workdir):
+    lower = make_tar([("a", "file", 0o644, {"data": b"lower"}), ("d/", "dir", 0o755),
+                      ("d/old", "file", 0o644, {"data": b"1"})])
+    upper = make_tar([("new", "file", 0o644, {"data": b"mine"}), (".wh.new", "file", 0o644),
+                      ("d/mine", "file", 0o644, {"data": b"2"}), (".wh.d", "file", 0o644),
+                      (".wh.a", "file", 0o644)])
+    layout, _ = oci_image(workdir / "oci", [lower, upper])
+    store = new_store(workdir)
+    hx = imported(store, "docker.io/test/wh:1", layout)
+    with kernel_mount(image_of(store, hx), workdir / "k") as k:
+        assert sorted(os.listdir(k)) == ["d", "new"]
+        assert (k / "new").read_bytes() == b"mine"
+        assert os.listdir(k / "d") == ["mine"]

@@ -357,8 +357,8 @@ impl Tree {
         Ok(())
     }
 
-    /// `.wh.<name>` removes `<name>` from the lower layers; `.wh..wh..opq` empties the
-    /// directory of what lower layers put there.
+    /// `.wh.<name>` removes `<name>` from the lower layers (not what this layer wrote);
+    /// `.wh..wh..opq` empties the directory of what lower layers put there.
     fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8]) -> io::Result<()> {
         let dir = match self.open_dir(parent, false) {
             Ok(d) => d,
@@ -387,8 +387,19 @@ impl Tree {
             path.push(b'/');
         }
         path.extend_from_slice(victim);
+        let cvictim = at::cstring(victim)?;
+        if self.unpacked.contains(&path) {
+            // A whiteout hides the lower layers' entry only, never what this layer wrote
+            // (OCI image spec, as umoci applies it): of a directory this layer wrote into,
+            // only what the lower layers put there goes.
+            if at::lstat_opt(dir.as_fd(), &cvictim)?.is_some_and(|st| at::is_dir(&st)) {
+                let sub = at::open_dir(dir.as_fd(), &cvictim)?;
+                self.opaque(sub.as_fd(), &path)?;
+            }
+            return Ok(());
+        }
         self.dirs.forget(&path);
-        at::remove_tree(dir.as_fd(), &at::cstring(victim)?)
+        at::remove_tree(dir.as_fd(), &cvictim)
     }
 
     /// Removes every entry under `dir` (path `rel`) that this layer did not write.

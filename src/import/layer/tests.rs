@@ -432,3 +432,23 @@ fn directory_xattrs_wait_for_the_last_layer() {
     assert_eq!(get("retyped", "user.r"), None);
     assert_eq!(get("kept/sub", "user.k"), None);
 }
+
+/// A whiteout hides the lower layers' entry, never one added earlier in its own layer
+/// (issue 12 bug 8); of a directory the layer wrote into, the lower contents go.
+#[test]
+fn whiteouts_spare_what_their_own_layer_wrote() {
+    let (_d, t) = new_tree();
+    apply_l(&t, L::new().file("a", "lower").dir("d/").file("d/old", "1")).expect("lower");
+    apply_l(
+        &t,
+        L::new()
+            .file("new", "mine")
+            .file(".wh.new", "")
+            .file("d/mine", "2")
+            .file(".wh.d", "")
+            .file(".wh.a", ""),
+    )
+    .expect("upper");
+    assert_eq!(names(&t), ["d", "new"]);
+    assert_eq!(names(&t.join("d")), ["mine"]);
+}
