@@ -212,3 +212,103 @@ def test_a_whiteout_spares_what_its_own_layer_added(workdir):
         assert sorted(os.listdir(k)) == ["d", "new"]
         assert (k / "new").read_bytes() == b"mine"
         assert os.listdir(k / "d") == ["mine"]
+
+
+# ---------------------------------------------------------------- bug 2: truncated image archives
+def entries_end(data: bytes) -> int:
+    """Where the last member's data ends (the end-of-archive blocks start)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        t.getmembers()
+        return t.offset
+
+
+def assert_refused_and_nothing_stored(store: Path, ref: str, source: Path, what: str):
+    r = run_import(store, ref, source)
+    assert r.returncode == 1, f"{what}: exit {r.returncode}, {r.stdout!r}"
+    assert "panicked" not in r.stderr and r.stderr.startswith("imagefs import: "), f"{what}: {r.stderr!r}"
+    assert not any((store / "content").glob("*")), f"{what}: an image was stored"
+    assert not list((bookkeeping(store) / "import").iterdir()), f"{what}: work directory left"
+    return r.stderr
+
+
+def test_every_cut_of_docker_and_oci_archives_is_refused(workdir):
+    from test_import import build_docker_save, build_oci
+    save = build_docker_save(workdir / "save.tar").read_bytes()
+    layout, _ = build_oci(workdir / "oci")
+    oci_tar = workdir / "oci.tar"
+    with tarfile.open(oci_tar, "w") as t:
+        t.add(layout, arcname=".")
+    archives = {"docker-archive": save, "oci-archive": oci_tar.read_bytes()}
+    store = new_store(workdir)
+    cut = workdir / "cut.tar"
+    accepted = []
+    n = 0
+    for kind, data in archives.items():
+        end = entries_end(data)
+        # every block boundary (where a cut falls on an entry boundary or inside one), and
+        # a few cuts inside blocks
+        for at in sorted(set(range(512, end, 512)) | set(range(700, end, 5000))):
+            cut.write_bytes(data[:at])
+            r = run_import(store, "docker.io/test/cut:1", cut)
+            n += 1
+            if r.returncode == 0:
+                accepted.append(f"{kind}[:{at}]")
+                sh("rm", "-rf", store / "content", store / "repositories")
+            else:
+                assert_refused_and_nothing_stored(store, "docker.io/test/cut:1", cut, f"{kind}[:{at}]")
+        # whole, and cut inside the end-of-archive blocks: still the whole image
+        for at in (len(data), end + 512):
+            cut.write_bytes(data[:at])
+            r = run_import(new_store(workdir, f"whole-{kind}-{at}"), "docker.io/test/whole:1", cut)
+            assert r.returncode == 0, f"{kind}[:{at}]: {r.stderr}"
+    assert not accepted, f"{len(accepted)} of {n} cut archives were imported: {accepted}"
+
+
+def test_docker_save_layers_are_checked_against_the_diff_ids(workdir):
+    from test_import import build_docker_save
+    good = build_docker_save(workdir / "save.tar").read_bytes()
+    store = new_store(workdir)
+    with tarfile.open(fileobj=io.BytesIO(good)) as t:
+        members = [(m, t.extractfile(m).read() if m.isfile() else None) for m in t.getmembers()]
+
+    def rebuild(path: Path, change) -> Path:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as out:
+            for m, data in members:
+                m = tarfile.TarInfo.frombuf(m.tobuf(), "utf-8", "surrogateescape")
+                data = change(m.name, data)
+                if data is not None:
+                    m.size = len(data)
+                out.addfile(m, io.BytesIO(data) if data is not None else None)
+        path.write_bytes(buf.getvalue())
+        return path
+
+    # a layer swapped for another valid tar: only the config's diff_ids can tell
+    from test_import import BASE_LAYER
+    other = make_tar(BASE_LAYER + [("evil", "file", 0o644, {"data": b"x"})])
+    swapped = rebuild(workdir / "swapped.tar", lambda n, d: other if n == "aaaa/layer.tar" else d)
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/save:1", swapped, "swapped layer")
+    assert "diff_ids" in err, err
+    # a config that lists no diff_ids (and is named by its digest, so it was rewritten)
+    def no_ids(n, d):
+        if n.endswith(".json") and n != "manifest.json":
+            return json.dumps(dict(json.loads(d), rootfs={"type": "layers", "diff_ids": []})).encode()
+        return d
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/save:1",
+                                            rebuild(workdir / "noids.tar", no_ids), "no diff_ids")
+    assert "does not match its name" in err or "diff_ids" in err, err
+
+
+def test_oci_descriptor_sizes_are_checked(workdir):
+    o = Oci(workdir / "oci")
+    layer = gz(make_tar([("f", "file", 0o644, {"data": b"x"})]))
+    desc = o.blob(layer, "application/vnd.oci.image.layer.v1.tar+gzip")
+    desc["size"] += 7
+    cfg = dict(CONFIG, rootfs={"type": "layers", "diff_ids": []})
+    m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": o.blob(json.dumps(cfg).encode(), "application/vnd.oci.image.config.v1+json"),
+         "layers": [desc]}
+    o.index([o.blob(json.dumps(m).encode(), "application/vnd.oci.image.manifest.v1+json")])
+    store = new_store(workdir)
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/size:1", o.root, "layer size")
+    assert "descriptor says" in err, err

@@ -316,7 +316,6 @@ impl<R: Read> Reader<R> {
 
     /// Was the end-of-archive block (a block of zeros) read? An archive that ends without
     /// it was cut at an entry boundary.
-    #[allow(dead_code)] // used by the next commit
     pub fn ended(&self) -> bool {
         self.ended
     }
