@@ -312,3 +312,23 @@ def test_oci_descriptor_sizes_are_checked(workdir):
     store = new_store(workdir)
     err = assert_refused_and_nothing_stored(store, "docker.io/test/size:1", o.root, "layer size")
     assert "descriptor says" in err, err
+
+
+# ---------------------------------------------------------------- bug 9: clear mkfs.erofs errors
+def test_trees_mkfs_erofs_cannot_build_are_refused_by_name(workdir):
+    store = new_store(workdir)
+    long_name = "n" * 255  # legal (NAME_MAX), but mkfs.erofs 1.5 fails on it
+    tarball = workdir / "long.tar"
+    tarball.write_bytes(make_tar([("dir/", "dir", 0o755), (f"dir/{long_name}", "file", 0o644, {"data": b"x"})]))
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/long:1", tarball, "255-byte name")
+    assert f"dir/{long_name}" in err and "255 bytes" in err, err
+    assert "Could not format" not in err, err
+    # 254 bytes still import
+    ok = workdir / "ok.tar"
+    ok.write_bytes(make_tar([("n" * 254, "file", 0o644, {"data": b"x"})]))
+    imported(new_store(workdir, "ok"), "docker.io/test/long:ok", ok)
+    # a tree nested 2,000 deep crashed mkfs.erofs (SIGSEGV) with an empty error text
+    deep = workdir / "deep.tar"
+    deep.write_bytes(make_tar([("d/" * 2000 + "f", "file", 0o644, {"data": b"x"})]))
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/deep:1", deep, "deep tree")
+    assert "nest more than 1000 deep" in err, err
