@@ -332,3 +332,83 @@ def test_trees_mkfs_erofs_cannot_build_are_refused_by_name(workdir):
     deep.write_bytes(make_tar([("d/" * 2000 + "f", "file", 0o644, {"data": b"x"})]))
     err = assert_refused_and_nothing_stored(store, "docker.io/test/deep:1", deep, "deep tree")
     assert "nest more than 1000 deep" in err, err
+
+
+# ---------------------------------------------------------------- bug 10: images for another machine, artifacts
+HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+OTHER_ARCH = "arm64" if HOST_ARCH != "arm64" else "amd64"
+
+
+def test_an_index_whose_only_image_is_for_another_machine_is_refused(workdir):
+    layer = make_tar([("f", "file", 0o644, {"data": b"x"})])
+    other_cfg = dict(CONFIG, architecture=OTHER_ARCH)
+    store = new_store(workdir)
+    # the index entry says so
+    o = Oci(workdir / "oci")
+    o.index([o.manifest([layer], other_cfg, platform={"os": "linux", "architecture": OTHER_ARCH})])
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/arch:1", o.root, "platform")
+    assert f"linux/{OTHER_ARCH}" in err and f"linux/{HOST_ARCH}" in err, err
+    # no platform in the index (as umoci writes it): the config says so
+    o2 = Oci(workdir / "oci2")
+    o2.index([o2.manifest([layer], other_cfg)])
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/arch:2", o2.root, "config platform")
+    assert f"linux/{OTHER_ARCH}" in err, err
+    # this machine's image still imports
+    o3 = Oci(workdir / "oci3")
+    o3.index([o3.manifest([layer], CONFIG, platform={"os": "linux", "architecture": HOST_ARCH})])
+    imported(new_store(workdir, "ok"), "docker.io/test/arch:3", o3.root)
+
+
+def test_a_helm_chart_artifact_is_not_imported_as_a_rootfs(workdir):
+    o = Oci(workdir / "oci")
+    chart = gz(make_tar([("mychart/Chart.yaml", "file", 0o644, {"data": b"name: mychart\n"})]))
+    m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": o.blob(b'{"name":"mychart","version":"0.1.0"}', "application/vnd.cncf.helm.config.v1+json"),
+         "layers": [o.blob(chart, "application/vnd.cncf.helm.chart.content.v1.tar+gzip")]}
+    o.index([o.blob(json.dumps(m).encode(), "application/vnd.oci.image.manifest.v1+json")])
+    store = new_store(workdir)
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/chart:1", o.root, "helm chart")
+    assert "artifact" in err and "helm" in err, err
+
+
+# ---------------------------------------------------------------- bug 11: messages
+def test_messages_for_encrypted_layers_platformless_indexes_and_multi_image_archives(workdir):
+    store = new_store(workdir)
+    # an encrypted layer: named by its media type, no raw bytes in the message
+    o = Oci(workdir / "enc")
+    secret = bytes(range(256)) * 8
+    m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": o.blob(json.dumps(CONFIG).encode(), "application/vnd.oci.image.config.v1+json"),
+         "layers": [o.blob(secret, "application/vnd.oci.image.layer.v1.tar+gzip+encrypted")]}
+    o.index([o.blob(json.dumps(m).encode(), "application/vnd.oci.image.manifest.v1+json")])
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/enc:1", o.root, "encrypted")
+    assert "encrypted" in err, err
+    assert err.rstrip("\n").isprintable() and "\ufffd" not in err, repr(err)
+    # two images without a platform field (as umoci writes them): say so, and name them
+    layer = make_tar([("f", "file", 0o644, {"data": b"x"})])
+    u = Oci(workdir / "umoci")
+    u.index([u.manifest([layer], CONFIG, annotations={"org.opencontainers.image.ref.name": "one"}),
+             u.manifest([make_tar([("g", "file", 0o644)])], CONFIG,
+                        annotations={"org.opencontainers.image.ref.name": "two"})])
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/umoci:latest", u.root, "no platform")
+    assert "none is for linux" not in err and "no platform" in err, err
+    assert '"one"' in err and '"two"' in err, err
+    assert imported(new_store(workdir, "two"), "docker.io/test/umoci:two", u.root)
+    # a docker save of two images: the error lists the tags there are
+    from test_import import build_docker_save
+    one = build_docker_save(workdir / "one.tar").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(one)) as t:
+        members = [(m, t.extractfile(m).read() if m.isfile() else None) for m in t.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as out:
+        for m, data in members:
+            if m.name == "manifest.json":
+                items = json.loads(data)
+                items = [dict(items[0], RepoTags=["test/save:1"]), dict(items[0], RepoTags=["test/save:2"])]
+                data = json.dumps(items).encode()
+                m.size = len(data)
+            out.addfile(m, io.BytesIO(data) if data is not None else None)
+    two = workdir / "two.tar"
+    two.write_bytes(buf.getvalue())
+    err = assert_refused_and_nothing_stored(store, "docker.io/test/save:3", two, "two images")
+    assert "test/save:1" in err and "test/save:2" in err, err

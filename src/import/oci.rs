@@ -406,15 +406,28 @@ fn pick<'a>(
             "the index lists no manifests",
         ));
     }
-    if manifests.len() == 1 {
-        return Ok(&manifests[0]);
-    }
     let ref_name = |m: &Value| {
         m.get("annotations")
             .and_then(|a| a.get("org.opencontainers.image.ref.name"))
             .and_then(Value::as_str)
             .map(str::to_string)
     };
+    let host = (Some("linux".to_string()), Some(host_arch().to_string()));
+    if let [one] = manifests {
+        // The only image, unless its platform says it is for another machine.
+        return match platform(one) {
+            (None, None) => Ok(one),
+            p if p == host || is_index(one) => Ok(one),
+            p => Err(ImportError::source(
+                blobs.describe(path),
+                format!(
+                    "its only image is for {}, not for this machine ({})",
+                    show_platform(&p),
+                    show_platform(&host)
+                ),
+            )),
+        };
+    }
     let mut cands: Vec<&Value> = manifests
         .iter()
         .filter(|m| ref_name(m).is_some_and(|n| n == tag || n == reference))
@@ -423,22 +436,13 @@ fn pick<'a>(
         cands = manifests.iter().collect();
     }
     if cands.len() > 1 {
-        let platform = |m: &Value| {
-            let p = m.get("platform");
-            let s = |k| {
-                p.and_then(|p| p.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            (s("os"), s("architecture"))
-        };
-        let host: Vec<&Value> = cands
+        let on_host: Vec<&Value> = cands
             .iter()
             .copied()
-            .filter(|m| platform(m) == (Some("linux".into()), Some(host_arch().into())))
+            .filter(|m| platform(m) == host)
             .collect();
-        if !host.is_empty() {
-            cands = host;
+        if !on_host.is_empty() {
+            cands = on_host;
         }
     }
     match cands.as_slice() {
@@ -448,21 +452,140 @@ fn pick<'a>(
                 .iter()
                 .map(|m| {
                     let d = m.get("digest").and_then(Value::as_str).unwrap_or("?");
-                    let p = m.get("platform").map(|p| p.to_string()).unwrap_or_default();
-                    let n = ref_name(m).unwrap_or_default();
-                    format!("{d} {n} {p}").trim().to_string()
+                    let p = match platform(m) {
+                        (None, None) => "no platform".to_string(),
+                        p => show_platform(&p),
+                    };
+                    match ref_name(m) {
+                        Some(n) => format!("{n:?} ({p}, {d})"),
+                        None => format!("{d} ({p})"),
+                    }
                 })
                 .collect();
+            let none_has_platform = cands.iter().all(|m| platform(m) == (None, None));
+            let why = if none_has_platform {
+                format!(
+                    "{} images, none named {tag:?} (org.opencontainers.image.ref.name) and \
+                     none with a platform to choose by",
+                    cands.len()
+                )
+            } else {
+                format!(
+                    "{} images, none named {tag:?} and not one alone for {}",
+                    cands.len(),
+                    show_platform(&host)
+                )
+            };
             Err(ImportError::source(
                 blobs.describe(path),
                 format!(
-                    "{} manifests and none is for linux/{} or named {tag:?}: {}",
-                    cands.len(),
-                    host_arch(),
+                    "{why}; import one with a --tag whose tag is its name: {}",
                     list.join("; ")
                 ),
             ))
         }
+    }
+}
+
+/// A descriptor's (or config's) `os` and `architecture`.
+fn platform(v: &Value) -> (Option<String>, Option<String>) {
+    let p = v.get("platform").unwrap_or(v);
+    let s = |k| p.get(k).and_then(Value::as_str).map(str::to_string);
+    (s("os"), s("architecture"))
+}
+
+fn show_platform(p: &(Option<String>, Option<String>)) -> String {
+    format!(
+        "{}/{}",
+        p.0.as_deref().unwrap_or("?"),
+        p.1.as_deref().unwrap_or("?")
+    )
+}
+
+/// Media types of an image config (absent: older writers leave it out).
+const CONFIG_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Is `mt` the media type of a layer imagefs can unpack (a tar, plain or gzip; zstd is
+/// refused when read, by its magic bytes)?
+fn is_layer_type(mt: &str) -> bool {
+    let base = mt
+        .strip_prefix("application/vnd.oci.image.layer.")
+        .map(|r| {
+            r.strip_prefix("nondistributable.")
+                .unwrap_or(r)
+                .strip_prefix("v1.")
+        });
+    match base {
+        Some(Some(t)) => matches!(t, "tar" | "tar+gzip" | "tar+zstd"),
+        _ => matches!(
+            mt,
+            "application/vnd.docker.image.rootfs.diff.tar"
+                | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ),
+    }
+}
+
+/// Refuses what is not a container image for this machine: an artifact (a Helm chart, a
+/// signature...) stored as an OCI manifest, an encrypted layer, a config for another
+/// platform.
+fn check_image(blobs: &dyn Blobs, path: &str, manifest: &Value, config: &Value) -> Result<()> {
+    let refuse = |why: String| Err(ImportError::source(blobs.describe(path), why));
+    let config_type = manifest
+        .get("config")
+        .and_then(|c| c.get("mediaType"))
+        .and_then(Value::as_str);
+    if let Some(t) = config_type
+        && !CONFIG_TYPES.contains(&t)
+    {
+        let artifact = manifest
+            .get("artifactType")
+            .and_then(Value::as_str)
+            .unwrap_or(t);
+        return refuse(format!(
+            "not a container image but an artifact of type {artifact:?} (config media type {t:?})"
+        ));
+    }
+    for l in manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(t) = l.get("mediaType").and_then(Value::as_str) else {
+            continue;
+        };
+        if t.contains("+encrypted") {
+            return refuse(format!(
+                "an encrypted layer ({t:?}): decrypt the image first (skopeo copy --decryption-key)"
+            ));
+        }
+        if !is_layer_type(t) {
+            return refuse(format!(
+                "a layer of media type {t:?} is not a file system layer (not a container image?)"
+            ));
+        }
+    }
+    check_platform(blobs, path, config)
+}
+
+/// Refuses an image whose config is for another OS or architecture than this machine's.
+fn check_platform(blobs: &dyn Blobs, path: &str, config: &Value) -> Result<()> {
+    let host = (Some("linux".to_string()), Some(host_arch().to_string()));
+    match platform(config) {
+        (None, None) => Ok(()),
+        p if p == host => Ok(()),
+        p => Err(ImportError::source(
+            blobs.describe(path),
+            format!(
+                "the image is for {}, not for this machine ({})",
+                show_platform(&p),
+                show_platform(&host)
+            ),
+        )),
     }
 }
 
@@ -541,6 +664,7 @@ fn plan_manifest(blobs: &dyn Blobs, path: &str, manifest: &Value, digest: Digest
         &cpath,
         &read_verified(blobs, &cpath, &cdigest, desc_size(config_desc))?,
     )?;
+    check_image(blobs, path, manifest, &config)?;
     let descs = manifest
         .get("layers")
         .and_then(Value::as_array)
@@ -610,12 +734,24 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             match hits.as_slice() {
                 [one] => *one,
                 _ => {
+                    let tags: Vec<&str> = many
+                        .iter()
+                        .filter_map(|i| i.get("RepoTags").and_then(Value::as_array))
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let tags = if tags.is_empty() {
+                        "none of them is tagged".to_string()
+                    } else {
+                        format!("its tags: {}", tags.join(", "))
+                    };
                     return Err(ImportError::source(
                         blobs.describe(path),
                         format!(
-                            "{} images in the archive and none (or several) tagged {reference:?}; \
-                             import with the --tag of one of them",
-                            many.len()
+                            "{} images in the archive and {} tagged {reference:?}; import one \
+                             with its tag as --tag ({tags})",
+                            many.len(),
+                            if hits.is_empty() { "none" } else { "several" },
                         ),
                     ));
                 }
@@ -642,6 +778,7 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
         }
     }
     let config = parse_json(blobs, cpath, &config_bytes)?;
+    check_platform(blobs, cpath, &config)?;
     let paths = item
         .get("Layers")
         .and_then(Value::as_array)
