@@ -412,3 +412,43 @@ def test_messages_for_encrypted_layers_platformless_indexes_and_multi_image_arch
     two.write_bytes(buf.getvalue())
     err = assert_refused_and_nothing_stored(store, "docker.io/test/save:3", two, "two images")
     assert "test/save:1" in err and "test/save:2" in err, err
+
+
+# ---------------------------------------------------------------- bug 6: an interrupted import's work directory
+def test_an_interrupted_import_removes_its_work_directory(workdir):
+    import signal
+    import time
+    src = workdir / "big"
+    for i in range(1500):
+        d = src / f"d{i % 30}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(os.urandom(20000))
+    tarball = workdir / "big.tar"
+    assert sh("tar", "-C", src, "-cf", tarball, ".").returncode == 0
+    store = new_store(workdir)
+    imports = bookkeeping(store) / "import"
+    outcomes = []
+    for phase, sig in (("extracting", signal.SIGINT), ("mkfs.erofs", signal.SIGTERM),
+                       ("extracting", signal.SIGHUP)):
+        p = subprocess.Popen([str(imagefs_bin()), "import", "--store", str(store), "--tag",
+                              "docker.io/test/big:1", str(tarball)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and p.poll() is None:
+            work = list(imports.glob("*/rootfs")) if imports.is_dir() else []
+            if phase == "extracting" and work:
+                break
+            if phase == "mkfs.erofs" and sh("pgrep", "-f", f"mkfs.erofs.*{imports}").returncode == 0:
+                break
+            time.sleep(0.005)
+        if p.poll() is not None:
+            outcomes.append(f"{phase}: finished before the signal; cannot tell")
+            continue
+        p.send_signal(sig)
+        out, err = p.communicate(timeout=30)
+        left = [x.name for x in imports.iterdir()]
+        outcomes.append((phase, sig.name, p.returncode, left))
+        assert p.returncode in (128 + sig, -sig), (phase, p.returncode, err)
+        assert not left, f"{phase}, {sig.name}: the interrupted import left {left} (exit {p.returncode}: {err})"
+        assert not any((store / "content").glob("*")) if (store / "content").exists() else True
+    assert sum(isinstance(o, tuple) for o in outcomes) >= 2, outcomes

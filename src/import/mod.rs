@@ -18,7 +18,8 @@
 //! rename). That directory is removed on every error path; one left by a killed import
 //! (a live import holds an `flock` on its directory, a dead one does not) is reported by
 //! `fsck` and removed by the next import, mount, `fsck --repair` or `gc`
-//! ([`crate::store::import_work`]). `mkfs.erofs` dies with the import ([`build::mkfs`]).
+//! ([`crate::store::import_work`]); an import interrupted by SIGINT, SIGTERM or SIGHUP
+//! removes its own ([`interrupt`]). `mkfs.erofs` dies with the import ([`build::mkfs`]).
 //!
 //! Digest naming: OCI images are named by the sha256 of their manifest blob, as hypeman
 //! names pulled images; everything else (directories, tars, erofs images, and legacy
@@ -35,6 +36,7 @@
 mod at;
 pub mod build;
 pub mod install;
+mod interrupt;
 pub mod layer;
 pub mod oci;
 pub mod source;
@@ -341,6 +343,7 @@ impl WorkDir {
         // outlived a killed import (where it cannot be made to die with it: `build`) still
         // writes into it.
         let _ = nix::fcntl::fcntl(&lock, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty()));
+        interrupt::set_work_dir(Some(path.clone()));
         Ok(WorkDir { path, _lock: lock })
     }
 
@@ -351,6 +354,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
+        interrupt::set_work_dir(None);
         if let Err(e) = crate::store::fsutil::remove_tree(&self.path) {
             log::warn!("{}: cannot remove: {e}", self.path.display());
         }
@@ -359,6 +363,7 @@ impl Drop for WorkDir {
 
 /// `imagefs import`: runs [`import`], prints the outcome, returns the exit status.
 pub fn run(args: ImportArgs) -> i32 {
+    interrupt::install();
     let progress = !args.quiet && std::io::stderr().is_terminal();
     match import(&args.store, &args.reference, &args.source, progress) {
         Ok(o) => {
