@@ -452,3 +452,32 @@ def test_an_interrupted_import_removes_its_work_directory(workdir):
         assert not left, f"{phase}, {sig.name}: the interrupted import left {left} (exit {p.returncode}: {err})"
         assert not any((store / "content").glob("*")) if (store / "content").exists() else True
     assert sum(isinstance(o, tuple) for o in outcomes) >= 2, outcomes
+
+
+# ---------------------------------------------------------------- bug 4: sparse files
+@pytest.mark.parametrize("fmt", ["posix", "gnu"])
+def test_sparse_files_from_gnu_tar(workdir, fmt):
+    """GNU tar --sparse: PAX GNU.sparse 1.0 (--format=posix) was extracted as
+    GNUSparseFile.<pid>/<name> holding the sparse map; old GNU 'S' entries (--format=gnu) worked."""
+    src = workdir / "src"
+    (src / "d").mkdir(parents=True)
+    size = 64 << 20
+    with open(src / "d" / "sparse", "wb") as f:
+        f.write(b"head" * 1024)
+        f.seek(size // 2)
+        f.write(b"middle")
+        f.truncate(size)
+    tarball = workdir / "sparse.tar"
+    r = sh("tar", f"--format={fmt}", "--sparse", "-C", src, "-cf", tarball, ".")
+    assert r.returncode == 0, r.stderr
+    assert os.path.getsize(tarball) < 1 << 20, "GNU tar did not store the file sparse"
+    store = new_store(workdir)
+    hx = imported(store, "docker.io/test/sparse:1", tarball)
+    with kernel_mount(image_of(store, hx), workdir / "k") as k:
+        assert sorted(os.listdir(k / "d")) == ["sparse"]
+        p = k / "d" / "sparse"
+        assert os.path.getsize(p) == size
+        with open(p, "rb") as f:
+            assert f.read(4096) == b"head" * 1024
+            f.seek(size // 2 - 10)
+            assert f.read(20) == b"\0" * 10 + b"middle" + b"\0" * 4
