@@ -190,7 +190,8 @@ def build_docker_save(path: Path, *, compress=False) -> Path:
     """A legacy `docker save` tarball: manifest.json, <id>.json config, <id>/layer.tar layers; the second
     layer is a gzip blob reached through a symlink, as newer docker writes."""
     base, upper = make_tar(BASE_LAYER), make_tar(UPPER_LAYER)
-    cfg = json.dumps(CONFIG).encode()
+    diff_ids = [f"sha256:{hashlib.sha256(l).hexdigest()}" for l in (base, upper)]
+    cfg = json.dumps(dict(CONFIG, rootfs={"type": "layers", "diff_ids": diff_ids})).encode()
     cfg_hex = hashlib.sha256(cfg).hexdigest()
     upper_gz = gz(upper)
     upper_hex = hashlib.sha256(upper_gz).hexdigest()

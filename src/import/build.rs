@@ -52,6 +52,77 @@ fn mkfs_command() -> Command {
     c
 }
 
+/// Longest file name mkfs.erofs 1.5 stores: a legal 255-byte name fails it with "Could not
+/// format the device: [Error 2] No such file or directory".
+pub const MAX_NAME: usize = 254;
+/// Deepest directory nesting let through to mkfs.erofs: it recurses per level and crashes
+/// (SIGSEGV, no message) at about 1,950 levels with an 8 MiB stack; real images nest a few
+/// dozen deep.
+pub const MAX_DEPTH: usize = 1000;
+/// Longest path mkfs.erofs can open (PATH_MAX, with its NUL).
+const MAX_PATH: usize = libc::PATH_MAX as usize - 1;
+
+/// Checks `tree` against what mkfs.erofs can build, so that its failure is named here
+/// (which entry, which limit) rather than as mkfs.erofs's own unclear error or crash.
+pub fn check_limits(tree: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut todo: Vec<(std::path::PathBuf, usize)> = vec![(tree.to_path_buf(), 0)];
+    while let Some((dir, depth)) = todo.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| ImportError::io(dir.display(), e))?;
+        for e in entries {
+            let e = e.map_err(|e| ImportError::io(dir.display(), e))?;
+            let name = e.file_name();
+            let path = e.path();
+            let shown = || {
+                path.strip_prefix(tree)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string()
+            };
+            if name.as_bytes().len() > MAX_NAME {
+                return Err(ImportError::Build(format!(
+                    "cannot store {:?}: its name is {} bytes, and mkfs.erofs stores names of \
+                     at most {MAX_NAME}",
+                    shown(),
+                    name.as_bytes().len()
+                )));
+            }
+            if path.as_os_str().len() > MAX_PATH {
+                return Err(ImportError::Build(format!(
+                    "cannot store {:?}: its path in the build tree is {} bytes, longer than \
+                     mkfs.erofs can open ({MAX_PATH})",
+                    shown(),
+                    path.as_os_str().len()
+                )));
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                if depth + 1 > MAX_DEPTH {
+                    return Err(ImportError::Build(format!(
+                        "cannot store {:?}: directories nest more than {MAX_DEPTH} deep, \
+                         deeper than mkfs.erofs can build",
+                        shown()
+                    )));
+                }
+                todo.push((path, depth + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How mkfs.erofs ended, for a message: its exit status or the signal that killed it.
+fn describe_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => {
+            let name = nix::sys::signal::Signal::try_from(s).map_or("?", |s| s.as_str());
+            format!("killed by signal {s} ({name}): it crashed or was killed")
+        }
+        _ => status.to_string(),
+    }
+}
+
 /// Builds `image` from the directory `tree`.
 pub fn mkfs(tree: &Path, image: &Path) -> Result<()> {
     if !on_path("mkfs.erofs") {
@@ -59,6 +130,7 @@ pub fn mkfs(tree: &Path, image: &Path) -> Result<()> {
             "not found on PATH: install erofs-utils".into(),
         ));
     }
+    check_limits(tree)?;
     let out = mkfs_command()
         .args(["--quiet", "-zlz4", "-T0", "-U", FIXED_UUID])
         .arg(image)
@@ -68,14 +140,24 @@ pub fn mkfs(tree: &Path, image: &Path) -> Result<()> {
         .map_err(|e| ImportError::Build(format!("cannot run: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+        let tail: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .rev()
+            .take(5)
+            .collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let said = if tail.is_empty() {
+            "it printed no error".to_string()
+        } else {
+            format!("it said: {}", tail.join(" / "))
+        };
         return Err(ImportError::Build(format!(
-            "building {} from {} failed ({}): {}",
+            "building {} from {} failed ({}); {said}",
             image.display(),
             tree.display(),
-            out.status,
-            tail.join(" / ")
+            describe_status(out.status),
         )));
     }
     Ok(())

@@ -172,6 +172,15 @@ pub fn write_metadata(dir: &Path, meta: &MetaInput) -> Result<()> {
     Ok(())
 }
 
+/// Writes `dir/manifest.json` (0644): the OCI manifest blob the directory is named by, byte
+/// for byte, as hypeman's content layout keeps it.
+pub fn write_manifest(dir: &Path, manifest: &[u8]) -> Result<()> {
+    let path = dir.join("manifest.json");
+    fsutil::write_atomic(&path, manifest).map_err(|e| ImportError::io(path.display(), e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| ImportError::io(path.display(), e))
+}
+
 /// Installs the finished digest directory `built` as `content/<digest>` (unless it exists)
 /// and tags it `repo:tag`, with the store's own install ([`store::install::install_image`]).
 /// Returns whether the digest was already in the store.

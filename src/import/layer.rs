@@ -1,5 +1,6 @@
 //! Applies tar layers to a tree: regular files, directories, symlinks, hard links, devices
-//! and fifos with their modes, owners, mtimes and xattrs (PAX `SCHILY.xattr.*`), plus OCI
+//! and fifos with their modes, owners, mtimes and xattrs (PAX `SCHILY.xattr.*`, binary values
+//! included: [`tarstream`]), plus OCI
 //! whiteouts (`.wh.<name>`) and opaque directories (`.wh..wh..opq`).
 //!
 //! Nothing is ever written outside the tree:
@@ -11,17 +12,22 @@
 //! - the last component is created with `O_EXCL`/`mknodat`/`symlinkat` and changed only with
 //!   calls that do not follow it.
 
-use std::collections::HashSet;
-use std::ffi::CStr;
+use std::collections::{BTreeMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use super::at;
+use super::tarstream::{self, Kind};
 use super::{ImportError, Result};
 
 /// Longest chain of symlinks followed while resolving one parent path.
 const MAX_LINKS: usize = 40;
+
+/// A directory a layer writes into without an entry of its own: root's, 0755, as docker
+/// and umoci create it.
+const IMPLICIT_DIR_MODE: u32 = 0o755;
 
 /// How a tar stream is applied.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +107,66 @@ struct Tree {
     root: OwnedFd,
     whiteouts: bool,
     unpacked: HashSet<Vec<u8>>,
+    dirs: DirXattrs,
+}
+
+/// Directories' xattrs, held back until every layer is written: a default ACL
+/// (`system.posix_acl_default`) set on a directory at once would be inherited by every file
+/// created below it afterwards, which the image does not hold. Keyed by the directory's path
+/// in the tree; what is removed or replaced is forgotten.
+#[derive(Default)]
+pub struct DirXattrs(BTreeMap<Vec<u8>, Vec<(CString, Vec<u8>)>>);
+
+impl DirXattrs {
+    /// The xattrs of the directory at `path` are `xattrs` (a later entry for it replaces
+    /// what an earlier one set).
+    fn set(&mut self, path: Vec<u8>, xattrs: &[(CString, Vec<u8>)]) {
+        if xattrs.is_empty() {
+            self.0.remove(&path);
+        } else {
+            self.0.insert(path, xattrs.to_vec());
+        }
+    }
+
+    /// `path` and everything under it were removed.
+    fn forget(&mut self, path: &[u8]) {
+        self.0.retain(|k, _| {
+            !(k.as_slice() == path
+                || path.is_empty()
+                || k.starts_with(path) && k.get(path.len()) == Some(&b'/'))
+        });
+    }
+
+    /// Sets the held-back xattrs, once the tree is complete.
+    pub fn finish(self, tree: &Path) -> std::result::Result<(), LayerError> {
+        let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
+        for (path, xattrs) in self.0 {
+            // Component by component, never through a symlink: a record of a directory that
+            // became something else would have been forgotten.
+            let mut fd = root.try_clone().map_err(LayerError::Tree)?;
+            let mut found = true;
+            for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                match at::cstring(c).and_then(|c| at::open_dir(fd.as_fd(), &c)) {
+                    Ok(next) => fd = next,
+                    Err(e) => {
+                        log::debug!(
+                            "{}: {e}; its xattrs are not set",
+                            String::from_utf8_lossy(&path)
+                        );
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if !found {
+                continue;
+            }
+            for (k, v) in &xattrs {
+                at::set_xattr(fd.as_fd(), c".", k, v).map_err(|e| entry_err(&path, e))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn join(comps: &[Vec<u8>]) -> Vec<u8> {
@@ -109,7 +175,7 @@ fn join(comps: &[Vec<u8>]) -> Vec<u8> {
 
 impl Tree {
     /// Opens the directory `comps` (resolving symlinks inside the tree). Missing directories
-    /// are created (0755, root) when `create`.
+    /// are created ([`IMPLICIT_DIR_MODE`], root) when `create`.
     fn open_dir(&self, comps: &[Vec<u8>], create: bool) -> io::Result<OwnedFd> {
         let mut stack: Vec<OwnedFd> = vec![self.root.try_clone()?];
         let mut todo: std::collections::VecDeque<Vec<u8>> = comps.iter().cloned().collect();
@@ -132,8 +198,13 @@ impl Tree {
             match at::open_dir(cur.as_fd(), &name) {
                 Ok(fd) => stack.push(fd),
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                    match at::mkdir(cur.as_fd(), &name, 0o755) {
-                        Ok(()) => {}
+                    match at::mkdir(cur.as_fd(), &name, IMPLICIT_DIR_MODE) {
+                        // Set, not left to mkdir: the umask would clear bits (another
+                        // digest for another user), a set-gid parent would add its group.
+                        Ok(()) => {
+                            at::lchown(cur.as_fd(), &name, 0, 0)?;
+                            at::chmod(cur.as_fd(), &name, IMPLICIT_DIR_MODE)?;
+                        }
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(e),
                     }
@@ -164,53 +235,49 @@ impl Tree {
 
     fn apply_entry<R: Read>(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
+        tar: &mut tarstream::Reader<R>,
+        entry: &tarstream::Entry,
     ) -> std::result::Result<(), LayerError> {
-        let raw_name = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            tar::EntryType::XGlobalHeader
-                | tar::EntryType::XHeader
-                | tar::EntryType::GNULongName
-                | tar::EntryType::GNULongLink
-        ) {
-            return Ok(());
-        }
-        let comps = clean_path(&raw_name).map_err(|r| entry_err(&raw_name, r))?;
-        let meta = EntryMeta::read(entry).map_err(|r| entry_err(&raw_name, r))?;
+        let raw_name = &entry.name;
+        let kind = entry.kind;
+        let comps = clean_path(raw_name).map_err(|r| entry_err(raw_name, r))?;
+        let meta = EntryMeta::read(entry).map_err(|r| entry_err(raw_name, r))?;
         let Some((name, parent)) = comps.split_last() else {
             // The root itself ("./"): only its metadata.
-            if kind.is_dir() {
+            if kind == Kind::Dir {
                 let root = self.root.try_clone().map_err(LayerError::Tree)?;
                 meta.apply_dir(root.as_fd())
-                    .map_err(|e| entry_err(&raw_name, e))?;
+                    .map_err(|e| entry_err(raw_name, e))?;
+                self.dirs.set(Vec::new(), &meta.xattrs);
             }
             return Ok(());
         };
         if self.whiteouts && name.starts_with(b".wh.") {
             return self
                 .whiteout(parent, name)
-                .map_err(|e| entry_err(&raw_name, e));
+                .map_err(|e| entry_err(raw_name, e));
         }
-        let cname = at::cstring(name).map_err(|e| entry_err(&raw_name, e))?;
+        if let Kind::Other(flag) = kind {
+            log::warn!(
+                "{}: unsupported tar entry type {:?}; skipped",
+                String::from_utf8_lossy(raw_name),
+                char::from(flag)
+            );
+            return Ok(());
+        }
+        let cname = at::cstring(name).map_err(|e| entry_err(raw_name, e))?;
         let dir = self
             .open_dir(parent, true)
-            .map_err(|e| entry_err(&raw_name, format!("parent directory: {e}")))?;
+            .map_err(|e| entry_err(raw_name, format!("parent directory: {e}")))?;
         let dir = dir.as_fd();
-        let existing = at::lstat_opt(dir, &cname).map_err(|e| entry_err(&raw_name, e))?;
-        let keep_dir = kind.is_dir() && existing.as_ref().is_some_and(at::is_dir);
+        let existing = at::lstat_opt(dir, &cname).map_err(|e| entry_err(raw_name, e))?;
+        let keep_dir = kind == Kind::Dir && existing.as_ref().is_some_and(at::is_dir);
         // A hard link to the very path it replaces keeps what is there.
         let link_target = match kind {
-            tar::EntryType::Link => {
-                let t = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| entry_err(&raw_name, "hard link without a target"))?;
-                Some(
-                    clean_path(&t)
-                        .map_err(|r| entry_err(&raw_name, format!("hard link target: {r}")))?,
-                )
-            }
+            Kind::Link => Some(
+                clean_path(&entry.link)
+                    .map_err(|r| entry_err(raw_name, format!("hard link target: {r}")))?,
+            ),
             _ => None,
         };
         if link_target.as_deref() == Some(comps.as_slice()) {
@@ -218,54 +285,46 @@ impl Tree {
         }
         if existing.is_some() && !keep_dir {
             at::remove_tree(dir, &cname)
-                .map_err(|e| entry_err(&raw_name, format!("replacing: {e}")))?;
+                .map_err(|e| entry_err(raw_name, format!("replacing: {e}")))?;
+            self.dirs.forget(&join(&comps));
         }
         // The entry and its ancestors were written by this layer (an opaque marker later in
         // the layer must keep them).
         for n in 1..=comps.len() {
             self.unpacked.insert(join(&comps[..n]));
         }
-        let fail = |e: io::Error| entry_err(&raw_name, e);
+        let fail = |e: io::Error| entry_err(raw_name, e);
         match kind {
-            tar::EntryType::Directory => {
+            Kind::Dir => {
                 if !keep_dir {
                     at::mkdir(dir, &cname, 0o700).map_err(fail)?;
                 }
                 let fd = at::open_dir(dir, &cname).map_err(fail)?;
                 meta.apply_dir(fd.as_fd()).map_err(fail)?;
+                self.dirs.set(join(&comps), &meta.xattrs);
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            Kind::Regular => {
                 let mut f = at::create_file(dir, &cname).map_err(fail)?;
-                let want = entry.size();
-                let n = io::copy(entry, &mut f).map_err(LayerError::Read)?;
-                if n != want && kind != tar::EntryType::GNUSparse {
-                    return Err(LayerError::Read(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{}: {n} of {want} bytes (truncated archive)",
-                            String::from_utf8_lossy(&raw_name)
-                        ),
-                    )));
-                }
+                write_data(&mut f, tar, entry.sparse.as_ref())?;
                 drop(f);
                 meta.apply_at(dir, &cname, false).map_err(fail)?;
             }
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| entry_err(&raw_name, "symlink without a target"))?;
-                let target = at::cstring(&target).map_err(fail)?;
+            Kind::Symlink => {
+                if entry.link.is_empty() {
+                    return Err(entry_err(raw_name, "symlink without a target"));
+                }
+                let target = at::cstring(&entry.link).map_err(fail)?;
                 at::symlink(&target, dir, &cname).map_err(fail)?;
                 meta.apply_at(dir, &cname, true).map_err(fail)?;
             }
-            tar::EntryType::Link => {
+            Kind::Link => {
                 let target = link_target.unwrap_or_default();
                 let Some((tname, tparent)) = target.split_last() else {
-                    return Err(entry_err(&raw_name, "hard link to the root directory"));
+                    return Err(entry_err(raw_name, "hard link to the root directory"));
                 };
                 let tdir = self.open_dir(tparent, false).map_err(|e| {
                     entry_err(
-                        &raw_name,
+                        raw_name,
                         format!(
                             "hard link target {:?}: {e}",
                             String::from_utf8_lossy(&join(&target))
@@ -275,7 +334,7 @@ impl Tree {
                 let tname = at::cstring(tname).map_err(fail)?;
                 at::link(tdir.as_fd(), &tname, dir, &cname).map_err(|e| {
                     entry_err(
-                        &raw_name,
+                        raw_name,
                         format!(
                             "hard link to {:?}: {e}",
                             String::from_utf8_lossy(&join(&target))
@@ -283,31 +342,24 @@ impl Tree {
                     )
                 })?;
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            Kind::Char | Kind::Block | Kind::Fifo => {
                 let fmt = match kind {
-                    tar::EntryType::Char => libc::S_IFCHR,
-                    tar::EntryType::Block => libc::S_IFBLK,
+                    Kind::Char => libc::S_IFCHR,
+                    Kind::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                let dev = libc::makedev(major, minor);
+                let dev = libc::makedev(entry.dev_major, entry.dev_minor);
                 at::mknod(dir, &cname, fmt | 0o600, dev).map_err(fail)?;
                 meta.apply_at(dir, &cname, false).map_err(fail)?;
             }
-            other => {
-                log::warn!(
-                    "{}: unsupported tar entry type {other:?}; skipped",
-                    String::from_utf8_lossy(&raw_name)
-                );
-            }
+            Kind::Other(_) => {}
         }
         Ok(())
     }
 
-    /// `.wh.<name>` removes `<name>` from the lower layers; `.wh..wh..opq` empties the
-    /// directory of what lower layers put there.
-    fn whiteout(&self, parent: &[Vec<u8>], name: &[u8]) -> io::Result<()> {
+    /// `.wh.<name>` removes `<name>` from the lower layers (not what this layer wrote);
+    /// `.wh..wh..opq` empties the directory of what lower layers put there.
+    fn whiteout(&mut self, parent: &[Vec<u8>], name: &[u8]) -> io::Result<()> {
         let dir = match self.open_dir(parent, false) {
             Ok(d) => d,
             // Nothing below to hide.
@@ -330,11 +382,28 @@ impl Tree {
                 "whiteout of nothing",
             ));
         }
-        at::remove_tree(dir.as_fd(), &at::cstring(victim)?)
+        let mut path = join(parent);
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(victim);
+        let cvictim = at::cstring(victim)?;
+        if self.unpacked.contains(&path) {
+            // A whiteout hides the lower layers' entry only, never what this layer wrote
+            // (OCI image spec, as umoci applies it): of a directory this layer wrote into,
+            // only what the lower layers put there goes.
+            if at::lstat_opt(dir.as_fd(), &cvictim)?.is_some_and(|st| at::is_dir(&st)) {
+                let sub = at::open_dir(dir.as_fd(), &cvictim)?;
+                self.opaque(sub.as_fd(), &path)?;
+            }
+            return Ok(());
+        }
+        self.dirs.forget(&path);
+        at::remove_tree(dir.as_fd(), &cvictim)
     }
 
     /// Removes every entry under `dir` (path `rel`) that this layer did not write.
-    fn opaque(&self, dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<()> {
+    fn opaque(&mut self, dir: BorrowedFd<'_>, rel: &[u8]) -> io::Result<()> {
         for child in at::list(dir)? {
             let mut path = rel.to_vec();
             if !path.is_empty() {
@@ -344,6 +413,7 @@ impl Tree {
             let c = at::cstring(&child)?;
             if !self.unpacked.contains(&path) {
                 at::remove_tree(dir, &c)?;
+                self.dirs.forget(&path);
             } else if at::lstat(dir, &c).is_ok_and(|st| at::is_dir(&st)) {
                 let sub = at::open_dir(dir, &c)?;
                 self.opaque(sub.as_fd(), &path)?;
@@ -363,64 +433,31 @@ struct EntryMeta {
 }
 
 impl EntryMeta {
-    fn read<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::result::Result<EntryMeta, String> {
-        let h = entry.header();
-        // Ids from the header, unless PAX records override them (then the header's may be blank).
-        let mut uid = h.uid().ok().and_then(|v| u32::try_from(v).ok());
-        let mut gid = h.gid().ok().and_then(|v| u32::try_from(v).ok());
-        let mode = h.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777;
-        let mut mtime = h.mtime().map(|m| m as i64).unwrap_or(0);
-        let mut xattrs = Vec::new();
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax {
-                let ext = ext.map_err(|e| format!("bad PAX header: {e}"))?;
-                let Ok(key) = ext.key() else { continue };
-                let value = ext.value_bytes();
-                let parse = || {
-                    std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|s| s.split('.').next()?.parse::<i64>().ok())
-                };
-                if let Some(x) = key.strip_prefix("SCHILY.xattr.") {
-                    let k = std::ffi::CString::new(x)
-                        .map_err(|_| "xattr name contains NUL".to_string())?;
-                    xattrs.push((k, value.to_vec()));
-                } else if key == "uid" {
-                    uid = Some(
-                        parse()
-                            .and_then(|v| u32::try_from(v).ok())
-                            .ok_or("bad PAX uid")?,
-                    );
-                } else if key == "gid" {
-                    gid = Some(
-                        parse()
-                            .and_then(|v| u32::try_from(v).ok())
-                            .ok_or("bad PAX gid")?,
-                    );
-                } else if key == "mtime" {
-                    mtime = parse().unwrap_or(mtime);
-                }
-            }
+    fn read(e: &tarstream::Entry) -> std::result::Result<EntryMeta, String> {
+        let id = |v: u64, what: &str| {
+            u32::try_from(v).map_err(|_| format!("{what} {v} is out of range"))
+        };
+        let mut xattrs = Vec::with_capacity(e.xattrs.len());
+        for (k, v) in &e.xattrs {
+            let k = std::ffi::CString::new(k.as_slice())
+                .map_err(|_| "xattr name contains NUL".to_string())?;
+            xattrs.push((k, v.clone()));
         }
         Ok(EntryMeta {
-            uid: uid.ok_or("bad uid field")?,
-            gid: gid.ok_or("bad gid field")?,
-            mode,
-            mtime,
+            uid: id(e.uid, "uid")?,
+            gid: id(e.gid, "gid")?,
+            mode: e.mode,
+            mtime: e.mtime,
             xattrs,
         })
     }
 
-    /// Owner, mode, xattrs of an open directory (its mtime would change as entries are added;
-    /// `mkfs.erofs -T` fixes every timestamp anyway).
+    /// Owner and mode of an open directory (its xattrs wait in [`DirXattrs`]; its mtime
+    /// would change as entries are added; `mkfs.erofs -T` fixes every timestamp anyway).
     fn apply_dir(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let dot = c".";
         at::lchown(fd, dot, self.uid, self.gid)?;
-        at::chmod(fd, dot, self.mode)?;
-        for (k, v) in &self.xattrs {
-            at::set_xattr(fd, dot, k, v)?;
-        }
-        Ok(())
+        at::chmod(fd, dot, self.mode)
     }
 
     /// Owner, mode (not for symlinks), xattrs and mtime of `name` in `dir`.
@@ -437,26 +474,69 @@ impl EntryMeta {
     }
 }
 
-/// Applies one tar stream to the tree at `tree`.
+/// Writes the current entry's data into `f`: a sparse file's chunks at their offsets (the
+/// holes stay holes), then its full size.
+fn write_data<R: Read>(
+    f: &mut std::fs::File,
+    tar: &mut tarstream::Reader<R>,
+    sparse: Option<&tarstream::Sparse>,
+) -> std::result::Result<(), LayerError> {
+    use std::io::{Seek, SeekFrom};
+    let Some(s) = sparse else {
+        io::copy(&mut tar.data(), f).map_err(LayerError::Read)?;
+        return Ok(());
+    };
+    for &(off, len) in &s.chunks {
+        f.seek(SeekFrom::Start(off)).map_err(LayerError::Read)?;
+        let n = io::copy(&mut tar.data().take(len), f).map_err(LayerError::Read)?;
+        if n != len {
+            return Err(LayerError::Read(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated archive: it ends inside a sparse file's data",
+            )));
+        }
+    }
+    f.set_len(s.size).map_err(LayerError::Read)
+}
+
+/// Applies one tar stream to the tree at `tree`, the whole image: its directories' xattrs
+/// are set at the end.
 pub fn apply<R: Read>(
     tree: &Path,
     reader: R,
     opts: Options,
+) -> std::result::Result<(), LayerError> {
+    let mut dirs = DirXattrs::default();
+    apply_layer(tree, reader, opts, &mut dirs)?;
+    dirs.finish(tree)
+}
+
+/// Applies one tar stream (one layer of several) to the tree at `tree`; its directories'
+/// xattrs go into `dirs`, to be set once every layer is written ([`DirXattrs::finish`]).
+pub fn apply_layer<R: Read>(
+    tree: &Path,
+    reader: R,
+    opts: Options,
+    dirs: &mut DirXattrs,
 ) -> std::result::Result<(), LayerError> {
     let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
     let mut t = Tree {
         root,
         whiteouts: opts.whiteouts,
         unpacked: HashSet::new(),
+        dirs: std::mem::take(dirs),
     };
-    let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(LayerError::Read)?;
-    for entry in entries {
-        let mut entry = entry.map_err(LayerError::Read)?;
-        t.apply_entry(&mut entry)?;
-    }
+    let mut tar = tarstream::Reader::new(reader);
+    let r = (|| {
+        while let Some(entry) = tar.next().map_err(LayerError::Read)? {
+            t.apply_entry(&mut tar, &entry)?;
+        }
+        Ok(())
+    })();
+    *dirs = std::mem::take(&mut t.dirs);
+    r?;
     // Read to the end: a layer's digest covers its trailing blocks too.
-    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
+    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(LayerError::Read)?;
     Ok(())
 }
 

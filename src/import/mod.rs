@@ -18,7 +18,8 @@
 //! rename). That directory is removed on every error path; one left by a killed import
 //! (a live import holds an `flock` on its directory, a dead one does not) is reported by
 //! `fsck` and removed by the next import, mount, `fsck --repair` or `gc`
-//! ([`crate::store::import_work`]). `mkfs.erofs` dies with the import ([`build::mkfs`]).
+//! ([`crate::store::import_work`]); an import interrupted by SIGINT, SIGTERM or SIGHUP
+//! removes its own ([`interrupt`]). `mkfs.erofs` dies with the import ([`build::mkfs`]).
 //!
 //! Digest naming: OCI images are named by the sha256 of their manifest blob, as hypeman
 //! names pulled images; everything else (directories, tars, erofs images, and legacy
@@ -35,9 +36,11 @@
 mod at;
 pub mod build;
 pub mod install;
+mod interrupt;
 pub mod layer;
 pub mod oci;
 pub mod source;
+pub mod tarstream;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -244,7 +247,7 @@ pub fn import(
             };
             let tree = work.path().join("rootfs");
             match oci::TarBlobs::index(&tar, source)? {
-                Some(blobs) => from_image(&blobs, &name, &tree, &image, progress)?,
+                Some(blobs) => from_image(&blobs, &name, &tree, &out, progress)?,
                 None => {
                     progress.say("extracting");
                     layer::extract_tar_file(&tar, source, &tree)?;
@@ -258,7 +261,7 @@ pub fn import(
         source::Kind::OciDir => {
             let blobs = oci::DirBlobs::new(source);
             let tree = work.path().join("rootfs");
-            from_image(&blobs, &name, &tree, &image, progress)?
+            from_image(&blobs, &name, &tree, &out, progress)?
         }
     };
     install::write_metadata(&out, &meta)?;
@@ -273,16 +276,19 @@ pub fn import(
     })
 }
 
-/// Applies an OCI / docker-save image's layers into `tree` and builds `image` from it.
+/// Applies an OCI / docker-save image's layers into `tree` and builds `out/rootfs.erofs`
+/// from it (and `out/manifest.json` for an OCI image).
 fn from_image(
     blobs: &dyn oci::Blobs,
     name: &str,
     tree: &Path,
-    image: &Path,
+    out: &Path,
     progress: Progress,
 ) -> Result<(Digest, install::MetaInput)> {
+    let image = &out.join("rootfs.erofs");
     let plan = oci::plan(blobs, name)?;
     layer::create_root(tree)?;
+    let mut dirs = layer::DirXattrs::default();
     let n = plan.layers.len();
     for (i, l) in plan.layers.iter().enumerate() {
         progress.say(format_args!(
@@ -293,12 +299,19 @@ fn from_image(
                 .map(|s| format!(" ({})", human_size(s)))
                 .unwrap_or_default()
         ));
-        oci::apply_layer(blobs, l, tree)?;
+        oci::apply_layer(blobs, l, tree, &mut dirs)?;
     }
+    dirs.finish(tree)
+        .map_err(|e| e.into_import(&tree.display().to_string()))?;
     progress.say("building the erofs image");
     build::mkfs(tree, image)?;
     let (erofs_digest, size) = build::hash_file(image)?;
     let digest = plan.manifest_digest.unwrap_or(erofs_digest);
+    if let Some(manifest) = &plan.manifest {
+        // hypeman's content layout keeps the manifest the directory is named by; fsck checks
+        // the name of a directory without one against the sha256 of its image.
+        install::write_manifest(out, manifest)?;
+    }
     let meta = install::MetaInput::from_config(name, digest, size, &plan.config);
     Ok((digest, meta))
 }
@@ -330,6 +343,7 @@ impl WorkDir {
         // outlived a killed import (where it cannot be made to die with it: `build`) still
         // writes into it.
         let _ = nix::fcntl::fcntl(&lock, nix::fcntl::F_SETFD(nix::fcntl::FdFlag::empty()));
+        interrupt::set_work_dir(Some(path.clone()));
         Ok(WorkDir { path, _lock: lock })
     }
 
@@ -340,6 +354,7 @@ impl WorkDir {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
+        interrupt::set_work_dir(None);
         if let Err(e) = crate::store::fsutil::remove_tree(&self.path) {
             log::warn!("{}: cannot remove: {e}", self.path.display());
         }
@@ -348,6 +363,7 @@ impl Drop for WorkDir {
 
 /// `imagefs import`: runs [`import`], prints the outcome, returns the exit status.
 pub fn run(args: ImportArgs) -> i32 {
+    interrupt::install();
     let progress = !args.quiet && std::io::stderr().is_terminal();
     match import(&args.store, &args.reference, &args.source, progress) {
         Ok(o) => {

@@ -15,10 +15,14 @@ use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::layer;
+use super::tarstream::Kind;
 use super::{ImportError, Result};
 use crate::store::Digest;
 
@@ -110,40 +114,47 @@ pub struct TarBlobs {
 impl TarBlobs {
     /// Indexes `tar` (uncompressed; `shown` names the user's file in messages). Returns
     /// `None` when the archive is not an image (no `manifest.json`, nor `oci-layout` and
-    /// `index.json`, at its top): it is then a root file tree.
+    /// `index.json`, at its top): it is then a root file tree. An archive that ends without
+    /// its end-of-archive blocks was cut (at an entry boundary) and is refused, as is one
+    /// that looks like an image archive but is not a whole one.
     pub fn index(tar: &Path, shown: &Path) -> Result<Option<TarBlobs>> {
         let err = |e: io::Error| {
             ImportError::source(shown.display(), format!("reading the archive: {e}"))
         };
         let f = std::fs::File::open(tar).map_err(|e| ImportError::io(shown.display(), e))?;
-        let mut archive = tar::Archive::new(f);
+        let mut reader = super::tarstream::Reader::new(io::BufReader::with_capacity(1 << 20, f));
         let mut entries = HashMap::new();
-        for e in archive.entries_with_seek().map_err(err)? {
-            let e = e.map_err(err)?;
-            let Some(name) = clean_rel(&String::from_utf8_lossy(&e.path_bytes())) else {
+        while let Some(e) = reader.next().map_err(err)? {
+            let Some(name) = clean_rel(&String::from_utf8_lossy(&e.name)) else {
                 continue;
             };
-            let loc = match e.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => TarLoc::File {
-                    offset: e.raw_file_position(),
-                    size: e.size(),
+            let loc = match e.kind {
+                Kind::Regular if e.sparse.is_none() => TarLoc::File {
+                    offset: e.data_offset,
+                    size: e.size,
                 },
-                tar::EntryType::Symlink => match e.link_name_bytes() {
-                    Some(t) => TarLoc::Symlink(String::from_utf8_lossy(&t).into_owned()),
-                    None => continue,
-                },
-                tar::EntryType::Link => match e.link_name_bytes() {
-                    Some(t) => TarLoc::HardLink(String::from_utf8_lossy(&t).into_owned()),
-                    None => continue,
-                },
+                Kind::Symlink => TarLoc::Symlink(String::from_utf8_lossy(&e.link).into_owned()),
+                Kind::Link => TarLoc::HardLink(String::from_utf8_lossy(&e.link).into_owned()),
                 _ => continue,
             };
             entries.insert(name, loc);
+        }
+        if !reader.ended() {
+            return Err(ImportError::source(
+                shown.display(),
+                "truncated archive: it ends without its end-of-archive blocks",
+            ));
         }
         let is_image = entries.contains_key("manifest.json")
             && docker_manifest_is_valid(tar, &entries)
             || (entries.contains_key("oci-layout") && entries.contains_key("index.json"));
         if !is_image {
+            if let Some(why) = looks_like_an_image(&entries) {
+                return Err(ImportError::source(
+                    shown.display(),
+                    format!("{why}: not a whole image archive (cut or damaged?)"),
+                ));
+            }
             return Ok(None);
         }
         Ok(Some(TarBlobs {
@@ -170,6 +181,29 @@ impl TarBlobs {
         }
         None
     }
+}
+
+/// Why an archive that is not an image looks like a part of one (`None` for a root tree):
+/// an `oci-layout` at its top, or a `manifest.json` beside `docker save`'s `repositories`,
+/// `blobs/` or `<id>/layer.tar`. A root file tree holds none of these at its top.
+fn looks_like_an_image(entries: &HashMap<String, TarLoc>) -> Option<String> {
+    if entries.contains_key("oci-layout") {
+        return Some("an OCI layout (oci-layout) without a usable index.json".into());
+    }
+    let docker_parts = entries.contains_key("repositories")
+        || entries.keys().any(|k| {
+            k.starts_with("blobs/sha256/")
+                || k.strip_suffix("/layer.tar")
+                    .is_some_and(|d| !d.is_empty() && !d.contains('/'))
+        });
+    if docker_parts {
+        return Some(if entries.contains_key("manifest.json") {
+            "a docker save archive whose manifest.json is not a valid one".into()
+        } else {
+            "a docker save archive without manifest.json".into()
+        });
+    }
+    None
 }
 
 /// Is the archive's `manifest.json` a docker-save manifest (an array of objects with `Layers`)?
@@ -228,6 +262,8 @@ pub struct LayerRef {
     /// Its digest, when the format gives one (checked while reading).
     pub digest: Option<Digest>,
     pub size: Option<u64>,
+    /// The sha256 of the uncompressed tar, from the config's `rootfs.diff_ids`.
+    pub diff_id: Option<Digest>,
 }
 
 /// What to build: the layers in order, the image config and the manifest's digest.
@@ -236,6 +272,8 @@ pub struct Plan {
     pub layers: Vec<LayerRef>,
     pub config: Value,
     pub manifest_digest: Option<Digest>,
+    /// The manifest blob, as it is named by `manifest_digest` (kept as `manifest.json`).
+    pub manifest: Option<Vec<u8>>,
 }
 
 fn blob_path(desc: &Value, blobs: &dyn Blobs, what: &str) -> Result<(String, Digest)> {
@@ -254,8 +292,68 @@ fn blob_path(desc: &Value, blobs: &dyn Blobs, what: &str) -> Result<(String, Dig
     Ok((format!("blobs/sha256/{hex}"), digest))
 }
 
-/// Reads a small blob and checks its digest.
-fn read_verified(blobs: &dyn Blobs, path: &str, digest: &Digest) -> Result<Vec<u8>> {
+/// The config's `rootfs.diff_ids`: `Ok(None)` when it lists none.
+fn diff_ids(config: &Value, blobs: &dyn Blobs, cpath: &str) -> Result<Option<Vec<Digest>>> {
+    let Some(ids) = config
+        .get("rootfs")
+        .and_then(|r| r.get("diff_ids"))
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    else {
+        return Ok(None);
+    };
+    ids.iter()
+        .map(|d| {
+            d.as_str()
+                .and_then(|d| d.strip_prefix("sha256:"))
+                .and_then(Digest::parse_hex)
+                .ok_or_else(|| {
+                    ImportError::source(
+                        blobs.describe(cpath),
+                        format!("rootfs.diff_ids: {d} is not a sha256 digest"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// The diff ID of each of `n` layers: the config must list one per layer.
+fn layer_diff_ids(
+    config: &Value,
+    n: usize,
+    required: bool,
+    blobs: &dyn Blobs,
+    cpath: &str,
+) -> Result<Vec<Option<Digest>>> {
+    match diff_ids(config, blobs, cpath)? {
+        Some(ids) if ids.len() == n => Ok(ids.into_iter().map(Some).collect()),
+        Some(ids) => Err(ImportError::source(
+            blobs.describe(cpath),
+            format!(
+                "rootfs.diff_ids lists {} layers, but the manifest {n}",
+                ids.len()
+            ),
+        )),
+        None if required && n > 0 => Err(ImportError::source(
+            blobs.describe(cpath),
+            "the image config lists no rootfs.diff_ids (cannot check the layers)",
+        )),
+        None => Ok(vec![None; n]),
+    }
+}
+
+fn desc_size(desc: &Value) -> Option<u64> {
+    desc.get("size").and_then(Value::as_u64)
+}
+
+/// Reads a small blob and checks its digest and its descriptor's size.
+fn read_verified(
+    blobs: &dyn Blobs,
+    path: &str,
+    digest: &Digest,
+    size: Option<u64>,
+) -> Result<Vec<u8>> {
     if !blobs.exists(path) {
         return Err(ImportError::source(blobs.describe(path), "missing blob"));
     }
@@ -265,6 +363,14 @@ fn read_verified(blobs: &dyn Blobs, path: &str, digest: &Digest) -> Result<Vec<u
         return Err(ImportError::source(
             blobs.describe(path),
             format!("content does not match its digest (sha256:{got})"),
+        ));
+    }
+    if let Some(want) = size
+        && bytes.len() as u64 != want
+    {
+        return Err(ImportError::source(
+            blobs.describe(path),
+            format!("{} bytes, but its descriptor says {want}", bytes.len()),
         ));
     }
     Ok(bytes)
@@ -300,15 +406,28 @@ fn pick<'a>(
             "the index lists no manifests",
         ));
     }
-    if manifests.len() == 1 {
-        return Ok(&manifests[0]);
-    }
     let ref_name = |m: &Value| {
         m.get("annotations")
             .and_then(|a| a.get("org.opencontainers.image.ref.name"))
             .and_then(Value::as_str)
             .map(str::to_string)
     };
+    let host = (Some("linux".to_string()), Some(host_arch().to_string()));
+    if let [one] = manifests {
+        // The only image, unless its platform says it is for another machine.
+        return match platform(one) {
+            (None, None) => Ok(one),
+            p if p == host || is_index(one) => Ok(one),
+            p => Err(ImportError::source(
+                blobs.describe(path),
+                format!(
+                    "its only image is for {}, not for this machine ({})",
+                    show_platform(&p),
+                    show_platform(&host)
+                ),
+            )),
+        };
+    }
     let mut cands: Vec<&Value> = manifests
         .iter()
         .filter(|m| ref_name(m).is_some_and(|n| n == tag || n == reference))
@@ -317,22 +436,13 @@ fn pick<'a>(
         cands = manifests.iter().collect();
     }
     if cands.len() > 1 {
-        let platform = |m: &Value| {
-            let p = m.get("platform");
-            let s = |k| {
-                p.and_then(|p| p.get(k))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            };
-            (s("os"), s("architecture"))
-        };
-        let host: Vec<&Value> = cands
+        let on_host: Vec<&Value> = cands
             .iter()
             .copied()
-            .filter(|m| platform(m) == (Some("linux".into()), Some(host_arch().into())))
+            .filter(|m| platform(m) == host)
             .collect();
-        if !host.is_empty() {
-            cands = host;
+        if !on_host.is_empty() {
+            cands = on_host;
         }
     }
     match cands.as_slice() {
@@ -342,21 +452,140 @@ fn pick<'a>(
                 .iter()
                 .map(|m| {
                     let d = m.get("digest").and_then(Value::as_str).unwrap_or("?");
-                    let p = m.get("platform").map(|p| p.to_string()).unwrap_or_default();
-                    let n = ref_name(m).unwrap_or_default();
-                    format!("{d} {n} {p}").trim().to_string()
+                    let p = match platform(m) {
+                        (None, None) => "no platform".to_string(),
+                        p => show_platform(&p),
+                    };
+                    match ref_name(m) {
+                        Some(n) => format!("{n:?} ({p}, {d})"),
+                        None => format!("{d} ({p})"),
+                    }
                 })
                 .collect();
+            let none_has_platform = cands.iter().all(|m| platform(m) == (None, None));
+            let why = if none_has_platform {
+                format!(
+                    "{} images, none named {tag:?} (org.opencontainers.image.ref.name) and \
+                     none with a platform to choose by",
+                    cands.len()
+                )
+            } else {
+                format!(
+                    "{} images, none named {tag:?} and not one alone for {}",
+                    cands.len(),
+                    show_platform(&host)
+                )
+            };
             Err(ImportError::source(
                 blobs.describe(path),
                 format!(
-                    "{} manifests and none is for linux/{} or named {tag:?}: {}",
-                    cands.len(),
-                    host_arch(),
+                    "{why}; import one with a --tag whose tag is its name: {}",
                     list.join("; ")
                 ),
             ))
         }
+    }
+}
+
+/// A descriptor's (or config's) `os` and `architecture`.
+fn platform(v: &Value) -> (Option<String>, Option<String>) {
+    let p = v.get("platform").unwrap_or(v);
+    let s = |k| p.get(k).and_then(Value::as_str).map(str::to_string);
+    (s("os"), s("architecture"))
+}
+
+fn show_platform(p: &(Option<String>, Option<String>)) -> String {
+    format!(
+        "{}/{}",
+        p.0.as_deref().unwrap_or("?"),
+        p.1.as_deref().unwrap_or("?")
+    )
+}
+
+/// Media types of an image config (absent: older writers leave it out).
+const CONFIG_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// Is `mt` the media type of a layer imagefs can unpack (a tar, plain or gzip; zstd is
+/// refused when read, by its magic bytes)?
+fn is_layer_type(mt: &str) -> bool {
+    let base = mt
+        .strip_prefix("application/vnd.oci.image.layer.")
+        .map(|r| {
+            r.strip_prefix("nondistributable.")
+                .unwrap_or(r)
+                .strip_prefix("v1.")
+        });
+    match base {
+        Some(Some(t)) => matches!(t, "tar" | "tar+gzip" | "tar+zstd"),
+        _ => matches!(
+            mt,
+            "application/vnd.docker.image.rootfs.diff.tar"
+                | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+                | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ),
+    }
+}
+
+/// Refuses what is not a container image for this machine: an artifact (a Helm chart, a
+/// signature...) stored as an OCI manifest, an encrypted layer, a config for another
+/// platform.
+fn check_image(blobs: &dyn Blobs, path: &str, manifest: &Value, config: &Value) -> Result<()> {
+    let refuse = |why: String| Err(ImportError::source(blobs.describe(path), why));
+    let config_type = manifest
+        .get("config")
+        .and_then(|c| c.get("mediaType"))
+        .and_then(Value::as_str);
+    if let Some(t) = config_type
+        && !CONFIG_TYPES.contains(&t)
+    {
+        let artifact = manifest
+            .get("artifactType")
+            .and_then(Value::as_str)
+            .unwrap_or(t);
+        return refuse(format!(
+            "not a container image but an artifact of type {artifact:?} (config media type {t:?})"
+        ));
+    }
+    for l in manifest
+        .get("layers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(t) = l.get("mediaType").and_then(Value::as_str) else {
+            continue;
+        };
+        if t.contains("+encrypted") {
+            return refuse(format!(
+                "an encrypted layer ({t:?}): decrypt the image first (skopeo copy --decryption-key)"
+            ));
+        }
+        if !is_layer_type(t) {
+            return refuse(format!(
+                "a layer of media type {t:?} is not a file system layer (not a container image?)"
+            ));
+        }
+    }
+    check_platform(blobs, path, config)
+}
+
+/// Refuses an image whose config is for another OS or architecture than this machine's.
+fn check_platform(blobs: &dyn Blobs, path: &str, config: &Value) -> Result<()> {
+    let host = (Some("linux".to_string()), Some(host_arch().to_string()));
+    match platform(config) {
+        (None, None) => Ok(()),
+        p if p == host => Ok(()),
+        p => Err(ImportError::source(
+            blobs.describe(path),
+            format!(
+                "the image is for {}, not for this machine ({})",
+                show_platform(&p),
+                show_platform(&host)
+            ),
+        )),
     }
 }
 
@@ -396,12 +625,15 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
     let mut path = "index.json".to_string();
     let mut doc = parse_json(blobs, &path, &blobs.read_small(&path)?)?;
     let mut manifest_digest = None;
+    let mut bytes = Vec::new();
     for _ in 0..=MAX_NESTING {
         if !is_index(&doc) {
             let digest = manifest_digest.ok_or_else(|| {
                 ImportError::source(blobs.describe(&path), "index.json is not an image index")
             })?;
-            return plan_manifest(blobs, &path, &doc, digest);
+            let mut plan = plan_manifest(blobs, &path, &doc, digest)?;
+            plan.manifest = Some(bytes);
+            return Ok(plan);
         }
         let manifests = doc
             .get("manifests")
@@ -411,7 +643,7 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             })?;
         let desc = pick(manifests, tag, reference, blobs, &path)?;
         let (p, digest) = blob_path(desc, blobs, &path)?;
-        let bytes = read_verified(blobs, &p, &digest)?;
+        bytes = read_verified(blobs, &p, &digest, desc_size(desc))?;
         doc = parse_json(blobs, &p, &bytes)?;
         path = p;
         manifest_digest = Some(digest);
@@ -427,13 +659,19 @@ fn plan_manifest(blobs: &dyn Blobs, path: &str, manifest: &Value, digest: Digest
         .get("config")
         .ok_or_else(|| ImportError::source(blobs.describe(path), "manifest without \"config\""))?;
     let (cpath, cdigest) = blob_path(config_desc, blobs, path)?;
-    let config = parse_json(blobs, &cpath, &read_verified(blobs, &cpath, &cdigest)?)?;
+    let config = parse_json(
+        blobs,
+        &cpath,
+        &read_verified(blobs, &cpath, &cdigest, desc_size(config_desc))?,
+    )?;
+    check_image(blobs, path, manifest, &config)?;
     let descs = manifest
         .get("layers")
         .and_then(Value::as_array)
         .ok_or_else(|| ImportError::source(blobs.describe(path), "manifest without \"layers\""))?;
+    let ids = layer_diff_ids(&config, descs.len(), false, blobs, &cpath)?;
     let mut layers = Vec::new();
-    for d in descs {
+    for (d, diff_id) in descs.iter().zip(ids) {
         let (p, ld) = blob_path(d, blobs, path)?;
         if !blobs.exists(&p) {
             return Err(ImportError::source(
@@ -444,13 +682,15 @@ fn plan_manifest(blobs: &dyn Blobs, path: &str, manifest: &Value, digest: Digest
         layers.push(LayerRef {
             path: p,
             digest: Some(ld),
-            size: d.get("size").and_then(Value::as_u64),
+            size: desc_size(d),
+            diff_id,
         });
     }
     Ok(Plan {
         layers,
         config,
         manifest_digest: Some(digest),
+        manifest: None,
     })
 }
 
@@ -494,12 +734,24 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             match hits.as_slice() {
                 [one] => *one,
                 _ => {
+                    let tags: Vec<&str> = many
+                        .iter()
+                        .filter_map(|i| i.get("RepoTags").and_then(Value::as_array))
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let tags = if tags.is_empty() {
+                        "none of them is tagged".to_string()
+                    } else {
+                        format!("its tags: {}", tags.join(", "))
+                    };
                     return Err(ImportError::source(
                         blobs.describe(path),
                         format!(
-                            "{} images in the archive and none (or several) tagged {reference:?}; \
-                             import with the --tag of one of them",
-                            many.len()
+                            "{} images in the archive and {} tagged {reference:?}; import one \
+                             with its tag as --tag ({tags})",
+                            many.len(),
+                            if hits.is_empty() { "none" } else { "several" },
                         ),
                     ));
                 }
@@ -510,13 +762,32 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
         .get("Config")
         .and_then(Value::as_str)
         .ok_or_else(|| ImportError::source(blobs.describe(path), "image without \"Config\""))?;
-    let config = parse_json(blobs, cpath, &blobs.read_small(cpath)?)?;
-    let mut layers = Vec::new();
-    for l in item
+    let config_bytes = blobs.read_small(cpath)?;
+    // The config's name is its digest (`<hex>.json`, `blobs/sha256/<hex>` since docker 25).
+    let named = cpath
+        .strip_suffix(".json")
+        .or_else(|| cpath.strip_prefix("blobs/sha256/"))
+        .and_then(Digest::parse_hex);
+    if let Some(want) = named {
+        let got = Digest::from_bytes(Sha256::digest(&config_bytes).into());
+        if got != want {
+            return Err(ImportError::source(
+                blobs.describe(cpath),
+                format!("content does not match its name (sha256:{got})"),
+            ));
+        }
+    }
+    let config = parse_json(blobs, cpath, &config_bytes)?;
+    check_platform(blobs, cpath, &config)?;
+    let paths = item
         .get("Layers")
         .and_then(Value::as_array)
-        .ok_or_else(|| ImportError::source(blobs.describe(path), "image without \"Layers\""))?
-    {
+        .ok_or_else(|| ImportError::source(blobs.describe(path), "image without \"Layers\""))?;
+    // No manifest blob names the layers here: the config's diff IDs are their only check,
+    // as `docker load` makes it.
+    let ids = layer_diff_ids(&config, paths.len(), true, blobs, cpath)?;
+    let mut layers = Vec::new();
+    for (l, diff_id) in paths.iter().zip(ids) {
         let p = l.as_str().ok_or_else(|| {
             ImportError::source(blobs.describe(path), "a layer path is not a string")
         })?;
@@ -529,69 +800,123 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             path: p.to_string(),
             digest,
             size: None,
+            diff_id,
         });
     }
     Ok(Plan {
         layers,
         config,
         manifest_digest: None,
+        manifest: None,
     })
 }
 
-/// Hashes what is read through it.
+/// The sha256 and length of what went through a [`Hashing`] reader.
+#[derive(Default)]
+struct Tally {
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl Tally {
+    fn digest(&self) -> Digest {
+        Digest::from_bytes(self.sha.clone().finalize().into())
+    }
+}
+
+/// Hashes and counts what is read through it.
 struct Hashing<R> {
     inner: R,
-    hasher: std::rc::Rc<std::cell::RefCell<Sha256>>,
+    tally: Rc<RefCell<Tally>>,
+}
+
+impl<R: Read> Hashing<R> {
+    fn new(inner: R) -> (Hashing<R>, Rc<RefCell<Tally>>) {
+        let tally = Rc::new(RefCell::new(Tally::default()));
+        (
+            Hashing {
+                inner,
+                tally: tally.clone(),
+            },
+            tally,
+        )
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.borrow_mut().update(&buf[..n]);
+        let mut t = self.tally.borrow_mut();
+        t.sha.update(&buf[..n]);
+        t.bytes += n as u64;
         Ok(n)
     }
 }
 
-/// Applies one layer (plain tar or gzip, found by magic bytes) to `tree`, checking its digest.
-pub fn apply_layer(blobs: &dyn Blobs, l: &LayerRef, tree: &Path) -> Result<()> {
+/// Applies one layer (plain tar or gzip, found by magic bytes) to `tree`, checking its
+/// digest and size (the blob's) and its diff ID (the uncompressed tar's); its directories'
+/// xattrs go into `dirs`.
+pub fn apply_layer(
+    blobs: &dyn Blobs,
+    l: &LayerRef,
+    tree: &Path,
+    dirs: &mut layer::DirXattrs,
+) -> Result<()> {
     let what = blobs.describe(&l.path);
-    let hasher = std::rc::Rc::new(std::cell::RefCell::new(Sha256::new()));
-    let mut raw = io::BufReader::with_capacity(
-        1 << 20,
-        Hashing {
-            inner: blobs.open(&l.path)?,
-            hasher: hasher.clone(),
-        },
-    );
+    let (blob, blob_tally) = Hashing::new(blobs.open(&l.path)?);
+    let mut raw = io::BufReader::with_capacity(1 << 20, blob);
     let magic = {
         let b = io::BufRead::fill_buf(&mut raw).map_err(|e| ImportError::io(&what, e))?;
         b.get(..4).map(<[u8]>::to_vec).unwrap_or_else(|| b.to_vec())
     };
     let opts = layer::Options { whiteouts: true };
-    let result = if magic.starts_with(&[0x1f, 0x8b]) {
-        let mut gz = flate2::bufread::MultiGzDecoder::new(raw);
-        let r = layer::apply(tree, &mut gz, opts);
+    let diff_tally = if magic.starts_with(&[0x1f, 0x8b]) {
+        let (mut tar, diff_tally) = Hashing::new(flate2::bufread::MultiGzDecoder::new(raw));
+        let r = layer::apply_layer(tree, &mut tar, opts, dirs);
         // The digest covers the whole blob.
         r.and_then(|()| {
-            io::copy(&mut gz.into_inner(), &mut io::sink())
+            io::copy(&mut tar.inner.into_inner(), &mut io::sink())
                 .map(drop)
                 .map_err(layer::LayerError::Read)
         })
+        .map_err(|e| e.into_import(&what))?;
+        diff_tally
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         return Err(ImportError::source(
             what,
             "zstd-compressed layers are not supported",
         ));
     } else {
-        layer::apply(tree, &mut raw, opts)
+        layer::apply_layer(tree, &mut raw, opts, dirs).map_err(|e| e.into_import(&what))?;
+        blob_tally.clone()
     };
-    result.map_err(|e| e.into_import(&what))?;
+    let blob = blob_tally.borrow();
     if let Some(want) = l.digest {
-        let got = Digest::from_bytes(hasher.borrow_mut().clone().finalize().into());
+        let got = blob.digest();
         if got != want {
             return Err(ImportError::source(
                 what,
                 format!("content does not match its digest (sha256:{got})"),
+            ));
+        }
+    }
+    if let Some(want) = l.size
+        && blob.bytes != want
+    {
+        return Err(ImportError::source(
+            what,
+            format!("{} bytes, but its descriptor says {want}", blob.bytes),
+        ));
+    }
+    if let Some(want) = l.diff_id {
+        let got = diff_tally.borrow().digest();
+        if got != want {
+            return Err(ImportError::source(
+                what,
+                format!(
+                    "the uncompressed layer is sha256:{got}, but the image config's \
+                     rootfs.diff_ids lists sha256:{want} for it"
+                ),
             ));
         }
     }

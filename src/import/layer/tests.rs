@@ -349,3 +349,106 @@ fn clean_paths() {
     assert!(c("..").is_err());
     assert!(c("a/../..").is_err());
 }
+
+/// Issue 12 bug 1: a PAX value holding a newline (a file capability is `01 00 00 02 0a ...`)
+/// is one record (records are length-prefixed), and records after it still apply.
+#[test]
+fn pax_binary_xattr_values_with_newlines() {
+    let (_d, t) = new_tree();
+    let cap: &[u8] = b"\x01\x00\x00\x02\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let long = format!("{}f", "dir/".repeat(30));
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([
+        ("SCHILY.xattr.user.cap", cap),
+        ("SCHILY.xattr.user.lines", b"x\n9 uid=1\n".as_slice()),
+        ("path", long.as_bytes()),
+        ("uid", b"4242".as_slice()),
+    ])
+    .expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_path("short").expect("path");
+    h.set_size(2);
+    h.set_mode(0o640);
+    h.set_cksum();
+    b.append(&h, &b"hi"[..]).expect("append");
+    apply(&t, &b.into_inner().expect("tar")[..], layer_opts()).expect("apply");
+    let f = t.join(&long);
+    assert_eq!(std::fs::read(&f).expect("read"), b"hi");
+    assert_eq!(std::fs::metadata(&f).expect("stat").uid(), 4242);
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(&f, "user.cap", &mut buf[..]).expect("user.cap");
+    assert_eq!(&buf[..n], cap);
+    let n = rustix::fs::lgetxattr(&f, "user.lines", &mut buf[..]).expect("user.lines");
+    assert_eq!(&buf[..n], b"x\n9 uid=1\n");
+}
+
+fn dir_with_xattr(name: &str, key: &str, value: &str) -> L {
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([(key, value.as_bytes())])
+        .expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).expect("path");
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_size(0);
+    h.set_mode(0o755);
+    h.set_cksum();
+    b.append(&h, io::empty()).expect("append");
+    L(b)
+}
+
+/// Directory xattrs are set once all layers are written (issue 12 bug 5), as the last entry
+/// for the directory had them; a removed or replaced directory's are dropped.
+#[test]
+fn directory_xattrs_wait_for_the_last_layer() {
+    let (_d, t) = new_tree();
+    let mut dirs = DirXattrs::default();
+    let layers = [
+        dir_with_xattr("kept/", "SCHILY.xattr.user.k", "1")
+            .dir("kept/sub/")
+            .file("kept/f", "x"),
+        dir_with_xattr("gone/", "SCHILY.xattr.user.g", "1"),
+        dir_with_xattr("retyped/", "SCHILY.xattr.user.r", "1"),
+        dir_with_xattr("kept/", "SCHILY.xattr.user.k", "2")
+            .file(".wh.gone", "")
+            .file("retyped", "now a file")
+            .dir("gone/"),
+    ];
+    for (i, l) in layers.into_iter().enumerate() {
+        apply_layer(&t, &l.bytes()[..], layer_opts(), &mut dirs).expect("layer");
+        if i == 0 {
+            let mut buf = [0u8; 8];
+            assert!(rustix::fs::lgetxattr(t.join("kept"), "user.k", &mut buf[..]).is_err());
+        }
+    }
+    dirs.finish(&t).expect("finish");
+    let get = |p: &str, k: &str| {
+        let mut buf = [0u8; 8];
+        rustix::fs::lgetxattr(t.join(p), k, &mut buf[..])
+            .ok()
+            .map(|n| buf[..n].to_vec())
+    };
+    assert_eq!(get("kept", "user.k"), Some(b"2".to_vec()));
+    assert_eq!(get("gone", "user.g"), None);
+    assert_eq!(get("retyped", "user.r"), None);
+    assert_eq!(get("kept/sub", "user.k"), None);
+}
+
+/// A whiteout hides the lower layers' entry, never one added earlier in its own layer
+/// (issue 12 bug 8); of a directory the layer wrote into, the lower contents go.
+#[test]
+fn whiteouts_spare_what_their_own_layer_wrote() {
+    let (_d, t) = new_tree();
+    apply_l(&t, L::new().file("a", "lower").dir("d/").file("d/old", "1")).expect("lower");
+    apply_l(
+        &t,
+        L::new()
+            .file("new", "mine")
+            .file(".wh.new", "")
+            .file("d/mine", "2")
+            .file(".wh.d", "")
+            .file(".wh.a", ""),
+    )
+    .expect("upper");
+    assert_eq!(names(&t), ["d", "new"]);
+    assert_eq!(names(&t.join("d")), ["mine"]);
+}
