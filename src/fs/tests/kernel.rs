@@ -19,6 +19,9 @@ use super::super::notify::{Inval, Sent};
 
 pub type Errno = i32;
 
+/// Entries per READDIR reply: small, so that listings are resumed from offsets.
+const CHUNK: usize = 3;
+
 fn errno(e: Error) -> Errno {
     i32::from(e.errno)
 }
@@ -235,16 +238,81 @@ impl Kernel {
             return Ok(l.clone());
         }
         let mut names = BTreeSet::new();
-        let mut n = 0;
-        fs.readdir(ino, 0, |_, _, _, name| {
-            n += 1;
-            if name != "." && name != ".." {
-                names.insert(name.to_string_lossy().into_owned());
+        let mut offset = 0;
+        loop {
+            // Replies of CHUNK entries, each listing resumed from the last one's offset.
+            let mut n = 0;
+            fs.readdir(ino, offset, |_, next, _, name| {
+                if n == CHUNK {
+                    return true;
+                }
+                n += 1;
+                offset = next;
+                if name != "." && name != ".." {
+                    names.insert(name.to_string_lossy().into_owned());
+                }
+                false
+            })
+            .map_err(errno)?;
+            if n < CHUNK {
+                break;
             }
-            false
-        })
-        .map_err(errno)?;
-        assert!(n < 200, "listing of {path} would not fit one reply here");
+        }
+        self.listings.insert(ino, names.clone());
+        Ok(names)
+    }
+
+    /// READDIRPLUS: every entry but `.` and `..` comes with a lookup, which the kernel
+    /// keeps as a dentry (replacing one of another inode) or counts on the one it has.
+    pub fn readdirplus(&mut self, fs: &ImageFs, path: &str) -> Result<BTreeSet<String>, Errno> {
+        let ino = self.resolve(fs, path)?;
+        if self.kind(ino) != Some(FileType::Directory) {
+            return Err(libc::ENOTDIR);
+        }
+        if let Some(l) = self.listings.get(&ino) {
+            return Ok(l.clone());
+        }
+        let mut got = Vec::new();
+        let mut offset = 0;
+        loop {
+            // As in `readdir`; an entry that does not fit is forgotten by the filesystem.
+            let mut n = 0;
+            fs.readdirplus(ino, offset, |next, name, a, _| {
+                if n == CHUNK {
+                    return true;
+                }
+                n += 1;
+                offset = next;
+                got.push((name.to_string_lossy().into_owned(), a.ino.0, a.kind));
+                false
+            })
+            .map_err(errno)?;
+            if n < CHUNK {
+                break;
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (name, i, kind) in got {
+            if name == "." || name == ".." {
+                continue;
+            }
+            let child = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}/{name}")
+            };
+            match self.dentries.get(&child) {
+                Some(&old) if old == i => *self.nlookup.entry(i).or_default() += 1,
+                Some(_) => {
+                    self.drop_subtree(fs, &child);
+                    self.add_dentry(&child, i, kind);
+                }
+                None => {
+                    self.add_dentry(&child, i, kind);
+                }
+            }
+            names.insert(name);
+        }
         self.listings.insert(ino, names.clone());
         Ok(names)
     }

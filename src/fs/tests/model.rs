@@ -78,6 +78,8 @@ enum Tgt {
     Ref(usize),
     /// Another tag, by a path relative to the new link (an index into the tags).
     Tag(u8),
+    /// Another tag, by its absolute path through the mountpoint.
+    TagAbsolute(u8),
 }
 
 /// One step. `u8` fields pick from what exists then (modulo the length of the list), so a
@@ -87,6 +89,8 @@ enum Op {
     Lookup(u8),
     Readlink(u8),
     Readdir(u8),
+    /// A listing with attributes (each entry a lookup).
+    ReaddirPlus(u8),
     /// The kernel drops an unused dentry (and what is below it).
     Evict(u8),
     /// A process enters `digests/<hex>/rootfs/etc` of digest `d`.
@@ -101,11 +105,27 @@ enum Op {
     Mkdir(u8, u8),
     Rmdir(u8),
     /// hypeman pulls digest `d` if it is missing and tags it (in an existing directory).
-    OtherTag(u8, u8, usize),
+    OtherTag(u8, u8, usize, Order),
     OtherUntag(u8),
+    /// Another writer removes an empty repository directory.
+    OtherRmdir(u8),
+    /// The mount is unmounted (its processes gone) and mounted again.
+    Remount,
     /// hypeman deletes digest `d`: its tags, then `RemoveAll` of its directory.
     OtherRemove(usize),
     Gc,
+}
+
+/// In which order hypeman's pull makes a tag and its digest directory (HYPEMAN.md: a tag
+/// may come before its directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    DirThenLink,
+    /// The link, then the directory, seen by the watcher in one go.
+    LinkThenDir,
+    /// The link, seen by the watcher (a tag waiting for its directory: not shown, also
+    /// in the listing the kernel caches then), then the directory.
+    LinkSeenThenDir,
 }
 
 /// What a path of the mount is, in the model.
@@ -246,6 +266,11 @@ impl Model {
             Node::InDigest(_, inner) if inner == "rootfs" => ["etc".to_string()].into(),
             _ => return None,
         })
+    }
+
+    fn is_tag(&self, path: &str) -> bool {
+        let (r, t) = split(path);
+        self.tags.contains_key(&(r.to_string(), t.to_string()))
     }
 
     fn tagged(&self, d: usize) -> bool {
@@ -467,10 +492,15 @@ struct Proc {
     chain: Vec<u64>,
 }
 
+fn mounted(m: &Option<Mount>) -> &Mount {
+    m.as_ref().expect("mounted")
+}
+
 struct Run {
     fx: Fx,
     images: Vec<Vec<u8>>,
-    m: Mount,
+    /// The mount (`None` only while it is remounted).
+    m: Option<Mount>,
     k: Kernel,
     model: Model,
     procs: Vec<Proc>,
@@ -492,7 +522,7 @@ impl Run {
         for (r, t, d) in INITIAL {
             fx.ctag(r, t, d as u8);
         }
-        let m = Mount::new(&fx);
+        let m = Some(Mount::new(&fx));
         Run {
             fx,
             images,
@@ -504,33 +534,47 @@ impl Run {
         }
     }
 
+    /// Every process exits, the mount goes (the kernel's caches with it), and the store
+    /// is mounted again: what it finds must be what the mount left.
+    fn remount(&mut self) {
+        for p in std::mem::take(&mut self.procs) {
+            self.k.unpin(&mounted(&self.m).fs, &p.chain);
+        }
+        self.deliver();
+        self.m = None;
+        self.m = Some(Mount::new(&self.fx));
+        self.k = Kernel::new();
+        self.model.zombie = [false; N];
+        self.steps += 1;
+    }
+
     fn held(&self) -> Vec<usize> {
         self.procs.iter().map(|p| p.digest).collect()
     }
 
     /// Hands what the filesystem sent to the kernel, checking the lanes.
     fn deliver(&mut self) {
-        let sent: Vec<Sent> = self.m.sent.take();
+        let sent: Vec<Sent> = mounted(&self.m).sent.take();
         for s in &sent {
             if let (Inval::Entry(p, name), true) = (&s.inval, s.waited) {
-                let key = self.m.fs.inodes.lock().key(*p).cloned();
+                let key = mounted(&self.m).fs.inodes.lock().key(*p).cloned();
                 assert!(
                     !matches!(key, Some(NodeKey::TagsDir(_))),
                     "entry {name:?} of tags/ ({key:?}) invalidated on the awaited lane"
                 );
             }
         }
-        self.k.invalidate(&self.m.fs, sent);
+        self.k.invalidate(&mounted(&self.m).fs, sent);
     }
 
     /// Another writer's change is done: the watcher's poll, then the kernel.
     fn poll(&mut self) {
-        self.m.fs.poll_store();
+        mounted(&self.m).fs.poll_store();
         self.deliver();
     }
 
     fn step(&mut self, op: &Op) {
-        let fs = &self.m.fs;
+        let fs = &mounted(&self.m).fs;
         let held = self.held();
         match op {
             Op::Lookup(i) => {
@@ -559,6 +603,12 @@ impl Run {
                 let got = self.k.readdir(fs, &path);
                 let want = self.model.listing(&path).ok_or(libc::ENOENT);
                 assert_eq!(got, want, "ls {path}");
+            }
+            Op::ReaddirPlus(i) => {
+                let path = pick(&self.model.readdir_list(), *i);
+                let got = self.k.readdirplus(fs, &path);
+                let want = self.model.listing(&path).ok_or(libc::ENOENT);
+                assert_eq!(got, want, "ls -l {path}");
             }
             Op::Evict(i) => {
                 let cached: Vec<String> = self.k.dentries.keys().cloned().collect();
@@ -615,6 +665,12 @@ impl Run {
                         let d = self.model.tags.get(&(r.into(), n.into())).copied();
                         (format!("{}{t}", "../".repeat(depth(&repo))), d)
                     }
+                    Tgt::TagAbsolute(i) => {
+                        let t = pick(&tags, *i);
+                        let (r, n) = split(&t);
+                        let d = self.model.tags.get(&(r.into(), n.into())).copied();
+                        (format!("{}/tags/{t}", super::MOUNTPOINT), d)
+                    }
                 };
                 let path = join(&repo, name);
                 let got = self.k.symlink(fs, &join("tags", &path), &text);
@@ -651,13 +707,13 @@ impl Run {
                 let want = self.model.rmdir(&path);
                 assert_eq!(got, want, "rmdir tags/{path}");
             }
-            Op::OtherTag(dir, name, d) => {
+            Op::OtherTag(dir, name, d, order) => {
                 let dirs: Vec<String> = self
                     .model
-                    .dirs
-                    .iter()
-                    .filter(|p| names::not_normalized(p).is_none())
-                    .cloned()
+                    .dir_list()
+                    .into_iter()
+                    .filter(|p| !p.is_empty() && names::not_normalized(p).is_none())
+                    .filter(|p| ancestors(p).all(|a| !self.model.is_tag(&a)))
                     .collect();
                 if dirs.is_empty() {
                     return;
@@ -667,12 +723,41 @@ impl Run {
                 if self.model.dirs.contains(&join(&repo, name)) {
                     return;
                 }
-                self.other_tag(&repo, name, *d);
+                let pulled = !self.model.on_disk[*d];
+                if *order == Order::DirThenLink || !pulled {
+                    self.pull(*d);
+                    self.link(&repo, name, *d);
+                } else {
+                    self.link(&repo, name, *d);
+                    if *order == Order::LinkSeenThenDir {
+                        self.poll();
+                        let mut waiting = self.model.clone();
+                        // (A tag it replaced is gone, and collects nothing: another
+                        // writer's change.)
+                        waiting.tags.remove(&(repo.clone(), name.to_string()));
+                        waiting.dirs.extend(ancestors(&repo));
+                        let fs = &mounted(&self.m).fs;
+                        let path = join("tags", &join(&repo, name));
+                        assert_eq!(
+                            self.k.resolve(fs, &path).map(|_| ()),
+                            Err(libc::ENOENT),
+                            "{path}, waiting for its digest directory"
+                        );
+                        let dir = join("tags", &repo);
+                        assert_eq!(
+                            self.k.readdir(fs, &dir),
+                            waiting.listing(&dir).ok_or(libc::ENOENT),
+                            "ls {dir}, a tag waiting for its digest directory"
+                        );
+                    }
+                    self.pull(*d);
+                }
                 if !self.model.on_disk[*d] {
                     // The same bytes are back in the store: the trashed copy goes.
                     self.model.zombie[*d] = false;
                 }
                 self.model.on_disk[*d] = true;
+                self.model.dirs.extend(ancestors(&repo));
                 self.model.tags.insert((repo, name.into()), *d);
                 self.poll();
             }
@@ -685,6 +770,27 @@ impl Run {
                 fs::remove_file(self.fx.p(&format!("{REPOSITORIES}/{r}/{t}"))).expect("rm");
                 self.model.tags.remove(&(r, t));
                 self.poll();
+            }
+            Op::OtherRmdir(i) => {
+                let dirs: Vec<String> = self.model.dirs.iter().cloned().collect();
+                if dirs.is_empty() {
+                    return;
+                }
+                let path = pick(&dirs, *i);
+                if self
+                    .model
+                    .listing(&join("tags", &path))
+                    .is_some_and(|l| !l.is_empty())
+                {
+                    return;
+                }
+                fs::remove_dir(self.fx.p(&format!("{REPOSITORIES}/{path}"))).expect("rmdir");
+                self.model.dirs.remove(&path);
+                self.poll();
+            }
+            Op::Remount => {
+                self.remount();
+                return;
             }
             Op::OtherRemove(d) => {
                 if !self.model.on_disk[*d] {
@@ -728,7 +834,7 @@ impl Run {
 
     /// hypeman's pull and tag: the digest directory made aside and renamed into place if
     /// missing, the repository directories made, the link made aside and renamed over.
-    fn other_tag(&self, repo: &str, tag: &str, d: usize) {
+    fn pull(&self, d: usize) {
         let dir = self.fx.p(&format!("{CONTENT}/{}", hex(d as u8)));
         let aside = self.fx.root().with_file_name("aside");
         if !dir.exists() {
@@ -736,6 +842,10 @@ impl Run {
             real_digest_dir(&self.fx, &aside, d as u8, &self.images[d]);
             fs::rename(&aside, &dir).expect("pull");
         }
+    }
+
+    fn link(&self, repo: &str, tag: &str, d: usize) {
+        let aside = self.fx.root().with_file_name("aside");
         let rdir = self.fx.p(&format!("{REPOSITORIES}/{repo}"));
         fs::create_dir_all(&rdir).expect("mkdir -p");
         let text = format!(
@@ -782,7 +892,7 @@ impl Run {
             .map(|d| hex(d as u8))
             .collect();
         assert_eq!(content, want_content, "{ctx}: digest directories on disk");
-        let snap = crate::store::tests::fixture::snap(&self.m.store);
+        let snap = crate::store::tests::fixture::snap(&mounted(&self.m).store);
         assert_eq!(snap.tags, want_tags, "{ctx}: index tags");
         assert_eq!(snap.repos, want_repos, "{ctx}: index repositories");
         let want_refs: BTreeMap<String, u32> = (0..N)
@@ -800,7 +910,7 @@ impl Run {
         assert_eq!(count("trash"), zombies, "{ctx}: trash (images in use only)");
 
         // What the kernel caches.
-        let fs = &self.m.fs;
+        let fs = &mounted(&self.m).fs;
         for (path, &ino) in &self.k.dentries {
             let node = model.node(path);
             let key = fs.inodes.lock().key(ino).cloned();
@@ -878,16 +988,23 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         Just(Mode::NoReplace),
         Just(Mode::Exchange)
     ];
+    let order = prop_oneof![
+        Just(Order::DirThenLink),
+        Just(Order::LinkThenDir),
+        Just(Order::LinkSeenThenDir)
+    ];
     let tgt = prop_oneof![
         3 => (0..N).prop_map(Tgt::Digest),
         1 => (0..N).prop_map(Tgt::Absolute),
         1 => (0..N).prop_map(Tgt::Ref),
         3 => any::<u8>().prop_map(Tgt::Tag),
+        1 => any::<u8>().prop_map(Tgt::TagAbsolute),
     ];
     prop_oneof![
         4 => any::<u8>().prop_map(Op::Lookup),
         4 => any::<u8>().prop_map(Op::Readlink),
-        3 => any::<u8>().prop_map(Op::Readdir),
+        2 => any::<u8>().prop_map(Op::Readdir),
+        2 => any::<u8>().prop_map(Op::ReaddirPlus),
         2 => any::<u8>().prop_map(Op::Evict),
         2 => d.clone().prop_map(Op::Enter),
         2 => any::<u8>().prop_map(Op::Exit),
@@ -898,8 +1015,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(a, b, c, m)| Op::Rename(a, b, c, m)),
         2 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Mkdir(a, b)),
         2 => any::<u8>().prop_map(Op::Rmdir),
-        2 => (any::<u8>(), any::<u8>(), d.clone()).prop_map(|(a, b, d)| Op::OtherTag(a, b, d)),
+        3 => (any::<u8>(), any::<u8>(), d.clone(), order)
+            .prop_map(|(a, b, d, o)| Op::OtherTag(a, b, d, o)),
         1 => any::<u8>().prop_map(Op::OtherUntag),
+        1 => any::<u8>().prop_map(Op::OtherRmdir),
+        1 => Just(Op::Remount),
         1 => d.prop_map(Op::OtherRemove),
         1 => Just(Op::Gc),
     ]
@@ -971,12 +1091,12 @@ fn found_sequences_match_the_model() {
     };
     let found: Vec<Vec<Op>> = vec![vec![
         Op::Unlink(43),
-        Op::OtherTag(96, 41, 0),
-        Op::OtherTag(77, 79, 1),
+        Op::OtherTag(96, 41, 0, Order::DirThenLink),
+        Op::OtherTag(77, 79, 1, Order::DirThenLink),
         Op::Unlink(36),
         Op::Enter(0),
         Op::Unlink(97),
-        Op::OtherTag(12, 0, 0),
+        Op::OtherTag(12, 0, 0, Order::DirThenLink),
         Op::Enter(0),
     ]];
     for ops in found {
