@@ -9,6 +9,9 @@
 //! - `inodes` (the inode table), `handles` (open files), `rootfs` (the open images),
 //!   `notify` (kernel cache invalidations) and `metrics` keep the state.
 //! - `image_trees` is all that the daemon's rootfs-mount binder may ask of the filesystem.
+//! - `tests` runs the core without a kernel: a recording [`notify::Invalidator`], the
+//!   watcher's work done by [`ImageFs::poll_store`], a stand-in for the kernel's caches,
+//!   and a reference model of the mount.
 //!
 //! The mounted tree (DESIGN.md section 2): `tags/` mirrors the store's tags as symlinks
 //! into `digests/`, `digests/<hex>/` serves a digest directory's files read-only, and
