@@ -1035,7 +1035,8 @@ fn env_usize(name: &str, default: usize) -> usize {
 static CASES: AtomicUsize = AtomicUsize::new(0);
 static STEPS: AtomicUsize = AtomicUsize::new(0);
 
-fn run(images: &[Vec<u8>], ops: &[Op]) {
+/// Runs `ops` from the start, checking after each; returns the steps run.
+fn run(images: &[Vec<u8>], ops: &[Op]) -> usize {
     let mut r = Run::new(images.to_vec());
     r.check("start");
     let trace = std::env::var_os("IMAGEFS_MODEL_TRACE").is_some();
@@ -1051,8 +1052,7 @@ fn run(images: &[Vec<u8>], ops: &[Op]) {
         r.step(&Op::Exit(0));
     }
     r.check("all processes gone");
-    CASES.fetch_add(1, Ordering::Relaxed);
-    STEPS.fetch_add(r.steps, Ordering::Relaxed);
+    r.steps
 }
 
 #[test]
@@ -1073,7 +1073,9 @@ fn random_operations_through_the_mount_match_the_model() {
     };
     let started = std::time::Instant::now();
     proptest!(config, |(ops in prop::collection::vec(op_strategy(), 1..=steps))| {
-        run(&images, &ops);
+        let steps = run(&images, &ops);
+        CASES.fetch_add(1, Ordering::Relaxed);
+        STEPS.fetch_add(steps, Ordering::Relaxed);
     });
     eprintln!(
         "mount model: {} cases, {} steps, {:.1} s (IMAGEFS_MODEL_CASES, IMAGEFS_MODEL_STEPS)",
