@@ -244,6 +244,19 @@ impl ImageFs {
                     }
                 }
                 Change::DirAdded(dir) => {
+                    // A collected directory kept in the trash for its users, back in the
+                    // store (hypeman pulled the digest again): the same bytes, served from
+                    // there now, so the trashed copy goes at once, not when the kernel
+                    // forgets the last inode of the digest (which it may never do while the
+                    // directory that came back is in use).
+                    let back = {
+                        let mut inodes = self.inodes.lock();
+                        let image = inodes.image_of(&dir);
+                        inodes.zombies.remove(&image)
+                    };
+                    if let Some(trashed) = back {
+                        self.store.release_trashed(&dir.digest(), &trashed);
+                    }
                     if self.store.dirs_of(&dir.digest()).len() > 1 {
                         self.digest_dirs_changed(&dir);
                     }

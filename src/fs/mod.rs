@@ -9,6 +9,9 @@
 //! - `inodes` (the inode table), `handles` (open files), `rootfs` (the open images),
 //!   `notify` (kernel cache invalidations) and `metrics` keep the state.
 //! - `image_trees` is all that the daemon's rootfs-mount binder may ask of the filesystem.
+//! - `tests` runs the core without a kernel: a recording [`notify::Invalidator`], the
+//!   watcher's work done by [`ImageFs::poll_store`], a stand-in for the kernel's caches,
+//!   and a reference model of the mount.
 //!
 //! The mounted tree (DESIGN.md section 2): `tags/` mirrors the store's tags as symlinks
 //! into `digests/`, `digests/<hex>/` serves a digest directory's files read-only, and
@@ -34,6 +37,8 @@ mod passthrough;
 mod rootfs;
 mod statfs;
 mod target;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +84,17 @@ impl ImageFs {
     /// The filesystem of `store` mounted on `mountpoint`; `passthrough`: use FUSE
     /// passthrough for store files when the kernel offers it.
     pub(crate) fn new(store: Arc<Store>, mountpoint: &Path, passthrough: bool) -> ImageFs {
+        ImageFs::with_invalidator(store, mountpoint, passthrough, Invalidator::default())
+    }
+
+    /// [`ImageFs::new`] with the main connection's invalidations going to `inval` (a
+    /// recording one, in tests that run the core without a kernel).
+    fn with_invalidator(
+        store: Arc<Store>,
+        mountpoint: &Path,
+        passthrough: bool,
+        inval: Invalidator,
+    ) -> ImageFs {
         let inodes = Arc::new(Mutex::new(Inodes::default()));
         store.set_in_use(Arc::new(Usage(inodes.clone())));
         ImageFs {
@@ -88,7 +104,7 @@ impl ImageFs {
             handles: Mutex::new(Handles::default()),
             open_images: rootfs::OpenImages::default(),
             ready: Mutex::default(),
-            inval: Invalidator::default(),
+            inval,
             inval_tree_conn: Invalidator::default(),
             digests_changed: Signal::default(),
             tree_conn_on: AtomicBool::new(false),
@@ -130,14 +146,21 @@ impl ImageFs {
                             return;
                         }
                     }
-                    match fs.store.sync_external() {
-                        Ok(changes) => fs.apply_changes(changes),
-                        Err(e) => log::warn!("applying other writers' changes: {e}"),
-                    }
+                    fs.poll_store();
                 }
             })
             .map_err(|e| format!("thread: {e}"))?;
         Ok(())
+    }
+
+    /// Applies other writers' changes the store has seen (events read, index updated,
+    /// deferred collections retried), then drops them from the kernel's caches: the
+    /// watcher's work each time it wakes up, and a test's stand-in for the watcher.
+    pub(super) fn poll_store(&self) {
+        match self.store.sync_external() {
+            Ok(changes) => self.apply_changes(changes),
+            Err(e) => log::warn!("applying other writers' changes: {e}"),
+        }
     }
 
     /// Starts sending cache invalidations through the main connection's notifier; the

@@ -21,6 +21,11 @@
 //!   `digests/` whose locks the waited lane may need.
 //!
 //! The bound on a wait stays as a last resort (a lock held by something outside imagefs).
+//!
+//! [`Invalidator`] is the one seam between the filesystem's core and the kernel's caches:
+//! every invalidation goes through [`Invalidator::send`] or [`Invalidator::send_and_wait`].
+//! Tests build the core over a recording one ([`Invalidator::recording`]), which keeps what
+//! was sent, and on which lane, instead of talking to a kernel.
 
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,7 +35,7 @@ use std::time::Duration;
 use fuser::{INodeNo, Notifier};
 use parking_lot::{Condvar, Mutex};
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inval {
     /// Drop the dentry `name` under directory `parent`.
     Entry(u64, OsString),
@@ -87,9 +92,92 @@ impl Lane {
     }
 }
 
-/// The invalidations of one connection (see the module doc for the two lanes).
+/// The invalidations of one connection: to the kernel (see the module doc for the two
+/// lanes), or, in tests, to a record.
+pub enum Invalidator {
+    Kernel(Lanes),
+    #[cfg(test)]
+    Recording(Recorder),
+}
+
+impl Default for Invalidator {
+    fn default() -> Self {
+        Invalidator::Kernel(Lanes::default())
+    }
+}
+
+/// An invalidation as a recording [`Invalidator`] saw it.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub inval: Inval,
+    /// Sent with [`Invalidator::send_and_wait`] (the awaited lane).
+    pub waited: bool,
+}
+
+/// What a recording [`Invalidator`] was sent, in order; shared with the test that reads it.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub struct Recorder(std::sync::Arc<Mutex<Vec<Sent>>>);
+
+#[cfg(test)]
+impl Recorder {
+    /// Everything sent since the last call.
+    pub fn take(&self) -> Vec<Sent> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+impl Invalidator {
+    /// An invalidator that records instead of sending, and its record.
+    #[cfg(test)]
+    pub fn recording() -> (Invalidator, Recorder) {
+        let r = Recorder::default();
+        (Invalidator::Recording(r.clone()), r)
+    }
+
+    /// Sends without waiting. Anything may go here; entries of `tags/` must.
+    pub fn send(&self, i: Inval) {
+        match self {
+            Invalidator::Kernel(l) => l.send(i),
+            #[cfg(test)]
+            Invalidator::Recording(r) => r.0.lock().push(Sent {
+                inval: i,
+                waited: false,
+            }),
+        }
+    }
+
+    /// Sends and waits (bounded) until the kernel has dropped the entry, so that a change
+    /// is visible when the request that made it returns. Only for invalidations that no
+    /// waiting request can hold a lock for (the module doc): entries of `digests/` and of
+    /// the image-tree connection's root, and inodes; never an entry of `tags/`. When
+    /// `threads - 1` threads wait already, it only sends.
+    pub fn send_and_wait(&self, i: Inval, limit: Duration) {
+        match self {
+            Invalidator::Kernel(l) => l.send_and_wait(i, limit),
+            #[cfg(test)]
+            Invalidator::Recording(r) => r.0.lock().push(Sent {
+                inval: i,
+                waited: true,
+            }),
+        }
+    }
+
+    /// Starts delivering to the kernel through `notifier`, for a connection served by
+    /// `threads` threads. (A recording invalidator has nothing to start.)
+    pub fn start(&self, notifier: Notifier, threads: usize) {
+        match self {
+            Invalidator::Kernel(l) => l.start(notifier, threads),
+            #[cfg(test)]
+            Invalidator::Recording(_) => {}
+        }
+    }
+}
+
+/// The kernel's two lanes of one connection (see the module doc).
 #[derive(Default)]
-pub struct Invalidator {
+pub struct Lanes {
     queued: Lane,
     awaited: Lane,
     /// Threads waiting now, and how many may (0 until started: nothing is cached yet).
@@ -106,19 +194,13 @@ impl Drop for WaitPermit<'_> {
     }
 }
 
-impl Invalidator {
-    /// Sends without waiting. Anything may go here; entries of `tags/` must.
-    pub fn send(&self, i: Inval) {
+impl Lanes {
+    fn send(&self, i: Inval) {
         // Before the session starts nothing is cached, so a closed channel loses nothing.
         let _ = self.queued.push(i, None);
     }
 
-    /// Sends and waits (bounded) until the kernel has dropped the entry, so that a change
-    /// is visible when the request that made it returns. Only for invalidations that no
-    /// waiting request can hold a lock for (the module doc): entries of `digests/` and of
-    /// the image-tree connection's root, and inodes; never an entry of `tags/`. When
-    /// `threads - 1` threads wait already, it only sends.
-    pub fn send_and_wait(&self, i: Inval, limit: Duration) {
+    fn send_and_wait(&self, i: Inval, limit: Duration) {
         let Some(_permit) = self.permit() else {
             log::debug!("invalidate {i:?}: sent without waiting (enough threads wait)");
             let _ = self.awaited.push(i, None);
@@ -141,9 +223,7 @@ impl Invalidator {
             .map(|_| WaitPermit(&self.waiting))
     }
 
-    /// Starts delivering to the kernel through `notifier`, for a connection served by
-    /// `threads` threads.
-    pub fn start(&self, notifier: Notifier, threads: usize) {
+    fn start(&self, notifier: Notifier, threads: usize) {
         self.queued.start("imagefs-inval", notifier.clone());
         self.awaited.start("imagefs-inval-w", notifier);
         self.max_waiting
@@ -180,7 +260,7 @@ mod tests {
 
     #[test]
     fn at_most_threads_minus_one_wait_and_none_before_start() {
-        let inval = Invalidator::default();
+        let inval = Lanes::default();
         assert!(
             inval.permit().is_none(),
             "nothing waits before the lanes start"

@@ -1,0 +1,114 @@
+//! Tests of the filesystem's core without a kernel: [`Mount`] builds an [`ImageFs`] over a
+//! store in a temporary directory (the store's own fixture, `store::tests::fixture`), with
+//! no FUSE session: its invalidations go to a record ([`Invalidator::recording`]) and other
+//! writers' changes are applied when the test polls the store ([`ImageFs::poll_store`], the
+//! watcher thread's work). `kernel` stands in for the kernel's caches; `model` is a
+//! reference model of the mount, driven by proptest.
+
+mod kernel;
+mod model;
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::ImageFs;
+use super::notify::{Invalidator, Recorder};
+use crate::store::Store;
+use crate::store::tests::fixture::Fx;
+
+/// Where the test mount would be: never mounted, only named by absolute `ln -s` targets.
+pub(super) const MOUNTPOINT: &str = "/nonexistent/imagefs-test-mount";
+
+/// A real erofs image (LZ4, as hypeman builds them) whose `etc/os-release` reads
+/// [`os_release`]`(n)`; built once per `n`. `None` without `mkfs.erofs` (the skip policy of
+/// `imagefs_erofs::testing`).
+pub(super) fn image(n: u8) -> Option<Vec<u8>> {
+    static CACHE: OnceLock<Mutex<HashMap<u8, Vec<u8>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(b) = cache.lock().expect("cache").get(&n) {
+        return Some(b.clone());
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let tree = d.path().join("tree");
+    fs::create_dir_all(tree.join("etc")).expect("mkdir");
+    fs::write(tree.join("etc/os-release"), os_release(n)).expect("write");
+    let img = d.path().join("img");
+    let st = Command::new("mkfs.erofs")
+        .args(["--quiet", "-zlz4", "-T0"])
+        .arg(&img)
+        .arg(&tree)
+        .status()
+        .ok()?;
+    assert!(st.success(), "mkfs.erofs failed");
+    let b = fs::read(&img).expect("read image");
+    cache.lock().expect("cache").insert(n, b.clone());
+    Some(b)
+}
+
+pub(super) fn os_release(n: u8) -> String {
+    format!("ID=model{n}\n")
+}
+
+/// Makes `dir` a ready digest directory of digest `n` with a real image.
+pub(super) fn real_digest_dir(fx: &Fx, dir: &Path, n: u8, image: &[u8]) {
+    fs::create_dir_all(dir).expect("mkdir digest");
+    fs::write(dir.join(super::rootfs::ROOTFS_IMAGE), image).expect("image");
+    fx.metadata(dir, &crate::store::tests::fixture::hex(n), "ready", 42);
+}
+
+/// A filesystem core over the store of `fx`, without a kernel.
+pub(super) struct Mount {
+    pub fs: ImageFs,
+    pub store: Arc<Store>,
+    pub sent: Recorder,
+}
+
+impl Mount {
+    /// Opens the store of `fx` as a mount does, following other writers (with no quiet
+    /// window: nothing is deferred, see `store::deferred`).
+    pub fn new(fx: &Fx) -> Mount {
+        let store = Arc::new(fx.open());
+        store.watch().expect("watch");
+        store.set_quiet(std::time::Duration::ZERO);
+        let (inval, sent) = Invalidator::recording();
+        let fs = ImageFs::with_invalidator(store.clone(), Path::new(MOUNTPOINT), false, inval);
+        Mount { fs, store, sent }
+    }
+}
+
+#[test]
+fn removing_the_last_tag_collects_and_invalidates_the_digest_entry_without_a_kernel() {
+    use std::ffi::OsStr;
+
+    use super::inodes::{DIGESTS, TAGS};
+    use super::notify::{Inval, Sent};
+    use crate::store::tests::fixture::hex;
+
+    let Some(img) = image(1) else {
+        return;
+    };
+    let fx = Fx::new();
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
+    fx.ctag("h.io/a", "t", 1);
+    let m = Mount::new(&fx);
+    let lookup = |parent, name: &str| m.fs.lookup(parent, OsStr::new(name)).map(|(a, _)| a.ino.0);
+    let repo = lookup(lookup(TAGS, "h.io").expect("h.io"), "a").expect("a");
+    let tag = lookup(repo, "t").expect("tag");
+    assert_eq!(
+        m.fs.readlink(tag).expect("readlink"),
+        format!("../../../digests/{}", hex(1)).into_bytes()
+    );
+    m.fs.unlink(repo, OsStr::new("t")).expect("rm");
+    assert!(!fx.has(&format!("content/{}", hex(1))), "collected");
+    let sent = m.sent.take();
+    assert!(
+        sent.contains(&Sent {
+            inval: Inval::Entry(DIGESTS, hex(1).into()),
+            waited: true
+        }),
+        "{sent:?}"
+    );
+}
