@@ -12,6 +12,7 @@ use super::fsutil::{self, RenameMode};
 use super::journal::Intent;
 use super::layout::{self, DirKey, Layout};
 use super::names::Digest;
+use super::sys;
 
 impl Store {
     /// The key a tag `repo:tag` uses for the directory `key`: itself, unless `key` is another
@@ -24,7 +25,7 @@ impl Store {
                 if self.index().has_dir(&DirKey::Content(*d)) {
                     return Ok(DirKey::Content(*d));
                 }
-                if self.stays_legacy(repo) {
+                if self.stays_legacy(repo)? {
                     return self.legacy_dir_in(key, repo, tag);
                 }
                 self.promote(owner, *d)?;
@@ -46,7 +47,7 @@ impl Store {
             })
             .ctx(|| "journal".to_string())?;
         let content = self.root.join(layout::CONTENT);
-        std::fs::create_dir_all(&content).ctx(|| content.display().to_string())?;
+        sys::create_dir_all(&content).ctx(|| content.display().to_string())?;
         let (a, b) = (
             self.root.join(from.rel_path()),
             self.root.join(to.rel_path()),
@@ -79,7 +80,7 @@ impl Store {
             )
             .ctx(|| new.display().to_string())?;
             let old = self.tag_path(repo, &tag, Layout::Legacy);
-            std::fs::remove_file(&old).ctx(|| old.display().to_string())?;
+            sys::remove_file(&old).ctx(|| old.display().to_string())?;
             let mut ix = self.index.write();
             ix.remove_tag(repo, &tag);
             ix.add_tag(repo, &tag, to.clone(), Layout::Content);
