@@ -128,6 +128,7 @@ fn index_matches_disk(store: &Store, what: &str) {
     assert_eq!(s.tags, disk.tags, "{what}: live index tags vs disk");
     let dirs: std::collections::BTreeSet<String> = s.dirs.keys().cloned().collect();
     assert_eq!(dirs, disk.dirs, "{what}: live index digest dirs vs disk");
+    assert_eq!(s.repos, disk.repos, "{what}: live index repository dirs vs disk");
 }
 
 /// One operation under test.
@@ -336,7 +337,7 @@ fn faults_tag() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).create_tag("a", b"new", &Target::Digest(dg(2)))),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -348,7 +349,7 @@ fn faults_untag_without_collection() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).remove_tag("a", "one")),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -360,7 +361,7 @@ fn faults_untag_with_collection() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).remove_tag("a", "two")),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -372,7 +373,7 @@ fn faults_retag_over_an_existing_tag() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).rename_tag(("a", "one"), "a", b"two", RenameMode::Replace)),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -384,7 +385,7 @@ fn faults_rename_noreplace() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).rename_tag(("a", "one"), "b/c", b"x", RenameMode::NoReplace)),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -396,7 +397,7 @@ fn faults_exchange() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).rename_tag(("a", "one"), "a", b"two", RenameMode::Exchange)),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -452,7 +453,7 @@ fn faults_legacy_copy() {
                 },
             ))
         },
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
@@ -485,7 +486,7 @@ fn faults_mkdir_rmdir() {
                 nix::unistd::getgid().as_raw(),
             ))
         },
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
     run(Op {
@@ -493,7 +494,7 @@ fn faults_mkdir_rmdir() {
         setup: base,
         live: true,
         run: |_, s| e(live(s).rmdir("b/c")),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         rerun: false,
     });
 }
