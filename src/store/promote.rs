@@ -69,11 +69,46 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
+        if let Err(e) = self.relink_promoted(repo, &to, tags) {
+            // Found by the fault tests: returned as it was, the error left this
+            // repository's legacy tags naming a directory that had moved, in the live
+            // mount, until the next mount finished the promotion. It is finished now, by
+            // the same replay (on a second failure the intent stays for the next mount).
+            let mut rec_log = super::recover::Recovery::default();
+            if super::recover::replay_promote(&self.root, repo, &d.hex(), &mut rec_log).is_err() {
+                return Err(e);
+            }
+            let mut ix = self.index.write();
+            let left: Vec<String> = ix
+                .node(repo)
+                .map(|n| {
+                    n.tags
+                        .iter()
+                        .filter(|(_, t)| t.key == from)
+                        .map(|(k, _)| k.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for tag in left {
+                ix.remove_tag(repo, &tag);
+                ix.add_tag(repo, &tag, to.clone(), Layout::Content);
+            }
+            ix.ensure_node(repo, Layout::Content);
+        }
+        self.index.write().remove_dir(&from);
+        self.fsync_dir(&self.root.join(layout::repo_rel_dir(Layout::Content, repo)));
+        self.fsync_dir(&self.root.join(repo));
+        let _ = self.journal.done(&rec);
+        Ok(())
+    }
+
+    /// The tags of `repo` naming `from`, now at `to`, rewritten into the content layout.
+    fn relink_promoted(&self, repo: &str, to: &DirKey, tags: Vec<String>) -> Result<()> {
         self.ensure_store_dir(Layout::Content, repo)?;
         for tag in tags {
             let new = self.tag_path(repo, &tag, Layout::Content);
             fsutil::install_symlink(
-                &layout::tag_target(repo, &to),
+                &layout::tag_target(repo, to),
                 &new,
                 RenameMode::Replace,
                 false,
@@ -85,10 +120,6 @@ impl Store {
             ix.remove_tag(repo, &tag);
             ix.add_tag(repo, &tag, to.clone(), Layout::Content);
         }
-        self.index.write().remove_dir(&from);
-        self.fsync_dir(&self.root.join(layout::repo_rel_dir(Layout::Content, repo)));
-        self.fsync_dir(&self.root.join(repo));
-        let _ = self.journal.done(&rec);
         Ok(())
     }
 }

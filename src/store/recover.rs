@@ -215,7 +215,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
     Ok(rec)
 }
 
-fn replay_promote(root: &Path, repo: &str, hex: &str, rec: &mut Recovery) -> Result<()> {
+pub(super) fn replay_promote(root: &Path, repo: &str, hex: &str, rec: &mut Recovery) -> Result<()> {
     let Some(d) = Digest::parse_hex(hex) else {
         return Ok(());
     };

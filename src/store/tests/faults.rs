@@ -128,7 +128,10 @@ fn index_matches_disk(store: &Store, what: &str) {
     assert_eq!(s.tags, disk.tags, "{what}: live index tags vs disk");
     let dirs: std::collections::BTreeSet<String> = s.dirs.keys().cloned().collect();
     assert_eq!(dirs, disk.dirs, "{what}: live index digest dirs vs disk");
-    assert_eq!(s.repos, disk.repos, "{what}: live index repository dirs vs disk");
+    assert_eq!(
+        s.repos, disk.repos,
+        "{what}: live index repository dirs vs disk"
+    );
 }
 
 /// One operation under test.
@@ -403,7 +406,7 @@ fn faults_exchange() {
 }
 
 #[test]
-#[ignore = "known bug: a promotion failing after its rename leaves the legacy tags dangling until the next mount"]
+#[ignore = "known: a tag whose promotion succeeded but whose own install fails leaves the image promoted, untagged by the new name (neither before nor after)"]
 fn faults_exchange_across_repos_with_promotion() {
     run(Op {
         name: "exchange+promote",
@@ -416,7 +419,7 @@ fn faults_exchange_across_repos_with_promotion() {
 }
 
 #[test]
-#[ignore = "known bug: a promotion failing after its rename leaves the legacy tags dangling until the next mount"]
+#[ignore = "known: a tag whose promotion succeeded but whose own install fails leaves the image promoted, untagged by the new name (neither before nor after)"]
 fn faults_promotion() {
     run(Op {
         name: "promote (ln across repos)",
