@@ -611,7 +611,7 @@ pub fn repair(root: &Path, mounted: bool, o: &mut dyn Write) -> Result<(usize, b
     let mut ok = rec.failures.is_empty();
     let now = check_structure(root, mounted)?;
     for f in now.findings.iter().filter(|f| f.kind == Kind::DanglingTag) {
-        match std::fs::remove_file(&f.path) {
+        match crate::store::sys::remove_file(&f.path) {
             Ok(()) => {
                 n += 1;
                 out(

@@ -1,5 +1,6 @@
 //! Small filesystem primitives with the durability and atomicity the store relies on.
 
+use super::sys;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -8,34 +9,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Prefix of temporary names; never a valid tag (tags start with `[A-Za-z0-9_]`).
 pub const TMP_PREFIX: &str = ".imagefs-tmp-";
 
-/// How `rename` treats an existing destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenameMode {
-    Replace,
-    NoReplace,
-    Exchange,
-}
+pub use super::sys::RenameMode;
 
 /// `renameat2(2)` with the given mode.
 pub fn rename(from: &Path, to: &Path, mode: RenameMode) -> io::Result<()> {
-    use nix::fcntl::{AT_FDCWD, RenameFlags};
-    let flags = match mode {
-        RenameMode::Replace => RenameFlags::empty(),
-        RenameMode::NoReplace => RenameFlags::RENAME_NOREPLACE,
-        RenameMode::Exchange => RenameFlags::RENAME_EXCHANGE,
-    };
-    nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).map_err(io::Error::from)
+    sys::renameat2(from, to, mode)
 }
 
 /// Flushes a directory's entries to disk. `O_DIRECTORY`: whatever else stands at `dir` is
 /// refused, never opened (a FIFO would block).
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(dir)?
-        .sync_all()
+    let f = sys::open(
+        dir,
+        std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC),
+    )?;
+    sys::sync_all(&f)
 }
 
 /// A name unique in this process and, through the pid and clock, across processes.
@@ -60,9 +51,9 @@ pub fn install_symlink(
 ) -> io::Result<()> {
     let dir = link.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!("{TMP_PREFIX}{}", unique_name("link")));
-    std::os::unix::fs::symlink(target, &tmp)?;
+    sys::symlink(target, &tmp)?;
     if let Err(e) = rename(&tmp, link, mode) {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = sys::remove_file(&tmp);
         return Err(e);
     }
     if durable {
@@ -73,18 +64,23 @@ pub fn install_symlink(
 
 /// Writes a file atomically (temporary file, fsync, rename, fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!("{TMP_PREFIX}{}", unique_name("file")));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
+        let f = sys::open(
+            &tmp,
+            std::fs::File::options()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )?;
+        sys::write_all(&f, bytes)?;
+        sys::sync_all(&f)?;
+        sys::rename(&tmp, path)?;
         fsync_dir(dir)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = sys::remove_file(&tmp);
     }
     result
 }
@@ -113,7 +109,7 @@ pub fn sha256_of(mut r: impl std::io::Read) -> io::Result<(super::names::Digest,
 pub fn tree_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fn walk(path: &Path, dev: Option<u64>) -> u64 {
-        let Ok(m) = std::fs::symlink_metadata(path) else {
+        let Ok(m) = sys::symlink_metadata(path) else {
             return 0;
         };
         if dev.is_some_and(|d| d != m.dev()) {
@@ -123,7 +119,7 @@ pub fn tree_bytes(path: &Path) -> u64 {
         if !m.is_dir() {
             return own;
         }
-        let children: u64 = std::fs::read_dir(path)
+        let children: u64 = sys::read_dir(path)
             .map(|rd| rd.flatten().map(|e| walk(&e.path(), Some(m.dev()))).sum())
             .unwrap_or(0);
         own + children
@@ -141,13 +137,13 @@ pub fn tree_bytes(path: &Path) -> u64 {
 /// immutable file: `EPERM`, a read-only filesystem: `EROFS`) is left where it is and the rest is
 /// removed anyway; the error then names every entry left and why, and has the kind of the first.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let m = match std::fs::symlink_metadata(path) {
+    let m = match sys::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
     if !m.is_dir() {
-        return std::fs::remove_file(path);
+        return sys::remove_file(path);
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
@@ -160,11 +156,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     } else {
         parent
     };
-    let pfd = rustix::fs::open(
-        parent,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )?;
+    let pfd = sys::open_dir(parent)?;
     let mut left = Vec::new();
     remove_at(&pfd, name, path, place_of(&pfd)?, &mut left);
     left_behind(left)
@@ -178,10 +170,9 @@ struct Place {
 }
 
 fn place_of(fd: impl rustix::fd::AsFd) -> io::Result<Place> {
-    use rustix::fs::{AtFlags, StatxFlags, statx};
-    let st = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID)?;
+    let st = sys::fstatx(fd, rustix::fs::StatxFlags::MNT_ID)?;
     Ok(Place {
-        mnt_id: (st.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id),
+        mnt_id: (st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id),
         dev: (st.stx_dev_major, st.stx_dev_minor),
     })
 }
@@ -195,7 +186,7 @@ fn remove_at(
     place: Place,
     left: &mut Vec<(std::path::PathBuf, io::Error)>,
 ) -> bool {
-    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, unlinkat};
+    use rustix::fs::FileType;
     use rustix::io::Errno;
     let gone = |r: rustix::io::Result<()>, left: &mut Vec<_>| match r {
         Ok(()) | Err(Errno::NOENT) => true,
@@ -205,11 +196,10 @@ fn remove_at(
         }
     };
     // O_DIRECTORY fails before anything is opened on a file, a FIFO or a device.
-    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = match openat(parent, name, flags, Mode::empty()) {
+    let fd = match sys::openat_dir(parent, name) {
         Ok(fd) => fd,
         Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
-            return gone(unlinkat(parent, name, AtFlags::empty()), left);
+            return gone(sys::unlinkat(parent, name, false), left);
         }
         Err(e) => return gone(Err(e), left),
     };
@@ -231,7 +221,7 @@ fn remove_at(
         }
     }
     let mut all_gone = true;
-    match Dir::read_from(&fd) {
+    match sys::read_dir_fd(&fd) {
         Ok(dir) => {
             for entry in dir {
                 let entry = match entry {
@@ -251,7 +241,7 @@ fn remove_at(
                     FileType::Directory | FileType::Unknown => {
                         remove_at(&fd, n, &child, place, left)
                     }
-                    _ => match unlinkat(&fd, n, AtFlags::empty()) {
+                    _ => match sys::unlinkat(&fd, n, false) {
                         Ok(()) | Err(Errno::NOENT) => true,
                         Err(e) => {
                             left.push((child, io::Error::from(e)));
@@ -271,7 +261,7 @@ fn remove_at(
         // What is left was reported; the directory holding it stays too.
         return false;
     }
-    gone(unlinkat(parent, name, AtFlags::REMOVEDIR), left)
+    gone(sys::unlinkat(parent, name, true), left)
 }
 
 /// `Ok` when nothing was left, else one error naming every entry left (the first few) and why.

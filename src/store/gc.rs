@@ -129,6 +129,10 @@ pub enum Stale {
     NotFinished(String),
     /// hypeman keeps it as a digest-only image (its metadata names a digest reference).
     DigestOnly,
+    /// It could not be examined now (an I/O error): the intent stays, for the next try.
+    /// (Found by the fault tests: an EIO used to drop the intent, leaving the directory
+    /// untagged and never collected.)
+    Unreadable(String),
 }
 
 impl std::fmt::Display for Stale {
@@ -150,6 +154,7 @@ impl std::fmt::Display for Stale {
             ),
             Stale::NotFinished(why) => write!(f, "it is not finished ({why})"),
             Stale::DigestOnly => write!(f, "hypeman keeps it as a digest-only image"),
+            Stale::Unreadable(why) => write!(f, "it cannot be examined now ({why})"),
         }
     }
 }
@@ -186,9 +191,11 @@ pub(super) fn judge_key(
         Ok(true) => {}
         Ok(false) => return Err(Stale::Replaced),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Stale::Gone),
-        Err(e) => return Err(Stale::NotFinished(format!("cannot stat it: {e}"))),
+        Err(e) => return Err(Stale::Unreadable(format!("cannot stat it: {e}"))),
     }
-    let md = metadata::Metadata::read(&path).map_err(Stale::NotFinished)?;
+    let md = metadata::Metadata::read_io(&path)
+        .map_err(|e| Stale::Unreadable(format!("metadata.json: {e}")))?
+        .map_err(Stale::NotFinished)?;
     match md.status() {
         Some(s) if s.collectable() => {}
         Some(s) => return Err(Stale::NotFinished(format!("status {}", s.as_str()))),
@@ -302,6 +309,13 @@ pub(super) fn replay(
                 "rolled back interrupted collection of {dir}: a tag still names it"
             ))),
             Err(Stale::Malformed) => {}
+            Err(s @ Stale::Unreadable(_)) => {
+                report(Err(format!(
+                    "collect {}: {s}; kept, with its intent, for the next mount to try again",
+                    root.join(&dir).display()
+                )));
+                continue;
+            }
             Err(s) => report(Ok(format!(
                 "dropped the GC intent of {dir}: {s}; the directory is kept"
             ))),
@@ -330,7 +344,11 @@ impl Store {
         if self.index().refs(key).unwrap_or(0) > 1 {
             return Ok(None);
         }
-        match self.status(key) {
+        let dir = self.root.join(key.rel_path());
+        // A failed read is reported (nothing changed), not taken for an unknown status,
+        // which would keep the directory untagged for good (found by the fault tests).
+        let status = metadata::read_status_io(&dir).ctx(|| dir.display().to_string())?;
+        match status {
             Ok(s) if s.collectable() => {}
             Ok(s) => {
                 info!(

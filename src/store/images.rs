@@ -23,6 +23,7 @@ use super::Store;
 use super::index::Index;
 use super::layout::DirKey;
 use super::names::{self, Digest};
+use super::sys;
 
 /// The name `digests/` gives the directory `key`: `<hex>` for the primary, else
 /// `<hex>@<repo with '+' for '/'>`.
@@ -48,7 +49,7 @@ pub fn parse_entry_name(name: &str) -> Option<(Digest, Option<String>)> {
 
 /// Identifies `rootfs.erofs` of a directory: device and inode.
 fn image_file(dir: &Path) -> Option<(u64, u64)> {
-    let m = std::fs::metadata(dir.join("rootfs.erofs")).ok()?;
+    let m = sys::metadata(dir.join("rootfs.erofs")).ok()?;
     Some((m.dev(), m.ino()))
 }
 

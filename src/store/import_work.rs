@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 
 use super::fsutil;
 use super::lockfile::flock;
+use super::sys;
 
 /// `import/` locked, or `None` when there is no `import/` (no import ever ran).
 fn lock_base(base: &Path) -> io::Result<Option<File>> {
-    let f = match File::open(base) {
+    let f = match sys::open(base, File::options().read(true)) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -30,14 +31,15 @@ fn lock_base(base: &Path) -> io::Result<Option<File>> {
 
 /// Is the work directory `p` abandoned (nobody holds its lock)? Briefly takes the lock.
 fn is_dead(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
-        && File::open(p).is_ok_and(|f| f.try_lock().is_ok())
+    sys::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+        && sys::open(p, File::options().read(true))
+            .is_ok_and(|f| sys::flock(&f, sys::try_lock).is_ok())
 }
 
 /// The work directories of dead imports under `base` (`import/`), sorted. The caller holds
 /// the lock on `base`.
 fn dead_locked(base: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut dead: Vec<PathBuf> = std::fs::read_dir(base)?
+    let mut dead: Vec<PathBuf> = sys::read_dir(base)?
         .flatten()
         .map(|e| e.path())
         .filter(|p| is_dead(p))
@@ -82,7 +84,7 @@ fn remove_dead_locked(base: &Path) -> io::Result<Vec<(PathBuf, io::Result<()>)>>
 /// A new work directory under `base` (`import/`, created if missing), locked for as long as
 /// the returned file stays open; dead imports' directories are removed first.
 pub fn create(base: &Path) -> io::Result<(PathBuf, File)> {
-    std::fs::create_dir_all(base)?;
+    sys::create_dir_all(base)?;
     let Some(_lock) = lock_base(base)? else {
         return Err(io::Error::from(io::ErrorKind::NotFound));
     };
@@ -91,18 +93,13 @@ pub fn create(base: &Path) -> io::Result<(PathBuf, File)> {
     let path = base.join(fsutil::unique_name("import"));
     // Only its maker may enter: the tree extracted here keeps the image's setuid binaries
     // and device nodes, on a filesystem that is neither nosuid nor nodev.
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&path)?;
-    let lock = File::open(&path).and_then(|f| match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(io::Error::from_raw_os_error(libc::EWOULDBLOCK))
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
-    });
+    sys::create_dir_mode(&path, 0o700)?;
+    let lock = sys::open(&path, File::options().read(true))
+        .and_then(|f| sys::flock(&f, sys::try_lock).map(|()| f));
     match lock {
         Ok(f) => Ok((path, f)),
         Err(e) => {
-            let _ = std::fs::remove_dir(&path);
+            let _ = sys::remove_dir(&path);
             Err(e)
         }
     }

@@ -17,6 +17,7 @@ use super::layout::{self, DirKey};
 use super::lockfile::StoreLock;
 use super::metadata::{self, Status};
 use super::names::{self, Digest};
+use super::sys;
 
 /// Why an install stopped.
 #[derive(Debug)]
@@ -57,24 +58,25 @@ type Result<T> = std::result::Result<T, InstallError>;
 /// Creates `dir` if missing, like `like` (owner and mode) when that exists, else 0755.
 /// Refuses a symlink or a non-directory in the way. Returns whether it created `dir`.
 fn ensure_dir_like(dir: &Path, like: &Path) -> Result<bool> {
-    match std::fs::create_dir(dir) {
+    match sys::create_dir(dir) {
         Ok(()) => {
-            let (uid, gid, mode) = match std::fs::metadata(like) {
+            let (uid, gid, mode) = match sys::metadata(like) {
                 Ok(m) => (Some(m.uid()), Some(m.gid()), m.mode() & 0o7777),
                 Err(_) => (None, None, 0o755),
             };
-            let _ = std::os::unix::fs::chown(dir, uid, gid);
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| InstallError::io(dir.display(), e))?;
+            let _ = sys::chown(dir, uid, gid);
+            if let Err(e) = sys::set_permissions(dir, std::fs::Permissions::from_mode(mode)) {
+                // Not left behind half made (found by the fault tests).
+                let _ = sys::remove_dir(dir);
+                return Err(InstallError::io(dir.display(), e));
+            }
             Ok(true)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            match std::fs::symlink_metadata(dir) {
-                Ok(m) if m.is_dir() => Ok(false),
-                Ok(_) => Err(InstallError::refused(dir, "exists and is not a directory")),
-                Err(e) => Err(InstallError::io(dir.display(), e)),
-            }
-        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match sys::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(false),
+            Ok(_) => Err(InstallError::refused(dir, "exists and is not a directory")),
+            Err(e) => Err(InstallError::io(dir.display(), e)),
+        },
         Err(e) => Err(InstallError::io(dir.display(), e)),
     }
 }
@@ -83,15 +85,41 @@ fn ensure_dir_like(dir: &Path, like: &Path) -> Result<bool> {
 /// takes the owner and mode of the legacy repository directory of the same path, if any
 /// (`repositories/` itself those of the store). Returns the directory.
 pub fn ensure_repo_dir(root: &Path, repo: &str) -> Result<PathBuf> {
+    ensure_repo_dir_made(root, repo).map(|(dir, _)| dir)
+}
+
+/// [`ensure_repo_dir`], returning also the levels it made, deepest last. On a failure the
+/// levels made are removed again (found by the fault tests: a failed `mkdir -p` or import
+/// left empty repository directories).
+fn ensure_repo_dir_made(root: &Path, repo: &str) -> Result<(PathBuf, Vec<PathBuf>)> {
     let mut dir = root.join(layout::REPOSITORIES);
-    ensure_dir_like(&dir, root)?;
+    let mut made = Vec::new();
     let mut rel = String::new();
+    let mut levels = vec![(dir.clone(), root.to_path_buf())];
     for c in repo.split('/').filter(|c| !c.is_empty()) {
         dir.push(c);
         rel = names::join(&rel, c);
-        ensure_dir_like(&dir, &root.join(&rel))?;
+        levels.push((dir.clone(), root.join(&rel)));
     }
-    Ok(dir)
+    for (level, like) in levels {
+        match ensure_dir_like(&level, &like) {
+            Ok(true) => made.push(level),
+            Ok(false) => {}
+            Err(e) => {
+                remove_made(&made);
+                return Err(e);
+            }
+        }
+    }
+    Ok((dir, made))
+}
+
+/// Removes the directories [`ensure_repo_dir_made`] made, deepest first (best effort: an
+/// empty repository directory left is harmless).
+fn remove_made(made: &[PathBuf]) {
+    for d in made.iter().rev() {
+        let _ = sys::remove_dir(d);
+    }
 }
 
 /// Installs the finished digest directory `built` as `content/<digest>`, by one rename,
@@ -101,7 +129,7 @@ pub fn install_digest_dir(root: &Path, built: &Path, digest: Digest) -> Result<b
     let content = root.join(layout::CONTENT);
     ensure_dir_like(&content, root)?;
     let dest = root.join(DirKey::Content(digest).rel_path());
-    match std::fs::symlink_metadata(&dest) {
+    match sys::symlink_metadata(&dest) {
         Ok(m) if m.is_dir() => match metadata::read_status(&dest) {
             Ok(Status::Ready) => Ok(true),
             Ok(s) => Err(InstallError::refused(
@@ -127,7 +155,10 @@ pub fn install_digest_dir(root: &Path, built: &Path, digest: Digest) -> Result<b
                     e,
                 )
             })?;
-            fsutil::fsync_dir(&content).map_err(|e| InstallError::io(content.display(), e))?;
+            if let Err(e) = fsutil::fsync_dir(&content) {
+                take_back(root, built, digest);
+                return Err(InstallError::io(content.display(), e));
+            }
             Ok(false)
         }
         Err(e) => Err(InstallError::io(dest.display(), e)),
@@ -149,26 +180,28 @@ pub fn install_tag(root: &Path, repo: &str, tag: &str, digest: Digest) -> Result
              tag; give {normal}:{tag} for a tag hypeman sees"
         );
     }
-    let dir = ensure_repo_dir(root, repo)?;
+    let (dir, made) = ensure_repo_dir_made(root, repo)?;
     let link = dir.join(tag);
-    if std::fs::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
+    if sys::symlink_metadata(&link).is_ok_and(|m| !m.file_type().is_symlink()) {
         return Err(InstallError::refused(
             &link,
             "exists and is not a tag (a directory or file is in the way)",
         ));
     }
-    fsutil::install_symlink(
-        &layout::tag_target(repo, &DirKey::Content(digest)),
-        &link,
-        RenameMode::Replace,
-        true,
-    )
-    .map_err(|e| InstallError::io(link.display(), e))?;
+    let text = layout::tag_target(repo, &DirKey::Content(digest));
+    if let Err(e) = fsutil::install_symlink(&text, &link, RenameMode::Replace, true) {
+        // Unless the tag was installed (the fsync after it failed), the directories made
+        // for it go again.
+        if !sys::read_link(&link).is_ok_and(|t| t.as_os_str() == text.as_str()) {
+            remove_made(&made);
+        }
+        return Err(InstallError::io(link.display(), e));
+    }
     // The same tag in the legacy layout moves too.
     if !layout::is_reserved_top(repo) {
         let twin = root.join(repo).join(tag);
-        if std::fs::symlink_metadata(&twin).is_ok_and(|m| m.file_type().is_symlink()) {
-            std::fs::remove_file(&twin).map_err(|e| InstallError::io(twin.display(), e))?;
+        if sys::symlink_metadata(&twin).is_ok_and(|m| m.file_type().is_symlink()) {
+            sys::remove_file(&twin).map_err(|e| InstallError::io(twin.display(), e))?;
             if let Some(p) = twin.parent() {
                 let _ = fsutil::fsync_dir(p);
             }
@@ -193,6 +226,29 @@ pub fn install_image(
         )
     })?;
     let reused = install_digest_dir(root, built, digest)?;
-    install_tag(root, repo, tag, digest)?;
+    if let Err(e) = install_tag(root, repo, tag, digest) {
+        // The tag is not there: the directory just installed goes back, so that a failed
+        // import leaves the store as it was (found by the fault tests: it stayed, untagged,
+        // and nothing ever collected it). A tag installed before the failure keeps it.
+        let link = root.join(layout::REPOSITORIES).join(repo).join(tag);
+        let text = layout::tag_target(repo, &DirKey::Content(digest));
+        let tagged = sys::read_link(&link).is_ok_and(|t| t.as_os_str() == text.as_str());
+        if !reused && !tagged {
+            take_back(root, built, digest);
+        }
+        return Err(e);
+    }
     Ok(reused)
+}
+
+/// Moves `content/<digest>`, installed by this import, back to `built` (best effort: left
+/// in place, it is an untagged image that `imagefs gc` removes).
+fn take_back(root: &Path, built: &Path, digest: Digest) {
+    let dest = root.join(DirKey::Content(digest).rel_path());
+    if let Err(e) = fsutil::rename(&dest, built, RenameMode::NoReplace) {
+        log::warn!(
+            "{}: installed, but its tag could not be; left untagged ({e})",
+            dest.display()
+        );
+    }
 }

@@ -63,6 +63,7 @@ use serde::{Deserialize, Serialize};
 use super::fsutil::{self, TMP_PREFIX};
 use super::layout::{CONTENT, DirKey, PRIVATE, SIDE_TRASH};
 use super::names::Digest;
+use super::sys;
 
 /// The identity of one directory: a directory removed and re-created under the same path
 /// (by hypeman's `RemoveAll` and a new pull) is another one, whatever its inode number.
@@ -79,11 +80,9 @@ pub struct DirId {
 impl DirId {
     /// The identity of the directory at `path` (not following a symlink).
     pub fn of(path: &Path) -> io::Result<DirId> {
-        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
-        let st = statx(
-            CWD,
+        use rustix::fs::StatxFlags;
+        let st = sys::statx(
             path,
-            AtFlags::SYMLINK_NOFOLLOW,
             StatxFlags::INO | StatxFlags::BTIME | StatxFlags::CTIME | StatxFlags::TYPE,
         )?;
         let birth = st.stx_mask & StatxFlags::BTIME.bits() != 0;
@@ -99,11 +98,9 @@ impl DirId {
     /// was recorded with (a record naming the change time is compared with the change time,
     /// wherever it came from).
     pub fn matches(&self, path: &Path) -> io::Result<bool> {
-        use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
-        let st = statx(
-            CWD,
+        use rustix::fs::StatxFlags;
+        let st = sys::statx(
             path,
-            AtFlags::SYMLINK_NOFOLLOW,
             StatxFlags::INO | StatxFlags::BTIME | StatxFlags::CTIME,
         )?;
         let t = if self.birth {
@@ -189,15 +186,9 @@ pub struct Journal {
 
 /// Are `a` and `b` on the same mount (a rename between them cannot fail with EXDEV)?
 fn same_mount(a: &Path, b: &Path) -> io::Result<bool> {
-    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
-    let st = |p: &Path| {
-        statx(
-            CWD,
-            p,
-            AtFlags::empty(),
-            StatxFlags::MNT_ID | StatxFlags::INO,
-        )
-    };
+    use rustix::fs::StatxFlags;
+    // Following symlinks: where the paths lead is what a rename between them meets.
+    let st = |p: &Path| sys::statx_follow(p, StatxFlags::MNT_ID | StatxFlags::INO);
     let (x, y) = (st(a)?, st(b)?);
     let mnt = StatxFlags::MNT_ID.bits();
     if x.stx_mask & mnt != 0 && y.stx_mask & mnt != 0 {
@@ -217,10 +208,15 @@ impl Journal {
     /// Where the bookkeeping of the store at `store` lives (nothing is created): beside the
     /// store, or inside it when the store's root is a mount point.
     pub fn new(store: &Path) -> Journal {
-        let root = store.canonicalize().unwrap_or_else(|_| store.to_path_buf());
+        let root = sys::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
         let old = root.join(PRIVATE);
         let sibling = match (root.parent(), root.file_name()) {
-            (Some(parent), Some(name)) if same_mount(&root, parent).unwrap_or(false) => {
+            // Found by the fault tests: a failed statx (EIO, say) used to put the
+            // bookkeeping inside the store, where hypeman sees it, for a store whose root is
+            // no mount point. When it cannot be told, beside the store: were the root a mount
+            // point after all, a rename into the trash gets EXDEV, which
+            // [`Journal::trash_dir`] handles.
+            (Some(parent), Some(name)) if same_mount(&root, parent).unwrap_or(true) => {
                 Some(parent.join(sibling_name(name)))
             }
             _ => None,
@@ -269,15 +265,15 @@ impl Journal {
     /// store's owner and mode bits when root creates it, so that whoever may change the
     /// store may keep its bookkeeping.
     pub fn create_dirs(&self) -> io::Result<()> {
-        if !self.in_store && !self.dir.exists() {
-            match std::fs::create_dir(&self.dir) {
+        if !self.in_store && !sys::exists(&self.dir) {
+            match sys::create_dir(&self.dir) {
                 Ok(()) => {
                     if let Some(store) = self.old.parent()
-                        && let Ok(m) = std::fs::metadata(store)
+                        && let Ok(m) = sys::metadata(store)
                     {
                         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-                        let _ = std::os::unix::fs::chown(&self.dir, Some(m.uid()), Some(m.gid()));
-                        let _ = std::fs::set_permissions(
+                        let _ = sys::chown(&self.dir, Some(m.uid()), Some(m.gid()));
+                        let _ = sys::set_permissions(
                             &self.dir,
                             std::fs::Permissions::from_mode(m.mode() & 0o7777),
                         );
@@ -295,8 +291,8 @@ impl Journal {
                 }
             }
         }
-        std::fs::create_dir_all(self.intents())?;
-        std::fs::create_dir_all(self.trash())?;
+        sys::create_dir_all(self.intents())?;
+        sys::create_dir_all(self.trash())?;
         self.make_slots();
         Ok(())
     }
@@ -305,13 +301,13 @@ impl Journal {
     /// to make one, and the ones made before serve). Each is a file of one written block, so
     /// that recording an intent in it later overwrites allocated bytes and needs no new block.
     fn make_slots(&self) {
-        if let Err(e) = std::fs::create_dir_all(self.spare()) {
+        if let Err(e) = sys::create_dir_all(self.spare()) {
             log::debug!("{}: {e}", self.spare().display());
             return;
         }
         for i in 0..SLOTS {
             let path = self.spare().join(format!("{i}{SLOT_SUFFIX}"));
-            if path.symlink_metadata().is_ok() {
+            if sys::exists(&path) {
                 continue;
             }
             if let Err(e) = fsutil::write_atomic(&path, &[0u8; SLOT_BYTES]) {
@@ -323,7 +319,6 @@ impl Journal {
 
     /// Records a GC record in a free spare slot (see [`SLOTS`]): for when the disk is full.
     fn record_in_slot(&self, stem: &str, target: &str) -> io::Result<PathBuf> {
-        use std::os::unix::fs::FileExt;
         let text = format!("{SLOT_MAGIC}{stem}\n{target}\n");
         if text.len() > SLOT_BYTES {
             return Err(io::Error::new(
@@ -333,12 +328,12 @@ impl Journal {
         }
         for i in 0..SLOTS {
             let path = self.spare().join(format!("{i}{SLOT_SUFFIX}"));
-            let Ok(f) = File::options().read(true).write(true).open(&path) else {
+            let Ok(f) = sys::open(&path, File::options().read(true).write(true)) else {
                 continue;
             };
             let mut first = [0u8; 1];
-            if f.metadata().map(|m| m.len()).unwrap_or(0) < SLOT_BYTES as u64
-                || f.read_at(&mut first, 0).ok() != Some(1)
+            if sys::fstat(&f).map(|m| m.len()).unwrap_or(0) < SLOT_BYTES as u64
+                || sys::read_at(&f, &mut first, 0).ok() != Some(1)
                 || first[0] != 0
             {
                 continue;
@@ -346,8 +341,8 @@ impl Journal {
             // The first byte last: a record is never seen half-written (after kill -9 the page
             // cache holds both writes in order).
             let bytes = text.as_bytes();
-            f.write_all_at(bytes.get(1..).unwrap_or_default(), 1)?;
-            f.write_all_at(bytes.get(..1).unwrap_or_default(), 0)?;
+            sys::write_all_at(&f, bytes.get(1..).unwrap_or_default(), 1)?;
+            sys::write_all_at(&f, bytes.get(..1).unwrap_or_default(), 0)?;
             return Ok(path);
         }
         Err(io::Error::new(
@@ -379,12 +374,12 @@ impl Journal {
         if self.in_store {
             return Ok(0);
         }
-        match std::fs::symlink_metadata(&self.old) {
+        match sys::symlink_metadata(&self.old) {
             Ok(m) if m.is_dir() => {}
             _ => return Ok(0),
         }
         if let Ok(f) = super::safe_open::open_regular(&self.old.join("mounted"))
-            && f.try_lock().is_err()
+            && sys::flock(&f, sys::try_lock).is_err()
         {
             return Err(io::Error::new(
                 io::ErrorKind::ResourceBusy,
@@ -394,14 +389,16 @@ impl Journal {
                 ),
             ));
         }
-        let old_lock = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(self.old.join("lock"))?;
+        let old_lock = sys::open(
+            self.old.join("lock"),
+            File::options()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true),
+        )?;
         loop {
-            match old_lock.lock() {
+            match sys::flock(&old_lock, File::lock) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => break r?,
             }
@@ -409,11 +406,11 @@ impl Journal {
         let mut moved = 0;
         for sub in ["intents", "trash", "import"] {
             let from = self.old.join(sub);
-            let Ok(rd) = std::fs::read_dir(&from) else {
+            let Ok(rd) = sys::read_dir(&from) else {
                 continue;
             };
             let to = self.dir.join(sub);
-            std::fs::create_dir_all(&to)?;
+            sys::create_dir_all(&to)?;
             for e in rd.flatten() {
                 fsutil::rename(
                     &e.path(),
@@ -422,12 +419,12 @@ impl Journal {
                 )?;
                 moved += 1;
             }
-            std::fs::remove_dir(&from)?;
+            sys::remove_dir(&from)?;
         }
-        let _ = std::fs::remove_file(self.old.join("mounted"));
-        let _ = std::fs::remove_file(self.old.join("lock"));
+        let _ = sys::remove_file(self.old.join("mounted"));
+        let _ = sys::remove_file(self.old.join("lock"));
         drop(old_lock);
-        if let Err(e) = std::fs::remove_dir(&self.old) {
+        if let Err(e) = sys::remove_dir(&self.old) {
             log::warn!(
                 "{}: left in place ({e}): it holds something imagefs did not put there",
                 self.old.display()
@@ -451,7 +448,7 @@ impl Journal {
             DirKey::Legacy(repo, _) => format!("{}:{repo}", id.encode()),
         };
         let path = self.intents().join(&name);
-        match std::os::unix::fs::symlink(&target, &path) {
+        match sys::symlink(&target, &path) {
             Ok(()) => Ok(path),
             // A full disk (or quota): a symlink whose target does not fit in the inode, or a
             // directory that needs a new block. Freeing space must still work: a spare slot.
@@ -500,26 +497,28 @@ impl Journal {
             .ends_with(SLOT_SUFFIX.as_bytes())
         {
             // A spare slot is freed (its first byte zeroed), never removed: it stays allocated.
-            use std::os::unix::fs::FileExt;
-            return match File::options().write(true).open(record) {
-                Ok(f) => f.write_all_at(&[0], 0),
+            return match sys::open(record, File::options().write(true)) {
+                Ok(f) => sys::write_all_at(&f, &[0], 0),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(e),
             };
         }
-        match std::fs::remove_file(record) {
+        match sys::remove_file(record) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
     /// Every readable intent, oldest first, with its record's path. Unreadable records
-    /// are returned as `None` so the caller can log and drop them.
+    /// are returned as `None` so the caller can log and drop them. A record that cannot be
+    /// read now (an I/O error, not a bad record) fails the whole call: dropped, it would
+    /// leave its change half done for good (found by the fault tests: an EIO of one
+    /// `readlink` dropped a GC intent, and its directory was never collected).
     pub fn pending(&self) -> io::Result<Vec<(PathBuf, Option<Intent>)>> {
         let mut out = Vec::new();
         let mut entries = Vec::new();
         for dir in [self.intents(), self.spare()] {
-            match std::fs::read_dir(dir) {
+            match sys::read_dir(dir) {
                 Ok(rd) => entries.extend(rd.flatten()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
@@ -535,17 +534,19 @@ impl Journal {
                 match read_slot(&path) {
                     Slot::Free => continue,
                     Slot::Record(stem, target) => parse_gc(&stem, &target),
-                    Slot::Unreadable => None,
+                    Slot::Unreadable(e) => bad_record(e)?,
                 }
             } else if let Some(stem) = name.strip_suffix(".gc") {
-                std::fs::read_link(&path)
-                    .ok()
-                    .and_then(|t| parse_gc(stem, t.to_str()?))
+                match sys::read_link(&path) {
+                    Ok(t) => t.to_str().and_then(|t| parse_gc(stem, t)),
+                    Err(e) => bad_record(e)?,
+                }
             } else {
                 // Intents are a few hundred bytes; anything else is not one (never blocks).
-                super::safe_open::read_regular(&path, 1 << 16)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
+                match super::safe_open::read_regular(&path, 1 << 16) {
+                    Ok(b) => serde_json::from_slice(&b).ok(),
+                    Err(e) => bad_record(e)?,
+                }
             };
             out.push((path, intent));
         }
@@ -563,17 +564,17 @@ impl Journal {
         let from = store.join(key.rel_path());
         let name = fsutil::unique_name(&key.digest().hex()[..12]);
         let dest = self.trash().join(&name);
-        match std::fs::rename(&from, &dest) {
+        match sys::rename(&from, &dest) {
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
             r => return r.map(|()| dest),
         }
         let side = from.parent().unwrap_or(store).join(SIDE_TRASH);
-        match std::fs::create_dir(&side) {
+        match sys::create_dir(&side) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
         let dest = side.join(name);
-        std::fs::rename(&from, &dest)?;
+        sys::rename(&from, &dest)?;
         Ok(dest)
     }
 
@@ -585,7 +586,7 @@ impl Journal {
             return Ok(self.trash());
         }
         let side = dir.join(SIDE_TRASH);
-        match std::fs::create_dir(&side) {
+        match sys::create_dir(&side) {
             Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
             _ => Ok(side),
         }
@@ -597,7 +598,7 @@ impl Journal {
     /// it must never stop a mount.
     pub fn empty_trash(&self, side: &[PathBuf]) -> Emptied {
         let mut out = Emptied::default();
-        let empty = |dir: &Path, out: &mut Emptied| match std::fs::read_dir(dir) {
+        let empty = |dir: &Path, out: &mut Emptied| match sys::read_dir(dir) {
             Ok(rd) => {
                 for entry in rd {
                     match entry {
@@ -615,7 +616,7 @@ impl Journal {
         empty(&self.trash(), &mut out);
         for dir in side {
             empty(dir, &mut out);
-            let _ = std::fs::remove_dir(dir);
+            let _ = sys::remove_dir(dir);
         }
         out
     }
@@ -640,15 +641,27 @@ enum Slot {
     Free,
     /// The stem and target of the GC record it holds, as a symlink record would have them.
     Record(String, String),
-    Unreadable,
+    Unreadable(io::Error),
+}
+
+/// A record that could not be read: `None` (a bad record, dropped by the caller) when it
+/// is not what it should be (gone, not a symlink, not a regular file, too large); the error
+/// when reading failed.
+fn bad_record<T>(e: io::Error) -> io::Result<Option<T>> {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput => {
+            Ok(None)
+        }
+        _ => Err(e),
+    }
 }
 
 fn read_slot(path: &Path) -> Slot {
-    use std::io::Read;
     let mut buf = Vec::with_capacity(SLOT_BYTES);
-    let read = File::open(path).and_then(|f| f.take(SLOT_BYTES as u64).read_to_end(&mut buf));
-    if read.is_err() {
-        return Slot::Unreadable;
+    let read = sys::open(path, File::options().read(true))
+        .and_then(|f| sys::read_to_end(&f, SLOT_BYTES as u64, &mut buf));
+    if let Err(e) = read {
+        return Slot::Unreadable(e);
     }
     if buf.first().is_none_or(|b| *b == 0) {
         return Slot::Free;
@@ -662,7 +675,7 @@ fn read_slot(path: &Path) -> Slot {
         (Some(stem), Some(target)) if !stem.is_empty() && !target.is_empty() => {
             Slot::Record(stem.to_string(), target.to_string())
         }
-        _ => Slot::Unreadable,
+        _ => Slot::Unreadable(io::ErrorKind::InvalidData.into()),
     }
 }
 

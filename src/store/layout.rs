@@ -22,6 +22,7 @@ use log::{debug, warn};
 
 use super::fsutil::TMP_PREFIX;
 use super::names::{self, Digest};
+use super::sys;
 
 pub const CONTENT: &str = "content";
 pub const REPOSITORIES: &str = "repositories";
@@ -203,7 +204,7 @@ fn ignore(scan: &mut Scan, path: &Path, reason: impl Into<String>) {
 /// Reads the whole store. Symlinks are read, never followed.
 pub fn scan(root: &Path) -> std::io::Result<Scan> {
     let mut scan = Scan::default();
-    match std::fs::read_dir(root.join(CONTENT)) {
+    match sys::read_dir(root.join(CONTENT)) {
         Ok(rd) => {
             for entry in rd.flatten() {
                 let name = entry.file_name();
@@ -296,7 +297,7 @@ fn walk_parallel(root: &Path, start: Vec<(Layout, String)>) -> Vec<Scan> {
 fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<String> {
     let mut subs = Vec::new();
     let dir = root.join(repo_rel_dir(layout, repo));
-    let rd = match std::fs::read_dir(&dir) {
+    let rd = match sys::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && repo.is_empty() => return subs,
         Err(e) => {
@@ -366,7 +367,7 @@ fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Sc
         ignore(scan, path, "not a valid tag name");
         return;
     };
-    let target = match std::fs::read_link(path) {
+    let target = match sys::read_link(path) {
         Ok(t) => t,
         Err(e) => {
             ignore(scan, path, format!("cannot read link: {e}"));

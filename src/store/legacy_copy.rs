@@ -46,14 +46,24 @@ use super::fsutil::{self, RenameMode};
 use super::journal::DirId;
 use super::layout::{self, DirKey, Layout};
 use super::metadata::{Metadata, Status};
+use super::sys;
 
 impl Store {
     /// Does a tag in `repo` naming another repository's legacy directory get a legacy copy
     /// (instead of a promotion)? In a store without `content/`, unless `repo` cannot be a
     /// legacy repository (its first component is one of the store's own directories).
-    pub(super) fn stays_legacy(&self, repo: &str) -> bool {
+    pub(super) fn stays_legacy(&self, repo: &str) -> Result<bool> {
         let content = self.root.join(layout::CONTENT);
-        std::fs::symlink_metadata(content).is_err() && !layout::is_reserved_top(repo)
+        // Only a missing `content/` makes a legacy copy. Found by the fault tests: any
+        // error of the lstat used to count as missing, so an EIO made a copy (and a
+        // directory) the fault-free run does not make; it is now reported.
+        match sys::symlink_metadata(&content) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(!layout::is_reserved_top(repo))
+            }
+            Err(e) => Err(e).ctx(|| content.display().to_string()),
+        }
     }
 
     /// The legacy directory of `repo` that a tag `repo:tag` uses for the digest of `from`,
@@ -171,11 +181,11 @@ impl Store {
             let parent = dir.clone();
             dir.push(c);
             like.push(c);
-            match std::fs::create_dir(&dir) {
-                Ok(()) if like.is_dir() => copy_owner_and_mode(&like, &dir),
+            match sys::create_dir(&dir) {
+                Ok(()) if sys::is_dir(&like) => copy_owner_and_mode(&like, &dir),
                 Ok(()) => copy_owner_and_mode(&parent, &dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                    if !sys::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
                         return Err(StoreError::NotDir(dir.display().to_string()));
                     }
                 }
@@ -191,9 +201,9 @@ impl Store {
 /// keeps its own).
 fn copy_owner_and_mode(like: &Path, dir: &Path) {
     use std::os::unix::fs::MetadataExt;
-    if let Ok(m) = std::fs::metadata(like) {
-        let _ = std::os::unix::fs::chown(dir, Some(m.uid()), Some(m.gid()));
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(m.mode() & 0o7777));
+    if let Ok(m) = sys::metadata(like) {
+        let _ = sys::chown(dir, Some(m.uid()), Some(m.gid()));
+        let _ = sys::set_permissions(dir, std::fs::Permissions::from_mode(m.mode() & 0o7777));
     }
 }
 
@@ -201,9 +211,9 @@ fn copy_owner_and_mode(like: &Path, dir: &Path) {
 /// that is refused), `metadata.json` written anew with `name` set to `reference`. Writers'
 /// temporaries and anything that is not a regular file are left out.
 fn build_copy(src: &Path, staged: &Path, reference: &str) -> io::Result<()> {
-    std::fs::create_dir(staged)?;
+    sys::create_dir(staged)?;
     copy_owner_and_mode(src, staged);
-    for entry in std::fs::read_dir(src)? {
+    for entry in sys::read_dir(src)? {
         let entry = entry?;
         let name = entry.file_name();
         if !entry.file_type()?.is_file()
@@ -218,11 +228,11 @@ fn build_copy(src: &Path, staged: &Path, reference: &str) -> io::Result<()> {
     md.fields
         .insert("name".into(), serde_json::Value::String(reference.into()));
     let path = staged.join("metadata.json");
-    std::fs::write(&path, md.to_bytes())?;
-    if let Ok(m) = std::fs::metadata(src.join("metadata.json")) {
-        let _ = std::fs::set_permissions(&path, m.permissions());
+    sys::write(&path, md.to_bytes())?;
+    if let Ok(m) = sys::metadata(src.join("metadata.json")) {
+        let _ = sys::set_permissions(&path, m.permissions());
     }
-    std::fs::File::open(&path)?.sync_all()?;
+    sys::sync_all(&sys::open(&path, std::fs::File::options().read(true))?)?;
     fsutil::fsync_dir(staged)?;
     Ok(())
 }
@@ -230,7 +240,7 @@ fn build_copy(src: &Path, staged: &Path, reference: &str) -> io::Result<()> {
 /// Hard-links `from` to `to`; where the filesystem refuses (`EXDEV`, `EMLINK`, `EPERM`),
 /// copies the bytes instead and logs it.
 fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
-    match std::fs::hard_link(from, to) {
+    match sys::hard_link(from, to) {
         Ok(()) => Ok(()),
         Err(e)
             if matches!(
@@ -243,8 +253,8 @@ fn link_or_copy(from: &Path, to: &Path) -> io::Result<()> {
                 from.display(),
                 to.display()
             );
-            std::fs::copy(from, to)?;
-            std::fs::File::open(to)?.sync_all()
+            sys::copy(from, to)?;
+            sys::sync_all(&sys::open(to, std::fs::File::options().read(true))?)
         }
         Err(e) => Err(e),
     }

@@ -14,12 +14,13 @@ use std::io;
 use std::path::Path;
 
 use super::journal::Journal;
+use super::sys;
 
 /// `flock(2)` through `lock` (`File::lock` or `File::lock_shared`), retried when a signal
 /// interrupts the wait.
 pub(super) fn flock(f: &File, lock: fn(&File) -> io::Result<()>) -> io::Result<()> {
     loop {
-        match lock(f) {
+        match sys::flock(f, lock) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return r,
         }
@@ -27,12 +28,14 @@ pub(super) fn flock(f: &File, lock: fn(&File) -> io::Result<()>) -> io::Result<(
 }
 
 fn open(path: &Path) -> io::Result<File> {
-    File::options()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(path)
+    sys::open(
+        path,
+        File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true),
+    )
 }
 
 /// The store's writer lock, held until dropped.
@@ -81,7 +84,7 @@ impl MountedLock {
     /// pid where `/proc/locks` tells it, when another mount still holds it after
     /// [`MOUNTED_GRACE`]. Writes nothing.
     pub fn take(root: &Path) -> io::Result<RootLock> {
-        let dir = File::open(root)?;
+        let dir = sys::open(root, File::options().read(true))?;
         match lock_within_grace(&dir) {
             Ok(()) => Ok(RootLock(Some(dir))),
             Err(None) => Err(busy(&dir, None)),
@@ -109,13 +112,15 @@ impl MountedLock {
 fn lock_within_grace(f: &File) -> Result<(), Option<io::Error>> {
     let t0 = std::time::Instant::now();
     loop {
-        match f.try_lock() {
+        match sys::flock(f, sys::try_lock) {
             Ok(()) => return Ok(()),
-            Err(std::fs::TryLockError::WouldBlock) if t0.elapsed() < MOUNTED_GRACE => {
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                if t0.elapsed() >= MOUNTED_GRACE {
+                    return Err(None);
+                }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(std::fs::TryLockError::WouldBlock) => return Err(None),
-            Err(std::fs::TryLockError::Error(e)) => return Err(Some(e)),
+            Err(e) => return Err(Some(e)),
         }
     }
 }
@@ -151,7 +156,7 @@ pub fn hold_mounted(root: &Path) -> io::Result<MountedLock> {
 /// "Already mounted" (the caller names the store), naming the pid holding `locked`'s lock if `/proc/locks`
 /// tells it, and the marker (`Some`) when that is what is held.
 fn busy(locked: &File, marker: Option<&Path>) -> io::Error {
-    let by = match locked.metadata().ok().and_then(|m| flock_holder(&m)) {
+    let by = match sys::fstat(locked).ok().and_then(|m| flock_holder(&m)) {
         Some(pid) => format!("by imagefs pid {pid}"),
         None => "by another imagefs".into(),
     };
@@ -168,7 +173,7 @@ fn busy(locked: &File, marker: Option<&Path>) -> io::Error {
 /// (`1: FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF`, device numbers in hex).
 fn flock_holder(m: &std::fs::Metadata) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?; // seam: exempt (not the store)
     let (major, minor) = (
         nix::sys::stat::major(m.dev()),
         nix::sys::stat::minor(m.dev()),
@@ -193,10 +198,14 @@ fn flock_holder(m: &std::fs::Metadata) -> Option<u32> {
 /// marker is inside the store.)
 pub fn is_mounted(root: &Path) -> bool {
     let j = Journal::new(root);
-    let held = |p: &Path| super::safe_open::open_regular(p).is_ok_and(|f| f.try_lock().is_err());
+    let held = |p: &Path| {
+        super::safe_open::open_regular(p).is_ok_and(|f| sys::flock(&f, sys::try_lock).is_err())
+    };
     // The identity lock is tried shared: a mount taking it meanwhile retries (its grace).
-    let root_held = File::open(root)
-        .is_ok_and(|f| matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock)));
+    let root_held = sys::open(root, File::options().read(true)).is_ok_and(|f| {
+        sys::flock(&f, sys::try_lock_shared)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
+    });
     root_held || held(&j.mounted_path()) || held(&root.join(super::layout::PRIVATE).join("mounted"))
 }
 

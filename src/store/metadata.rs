@@ -67,16 +67,29 @@ impl Metadata {
     }
 
     pub fn read(dir: &Path) -> Result<Metadata, String> {
+        Metadata::read_io(dir)
+            .unwrap_or_else(|e| Err(format!("{}: {e}", dir.join("metadata.json").display())))
+    }
+
+    /// [`Metadata::read`], telling a failed read (outer `Err`: EIO, say; it may work next
+    /// time) from a file that is no metadata of a finished pull (inner `Err`: missing, not a
+    /// regular file, too large, not JSON). Found by the fault tests: a change that decides
+    /// from the status (collect or keep) must not take a failed read for "unknown".
+    pub fn read_io(dir: &Path) -> std::io::Result<Result<Metadata, String>> {
+        use std::io::ErrorKind;
         let path = dir.join("metadata.json");
-        let bytes = safe_open::read_regular(&path, MAX_BYTES).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::InvalidData {
+        let bytes = match safe_open::read_regular(&path, MAX_BYTES) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::InvalidData => {
                 warn_once(&path, &e);
-                e.to_string()
-            } else {
-                format!("{}: {e}", path.display())
+                return Ok(Err(e.to_string()));
             }
-        })?;
-        Metadata::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return Ok(Err(format!("{}: {e}", path.display())));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Metadata::parse(&bytes).map_err(|e| format!("{}: {e}", path.display())))
     }
 
     pub fn status(&self) -> Option<Status> {
@@ -106,6 +119,18 @@ fn warn_once(path: &Path, e: &std::io::Error) {
             "{e}; the status of its digest directory is unknown (never collected, not served as ready)"
         );
     }
+}
+
+/// [`read_status`], with a failed read as the outer `Err` ([`Metadata::read_io`]).
+pub fn read_status_io(dir: &Path) -> std::io::Result<Result<Status, String>> {
+    Ok(Metadata::read_io(dir)?.and_then(|md| {
+        md.status().ok_or_else(|| {
+            format!(
+                "{}: missing or unknown \"status\"",
+                dir.join("metadata.json").display()
+            )
+        })
+    }))
 }
 
 /// The status of the digest directory `dir`, or why it could not be read.

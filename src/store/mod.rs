@@ -89,6 +89,7 @@ pub mod recover;
 mod repo_dirs;
 mod repo_move;
 pub mod safe_open;
+pub mod sys;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -216,13 +217,11 @@ impl Store {
     }
 
     fn open_inner(root: &Path, opts: Options, mount: bool) -> Result<Store> {
-        let meta = std::fs::metadata(root).ctx(|| format!("store {}", root.display()))?;
+        let meta = sys::metadata(root).ctx(|| format!("store {}", root.display()))?;
         if !meta.is_dir() {
             return Err(StoreError::NotDir(format!("store {}", root.display())));
         }
-        let root = root
-            .canonicalize()
-            .ctx(|| format!("store {}", root.display()))?;
+        let root = sys::canonicalize(root).ctx(|| format!("store {}", root.display()))?;
         if root == Path::new("/") {
             // Its legacy layout would be the whole filesystem.
             return Err(StoreError::Invalid(
@@ -246,13 +245,15 @@ impl Store {
             Some(l) => Some(l.mark(&root).ctx(|| format!("store {}", root.display()))?),
             None => None,
         };
-        let lock_file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(journal.lock_path())
-            .ctx(|| format!("{}", journal.lock_path().display()))?;
+        let lock_file = sys::open(
+            journal.lock_path(),
+            File::options()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true),
+        )
+        .ctx(|| format!("{}", journal.lock_path().display()))?;
         let store = Store {
             root,
             journal,

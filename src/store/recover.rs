@@ -15,22 +15,20 @@ use super::journal::{Intent, Journal};
 use super::layout::{self, DirKey, Layout};
 use super::names::Digest;
 use super::repo_dirs::relink_tree;
+use super::sys;
 use super::view::View;
 
 fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
+    sys::symlink_metadata(p).is_ok()
 }
 
 fn is_symlink(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+    sys::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// The digest a tag link names: the last component of its text, in either layout.
 fn link_hex(p: &Path) -> Option<std::ffi::OsString> {
-    std::fs::read_link(p)
-        .ok()?
-        .file_name()
-        .map(|n| n.to_owned())
+    sys::read_link(p).ok()?.file_name().map(|n| n.to_owned())
 }
 
 /// The same tag's store-relative path in the other layout.
@@ -115,7 +113,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
                 if finished {
                     for p in [&from, &twin] {
                         if is_symlink(p) {
-                            std::fs::remove_file(p).ctx(|| p.display().to_string())?;
+                            sys::remove_file(p).ctx(|| p.display().to_string())?;
                         }
                     }
                     rec.did(format!(
@@ -144,7 +142,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
                         .ctx(|| p.display().to_string())?;
                     // The tag's old link in the other layout, if the exchange moved it.
                     if is_symlink(&twin) {
-                        std::fs::remove_file(&twin).ctx(|| twin.display().to_string())?;
+                        sys::remove_file(&twin).ctx(|| twin.display().to_string())?;
                     }
                 }
                 rec.did("finished interrupted exchange".to_string());
@@ -158,7 +156,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
                     .map(|r| r.trim_start_matches('/'))
                     .unwrap_or("");
                 let p = root.join(&dir);
-                if !repo.is_empty() && p.is_dir() {
+                if !repo.is_empty() && sys::is_dir(&p) {
                     relink_tree(&p, repo)?;
                     rec.did(format!("finished interrupted relink of {}", p.display()));
                 }
@@ -176,7 +174,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
         Err(m) => rec.failed(m),
     })?;
     for t in &scan.temp_files {
-        match std::fs::remove_file(t) {
+        match sys::remove_file(t) {
             Ok(()) => rec.did(format!("removed leftover {}", t.display())),
             Err(e) => rec.failed(format!("{}: {e}", t.display())),
         }
@@ -217,7 +215,7 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
     Ok(rec)
 }
 
-fn replay_promote(root: &Path, repo: &str, hex: &str, rec: &mut Recovery) -> Result<()> {
+pub(super) fn replay_promote(root: &Path, repo: &str, hex: &str, rec: &mut Recovery) -> Result<()> {
     let Some(d) = Digest::parse_hex(hex) else {
         return Ok(());
     };
@@ -228,15 +226,15 @@ fn replay_promote(root: &Path, repo: &str, hex: &str, rec: &mut Recovery) -> Res
         return Ok(());
     }
     let dir = root.join(repo);
-    let Ok(rd) = std::fs::read_dir(&dir) else {
+    let Ok(rd) = sys::read_dir(&dir) else {
         return Ok(());
     };
     let new_dir = root.join(layout::repo_rel_dir(Layout::Content, repo));
-    std::fs::create_dir_all(&new_dir).ctx(|| new_dir.display().to_string())?;
+    sys::create_dir_all(&new_dir).ctx(|| new_dir.display().to_string())?;
     for entry in rd.flatten() {
         let path = entry.path();
         let is_link = entry.file_type().map(|t| t.is_symlink()).unwrap_or(false);
-        if !is_link || std::fs::read_link(&path).ok().as_deref() != Some(Path::new(hex)) {
+        if !is_link || sys::read_link(&path).ok().as_deref() != Some(Path::new(hex)) {
             continue;
         }
         let new = new_dir.join(entry.file_name());
@@ -247,7 +245,7 @@ fn replay_promote(root: &Path, repo: &str, hex: &str, rec: &mut Recovery) -> Res
             true,
         )
         .ctx(|| new.display().to_string())?;
-        std::fs::remove_file(&path).ctx(|| path.display().to_string())?;
+        sys::remove_file(&path).ctx(|| path.display().to_string())?;
     }
     rec.did(format!("finished interrupted promotion of {repo}/{hex}"));
     Ok(())

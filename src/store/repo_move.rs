@@ -22,9 +22,10 @@ use super::journal::Intent;
 use super::layout::{self, Layout, rel};
 use super::names;
 use super::repo_dirs::relink_tree;
+use super::sys;
 
 fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
+    sys::symlink_metadata(p).is_ok()
 }
 
 /// The directories `mkdir -p dir` would make, deepest first.
@@ -88,9 +89,7 @@ impl Store {
             made.extend(missing_dirs(&parent).into_iter().map(|p| (lay, p)));
             let r = match lay {
                 Layout::Content => self.ensure_store_dir(lay, to_parent),
-                Layout::Legacy => {
-                    std::fs::create_dir_all(&parent).ctx(|| parent.display().to_string())
-                }
+                Layout::Legacy => sys::create_dir_all(&parent).ctx(|| parent.display().to_string()),
             };
             if let Err(e) = r {
                 self.remove_made(&made);
@@ -171,7 +170,7 @@ impl Store {
             // The text of the tags of a content half, whichever depth they were left at.
             if lay == Layout::Content {
                 let a = self.root.join(layout::repo_rel_dir(lay, from));
-                if a.is_dir()
+                if sys::is_dir(&a)
                     && let Err(e) = relink_tree(&a, from)
                 {
                     error!("mv tags/{from} tags/{to}: undo: {e}");
@@ -187,7 +186,7 @@ impl Store {
     fn remove_made(&self, made: &[(Layout, PathBuf)]) {
         let content_root = self.root.join(layout::REPOSITORIES);
         for (lay, dir) in made {
-            if std::fs::remove_dir(dir).is_err() {
+            if sys::remove_dir(dir).is_err() {
                 continue;
             }
             if *lay == Layout::Content
@@ -223,7 +222,7 @@ pub(super) fn replay(root: &Path, from: &str, to: &str) -> Result<String> {
     let mut finished = true;
     for &lay in &left {
         let parent = at(lay, names::split_last(to).0);
-        let r = std::fs::create_dir_all(&parent)
+        let r = sys::create_dir_all(&parent)
             .ctx(|| parent.display().to_string())
             .and_then(|()| move_half(root, lay, from, to));
         if let Err(e) = r {
@@ -247,7 +246,7 @@ pub(super) fn replay(root: &Path, from: &str, to: &str) -> Result<String> {
             }
         }
     }
-    if dir.is_dir() {
+    if sys::is_dir(&dir) {
         relink_tree(&dir, repo)?;
     }
     Ok(if finished {

@@ -11,8 +11,9 @@
 //! read whole go through [`read_regular`], which refuses those larger than its limit before
 //! reading a byte. Refusals are `InvalidData` errors naming the path and the reason.
 
+use super::sys;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -21,29 +22,27 @@ use std::path::Path;
 pub fn open_regular(path: &Path) -> io::Result<File> {
     // Opening a device node may itself do something (a tape rewinds): look first. What was
     // opened is checked again below, in case the name was swapped meanwhile.
-    let kind = std::fs::symlink_metadata(path)?.file_type();
+    let kind = sys::symlink_metadata(path)?.file_type();
     if !kind.is_file() {
         return Err(not_regular(path, kind));
     }
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            // O_NOFOLLOW's answer for a symlink (swapped in since the lstat).
-            Some(libc::ELOOP) => refused(path, "a symlink"),
-            _ => e,
-        })?;
-    let kind = file.metadata()?.file_type();
+    let file = sys::open(
+        path,
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC),
+    )
+    .map_err(|e| match e.raw_os_error() {
+        // O_NOFOLLOW's answer for a symlink (swapped in since the lstat).
+        Some(libc::ELOOP) => refused(path, "a symlink"),
+        _ => e,
+    })?;
+    let kind = sys::fstat(&file)?.file_type();
     if !kind.is_file() {
         return Err(not_regular(path, kind));
     }
     // Regular files ignore O_NONBLOCK, but reads of it are better without surprises.
-    nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-    )
-    .map_err(io::Error::from)?;
+    sys::clear_status_flags(&file)?;
     Ok(file)
 }
 
@@ -51,13 +50,13 @@ pub fn open_regular(path: &Path) -> io::Result<File> {
 /// bytes.
 pub fn read_regular(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let file = open_regular(path)?;
-    let size = file.metadata()?.len();
+    let size = sys::fstat(&file)?.len();
     if size > limit {
         return Err(too_large(path, size, limit));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     // The file may grow meanwhile: read one byte past the limit to see it.
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    sys::read_to_end(&file, limit + 1, &mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(too_large(path, bytes.len() as u64, limit));
     }
@@ -151,9 +150,9 @@ pub(crate) mod tests {
         assert!(refusal(open_regular(&sock)).contains("a socket"));
         assert!(refusal(open_regular(d.path())).contains("a directory"));
         let file = d.path().join("file");
-        std::fs::write(&file, b"abc").expect("write");
+        sys::write(&file, b"abc").expect("write");
         let link = d.path().join("link");
-        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        sys::symlink(&file, &link).expect("symlink");
         assert!(refusal(open_regular(&link)).contains("a symlink"));
         assert_eq!(read_regular(&file, 3).expect("read"), b"abc");
     }

@@ -15,6 +15,7 @@ use super::Store;
 use super::error::{IoContext, Result};
 use super::gc::LastRef;
 use super::layout::{self, DirKey, Layout};
+use super::sys;
 
 /// A shadowed twin: its link, and the digest directory it names (if the store has it).
 pub(super) struct Twin {
@@ -37,11 +38,11 @@ impl Store {
     pub(super) fn shadowed_twin(&self, repo: &str, tag: &str, shown: Layout) -> Option<Twin> {
         let lay = other(shown);
         let path = self.tag_path(repo, tag, lay);
-        let meta = std::fs::symlink_metadata(&path).ok()?;
+        let meta = sys::symlink_metadata(&path).ok()?;
         if !meta.file_type().is_symlink() {
             return None;
         }
-        let key = std::fs::read_link(&path)
+        let key = sys::read_link(&path)
             .ok()
             .and_then(|t| layout::parse_tag_target(lay, repo, &t))
             .filter(|k| self.index().has_dir(k));
@@ -62,7 +63,7 @@ impl Store {
             }
             _ => None,
         };
-        match std::fs::remove_file(&twin.path) {
+        match sys::remove_file(&twin.path) {
             Ok(()) => {
                 log::info!(
                     "{}: removed with the tag of the same name in the other layout, which shadowed it",

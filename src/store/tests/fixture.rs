@@ -82,9 +82,25 @@ pub(crate) struct Fx {
     root: PathBuf,
 }
 
+thread_local! {
+    /// Where this thread's fixtures go, if not in the default temporary directory
+    /// ([`tmp_in`]).
+    static TMP_IN: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread's fixtures in `dir` (the fault tests: thousands of stores, on tmpfs,
+/// where the bookkeeping's fsyncs cost nothing).
+pub(crate) fn tmp_in(dir: &Path) {
+    TMP_IN.with(|t| *t.borrow_mut() = Some(dir.to_path_buf()));
+}
+
 impl Fx {
     pub(crate) fn new() -> Fx {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = match TMP_IN.with(|t| t.borrow().clone()) {
+            Some(d) => tempfile::tempdir_in(d),
+            None => tempfile::tempdir(),
+        }
+        .expect("tempdir");
         let root = dir.path().join("store");
         fs::create_dir(&root).expect("mkdir store");
         Fx { _dir: dir, root }

@@ -7,6 +7,7 @@ pub(crate) mod fixture;
 
 mod concurrency;
 mod deferred;
+mod faults;
 mod gc;
 mod hypeman;
 mod legacy;
