@@ -39,7 +39,6 @@ import errno
 import fcntl
 import os
 import random
-import re
 import shutil
 import struct
 import subprocess
@@ -405,10 +404,9 @@ def powercut_rounds(kind, workdir, images, mounter, rounds, flakey=False):
     fuse_mnt = workdir / "mnt"
     fuse_mnt.mkdir()
     counts = dict(rounds=0, ops=0, acked=0, acked_changes=0, inflight=0, inflight_done=0, inflight_undone=0,
-                  after_cut=0, collections=0, repo_moves=0, fsck_runs=0, acked_lost_fsync_eio=0,
+                  after_cut=0, collections=0, repo_moves=0, fsck_runs=0,
                   longest_cut_ms=0)
     violations: list[str] = []
-    known: list[str] = []
     try:
         fs.make()
         store = Store(fs.mnt / "store", images)
@@ -474,18 +472,7 @@ def powercut_rounds(kind, workdir, images, mounter, rounds, flakey=False):
             actual_tags = {k: hx for k, hx in st.tags.items()}
             cands = candidates(model, inflight, strict=not flakey)
             match = [(c, applied) for c, applied in cands if c.state() == (actual_tags, st.digests())]
-            relaxed = [(c, a) for c, a in candidates(model, inflight, strict=False)
-                       if c.state() == (actual_tags, st.digests())]
-            fsync_eio = re.search(r"WARN .*fsync .*(Input/output error|os error 5)", m.log_text())
-            if not match and relaxed and not flakey and fsync_eio:
-                # Known bug (issue 10, power cuts): the operation's directory fsync failed with EIO
-                # at the cut, the daemon only logged it and acknowledged the operation, which the
-                # cut then undid.
-                lost = [e[0] for e in inflight if e[3] == 0 and all(e[0] not in a for _, a in relaxed)]
-                known.append(f"{where}: acknowledged while its fsync failed (EIO), then lost: {lost}; "
-                             f"daemon log: {fsync_eio.group(0)[:200]}")
-                counts["acked_lost_fsync_eio"] += 1
-            elif not match:
+            if not match:
                 close = min(cands, key=lambda c: len(describe(c[0], actual_tags, st.digests())))
                 violations.append(
                     f"{where}: the store after the power cut is no state the acknowledged operations allow "
@@ -520,10 +507,6 @@ def powercut_rounds(kind, workdir, images, mounter, rounds, flakey=False):
     line = f"power cuts on {kind}{' (dm-flakey)' if flakey else ''}: " + ", ".join(f"{k}={v}" for k, v in counts.items())
     print(f"\nIMAGEFS_POWERCUT_SEED={SEED}\n{line}")
     assert not violations, line + "\n" + "\n".join(violations[:20])
-    if known:
-        print("\n".join(known))
-        pytest.xfail(f"known bug: {len(known)} operation(s) acknowledged although the fsync of their directory "
-                     f"failed with EIO, lost by the power cut ({line}): " + known[0])
     return counts
 
 

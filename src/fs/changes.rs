@@ -28,6 +28,7 @@ impl ImageFs {
         let _applies = self.mutation();
         let p = self.tags_parent(parent, "mkdir")?;
         self.store.mkdir(&p, name.as_bytes(), mode, uid, gid)?;
+        self.durable(&[(parent, name)])?;
         let name = name_str(name)?;
         self.entry(NodeKey::TagsDir(names::join(&p, name)))
     }
@@ -54,6 +55,7 @@ impl ImageFs {
         })?;
         let d = self.store.create_tag(&p, tag.as_bytes(), &t)?;
         info!("tagged {p}:{tag} -> sha256:{d}");
+        self.durable(&[(parent, name)])?;
         self.entry(NodeKey::Tag(p, tag))
     }
 
@@ -75,7 +77,7 @@ impl ImageFs {
             .lock()
             .detach(&NodeKey::Tag(p, name.to_string()));
         self.collected(&collected);
-        Ok(())
+        self.durable(&[(parent, OsStr::new(name))])
     }
 
     pub(super) fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -85,7 +87,7 @@ impl ImageFs {
         let path = names::join(&p, name);
         self.store.rmdir(&path)?;
         self.inodes.lock().detach(&NodeKey::TagsDir(path));
-        Ok(())
+        self.durable(&[(parent, OsStr::new(name))])
     }
 
     pub(super) fn rename(
@@ -133,7 +135,7 @@ impl ImageFs {
             self.inodes.lock().rename_subtree(&from, &to);
             self.forget_tag_texts_under(&to);
             info!("moved tags/{from} to tags/{to}");
-            return Ok(());
+            return self.durable(&[(parent, OsStr::new(name)), (newparent, newname)]);
         }
         if !is_tag {
             return Err(Error::not_found(format!("tags/{p}/{name}")));
@@ -168,7 +170,29 @@ impl ImageFs {
         }
         info!("renamed {p}:{name} to {np}:{newname}");
         self.collected(&collected);
-        Ok(())
+        self.durable(&[(parent, OsStr::new(name)), (newparent, OsStr::new(newname))])
+    }
+
+    /// EIO if the change this request made is not on disk (`store::durability`: its
+    /// directory's fsync failed): made and visible, it may not survive a power cut, so it is
+    /// not acknowledged. The kernel, told the request failed, would keep its dentries of
+    /// the names as they were: they are dropped (on the lane nobody waits for: the
+    /// directory's lock is held by this request).
+    fn durable(&self, names: &[(u64, &OsStr)]) -> Result<()> {
+        let Some(what) = store::durability::take_unsynced() else {
+            return Ok(());
+        };
+        for (parent, name) in names {
+            self.inval.send(Inval::Entry(*parent, name.to_os_string()));
+            self.inval.send(Inval::Inode(*parent));
+        }
+        Err(Error::new(
+            fuser::Errno::EIO,
+            Level::Warn,
+            format!(
+                "{what}: the change is made but may not survive a power cut; reported as failed"
+            ),
+        ))
     }
 
     /// A repository directory moved to `dir`: every tag under it, at any depth, keeps its

@@ -171,6 +171,8 @@ impl ImageFs {
 
     /// Holds a change through `tags/` open: see [`Mutation`].
     pub(super) fn mutation(&self) -> Mutation<'_> {
+        // What an earlier operation of this thread left unsynced is not this one's.
+        crate::store::durability::take_unsynced();
         Mutation(self)
     }
 }

@@ -70,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 mod deferred;
+pub mod durability;
 pub mod error;
 pub mod fsutil;
 pub mod gc;
@@ -392,11 +393,14 @@ impl Store {
         metadata::read_status(&self.root.join(key.rel_path()))
     }
 
+    /// Makes a change in `dir` durable; a failure is logged and left for the caller to
+    /// report (`durability`): the change is made, but may not survive a power cut.
     fn fsync_dir(&self, dir: &Path) {
         if self.opts.durable
             && let Err(e) = fsutil::fsync_dir(dir)
         {
             log::warn!("fsync {}: {e}", dir.display());
+            durability::failed(format!("fsync {}: {e}", dir.display()));
         }
     }
 }
