@@ -382,6 +382,22 @@ impl ImageFs {
         Some(self.inodes.lock().image_of(&key))
     }
 
+    /// The names of an inode's xattrs, as listxattr wants them (each NUL-terminated);
+    /// `trusted.*` only for a privileged caller.
+    pub(super) fn xattr_names(&self, ino: u64, privileged: bool) -> Result<Vec<u8>> {
+        let all = self.xattr(ino, None)?;
+        if privileged {
+            return Ok(all);
+        }
+        let mut out = Vec::with_capacity(all.len());
+        for name in all.split_inclusive(|b| *b == 0) {
+            if !name.starts_with(b"trusted.") {
+                out.extend_from_slice(name);
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         match self.key(ino)? {
             NodeKey::Tag(r, t) => {

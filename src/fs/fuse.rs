@@ -549,11 +549,14 @@ impl Filesystem for Connection {
         );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // As the kernel's erofs: `trusted.*` names are listed to root only (the kernel
+        // already refuses to read their values to anyone else).
+        let privileged = req.uid() == 0;
         self.serve(
             Op::ListXattr,
             reply,
-            |fs| fs.xattr(self.node(ino), None),
+            |fs| fs.xattr_names(self.node(ino), privileged),
             |reply, v| xattr_reply(reply, &v, size),
         );
     }
