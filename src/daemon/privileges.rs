@@ -143,7 +143,7 @@ mod tests {
             threads: 1,
             durable: true,
             passthrough: true,
-            rootfs_mounts: true,
+            rootfs_mounts: super::super::config::TreeMounts::Kernel,
             rootfs_mounts_max: 1,
             log_file: None,
         }
