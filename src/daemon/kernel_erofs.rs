@@ -7,7 +7,8 @@
 //!
 //! The image is opened without following a symlink or blocking on a FIFO
 //! (`store::safe_open`), and the user-space reader checks its superblock (and checksum, if
-//! the image has one) and root inode before the kernel sees it. An image refused by that
+//! the image has one) and root inode before the kernel sees it; the kernel's mount is
+//! attached only once every directory name in it passed `tree_check`. An image refused by that
 //! check or by the kernel is served by a FUSE image tree instead (said once per digest);
 //! a kernel that cannot mount erofs files at all turns this off for the mount's life.
 //!
@@ -19,6 +20,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use super::mount_api::{self, ErofsRefusal, SuperblockFlags};
+use super::tree_check;
 use crate::fs::ImageTrees;
 use crate::store::{Digest, safe_open};
 
@@ -70,7 +72,13 @@ impl KernelErofs {
             return None;
         }
         match mount_api::erofs_file(&file, &self.flags) {
-            Ok(tree) => Some(mount_api::attach(&tree, target).map(|()| tree)),
+            Ok(tree) => match tree_check::check_names(&tree) {
+                Ok(()) => Some(mount_api::attach(&tree, target).map(|()| tree)),
+                Err(why) => {
+                    self.refuse(d, &format!("its tree failed the names check ({why})"));
+                    None
+                }
+            },
             Err(ErofsRefusal::Kernel(e)) => {
                 log::info!(
                     "the kernel cannot mount erofs image files ({e}; erofs from files needs \

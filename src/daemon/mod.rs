@@ -6,6 +6,7 @@
 //! - `session`: the main FUSE session, its options, signals.
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
 //! - `kernel_erofs`: rootfs mounts made with the kernel's erofs from the image files.
+//! - `tree_check`: the names check of a kernel-mounted image before it is attached.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
 //! - `busy`: who keeps a mount busy (checked before `imagefs umount` detaches anything).
 //! - `nesting`: a mountpoint inside the store, or a store inside the mountpoint, is refused.
@@ -27,6 +28,7 @@ mod nesting;
 mod privileges;
 mod rootfs_mounts;
 mod session;
+mod tree_check;
 mod tuning;
 
 use std::path::{Path, PathBuf};

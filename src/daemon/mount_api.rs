@@ -106,7 +106,10 @@ pub(super) fn erofs_file(file: &File, f: &SuperblockFlags) -> Result<OwnedFd, Er
         fsconfig_set_string(&fs, "source", source),
     )
     .map_err(kernel)?;
-    logged("fsconfig ro", fsconfig_set_flag(&fs, "ro")).map_err(kernel)?;
+    // As in the FUSE trees, an image's POSIX ACLs grant nothing: mode bits alone decide.
+    for flag in ["ro", "noacl"] {
+        logged(&format!("fsconfig {flag}"), fsconfig_set_flag(&fs, flag)).map_err(kernel)?;
+    }
     logged("fsconfig create", fsconfig_create(&fs)).map_err(kernel)?;
     logged(
         "fsmount",
