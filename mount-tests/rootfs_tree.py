@@ -319,6 +319,13 @@ def kernel_mount(img: Path, d: Path):
         kernel_umount(d)
 
 
+def erofs_superblocks() -> set[str]:
+    """The kernel's erofs superblocks mounted from image files (one /sys/fs/erofs/erofs-N each; loop
+    mounts are named after their device): the daemon's kernel-mounted trees, lazily detached ones too."""
+    d = Path("/sys/fs/erofs")
+    return {p.name for p in d.iterdir() if p.name.startswith("erofs-")} if d.is_dir() else set()
+
+
 # ------------------------------------------------------------------ releasing an image
 def drop_caches() -> None:
     """Drops the kernel's dentry and inode caches, which hold an unused image tree's inodes."""

@@ -44,7 +44,9 @@ GAP = float(os.environ.get("IMAGEFS_RACE_GAP", "0.002"))   # seconds: max pause 
 KEYS = ["hm-a", "hm-b", "hm-c"]   # real erofs images (ImageCache keys)
 # How rootfs/ is served: image trees mounted on their own connection (the default as root, with the
 # kernel's mount API) or the main mount (--no-rootfs-mounts). Every race pair and finding 5 run both.
-SERVED_BY = {"image-trees": [], "main-mount": ["--no-rootfs-mounts"]}
+# image-trees: FUSE image trees, whose images the daemon keeps in its trash while in use (what these
+# tests check); the kernel's erofs trees hold the file in the kernel (test_kernel_erofs.py).
+SERVED_BY = {"image-trees": ["--rootfs-mounts", "fuse"], "main-mount": ["--no-rootfs-mounts"]}
 VERSIONS = {"legacy": Legacy, "content": Content}
 
 

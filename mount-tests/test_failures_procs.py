@@ -40,6 +40,11 @@ def hold_cwd(path: Path) -> subprocess.Popen:
     return p
 
 
+# These tests need the daemon to keep an image in use in its trash: image trees are FUSE trees
+# (with the kernel's erofs, the kernel holds the image file itself; see test_kernel_erofs.py).
+FUSE_TREES = ["--rootfs-mounts", "fuse"]
+
+
 def untag_in_use(m, b: str) -> subprocess.Popen:
     """Holds a cwd in b's image tree, then removes b's last tag: b waits in the trash, served."""
     user = hold_cwd(m.mnt / "digests" / b / "rootfs" / "etc")
@@ -85,7 +90,7 @@ def test_a_second_mount_of_the_same_store_by_another_path_is_refused_and_changes
         store, mounter, workdir, alias):
     a, b = two_images(store)
     root = store.root
-    m = mounter(store)
+    m = mounter(store, extra_args=FUSE_TREES)
     user = untag_in_use(m, b)
     trash = trash_entries(root)
     if alias == "symlink":
@@ -123,7 +128,7 @@ def test_a_remount_after_sigterm_while_busy_never_serves_the_store_twice(store, 
     in its trash), and once the process leaves and the old daemon exits, a new mount works."""
     a, b = two_images(store)
     root = store.root
-    extra = ["--no-rootfs-mounts"] if trees == "no-rootfs-mounts" else []
+    extra = ["--no-rootfs-mounts"] if trees == "no-rootfs-mounts" else FUSE_TREES
     m = mounter(store, extra_args=extra)
     old = m.daemon_pid
     user = untag_in_use(m, b)

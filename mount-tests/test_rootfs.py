@@ -35,6 +35,19 @@ from rootfs_tree import (
 REPO = "rootfs-test/varied"
 
 
+@pytest.fixture
+def mounter(mounter):
+    """This file tests the user-space reader against the kernel: image trees are mounted the FUSE way
+    (`--rootfs-mounts=fuse`) unless a test says how. The kernel's erofs way: test_kernel_erofs.py."""
+    def factory(store_root, mnt=None, **opts):
+        args = list(opts.pop("extra_args", ()))
+        if not any(a.startswith("--rootfs-mounts") or a.startswith("--no-rootfs-mounts") or "rootfs_mounts" in a
+                   for a in args):
+            args = ["--rootfs-mounts", "fuse", *args]
+        return mounter(store_root, mnt, extra_args=args, **opts)
+    return factory
+
+
 # ------------------------------------------------------------------ session fixtures: images + kernel oracle
 @pytest.fixture(scope="session")
 def varied_images(tmp_path_factory):

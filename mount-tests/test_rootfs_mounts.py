@@ -5,6 +5,10 @@ directory of it on every ready digest's rootfs/. These tests check that the moun
 store (a new or finished image gets one, the last untag drops it and releases the image), that a
 process inside one keeps working through an untag or an unmount, and that `imagefs umount`,
 `--no-rootfs-mounts` and the plain-unmount refusal behave as the README says.
+
+Each test runs with both ways of mounting a tree: `--rootfs-mounts=kernel` (the default: the
+image file mounted with the kernel's erofs) and `--rootfs-mounts=fuse` (an image tree of the
+daemon's read-only FUSE connection). test_kernel_erofs.py has what only the kernel's way does.
 """
 
 from __future__ import annotations
@@ -45,6 +49,21 @@ def is_own_mount(mnt: Path, hx: str) -> bool:
         return False
 
 
+@pytest.fixture(params=["kernel", "fuse"])
+def how(request):
+    """--rootfs-mounts: how each tree is mounted."""
+    return request.param
+
+
+@pytest.fixture
+def tree_mounter(mounter, how):
+    """The mounter, trees mounted the `how` way (extra arguments after it)."""
+    def factory(store_root, **opts):
+        opts["extra_args"] = ["--rootfs-mounts", how, *opts.get("extra_args", [])]
+        return mounter(store_root, **opts)
+    return factory
+
+
 @pytest.fixture
 def images(workdir):
     """Two busybox images (different hostnames), built once per test."""
@@ -56,37 +75,40 @@ def images(workdir):
     return out
 
 
-def mount_one(workdir, images, mounter, **opts):
+def mount_one(workdir, images, tree_mounter, **opts):
     """A store with image a tagged mounts/a:v1, mounted; its tree's own mount is awaited
     unless the options turn tree mounts off. Returns (store root, hex of a, mount)."""
     root = workdir / "store"
     root.mkdir()
     ha = add_image(root, images[0], repo="mounts/a", tag="v1")
-    m = mounter(StoreRoot(root), **opts)
+    m = tree_mounter(StoreRoot(root), **opts)
     if not opts:
         assert wait_until(lambda: is_own_mount(m.mnt, ha), 5), f"no mount on rootfs/ of {ha}\n{m.log_tail()}"
     return root, ha, m
 
 
-def test_ready_images_are_read_only_mounts_of_their_own(workdir, images, mounter):
+def test_ready_images_are_read_only_mounts_of_their_own(workdir, images, tree_mounter, how):
     root = workdir / "store"
     root.mkdir()
     ha = add_image(root, images[0], repo="mounts/a", tag="v1")
     hb = add_image(root, images[1], repo="mounts/b", tag="v1", status="pulling")
-    m = mounter(StoreRoot(root))
+    m = tree_mounter(StoreRoot(root))
     assert wait_until(lambda: is_own_mount(m.mnt, ha), 5), f"no mount on rootfs/ of {ha}\n{m.log_tail()}"
     below = mounts_below(m.mnt)
     fields = below.get(str(tree_mount(m.mnt, ha)))
     assert fields, f"{tree_mount(m.mnt, ha)} not in mountinfo: {list(below)}"
     sep = fields.index("-")
-    assert "ro" in fields[5].split(","), f"mount options {fields[5]}: not read-only"
-    assert fields[sep + 1] == "fuse.imagefs", fields
+    assert {"ro", "nosuid", "nodev"} <= set(fields[5].split(",")), f"mount options {fields[5]}"
+    assert fields[sep + 1] == {"kernel": "erofs", "fuse": "fuse.imagefs"}[how], fields
     assert "ro" in fields[sep + 3].split(","), f"superblock options {fields[sep + 3]}: not read-only"
     assert str(tree_mount(m.mnt, hb)) not in below, "an image still pulling has no rootfs/ yet"
 
-    # the same inode number as the main mount lists for it, through digests/ and tags/
-    ent = {e.name: e.inode() for e in os.scandir(m.mnt / "digests" / ha)}
-    assert os.stat(tree_mount(m.mnt, ha)).st_ino == ent["rootfs"]
+    if how == "fuse":
+        # the same inode number as the main mount lists for it (the kernel's erofs numbers
+        # its root itself)
+        ent = {e.name: e.inode() for e in os.scandir(m.mnt / "digests" / ha)}
+        assert os.stat(tree_mount(m.mnt, ha)).st_ino == ent["rootfs"]
+    # the same tree through digests/ and tags/
     via_tag = m.mnt / "tags" / "mounts" / "a" / "v1" / "rootfs"
     assert os.stat(via_tag).st_dev == os.stat(tree_mount(m.mnt, ha)).st_dev
     assert (via_tag / "etc" / "hostname").read_bytes() == b"host-a\n"
@@ -104,8 +126,8 @@ def test_ready_images_are_read_only_mounts_of_their_own(workdir, images, mounter
     assert (tree_mount(m.mnt, hb) / "etc" / "hostname").read_bytes() == b"host-b\n"
 
 
-def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, mounter):
-    root, ha, m = mount_one(workdir, images, mounter)
+def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, tree_mounter):
+    root, ha, m = mount_one(workdir, images, tree_mounter)
 
     # another writer adds an image and its tag
     hb = add_image(root, images[1], repo="mounts/b", tag="v1")
@@ -127,16 +149,16 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, mounter
     assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
 
 
-def test_umount_takes_the_image_trees_along(workdir, images, mounter):
-    _, ha, m = mount_one(workdir, images, mounter)
+def test_umount_takes_the_image_trees_along(workdir, images, tree_mounter):
+    _, ha, m = mount_one(workdir, images, tree_mounter)
     r = sh(imagefs_bin(), "umount", m.mnt, timeout=30)
     assert r.returncode == 0, r.stderr
     assert mounts_below(m.mnt) == {}
     assert m.proc.wait(timeout=10) == 0, m.log_tail()
 
 
-def test_plain_unmount_of_the_parent_is_refused_while_trees_are_mounted(workdir, images, mounter):
-    _, ha, m = mount_one(workdir, images, mounter)
+def test_plain_unmount_of_the_parent_is_refused_while_trees_are_mounted(workdir, images, tree_mounter):
+    _, ha, m = mount_one(workdir, images, tree_mounter)
     r = sh("fusermount3", "-u", m.mnt)
     assert r.returncode != 0 and "busy" in r.stderr.lower(), (r.returncode, r.stderr)
     # nothing was lost: the mount still works
@@ -144,8 +166,8 @@ def test_plain_unmount_of_the_parent_is_refused_while_trees_are_mounted(workdir,
     assert os.listdir(m.mnt / "tags" / "mounts" / "a") == ["v1"]
 
 
-def test_a_process_inside_a_tree_outlives_umount(workdir, images, mounter):
-    _, ha, m = mount_one(workdir, images, mounter)
+def test_a_process_inside_a_tree_outlives_umount(workdir, images, tree_mounter, how):
+    _, ha, m = mount_one(workdir, images, tree_mounter)
     inside = tree_mount(m.mnt, ha) / "data"
     p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
     try:
@@ -157,8 +179,14 @@ def test_a_process_inside_a_tree_outlives_umount(workdir, images, mounter):
         cwd = Path(f"/proc/{p.pid}/cwd")
         assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
         assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
-        time.sleep(0.5)
-        assert m.proc.poll() is None, "the daemon must keep serving a tree still in use"
+        if how == "fuse":
+            time.sleep(0.5)
+            assert m.proc.poll() is None, "the daemon must keep serving a tree still in use"
+        else:
+            # the kernel serves the tree itself: the daemon may go, the tree stays
+            assert m.proc.wait(timeout=10) == 0, m.log_tail()
+            assert (cwd / "sub" / "f12").read_bytes() == b"sub file 12\n" * 13
+            assert sorted(os.listdir(cwd / "sub"))[:2] == ["f00", "f01"]
     finally:
         p.kill()
         p.wait()
@@ -166,8 +194,8 @@ def test_a_process_inside_a_tree_outlives_umount(workdir, images, mounter):
     assert not pid_alive(m.proc.pid)
 
 
-def test_no_rootfs_mounts_serves_rootfs_from_the_main_mount(workdir, images, mounter):
-    _, ha, m = mount_one(workdir, images, mounter, extra_args=["-o", "no_rootfs_mounts"])
+def test_no_rootfs_mounts_serves_rootfs_from_the_main_mount(workdir, images, tree_mounter):
+    _, ha, m = mount_one(workdir, images, tree_mounter, extra_args=["-o", "no_rootfs_mounts"])
     rootfs = tree_mount(m.mnt, ha)
     assert (rootfs / "etc" / "hostname").read_bytes() == b"host-a\n"
     time.sleep(0.5)
@@ -175,11 +203,11 @@ def test_no_rootfs_mounts_serves_rootfs_from_the_main_mount(workdir, images, mou
     assert os.stat(rootfs).st_dev == os.stat(m.mnt).st_dev
 
 
-def test_a_tree_in_use_through_the_main_mount_is_never_mounted_over(workdir, images, mounter):
+def test_a_tree_in_use_through_the_main_mount_is_never_mounted_over(workdir, images, tree_mounter):
     """A process inside the main mount's copy of a tree (it got there before the tree's own mount
     existed) must not have a mount land over it: `..` would then lead into another device and
     find/tar would stop short. The daemon waits until the tree is no longer in use."""
-    _, ha, m = mount_one(workdir, images, mounter)
+    _, ha, m = mount_one(workdir, images, tree_mounter)
     target = str(tree_mount(m.mnt, ha))
     want = len(subprocess.run(["find", "."], cwd=workdir / "tree-a" / "data", capture_output=True,
                               check=True).stdout.splitlines())
@@ -212,11 +240,11 @@ def test_a_tree_in_use_through_the_main_mount_is_never_mounted_over(workdir, ima
     assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
 
 
-def test_at_most_rootfs_mounts_max_trees_are_mounted(workdir, images, mounter):
+def test_at_most_rootfs_mounts_max_trees_are_mounted(workdir, images, tree_mounter):
     root = workdir / "store"
     root.mkdir()
     hexes = [add_image(root, img, repo=f"mounts/{n}", tag="v1") for n, img in zip("ab", images)]
-    m = mounter(StoreRoot(root), extra_args=["-o", "rootfs_mounts_max=1"])
+    m = tree_mounter(StoreRoot(root), extra_args=["-o", "rootfs_mounts_max=1"])
     assert wait_until(lambda: len(mounts_below(m.mnt)) == 1, 5), m.log_tail()
     time.sleep(2.5)  # a later round mounts no more
     assert len(mounts_below(m.mnt)) == 1

@@ -16,7 +16,8 @@ import pytest
 
 from helpers import bookkeeping
 from helpers import pid_alive, require
-from rootfs_tree import StoreRoot, add_image, build_busybox_tree, mkfs, release_lines, trash_released, wait_until
+from rootfs_tree import (StoreRoot, add_image, build_busybox_tree, erofs_superblocks, mkfs, release_lines,
+                         trash_released, wait_until)
 
 HOSTNAME = b"imagefs-runc\n"
 
@@ -49,15 +50,22 @@ def containers(mounter):
     assert not left, f"containers left behind: {left}"
 
 
-@pytest.fixture
-def busybox_image(workdir, mounter, containers):
+@pytest.fixture(params=["kernel", "fuse"])
+def busybox_image(request, workdir, mounter, containers):
+    """The busybox image in a store, mounted with its tree mounted the `--rootfs-mounts` way of the
+    param (m.how): the kernel's erofs or a FUSE image tree."""
     tree = workdir / "bbtree"
     build_busybox_tree(tree, hostname=HOSTNAME)
     img = mkfs(workdir / "busybox.erofs", tree, "lz4")
     root = workdir / "rstore"
     root.mkdir()
     hx = add_image(root, img, repo="docker.io/library/busybox", tag="latest")
-    m = mounter(StoreRoot(root))
+    sbs_before = erofs_superblocks()
+    m = mounter(StoreRoot(root), extra_args=["--rootfs-mounts", request.param])
+    m.how, m.sbs_before = request.param, sbs_before
+    tree = m.mnt / "digests" / hx / "rootfs"
+    require(wait_until(lambda: os.stat(tree).st_dev != os.stat(m.mnt).st_dev, 5),
+            "image trees are not mounted on their own here (needs root and the kernel's mount API)")
     want = {"text": hashlib.sha256((tree / "data" / "text").read_bytes()).hexdigest(),
             "random": hashlib.sha256((tree / "data" / "random-2M").read_bytes()).hexdigest()}
     return m, root, hx, want
@@ -129,6 +137,13 @@ def test_running_container_survives_last_untag(busybox_image, containers, workdi
                         "/bin/cat", "/etc/hostname"], capture_output=True, text=True, timeout=60)
     assert e.returncode == 0 and e.stdout == HOSTNAME.decode(), f"nsenter before the untag: {e.stderr}"
 
+    # The kernel's way: the container's tree is an erofs superblock of the kernel's own, which
+    # holds the image file; it must outlive the untag and go with the container.
+    sbs = erofs_superblocks() - m.sbs_before if m.how == "kernel" else set()
+    if m.how == "kernel":
+        assert any(ln.split()[4] == str(Path(rootfs).resolve()) and " - erofs " in ln
+                   for ln in open("/proc/self/mountinfo")), "the container's rootfs is no kernel erofs mount"
+
     # remove the image's last (only) tag through the mount
     os.unlink(m.mnt / "tags" / "docker.io" / "library" / "busybox" / "latest")
     assert not (root / "content" / hx).exists(), "the digest directory must leave STORE/content at once"
@@ -166,8 +181,10 @@ def test_running_container_survives_last_untag(busybox_image, containers, workdi
             problems.append(f"nsenter into the container, {' '.join(args)}: exit {e.returncode}, "
                             f"stdout {e.stdout[:200]!r}, stderr {e.stderr[:300]!r}")
     assert not problems, "the running container was yanked when its image's last tag went:\n" + "\n".join(problems)
-    assert not release_lines(m, hx), \
-        "released while the container still runs"
+    if m.how == "fuse":
+        assert not release_lines(m, hx), "released while the container still runs"
+    elif len(sbs) == 1:  # (another erofs file mount made meanwhile would make ours unknown)
+        assert sbs <= erofs_superblocks(), "the kernel let go of the image while the container runs"
 
     # stop it: the image's space is released
     r = runc("kill", cid, "KILL")
@@ -180,4 +197,6 @@ def test_running_container_survives_last_untag(busybox_image, containers, workdi
     assert wait_until(lambda: trash_released(root), 5, 0.2), \
         f"trash still holds {os.listdir(trash)} after the container went"
     assert release_lines(m, hx), f"the daemon log never says it released {hx}:\n{m.log_tail(20)}"
+    if len(sbs) == 1:
+        assert wait_until(lambda: not (sbs & erofs_superblocks()), 5), "the kernel kept the image after the container"
     assert pid_alive(m.daemon_pid)

@@ -25,7 +25,7 @@ What it does, in one run (everything cached under --work, default
        kernel      mount -t erofs -o loop,ro rootfs.erofs WORK/mnt/kernel
        squashfuse  squashfuse_ll -f rootfs.sqfs WORK/mnt/squashfuse  (our child)
        imagefs     $IMAGEFS_BIN mount --store WORK/store WORK/mnt/imagefs --foreground
-                   (our child); the tree is WORK/mnt/imagefs/digests/<hex>/rootfs
+                   (our child, with --rootfs-mounts X if given); the tree is WORK/mnt/imagefs/digests/<hex>/rootfs
      IMAGEFS_BIN (or --bin) defaults to <repo>/target/release/imagefs, rebuilt with
      `cargo build --release` if missing or older than the newest file in src/.
   4. Operations (ROOT = the mounted image root; the walks use ROOT/tree, which
@@ -394,9 +394,10 @@ class Squash(Fs):
 class ImageFs(Fs):
     name = "imagefs"
 
-    def __init__(self, work, binary, store, hexd, threads):
+    def __init__(self, work, binary, store, hexd, threads, rootfs_mounts=""):
         super().__init__(work)
         self.binary, self.store, self.hexd, self.threads = binary, store, hexd, threads
+        self.rootfs_mounts = rootfs_mounts
 
     def unmount_cmd(self) -> list:
         # Also unmounts the image trees mounted inside (fusermount3 -u would say busy).
@@ -411,6 +412,8 @@ class ImageFs(Fs):
         cmd = [self.binary, "mount", "--store", str(self.store), str(self.mnt), "--foreground"]
         if self.threads:
             cmd += ["--threads", str(self.threads)]
+        if self.rootfs_mounts:
+            cmd += ["--rootfs-mounts", self.rootfs_mounts]
         env = {**os.environ}
         env.setdefault("RUST_LOG", "warn")
         with open(self.logf, "ab") as lf:
@@ -425,7 +428,9 @@ class ImageFs(Fs):
         deadline = time.monotonic() + 5
         while not own() and time.monotonic() < deadline:
             time.sleep(0.05)
-        log(f"imagefs: rootfs/ is {'a read-only mount of its own' if own() else 'served by the main mount'}")
+        fstype = next((ln.split(" - ")[1].split()[0] for ln in open("/proc/self/mountinfo")
+                       if ln.split()[4] == str(self.root)), None)
+        log(f"imagefs: rootfs/ is {f'a read-only {fstype} mount of its own' if own() else 'served by the main mount'}")
 
     def unmount(self):
         self._fuse_stop()
@@ -590,6 +595,8 @@ def main() -> int:
     ap.add_argument("--bin", default=None, help="imagefs binary (else $IMAGEFS_BIN, else target/release/imagefs)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="imagefs --threads (0: its default)")
+    ap.add_argument("--rootfs-mounts", choices=("kernel", "fuse", "none"), default="",
+                    help="imagefs --rootfs-mounts (default: the binary's default, kernel where it can)")
     ap.add_argument("--remount-cold", action="store_true", help="add cold+remount rows")
     ap.add_argument("--profile", choices=("none", "strace", "perf"), default="none")
     ap.add_argument("--profile-rows", default="", help="e.g. tar:cold,stat:cold (default: 3 worst vs kernel)")
@@ -625,7 +632,7 @@ def main() -> int:
     fsmap: dict[str, Fs] = {
         "kernel": Kernel(work, work / "img" / "rootfs.erofs"),
         "squashfuse": Squash(work, work / "img" / "rootfs.sqfs"),
-        "imagefs": ImageFs(work, binary, store, img_info["hex"], args.threads),
+        "imagefs": ImageFs(work, binary, store, img_info["hex"], args.threads, args.rootfs_mounts),
     }
     modes = ["cold", "warm"] + (["cold+remount"] if args.remount_cold else [])
     samples = {(op, mode, fs): [] for op in ops for mode in modes for fs in FSES}

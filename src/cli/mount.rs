@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::options;
-use crate::daemon::{self, MountConfig};
+use crate::daemon::{self, MountConfig, TreeMounts};
 
 #[derive(clap::Args, Debug)]
 pub struct MountArgs {
@@ -36,8 +36,16 @@ pub struct MountArgs {
     /// Serve store files with pread instead of FUSE passthrough.
     #[arg(long)]
     no_passthrough: bool,
-    /// Serve every `digests/<hex>/rootfs/` from the main mount instead of a read-only
-    /// mount of its own on it (slower; `fusermount3 -u` then works without `-z`).
+    /// How each ready image's `digests/<hex>/rootfs/` is mounted of its own (as root):
+    /// `kernel` mounts its `rootfs.erofs` with the kernel's erofs driver (the fastest; an
+    /// image the kernel refuses, or a kernel without erofs from files, gets `fuse`),
+    /// `fuse` mounts the image's tree from a read-only FUSE connection of the daemon,
+    /// `none` serves every `rootfs/` from the main mount (slower; `fusermount3 -u` then
+    /// works without `-z`).
+    #[arg(long, value_name = "HOW", default_value = "kernel",
+          value_parser = ["kernel", "fuse", "none"])]
+    rootfs_mounts: String,
+    /// The same as `--rootfs-mounts=none`.
     #[arg(long)]
     no_rootfs_mounts: bool,
     /// At most this many image trees are mounted of their own; the other images'
@@ -52,7 +60,7 @@ pub struct MountArgs {
     no_sync: bool,
     /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
     /// allow_setuid, threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts,
-    /// rootfs_mounts_max=N, foreground,
+    /// rootfs_mounts=kernel|fuse|none, rootfs_mounts_max=N, foreground,
     /// and the generic nodev, nosuid, exec, noexec, atime, noatime; dev, suid (which
     /// mount.fuse3 adds to every mount: they are not allow_setuid), defaults,
     /// rw, auto, noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is
@@ -83,7 +91,16 @@ fn config(a: MountArgs) -> Result<MountConfig, String> {
         threads: a.threads.into(),
         durable: !a.no_sync,
         passthrough: !a.no_passthrough,
-        rootfs_mounts: !a.no_rootfs_mounts,
+        rootfs_mounts: match TreeMounts::parse(&a.rootfs_mounts) {
+            _ if a.no_rootfs_mounts => TreeMounts::None,
+            Some(how) => how,
+            None => {
+                return Err(format!(
+                    "--rootfs-mounts={}: expected kernel, fuse or none",
+                    a.rootfs_mounts
+                ));
+            }
+        },
         rootfs_mounts_max: a.rootfs_mounts_max as usize,
         log_file: a.log_file,
     };
@@ -95,7 +112,8 @@ fn config(a: MountArgs) -> Result<MountConfig, String> {
             options::Opt::LogFile(p) => o.log_file = Some(p),
             options::Opt::NoSync => o.durable = false,
             options::Opt::NoPassthrough => o.passthrough = false,
-            options::Opt::NoRootfsMounts => o.rootfs_mounts = false,
+            options::Opt::NoRootfsMounts => o.rootfs_mounts = TreeMounts::None,
+            options::Opt::RootfsMounts(how) => o.rootfs_mounts = how,
             options::Opt::RootfsMountsMax(n) => o.rootfs_mounts_max = n,
             options::Opt::Foreground => o.foreground = true,
             options::Opt::Flag(f) => o.flags.push(f),

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use fuser::MountOption;
 
+use crate::daemon::TreeMounts;
+
 /// Subcommands, to tell them from a mount helper's first argument (a store path).
 const SUBCOMMANDS: [&str; 8] = [
     "mount",
@@ -39,6 +41,7 @@ pub enum Opt {
     NoSync,
     NoPassthrough,
     NoRootfsMounts,
+    RootfsMounts(TreeMounts),
     RootfsMountsMax(usize),
     Foreground,
     Flag(MountOption),
@@ -62,6 +65,10 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
         ("no_sync", None) => Opt::NoSync,
         ("no_passthrough", None) => Opt::NoPassthrough,
         ("no_rootfs_mounts", None) => Opt::NoRootfsMounts,
+        ("rootfs_mounts", Some(v)) => match TreeMounts::parse(v) {
+            Some(how) => Opt::RootfsMounts(how),
+            None => return Err(format!("-o rootfs_mounts={v}: expected kernel, fuse or none")),
+        },
         ("rootfs_mounts_max", Some(v)) => match v.parse::<usize>() {
             Ok(n) if n >= 1 => Opt::RootfsMountsMax(n),
             _ => return Err(format!("-o rootfs_mounts_max={v}: expected a number from 1 up")),
@@ -121,6 +128,15 @@ mod tests {
         assert_eq!(parse("threads=8"), Ok(Opt::Threads(8)));
         assert!(parse("threads=0").is_err());
         assert_eq!(parse("no_rootfs_mounts"), Ok(Opt::NoRootfsMounts));
+        assert_eq!(
+            parse("rootfs_mounts=fuse"),
+            Ok(Opt::RootfsMounts(TreeMounts::Fuse))
+        );
+        assert_eq!(
+            parse("rootfs_mounts=kernel"),
+            Ok(Opt::RootfsMounts(TreeMounts::Kernel))
+        );
+        assert!(parse("rootfs_mounts=loop").is_err());
         assert_eq!(parse("rootfs_mounts_max=3"), Ok(Opt::RootfsMountsMax(3)));
         assert!(parse("rootfs_mounts_max=0").is_err());
         assert_eq!(parse("nosuid"), Ok(Opt::Flag(MountOption::NoSuid)));

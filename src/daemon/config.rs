@@ -19,7 +19,32 @@ pub(crate) struct MountConfig {
     pub threads: usize,
     pub durable: bool,
     pub passthrough: bool,
-    pub rootfs_mounts: bool,
+    /// How `digests/<hex>/rootfs` is served: see [`TreeMounts`].
+    pub rootfs_mounts: TreeMounts,
     pub rootfs_mounts_max: usize,
     pub log_file: Option<PathBuf>,
+}
+
+/// How each ready image's `digests/<hex>/rootfs` is served (`--rootfs-mounts`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TreeMounts {
+    /// The image file mounted with the kernel's erofs driver; an image tree of the FUSE
+    /// image-tree connection where the kernel refuses (the default).
+    Kernel,
+    /// An image tree of the FUSE image-tree connection.
+    Fuse,
+    /// No mount of its own: the main mount serves `rootfs/` (`--no-rootfs-mounts`).
+    None,
+}
+
+impl TreeMounts {
+    /// The option's value, as `--rootfs-mounts` and `-o rootfs_mounts=` take it.
+    pub(crate) fn parse(v: &str) -> Option<TreeMounts> {
+        match v {
+            "kernel" => Some(TreeMounts::Kernel),
+            "fuse" => Some(TreeMounts::Fuse),
+            "none" => Some(TreeMounts::None),
+            _ => None,
+        }
+    }
 }

@@ -5,6 +5,8 @@
 //! - `daemonize`: the fork, the ready pipe, detaching from the terminal.
 //! - `session`: the main FUSE session, its options, signals.
 //! - `rootfs_mounts`: the image-tree connection and the binder keeping rootfs mounts.
+//! - `kernel_erofs`: rootfs mounts made with the kernel's erofs from the image files.
+//! - `tree_check`: the names check of a kernel-mounted image before it is attached.
 //! - `mountinfo`: the one reader of `/proc/self/mountinfo`.
 //! - `busy`: who keeps a mount busy (checked before `imagefs umount` detaches anything).
 //! - `nesting`: a mountpoint inside the store, or a store inside the mountpoint, is refused.
@@ -19,19 +21,21 @@
 mod busy;
 mod config;
 mod daemonize;
+mod kernel_erofs;
 mod mount_api;
 mod mountinfo;
 mod nesting;
 mod privileges;
 mod rootfs_mounts;
 mod session;
+mod tree_check;
 mod tuning;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::store::{Options, Store};
-pub(crate) use config::MountConfig;
+pub(crate) use config::{MountConfig, TreeMounts};
 use daemonize::{Forked, Ready};
 
 /// Runs `imagefs mount`: returns once the mount answers (the daemon serves it), or, in the

@@ -4,6 +4,7 @@
 //! Failures are logged (debug) with the step that failed; the errno is kept, so that a
 //! caller can tell EIO (a bad image) from the rest.
 
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
@@ -12,7 +13,8 @@ use rustix::mount::{
     fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree,
 };
 
-/// How a FUSE superblock is mounted (its mount attributes and options).
+/// How a superblock the daemon makes is mounted (its mount attributes and, for FUSE, its
+/// options).
 pub(super) struct SuperblockFlags {
     pub nosuid: bool,
     pub nodev: bool,
@@ -57,6 +59,14 @@ pub(super) fn fuse_superblock(
         named(&format!("fsconfig {flag}"), fsconfig_set_flag(&fs, flag))?;
     }
     named("fsconfig create", fsconfig_create(&fs))?;
+    named(
+        "fsmount",
+        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs(f)),
+    )
+}
+
+/// The mount attributes of every read-only mount the daemon makes: `f`'s flags, read-only.
+fn attrs(f: &SuperblockFlags) -> MountAttrFlags {
     let mut attrs = MountAttrFlags::MOUNT_ATTR_RDONLY;
     for (on, a) in [
         (f.nosuid, MountAttrFlags::MOUNT_ATTR_NOSUID),
@@ -67,9 +77,53 @@ pub(super) fn fuse_superblock(
             attrs |= a;
         }
     }
-    named(
+    attrs
+}
+
+/// Why the kernel's erofs did not mount an image file.
+pub(super) enum ErofsRefusal {
+    /// The kernel cannot mount erofs images from files at all (no erofs, or a kernel
+    /// older than 6.12 that mounts them only from block devices): ENODEV, ENOTBLK.
+    Kernel(std::io::Error),
+    /// This image (corrupt, or a feature this kernel lacks), or any other failure.
+    Image(std::io::Error),
+}
+
+/// Makes a read-only mount of the erofs image in `file` (an open regular file) with the
+/// kernel's own driver, detached, with `f`'s attributes. The kernel opens the file anew
+/// through `/proc/self/fd/N` (the source option is a path): the very file that was opened
+/// and checked, whatever its name points to now, and holds it for the superblock's life.
+pub(super) fn erofs_file(file: &File, f: &SuperblockFlags) -> Result<OwnedFd, ErofsRefusal> {
+    let kernel = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::ENODEV | libc::ENOTBLK) => ErofsRefusal::Kernel(e),
+        _ => ErofsRefusal::Image(e),
+    };
+    let fs =
+        logged("fsopen erofs", fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC)).map_err(kernel)?;
+    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
+    logged(
+        "fsconfig source",
+        fsconfig_set_string(&fs, "source", source),
+    )
+    .map_err(kernel)?;
+    // As in the FUSE trees, an image's POSIX ACLs grant nothing: mode bits alone decide.
+    for flag in ["ro", "noacl"] {
+        logged(&format!("fsconfig {flag}"), fsconfig_set_flag(&fs, flag)).map_err(kernel)?;
+    }
+    logged("fsconfig create", fsconfig_create(&fs)).map_err(kernel)?;
+    logged(
         "fsmount",
-        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs),
+        fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs(f)),
+    )
+    .map_err(ErofsRefusal::Image)
+}
+
+/// Attaches the detached mount `tree` on `target`.
+pub(super) fn attach(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+    let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
+    logged(
+        "move_mount",
+        move_mount(tree, "", rustix::fs::CWD, target, empty),
     )
 }
 
@@ -82,9 +136,7 @@ pub(super) fn mount_subtree(
 ) -> std::io::Result<OwnedFd> {
     let clone = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
     let tree = logged("open_tree", open_tree(detached, name, clone))?;
-    let empty = MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH;
-    let moved = move_mount(&tree, "", rustix::fs::CWD, target, empty);
-    logged("move_mount", moved)?;
+    attach(&tree, target)?;
     Ok(tree)
 }
 

@@ -1,7 +1,7 @@
 //! What an image may do to the host through the mounts: by default, nothing beyond being
 //! read. Image content is untrusted (whoever asks hypeman to pull decides it), so every
 //! mount the daemon makes — the main mount, the image-tree superblock and each tree cloned
-//! from it — is `nosuid` and `nodev`: the kernel then ignores setuid and setgid bits and file
+//! from it, and each image mounted with the kernel's erofs — is `nosuid` and `nodev`: the kernel then ignores setuid and setgid bits and file
 //! capabilities (`security.capability`) on exec, and refuses to open device nodes.
 //!
 //! `--allow-setuid` (`-o allow_setuid`) lifts `nosuid` (never `nodev`: a runtime makes its
@@ -143,7 +143,7 @@ mod tests {
             threads: 1,
             durable: true,
             passthrough: true,
-            rootfs_mounts: true,
+            rootfs_mounts: super::super::config::TreeMounts::Kernel,
             rootfs_mounts_max: 1,
             log_file: None,
         }

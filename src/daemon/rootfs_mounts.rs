@@ -14,6 +14,10 @@
 //! kernel's `rootfs` dentry of it, and the kernel detaches the mounts on an invalidated
 //! dentry lazily, so a process inside (a container) keeps its tree until it leaves.
 //! Without the mount API or privileges (not root) the main mount serves `rootfs/` itself.
+//!
+//! With `--rootfs-mounts=kernel` (the default) a ready image's tree is its `rootfs.erofs`
+//! mounted with the kernel's erofs driver instead (`kernel_erofs`), in the same place and
+//! under the same rules; the FUSE image tree serves what the kernel refuses.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Config, Session};
 
+use super::kernel_erofs::KernelErofs;
 use super::mount_api::{self, SuperblockFlags};
 use super::{mountinfo, tuning};
 use crate::fs::ImageTrees;
@@ -60,13 +65,15 @@ impl Stop {
 impl RootfsMounts {
     /// Best effort: without the mount API (or privileges) the main mount serves `rootfs/`.
     /// The superblock is mounted like the main mount (`flags`), but read-only; at most
-    /// `max_trees` rootfs mounts at once.
+    /// `max_trees` rootfs mounts at once; with `kernel`, images are mounted with the
+    /// kernel's erofs (with the same `flags`) where it takes them.
     pub(super) fn start(
         trees: ImageTrees,
         source: &Path,
         mp: &Path,
-        flags: &SuperblockFlags,
+        flags: SuperblockFlags,
         max_trees: usize,
+        kernel: bool,
         config: &Config,
     ) -> Option<RootfsMounts> {
         let made = std::fs::File::options()
@@ -75,7 +82,7 @@ impl RootfsMounts {
             .open("/dev/fuse")
             .map(OwnedFd::from)
             .and_then(|dev| {
-                let mnt = mount_api::fuse_superblock(&dev, source, flags)?;
+                let mnt = mount_api::fuse_superblock(&dev, source, &flags)?;
                 let session =
                     Session::from_fd(trees.connection(), dev, config.acl, config.clone())?;
                 Ok((mnt, session))
@@ -116,9 +123,10 @@ impl RootfsMounts {
             trees,
         };
         let (stop2, mp2) = (stop.clone(), mp.to_path_buf());
+        let kernel = kernel.then(|| KernelErofs::new(flags));
         let binder = std::thread::Builder::new()
             .name("imagefs-binds".into())
-            .spawn(move || keep_mounted(mnt, mp2, max_trees, stop2))
+            .spawn(move || keep_mounted(mnt, kernel, mp2, max_trees, stop2))
             .ok()?;
         Some(RootfsMounts {
             stop,
@@ -145,16 +153,22 @@ impl RootfsMounts {
 }
 
 /// Keeps ready digests' `rootfs` of mountpoint `mp` mounted from the detached superblock
-/// `superblock` (at most `max_trees` of them) until stopped: at start, whenever digests
-/// change, and every two seconds (a pull that finished, a tree someone detached, a tree
-/// that was in use).
+/// `superblock`, or with the kernel's erofs (`kernel`) where it takes the image (at most
+/// `max_trees` of them) until stopped: at start, whenever digests change, and every two
+/// seconds (a pull that finished, a tree someone detached, a tree that was in use).
 ///
 /// A tree is never mounted over while the kernel holds inodes of the main mount's copy of
 /// it: a process inside that copy (a walk started before the mount) would find `..` of
 /// its directories leading into the mount, another device, and `find` or `tar` would
 /// stop short (seen in a mount test). Such a digest stays served by the main mount until
 /// the kernel lets go; what it only caches it is asked to drop.
-fn keep_mounted(superblock: OwnedFd, mp: PathBuf, max_trees: usize, stop: Stop) {
+fn keep_mounted(
+    superblock: OwnedFd,
+    mut kernel: Option<KernelErofs>,
+    mp: PathBuf,
+    max_trees: usize,
+    stop: Stop,
+) {
     /// A tree that did not mount (a bad image) is not tried again sooner.
     const RETRY: Duration = Duration::from_secs(30);
     let trees = &stop.trees;
@@ -178,7 +192,11 @@ fn keep_mounted(superblock: OwnedFd, mp: PathBuf, max_trees: usize, stop: Stop) 
             }
         };
         let mut count = mounted.len();
-        for d in trees.digests() {
+        let digests = trees.digests();
+        if let Some(k) = kernel.as_mut() {
+            k.forget_gone(&digests.iter().copied().collect());
+        }
+        for d in digests {
             if stop.stopped() {
                 return;
             }
@@ -215,7 +233,10 @@ fn keep_mounted(superblock: OwnedFd, mp: PathBuf, max_trees: usize, stop: Stop) 
                     continue;
                 }
             }
-            match mount_api::mount_subtree(&superblock, &d.hex(), &target) {
+            let by_kernel = kernel.as_mut().and_then(|k| k.mount(trees, &d, &target));
+            let made = by_kernel
+                .unwrap_or_else(|| mount_api::mount_subtree(&superblock, &d.hex(), &target));
+            match made {
                 Ok(tree) => {
                     count += 1;
                     log::debug!("{}: image tree mounted", target.display());

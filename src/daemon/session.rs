@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
-use super::config::MountConfig;
+use super::config::{MountConfig, TreeMounts};
 use super::daemonize::Ready;
 use super::mount_api::SuperblockFlags;
 use super::rootfs_mounts::{self, RootfsMounts};
@@ -47,8 +47,9 @@ pub(super) fn serve(
     fs.start_notifier(session.notifier(), opts.threads);
     tuning::raise_readahead(mp);
     fs.start_watcher()?;
-    let rootfs_mounts = if opts.rootfs_mounts {
-        // As the main mount: image trees never open devices nor, unless opted in, elevate.
+    let rootfs_mounts = if opts.rootfs_mounts != TreeMounts::None {
+        // As the main mount: image trees (FUSE or the kernel's erofs) never open devices
+        // nor, unless opted in, elevate.
         let flags = SuperblockFlags {
             nosuid: !opts.allow_setuid,
             nodev: true,
@@ -59,8 +60,9 @@ pub(super) fn serve(
             fs.image_trees(),
             store.root(),
             mp,
-            &flags,
+            flags,
             opts.rootfs_mounts_max,
+            opts.rootfs_mounts == TreeMounts::Kernel,
             &config,
         )
     } else {

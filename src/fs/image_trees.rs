@@ -7,6 +7,7 @@
 //! kernel holds any inode of it through the main mount, so a tree is never mounted over a
 //! copy a process is inside.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -68,6 +69,15 @@ impl ImageTrees {
             fs.digest_dir(&i)
                 .is_some_and(|dir| fs.digest_ready(&i, &dir))
         })
+    }
+
+    /// The image file of digest `d`'s tree (its primary directory's `rootfs.erofs`) if
+    /// its `rootfs/` can be served now: what the daemon mounts with the kernel's erofs.
+    pub(crate) fn tree_image(&self, d: &Digest) -> Option<PathBuf> {
+        let fs = &self.0;
+        let i = fs.primary_image(d)?;
+        let dir = fs.digest_dir(&i)?;
+        fs.digest_ready(&i, &dir).then(|| dir.join("rootfs.erofs"))
     }
 
     /// Does the kernel hold an inode of digest `d`'s image tree? Before its tree is

@@ -1,0 +1,189 @@
+"""rootfs/ mounted with the kernel's own erofs (`--rootfs-mounts=kernel`, the default as root).
+
+The daemon mounts each ready image's rootfs.erofs, straight from the file, on its
+digests/<hex>/rootfs: the tests check the mount (type erofs, read-only, nosuid,nodev, or only
+nodev with --allow-setuid), that it shows what a loop mount of the same image shows, that a
+process inside keeps its tree when the image is collected and the kernel lets the image go once
+the process leaves, that an image the reader refuses falls back (a log line, an error, no hang),
+and that `--rootfs-mounts=fuse` / `none` give the FUSE ways. About 15 s.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from rootfs_tree import (StoreRoot, add_image, add_raw_digest, build_busybox_tree, build_varied_tree, compare,
+                         describe, erofs_superblocks, inode_partition, kernel_mount, mkfs, wait_until)
+
+def tree_mount(mnt: Path, hx: str) -> Path:
+    return mnt / "digests" / hx / "rootfs"
+
+
+def mountinfo_at(point: Path) -> tuple[list[str], str, list[str]] | None:
+    """(mount options, filesystem type, superblock options) of the mount on point, if any."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, right = line.split(" - ", 1)
+            fields, rest = left.split(), right.split()
+            if fields[4] == str(point):
+                return fields[5].split(","), rest[0], rest[2].split(",")
+    return None
+
+
+def mounts_below(mnt: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [ln.split()[4] for ln in f if ln.split()[4].startswith(f"{mnt}/")]
+
+
+@pytest.fixture
+def varied(workdir):
+    tree = workdir / "tree-varied"
+    build_varied_tree(tree)
+    return mkfs(workdir / "varied.erofs", tree, "lz4")
+
+
+@pytest.fixture
+def busybox(workdir):
+    tree = workdir / "tree-bb"
+    build_busybox_tree(tree)
+    return mkfs(workdir / "bb.erofs", tree, "lz4")
+
+
+def store_with(workdir, img, repo="k/a", tag="v1") -> tuple[Path, str]:
+    root = workdir / "store"
+    root.mkdir(exist_ok=True)
+    return root, add_image(root, img, repo=repo, tag=tag)
+
+
+def mounted_by_kernel(m, hx) -> bool:
+    info = mountinfo_at(tree_mount(m.mnt, hx))
+    return info is not None and info[1] == "erofs"
+
+
+def test_rootfs_is_a_kernel_erofs_mount_showing_the_loop_mounts_tree(workdir, varied, mounter):
+    root, hx = store_with(workdir, varied)
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), f"no kernel erofs on rootfs/\n{m.log_tail()}"
+    opts, fstype, sb = mountinfo_at(tree_mount(m.mnt, hx))
+    assert {"ro", "nosuid", "nodev"} <= set(opts), opts
+    assert "ro" in sb, sb
+    with kernel_mount(varied, workdir / "loop") as loop:
+        want = describe(loop)
+        got = describe(tree_mount(m.mnt, hx))
+    diffs = compare(want, got)
+    assert not diffs, "\n".join(diffs[:40])
+    assert inode_partition(want) == inode_partition(got)
+    # the same tree through tags/
+    via_tag = m.mnt / "tags" / "k" / "a" / "v1" / "rootfs"
+    assert os.stat(via_tag).st_dev == os.stat(tree_mount(m.mnt, hx)).st_dev
+
+
+def test_allow_setuid_lifts_nosuid_only(workdir, busybox, mounter):
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root), extra_args=["--allow-setuid"])
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+    opts, _, _ = mountinfo_at(tree_mount(m.mnt, hx))
+    assert "nodev" in opts and "nosuid" not in opts, opts
+
+
+def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybox, mounter):
+    before = erofs_superblocks()
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root))
+    rootfs = tree_mount(m.mnt, hx)
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+    ours = erofs_superblocks() - before
+    inside = rootfs / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
+        assert str(rootfs) not in mounts_below(m.mnt), "the collected image's mount must go before rm returns"
+        assert not (root / "content" / hx).exists()
+        # the process still reads its tree, names never looked up before too
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        assert (cwd / "sub" / "f07").read_bytes() == b"sub file 7\n" * 8
+        assert len((cwd / "random-2M").read_bytes()) == (2 << 20) + 3
+        if len(ours) == 1:
+            assert ours <= erofs_superblocks(), "the kernel let go of an image still in use"
+    finally:
+        p.kill()
+        p.wait()
+    # once left, the kernel drops the superblock (and its reference on the unlinked file)
+    if len(ours) == 1:
+        assert wait_until(lambda: not (ours & erofs_superblocks()), 5), f"{ours} still there"
+    assert m.proc.poll() is None
+    assert os.listdir(m.mnt / "digests") == []
+
+
+def test_corrupt_image_falls_back_with_a_log_line_and_never_hangs(workdir, busybox, mounter):
+    root, good = store_with(workdir, busybox)
+    bad = add_raw_digest(root, "ab" * 32, b"\0" * 8192 + os.urandom(8192), repo="k/bad", tag="v1")
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: mounted_by_kernel(m, good), 5), m.log_tail()
+    assert wait_until(lambda: bad in m.log_text() and "refused" in m.log_text(), 5), m.log_tail()
+    assert not mounted_by_kernel(m, bad)
+    t0 = time.monotonic()
+    r = subprocess.run(["ls", str(tree_mount(m.mnt, bad))], capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0 and ("Input/output error" in r.stderr or "No such file" in r.stderr), r
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(OSError) as e:
+        os.listdir(m.mnt / "tags" / "k" / "bad" / "v1" / "rootfs")
+    assert e.value.errno in (errno.EIO, errno.ENOENT)
+    # the good image is untouched, and the daemon said why once
+    assert (tree_mount(m.mnt, good) / "etc" / "hostname").read_bytes() == b"imagefs-busybox\n"
+    time.sleep(2.5)  # another round of the binder says nothing more
+    lines = [ln for ln in m.log_text().splitlines() if bad in ln and "refused" in ln]
+    assert len(lines) == 1, lines
+
+
+@pytest.mark.parametrize("how", [["--rootfs-mounts", "fuse"], ["-o", "rootfs_mounts=fuse"]])
+def test_fuse_trees_on_request(workdir, busybox, mounter, how):
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root), extra_args=how)
+    point = tree_mount(m.mnt, hx)
+    assert wait_until(lambda: mountinfo_at(point) is not None, 5), m.log_tail()
+    opts, fstype, _ = mountinfo_at(point)
+    assert fstype == "fuse.imagefs" and {"ro", "nosuid", "nodev"} <= set(opts), (fstype, opts)
+    assert (point / "etc" / "hostname").read_bytes() == b"imagefs-busybox\n"
+
+
+@pytest.mark.parametrize("how", [["--rootfs-mounts", "none"], ["--no-rootfs-mounts"], ["-o", "rootfs_mounts=none"]])
+def test_no_tree_mounts_on_request(workdir, busybox, mounter, how):
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root), extra_args=how)
+    assert (tree_mount(m.mnt, hx) / "etc" / "hostname").read_bytes() == b"imagefs-busybox\n"
+    time.sleep(0.5)
+    assert mounts_below(m.mnt) == []
+
+
+def test_an_image_listing_a_name_with_a_slash_is_not_given_to_the_kernel(workdir, mounter):
+    """A name with a / (patched in: mkfs.erofs makes none) makes the kernel fail the whole listing of its
+    directory (the VFS refuses such names: EIO). The daemon lists the kernel's mount before attaching it
+    and serves such an image from a FUSE tree, whose reader skips just that name."""
+    tree = workdir / "names"
+    tree.mkdir()
+    for n in ("a_slash_b", "keep"):
+        (tree / n).write_text("data\n")
+    data = bytearray(mkfs(workdir / "names.erofs", tree, "plain").read_bytes())
+    assert data.count(b"a_slash_b") == 1
+    i = data.index(b"a_slash_b")
+    data[i:i + 9] = b"a/slash/b"
+    assert data[1024:1028] == b"\xe2\xe1\xf5\xe0", "erofs magic"
+    data[1032] &= ~1 & 0xFF  # no superblock checksum (the patch may be in its block)
+    img = workdir / "crafted.erofs"
+    img.write_bytes(bytes(data))
+    root, hx = store_with(workdir, img)
+    m = mounter(StoreRoot(root))
+    point = tree_mount(m.mnt, hx)
+    assert wait_until(lambda: mountinfo_at(point) is not None, 5), m.log_tail()
+    assert mountinfo_at(point)[1] == "fuse.imagefs"
+    assert f"sha256:{hx}: its tree failed the names check" in m.log_text(), m.log_tail(20)
+    assert sorted(os.listdir(point)) == ["keep"]
