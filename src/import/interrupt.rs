@@ -10,12 +10,22 @@
 //! leftovers are still swept by the others.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 
 /// The work directory of the import running in this process, if any.
 static WORK: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Set once a signal came: the extraction stops writing (at its next entry), so removing
+/// the work directory is not a race against it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the import was interrupted (the extraction checks it before each entry).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
 
 /// Registers (or, with `None`, forgets) the work directory to remove on interruption.
 pub fn set_work_dir(path: Option<PathBuf>) {
@@ -37,15 +47,18 @@ pub fn install() {
         .name("interrupt".into())
         .spawn(move || {
             let Ok(sig) = set.wait() else { return };
+            INTERRUPTED.store(true, Ordering::Relaxed);
             // Held while removing, so the import cannot register another one meanwhile.
             let work = WORK.lock();
             if let Some(dir) = work.as_deref() {
-                // The import thread may still be adding files: retry a few times.
+                // The extraction may be writing one last entry before it sees the flag
+                // (mount-tests saw `rootfs/d6` made behind a removal): retry a moment later.
                 let mut r = crate::store::fsutil::remove_tree(dir);
-                for _ in 0..5 {
+                for _ in 0..50 {
                     if r.is_ok() {
                         break;
                     }
+                    std::thread::sleep(Duration::from_millis(20));
                     r = crate::store::fsutil::remove_tree(dir);
                 }
                 match r {

@@ -529,6 +529,9 @@ pub fn apply_layer<R: Read>(
     let mut tar = tarstream::Reader::new(reader);
     let r = (|| {
         while let Some(entry) = tar.next().map_err(LayerError::Read)? {
+            if super::interrupt::interrupted() {
+                return Err(LayerError::Read(io::ErrorKind::Interrupted.into()));
+            }
             t.apply_entry(&mut tar, &entry)?;
         }
         Ok(())
