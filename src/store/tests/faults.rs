@@ -152,8 +152,9 @@ struct Op {
     /// ([`Leaves::Kept`]), besides those `leaves` allows.
     kept: Option<fn(&Store)>,
     /// Sweep again with each failure persisting ([`fault::arm_sticky`]): the undo of a
-    /// failed step then fails too, and the next mount must finish or roll back.
-    sticky: bool,
+    /// failed step then fails too, and the next mount must finish or roll back; what
+    /// a failed run may then leave.
+    sticky: Option<Leaves>,
     /// Run again, fault-free, after a failure (before the checks), as its user does: for
     /// `fsck --repair`, whose repairs are each their own change.
     rerun: bool,
@@ -208,7 +209,11 @@ fn sweep(op: &Op) -> Sweep {
         (t, findings(fx.root()))
     });
 
-    let modes: &[bool] = if op.sticky { &[false, true] } else { &[false] };
+    let modes: &[bool] = if op.sticky.is_some() {
+        &[false, true]
+    } else {
+        &[false]
+    };
     for (&sticky, (errno, ename)) in modes
         .iter()
         .flat_map(|m| ERRNOS.iter().map(move |e| (m, *e)))
@@ -296,15 +301,15 @@ fn sweep(op: &Op) -> Sweep {
                 "{what}: succeeded, but as before"
             );
             if r.is_err() {
+                let leaves = match (sticky, op.sticky) {
+                    (true, Some(l)) => l,
+                    _ => op.leaves,
+                };
                 let allowed = match state {
                     Leaves::Kept => true,
-                    _ => op.leaves == Leaves::Either || op.leaves == state,
+                    _ => leaves == Leaves::Either || leaves == state,
                 };
-                assert!(
-                    allowed,
-                    "{what}: {r:?}: left {state:?}, allowed {:?}",
-                    op.leaves
-                );
+                assert!(allowed, "{what}: {r:?}: left {state:?}, allowed {leaves:?}");
             }
             assert_eq!(tree(&sent), sentinel_tree, "{what}: the sentinel changed");
             let want = match (state, &kept) {
@@ -387,7 +392,7 @@ fn faults_tag() {
         run: |_, s| e(live(s).create_tag("a", b"new", &Target::Digest(dg(2)))),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -401,7 +406,7 @@ fn faults_untag_without_collection() {
         run: |_, s| e(live(s).remove_tag("a", "one")),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -415,7 +420,7 @@ fn faults_untag_with_collection() {
         run: |_, s| e(live(s).remove_tag("a", "two")),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -429,7 +434,7 @@ fn faults_retag_over_an_existing_tag() {
         run: |_, s| e(live(s).rename_tag(("a", "one"), "a", b"two", RenameMode::Replace)),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -443,7 +448,7 @@ fn faults_rename_noreplace() {
         run: |_, s| e(live(s).rename_tag(("a", "one"), "b/c", b"x", RenameMode::NoReplace)),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: Some(Leaves::Either),
         rerun: false,
     });
 }
@@ -457,7 +462,7 @@ fn faults_exchange() {
         run: |_, s| e(live(s).rename_tag(("a", "one"), "a", b"two", RenameMode::Exchange)),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -471,7 +476,7 @@ fn faults_exchange_across_repos_with_promotion() {
         run: |_, s| e(live(s).rename_tag(("l", "old"), "a", b"two", RenameMode::Exchange)),
         leaves: Leaves::Before,
         kept: Some(promote_l8),
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -501,7 +506,7 @@ fn faults_promotion() {
         },
         leaves: Leaves::Before,
         kept: Some(promote_l8),
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -519,9 +524,9 @@ fn faults_replace_at_another_depth() {
         },
         live: true,
         run: |_, s| e(live(s).rename_tag(("a", "one"), "b/c", b"t", RenameMode::Replace)),
-        leaves: Leaves::Either,
+        leaves: Leaves::Before,
         kept: None,
-        sticky: true,
+        sticky: Some(Leaves::Either),
         rerun: false,
     });
 }
@@ -536,7 +541,7 @@ fn faults_directory_move_content_only() {
         run: |_, s| e(live(s).rename_dir("a", "b/c", b"deep", RenameMode::NoReplace)),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -559,7 +564,7 @@ fn faults_legacy_copy() {
         },
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -573,7 +578,7 @@ fn faults_directory_move() {
         run: |_, s| e(live(s).rename_dir("l", "b", b"z", RenameMode::NoReplace)),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -595,7 +600,7 @@ fn faults_mkdir_rmdir() {
         },
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
     run(Op {
@@ -605,7 +610,7 @@ fn faults_mkdir_rmdir() {
         run: |_, s| e(live(s).rmdir("b/c")),
         leaves: Leaves::Before,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -619,7 +624,7 @@ fn faults_mount_time_replay() {
         run: |fx, _| e(Store::open(fx.root(), OPTS)),
         leaves: Leaves::After,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -645,7 +650,7 @@ fn faults_import_install() {
         },
         leaves: Leaves::Either,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -666,7 +671,7 @@ fn faults_gc() {
         },
         leaves: Leaves::Either,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: false,
     });
 }
@@ -692,7 +697,7 @@ fn faults_fsck_repair() {
         },
         leaves: Leaves::Either,
         kept: None,
-        sticky: false,
+        sticky: None,
         rerun: true,
     });
 }
