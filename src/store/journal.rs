@@ -166,8 +166,14 @@ pub enum Intent {
         b_target: String,
     },
     /// Rewrite every content-layout tag under this store-relative repository directory
-    /// to its canonical target (after a repository moved to another depth).
-    Relink { dir: String },
+    /// to its canonical target (after a repository moved to another depth). `from`: the
+    /// directory before the move, relinked instead where the move was undone (records of
+    /// older versions have none).
+    Relink {
+        dir: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+    },
     /// Move the store directories of repository `from` (both layouts) to repository `to`, all
     /// or nothing (`repo_move.rs` replays it).
     #[serde(rename = "move-repo")]

@@ -36,7 +36,7 @@ impl Store {
     }
 
     /// Moves `<repo>/<hex>` to `content/<hex>` and rewrites that repository's tags naming it.
-    fn promote(&self, repo: &str, d: Digest) -> Result<()> {
+    pub(super) fn promote(&self, repo: &str, d: Digest) -> Result<()> {
         let from = DirKey::Legacy(repo.to_string(), d);
         let to = DirKey::Content(d);
         let rec = self

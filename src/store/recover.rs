@@ -150,15 +150,21 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
             Some(Intent::MoveRepo { from, to }) => {
                 rec.did(super::repo_move::replay(&root, &from, &to)?);
             }
-            Some(Intent::Relink { dir }) => {
-                let repo = dir
-                    .strip_prefix(layout::REPOSITORIES)
-                    .map(|r| r.trim_start_matches('/'))
-                    .unwrap_or("");
-                let p = root.join(&dir);
-                if !repo.is_empty() && sys::is_dir(&p) {
-                    relink_tree(&p, repo)?;
-                    rec.did(format!("finished interrupted relink of {}", p.display()));
+            Some(Intent::Relink { dir, from }) => {
+                // Found by the fault tests (failures persisting): a move undone after its
+                // relink had begun, whose relink back failed too, left tags with the new
+                // depth's text at the old place, which the intent did not name. Both
+                // places are relinked now (the one the repository is in).
+                for dir in std::iter::once(dir).chain(from) {
+                    let repo = dir
+                        .strip_prefix(layout::REPOSITORIES)
+                        .map(|r| r.trim_start_matches('/'))
+                        .unwrap_or("");
+                    let p = root.join(&dir);
+                    if !repo.is_empty() && sys::is_dir(&p) {
+                        relink_tree(&p, repo)?;
+                        rec.did(format!("finished interrupted relink of {}", p.display()));
+                    }
                 }
             }
         }

@@ -268,17 +268,22 @@ impl Store {
 /// `repo`) to its canonical target. Idempotent.
 pub(super) fn relink_tree(dir: &std::path::Path, repo: &str) -> Result<()> {
     let rd = sys::read_dir(dir).ctx(|| dir.display().to_string())?;
-    for entry in rd.flatten() {
-        let Ok(ft) = entry.file_type() else { continue };
+    // Found by the fault tests: an entry that could not be read was skipped, and the move
+    // was acknowledged with that tag's text at the old depth (a dangling tag, kept by the
+    // next mount as it is). Every failure is the move's failure now: it is undone, or the
+    // journal finishes it.
+    for entry in rd {
+        let entry = entry.ctx(|| dir.display().to_string())?;
+        let ft = entry
+            .file_type()
+            .ctx(|| entry.path().display().to_string())?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if ft.is_dir() {
             relink_tree(&entry.path(), &names::join(repo, name))?;
         } else if ft.is_symlink() {
             let path = entry.path();
-            let Ok(t) = sys::read_link(&path) else {
-                continue;
-            };
+            let t = sys::read_link(&path).ctx(|| path.display().to_string())?;
             let t = t.to_string_lossy();
             let mut parts = t.rsplit('/');
             let (hex, content) = (parts.next(), parts.next());

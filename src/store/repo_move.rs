@@ -108,6 +108,10 @@ impl Store {
                     &self.root.join(layout::repo_rel_dir(Layout::Content, to)),
                     &self.root,
                 ),
+                from: Some(rel(
+                    &self.root.join(layout::repo_rel_dir(Layout::Content, from)),
+                    &self.root,
+                )),
             })
         } else {
             None
@@ -128,8 +132,12 @@ impl Store {
                 if exists(&b) {
                     moved.push(lay);
                 }
-                if self.move_back(from, to, &moved) {
-                    self.remove_made(&made);
+                // The parents made for the move go in any case (each only if empty): found
+                // by the fault tests (failures persisting), an empty legacy parent stayed,
+                // unknown to the index, when the undo failed.
+                let undone = self.move_back(from, to, &moved);
+                self.remove_made(&made);
+                if undone {
                     if let Some(rec) = &rec {
                         let _ = self.journal.done(rec);
                     }
@@ -215,6 +223,12 @@ pub(super) fn replay(root: &Path, from: &str, to: &str) -> Result<String> {
         .filter(|&l| !exists(&at(l, from)) && exists(&at(l, to)))
         .collect();
     if gone.is_empty() {
+        // Found by the fault tests (failures persisting): a content half moved back after
+        // its relink had begun, its relink back failing too, kept the other depth's text.
+        let dir = at(Layout::Content, from);
+        if sys::is_dir(&dir) {
+            relink_tree(&dir, from)?;
+        }
         return Ok(format!(
             "interrupted move of repository {from} to {to}: nothing had moved"
         ));

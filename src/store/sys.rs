@@ -305,6 +305,10 @@ pub(crate) mod fault {
         pub(crate) calls: u64,
         /// The operation name of the call that failed, once it did.
         pub(crate) hit: Option<&'static str>,
+        /// Once call `at` failed, every later call of the same operation fails too (a
+        /// failure that persists: a bad block, a filesystem remounted read-only), so that
+        /// the undo of a failed step fails as well.
+        pub(crate) sticky: bool,
     }
 
     thread_local! {
@@ -335,6 +339,18 @@ pub(crate) mod fault {
         });
     }
 
+    /// As [`arm`], the failure persisting for its operation ([`Plan::sticky`]).
+    pub(crate) fn arm_sticky(at: u64, errno: i32) {
+        PLAN.with(|p| {
+            p.set(Some(Plan {
+                at,
+                errno,
+                sticky: true,
+                ..Plan::default()
+            }))
+        });
+    }
+
     /// Stops counting; returns the plan as it ended.
     pub(crate) fn disarm() -> Plan {
         PLAN.with(|p| p.take()).unwrap_or_default()
@@ -346,8 +362,9 @@ pub(crate) mod fault {
                 return Ok(());
             };
             plan.calls += 1;
-            let fail = plan.calls == plan.at;
-            if fail {
+            let again = plan.sticky && plan.hit == Some(op);
+            let fail = plan.calls == plan.at || again;
+            if fail && !again {
                 plan.hit = Some(op);
                 if std::env::var_os("IMAGEFS_FAULT_TRACE").is_some() {
                     TRACE.with(|t| {

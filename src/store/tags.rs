@@ -127,16 +127,25 @@ struct DirIdentity {
 }
 
 impl DirIdentity {
-    fn of(dir: &Path) -> Option<DirIdentity> {
+    /// `Ok(None)`: no directory there. Found by the fault tests: a failed `lstat` (EIO,
+    /// ENOMEM) was taken for a directory removed by another writer and answered ENOENT; it
+    /// is reported as the error it is now.
+    fn of(dir: &Path) -> std::io::Result<Option<DirIdentity>> {
         use std::os::unix::fs::MetadataExt;
-        let m = sys::symlink_metadata(dir).ok().filter(|m| m.is_dir())?;
-        let has = |name: &str| sys::symlink_metadata(dir.join(name)).is_ok();
-        Some(DirIdentity {
+        let present = |p: &Path| match sys::symlink_metadata(p) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        let Some(m) = present(dir)?.filter(|m| m.is_dir()) else {
+            return Ok(None);
+        };
+        Ok(Some(DirIdentity {
             dev: m.dev(),
             ino: m.ino(),
-            metadata: has("metadata.json"),
-            image: has("rootfs.erofs"),
-        })
+            metadata: present(&dir.join("metadata.json"))?.is_some(),
+            image: present(&dir.join("rootfs.erofs"))?.is_some(),
+        }))
     }
 }
 
@@ -185,7 +194,9 @@ impl Store {
             ))
         };
         // Another writer (hypeman) may remove the directory at any moment: it takes no lock.
-        let before = DirIdentity::of(&dir).ok_or_else(|| gone("before the tag was made"))?;
+        let before = DirIdentity::of(&dir)
+            .ctx(|| dir.display().to_string())?
+            .ok_or_else(|| gone("before the tag was made"))?;
         let text = layout::tag_target(repo, &key);
         match fsutil::install_symlink(&text, &link, RenameMode::NoReplace, self.opts.durable) {
             Ok(()) => {}
@@ -204,9 +215,17 @@ impl Store {
         // the link above and removed since, the tag would dangle. Take it back (ENOENT, as if
         // the directory had gone a moment earlier). What is left is the window between this
         // check and a removal that counted before the install: the watcher reports it.
-        if DirIdentity::of(&dir).as_ref() != Some(&before) {
-            self.take_back(&link, &text);
-            return Err(gone("while the tag was made; the tag was taken back"));
+        match DirIdentity::of(&dir) {
+            Ok(Some(now)) if now == before => {}
+            Ok(_) => {
+                self.take_back(&link, &text);
+                return Err(gone("while the tag was made; the tag was taken back"));
+            }
+            Err(e) => {
+                // Whether the directory is still there is unknown: the tag goes back.
+                self.take_back(&link, &text);
+                return Err(e).ctx(|| dir.display().to_string());
+            }
         }
         self.index.write().add_tag(repo, tag, key, lay);
         Ok(digest)
@@ -384,15 +403,20 @@ impl Store {
             }
         };
         let result = self.move_link(from, &src, to, &new_key, dst.as_ref().map(|d| d.layout));
-        if let Err(e) = result {
-            self.drop_intent(intent);
-            self.drop_intent(src_intent);
-            self.drop_twin_gc(twin_gc);
-            return Err(e);
-        }
+        let stuck = match result {
+            Ok(stuck) => stuck,
+            Err(e) => {
+                self.drop_intent(intent);
+                self.drop_intent(src_intent);
+                self.drop_twin_gc(twin_gc);
+                return Err(e);
+            }
+        };
         {
             let mut ix = self.index.write();
-            ix.remove_tag(from.0, from.1);
+            if stuck.is_none() {
+                ix.remove_tag(from.0, from.1);
+            }
             ix.remove_tag(to.0, to.1);
             ix.add_tag(to.0, to.1, new_key, new_layout);
         }
@@ -400,13 +424,22 @@ impl Store {
             Some(d) => self.finish_gc(intent, &d.key).into_iter().collect(),
             None => Vec::new(),
         };
+        if let Some(e) = stuck {
+            // The old name is still on disk and in the index, naming its directory: that
+            // directory keeps its reference until the next mount removes the name.
+            self.drop_intent(src_intent);
+            self.drop_twin_gc(twin_gc);
+            return Err(e);
+        }
         collected.extend(self.finish_gc(src_intent, &src.key));
         collected.extend(self.finish_twin_gc(twin_gc));
         Ok(collected)
     }
 
     /// The on-disk half of a tag move: one rename when the symlink's text stays right,
-    /// else a journaled write-then-unlink.
+    /// else a journaled write-then-unlink. `Ok(Some(e))`: the move is committed (the new
+    /// name is installed over the tag it replaced) but the old name could not be removed
+    /// (`e`); the journal's intent stays for the next mount to remove it.
     fn move_link(
         &self,
         from: (&str, &str),
@@ -414,7 +447,7 @@ impl Store {
         to: (&str, &str),
         key: &DirKey,
         old_dst_layout: Option<Layout>,
-    ) -> Result<()> {
+    ) -> Result<Option<StoreError>> {
         let new_layout = layout_of(key);
         self.ensure_store_dir(new_layout, to.0)?;
         let src_path = self.tag_path(from.0, from.1, src.layout);
@@ -438,21 +471,43 @@ impl Store {
                 .ctx(|| "journal".to_string())?;
             fsutil::install_symlink(&target, &dst_path, RenameMode::Replace, false)
                 .ctx(|| dst_path.display().to_string())?;
-            let rest = sys::remove_file(&src_path)
-                .ctx(|| src_path.display().to_string())
-                .and_then(|()| match &twin {
-                    Some(old) => sys::remove_file(old).ctx(|| old.display().to_string()),
-                    None => Ok(()),
-                });
-            if let Err(e) = rest {
+            // Removes the old name (and a replaced twin); a name already gone is fine, so
+            // it can run again.
+            let rest = || {
+                for p in std::iter::once(&src_path).chain(twin.as_ref()) {
+                    match sys::remove_file(p) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(e).ctx(|| p.display().to_string());
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = rest() {
                 // Found by the fault tests: the error was returned with both names on disk
                 // and the index naming only the old one until the next mount. Where the
-                // new name replaced nothing, the move is undone now (the store as before);
-                // else the intent stays for the next mount to finish.
-                if old_dst_layout.is_none() && sys::remove_file(&dst_path).is_ok() {
-                    let _ = self.journal.done(&rec);
+                // new name replaced nothing, the move is undone now (the store as before).
+                if old_dst_layout.is_none() {
+                    if sys::remove_file(&dst_path).is_ok() {
+                        let _ = self.journal.done(&rec);
+                        return Err(e);
+                    }
+                    // Found by the fault tests (the failure persisting): neither name could
+                    // be removed, and the index named only the old one. Both are on disk,
+                    // naming the same image: the index says so, and the next mount finishes
+                    // the move from the intent.
+                    return Ok(Some(e));
                 }
-                return Err(e);
+                // Else the replaced tag is gone for good: the move is finished now (the
+                // store as after), as the next mount would. Found by the fault tests: the
+                // live index kept naming the replaced tag's old directory until the next
+                // mount. If the old name cannot be removed now either, the index says what
+                // the disk holds (both names) and the intent stays for the next mount.
+                log::warn!("{e}; removing {} again", src_path.display());
+                if let Err(e) = rest() {
+                    return Ok(Some(e));
+                }
             }
             let _ = self.journal.done(&rec);
         }
@@ -462,7 +517,7 @@ impl Store {
         if let Some(p) = src_path.parent() {
             self.fsync_dir(p);
         }
-        Ok(())
+        Ok(None)
     }
 
     /// RENAME_EXCHANGE of two tags. Returns the directories collected: a legacy directory

@@ -239,4 +239,22 @@ fn an_interrupted_repository_move_is_finished_or_rolled_back_at_the_next_mount()
     let store = back.open();
     assert!(store.index().tag("l", "c").is_some() && store.index().tag("l", "old").is_some());
     check(&store);
+    drop(store);
+
+    // Everything had gone back, but a content tag kept the text of the other depth (the
+    // relink back failed): the next mount rewrites it.
+    let undone = base();
+    undone.ctag("l", "c", 1).json_intent(
+        "0001",
+        serde_json::json!({"op": "move-repo", "from": "l", "to": "q/z"}),
+    );
+    let c = undone.p(&format!("{REPOSITORIES}/l/c"));
+    fs::remove_file(&c).expect("rm");
+    std::os::unix::fs::symlink(content_text("q/z", dg(1)), &c).expect("other depth's text");
+    let store = undone.open();
+    assert_eq!(
+        undone.link(&format!("{REPOSITORIES}/l/c")),
+        content_text("l", dg(1))
+    );
+    check_reopen(&undone, store);
 }

@@ -400,6 +400,31 @@ fn recovery_finishes_an_interrupted_relink() {
 }
 
 #[test]
+fn recovery_relinks_a_repository_moved_back_midway() {
+    // `mv tags/a tags/x/y/a` moved the directory, rewrote one tag, failed, moved it back and
+    // could not rewrite the tag back: `a/one` has the text of `x/y/a`.
+    let fx = Fx::new();
+    fx.content(1, "ready")
+        .content(2, "ready")
+        .ctag("a", "one", 1)
+        .ctag("a", "two", 2);
+    let p = fx.p(&format!("{REPOSITORIES}/a/one"));
+    fs::remove_file(&p).expect("rm");
+    symlink(content_text("x/y/a", dg(1)), &p).expect("new depth's text");
+    fx.json_intent(
+        "0001",
+        serde_json::json!({"op": "relink", "dir": format!("{REPOSITORIES}/x/y/a"),
+                           "from": format!("{REPOSITORIES}/a")}),
+    );
+    let store = fx.open();
+    assert_eq!(assert_recovered(&fx, &store).tags.len(), 2);
+    assert_eq!(
+        fx.link(&format!("{REPOSITORIES}/a/one")),
+        content_text("a", dg(1))
+    );
+}
+
+#[test]
 fn side_trashes_inside_the_store_are_emptied_at_open_and_never_problems() {
     // Issue 10, bug 2: where content/ or a legacy repository is a filesystem of its own, a
     // collection renames the directory into `.imagefs-trash/` beside it; a crash leaves it there.
