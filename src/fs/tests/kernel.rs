@@ -77,8 +77,13 @@ impl Kernel {
                 ino = i;
                 continue;
             }
-            if self.kind(ino) != Some(FileType::Directory) {
-                return Err(libc::ENOTDIR);
+            match self.kind(ino) {
+                Some(FileType::Directory) => {}
+                // A tag in the middle of a path: the kernel follows it into
+                // `digests/<hex>/`, which holds none of the names the model uses (or it
+                // dangles): ENOENT, not ENOTDIR.
+                Some(FileType::Symlink) => return Err(libc::ENOENT),
+                _ => return Err(libc::ENOTDIR),
             }
             let (a, _) = fs.lookup(ino, OsStr::new(c)).map_err(errno)?;
             ino = self.add_dentry(&cur, a.ino.0, a.kind);

@@ -1091,16 +1091,26 @@ fn found_sequences_match_the_model() {
     let Some(images) = (0..N as u8).map(image).collect::<Option<Vec<_>>>() else {
         return;
     };
-    let found: Vec<Vec<Op>> = vec![vec![
-        Op::Unlink(43),
-        Op::OtherTag(96, 41, 0, Order::DirThenLink),
-        Op::OtherTag(77, 79, 1, Order::DirThenLink),
-        Op::Unlink(36),
-        Op::Enter(0),
-        Op::Unlink(97),
-        Op::OtherTag(12, 0, 0, Order::DirThenLink),
-        Op::Enter(0),
-    ]];
+    let found: Vec<Vec<Op>> = vec![
+        vec![
+            Op::Unlink(43),
+            Op::OtherTag(96, 41, 0, Order::DirThenLink),
+            Op::OtherTag(77, 79, 1, Order::DirThenLink),
+            Op::Unlink(36),
+            Op::Enter(0),
+            Op::Unlink(97),
+            Op::OtherTag(12, 0, 0, Order::DirThenLink),
+            Op::Enter(0),
+        ],
+        vec![
+            // `mv tags/g.io tags/h.io/a/b/c/d/t0` with `c` a tag: the kernel follows the tag
+            // into `digests/<hex>/`, so ENOENT (the simulated kernel said ENOTDIR).
+            Op::Unlink(18),
+            Op::Rename(165, 3, 0, Mode::Replace),
+            Op::Symlink(148, 40, Tgt::Digest(0)),
+            Op::Rename(32, 65, 0, Mode::Replace),
+        ],
+    ];
     for ops in found {
         run(&images, &ops);
     }
