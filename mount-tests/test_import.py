@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from helpers import bookkeeping
-from helpers import imagefs_bin, sh, sha256_file
+from helpers import imagefs_bin, require, sh, sha256_file
 
 MT_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MT_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -329,6 +329,53 @@ def test_oci_layout_import(workdir, mounter):
     tag = m.mnt / "tags" / "docker.io/library/merged" / "v1"
     assert os.readlink(tag) == "../../../../digests/" + hx
     assert (tag / "rootfs" / "etc" / "motd").read_bytes() == b"new motd\n"
+
+
+def zstd_frames(data: bytes, *, frames: int = 1, skippable: bool = False) -> bytes:
+    """`data` compressed by the zstd CLI as `frames` frames one after another (as zstd:chunked writes
+    them), with a skippable frame (zstd:chunked's table of contents) after the first if asked."""
+    require(shutil.which("zstd") is not None, "no zstd here (package zstd)")
+    step = -(-len(data) // frames)
+    out = b""
+    for i in range(frames):
+        part = data[i * step:(i + 1) * step]
+        out += subprocess.run(["zstd", "-q", "-c", "-3"], input=part, stdout=subprocess.PIPE, check=True).stdout
+        if skippable and i == 0:
+            payload = b"table of contents"
+            out += (0x184D2A5E).to_bytes(4, "little") + len(payload).to_bytes(4, "little") + payload
+    return out
+
+
+def test_oci_zstd_layers_import_as_their_tar(workdir, mounter):
+    """Issue 12: zstd layers (`tar+zstd`, as skopeo and buildah write; zstd:chunked's many frames and its
+    skippable table of contents) unpack to the same tree as the gzip ones: the same rootfs.erofs bytes."""
+    o = Oci(workdir / "oci-zstd")
+    base, upper = make_tar(BASE_LAYER), make_tar(UPPER_LAYER)
+    cfg = dict(CONFIG)
+    cfg["rootfs"] = {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(l).hexdigest()}" for l in (base, upper)]}
+    mt = "application/vnd.oci.image.layer.v1.tar+zstd"
+    layers = [o.blob(zstd_frames(base), mt), o.blob(zstd_frames(upper, frames=3, skippable=True), mt)]
+    m = {"schemaVersion": 2, "mediaType": MT_MANIFEST, "config": o.blob(json.dumps(cfg).encode(), MT_CONFIG),
+         "layers": layers}
+    o.index([o.blob(json.dumps(m).encode(), MT_MANIFEST)])
+    gz_layout, gz_hex = build_oci(workdir / "oci-gz")
+    store = new_store(workdir)
+    hx = imported(store, "docker.io/library/zstd:v1", o.root)
+    assert imported(store, "docker.io/library/gz:v1", gz_layout) == gz_hex
+    img = lambda h: (store / "content" / h / "rootfs.erofs").read_bytes()
+    assert img(hx) == img(gz_hex), "a zstd layer unpacked to another tree than its gzip twin"
+    check_merged_tree(rootfs_of(mount(mounter, store), hx))
+    # A cut zstd layer is refused, and nothing is stored.
+    cut = Oci(workdir / "oci-cut")
+    bad = zstd_frames(base)
+    m2 = {"schemaVersion": 2, "mediaType": MT_MANIFEST,
+          "config": cut.blob(json.dumps(dict(cfg, rootfs={"type": "layers", "diff_ids": [cfg["rootfs"]["diff_ids"][0]]})).encode(), MT_CONFIG),
+          "layers": [cut.blob(bad[:len(bad) // 2], mt)]}
+    cut.index([cut.blob(json.dumps(m2).encode(), MT_MANIFEST)])
+    before = sorted(p.name for p in (store / "content").iterdir())
+    r = run_import(store, "docker.io/library/cut:v1", cut.root)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert sorted(p.name for p in (store / "content").iterdir()) == before
 
 
 def test_oci_uncompressed_layers_and_nested_index(workdir, mounter):

@@ -41,6 +41,7 @@ pub mod layer;
 pub mod oci;
 pub mod source;
 pub mod tarstream;
+mod zstd;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -508,8 +508,7 @@ const CONFIG_TYPES: [&str; 2] = [
     "application/vnd.docker.container.image.v1+json",
 ];
 
-/// Is `mt` the media type of a layer imagefs can unpack (a tar, plain or gzip; zstd is
-/// refused when read, by its magic bytes)?
+/// Is `mt` the media type of a layer imagefs can unpack (a tar: plain, gzip or zstd)?
 fn is_layer_type(mt: &str) -> bool {
     let base = mt
         .strip_prefix("application/vnd.oci.image.layer.")
@@ -853,7 +852,7 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Applies one layer (plain tar or gzip, found by magic bytes) to `tree`, checking its
+/// Applies one layer (plain tar, gzip or zstd, found by magic bytes) to `tree`, checking its
 /// digest and size (the blob's) and its diff ID (the uncompressed tar's); its directories'
 /// xattrs go into `dirs`.
 pub fn apply_layer(
@@ -882,10 +881,16 @@ pub fn apply_layer(
         .map_err(|e| e.into_import(&what))?;
         diff_tally
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Err(ImportError::source(
-            what,
-            "zstd-compressed layers are not supported",
-        ));
+        let (mut tar, diff_tally) = Hashing::new(super::zstd::Frames::new(raw));
+        let r = layer::apply_layer(tree, &mut tar, opts, dirs);
+        // The digest covers the whole blob.
+        r.and_then(|()| {
+            io::copy(&mut tar.inner.into_inner(), &mut io::sink())
+                .map(drop)
+                .map_err(layer::LayerError::Read)
+        })
+        .map_err(|e| e.into_import(&what))?;
+        diff_tally
     } else {
         layer::apply_layer(tree, &mut raw, opts, dirs).map_err(|e| e.into_import(&what))?;
         blob_tally.clone()
