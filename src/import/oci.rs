@@ -852,6 +852,46 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// A compressed layer's decoder that gives its source back, to read the blob to its end.
+trait Decoder: Read {
+    type Source: Read;
+    fn into_source(self) -> Self::Source;
+}
+
+impl<R: io::BufRead> Decoder for flate2::bufread::MultiGzDecoder<R> {
+    type Source = R;
+    fn into_source(self) -> R {
+        self.into_inner()
+    }
+}
+
+impl<R: io::BufRead> Decoder for super::zstd::Frames<R> {
+    type Source = R;
+    fn into_source(self) -> R {
+        self.into_inner()
+    }
+}
+
+/// Unpacks the tar that `decoder` gives; returns the tally of its bytes (the diff ID).
+fn unpack_compressed<D: Decoder>(
+    decoder: D,
+    tree: &Path,
+    dirs: &mut layer::DirXattrs,
+    what: &str,
+) -> Result<Rc<RefCell<Tally>>> {
+    let opts = layer::Options { whiteouts: true };
+    let (mut tar, diff_tally) = Hashing::new(decoder);
+    layer::apply_layer(tree, &mut tar, opts, dirs)
+        // The digest covers the whole blob.
+        .and_then(|()| {
+            io::copy(&mut tar.inner.into_source(), &mut io::sink())
+                .map(drop)
+                .map_err(layer::LayerError::Read)
+        })
+        .map_err(|e| e.into_import(what))?;
+    Ok(diff_tally)
+}
+
 /// Applies one layer (plain tar, gzip or zstd, found by magic bytes) to `tree`, checking its
 /// digest and size (the blob's) and its diff ID (the uncompressed tar's); its directories'
 /// xattrs go into `dirs`.
@@ -870,27 +910,9 @@ pub fn apply_layer(
     };
     let opts = layer::Options { whiteouts: true };
     let diff_tally = if magic.starts_with(&[0x1f, 0x8b]) {
-        let (mut tar, diff_tally) = Hashing::new(flate2::bufread::MultiGzDecoder::new(raw));
-        let r = layer::apply_layer(tree, &mut tar, opts, dirs);
-        // The digest covers the whole blob.
-        r.and_then(|()| {
-            io::copy(&mut tar.inner.into_inner(), &mut io::sink())
-                .map(drop)
-                .map_err(layer::LayerError::Read)
-        })
-        .map_err(|e| e.into_import(&what))?;
-        diff_tally
+        unpack_compressed(flate2::bufread::MultiGzDecoder::new(raw), tree, dirs, &what)?
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        let (mut tar, diff_tally) = Hashing::new(super::zstd::Frames::new(raw));
-        let r = layer::apply_layer(tree, &mut tar, opts, dirs);
-        // The digest covers the whole blob.
-        r.and_then(|()| {
-            io::copy(&mut tar.inner.into_inner(), &mut io::sink())
-                .map(drop)
-                .map_err(layer::LayerError::Read)
-        })
-        .map_err(|e| e.into_import(&what))?;
-        diff_tally
+        unpack_compressed(super::zstd::Frames::new(raw), tree, dirs, &what)?
     } else {
         layer::apply_layer(tree, &mut raw, opts, dirs).map_err(|e| e.into_import(&what))?;
         blob_tally.clone()

@@ -863,3 +863,53 @@ fn the_seam_scan_sees_direct_calls() {
         assert!(!around_the_seam(good), "{good}");
     }
 }
+
+/// A change whose directory fsync fails is made, in the index too, but recorded as not
+/// durable (`durability`), so the mount answers EIO: before, the failure was only logged
+/// and the change acknowledged, and a power cut took it back (mount-tests/test_powercut.py).
+/// Swept over every call of `rm` and `mv` on a durable store: each run whose failed call
+/// was an fsync and that returned Ok must have left the failure recorded; no other run may.
+#[test]
+fn a_failed_directory_fsync_is_recorded_not_acknowledged() {
+    use crate::store::{Options, durability};
+    let mut fsync_hits = 0;
+    for op in ["rm", "mv"] {
+        for at in 1.. {
+            let fx = base();
+            let s = Store::open(fx.root(), Options { durable: true }).expect("open");
+            durability::take_unsynced();
+            fault::arm(at, libc::EIO);
+            let r = match op {
+                "rm" => e(s.remove_tag("a", "one")),
+                _ => e(s.rename_tag(("a", "one"), "b/c", b"moved", RenameMode::Replace)),
+            };
+            let plan = fault::disarm();
+            let unsynced = durability::take_unsynced();
+            match plan.hit {
+                None => break,
+                Some("fsync") if r.is_ok() => {
+                    fsync_hits += 1;
+                    assert!(
+                        unsynced.is_some(),
+                        "{op}: call {at}, an fsync, failed unrecorded"
+                    );
+                    assert!(
+                        s.tag("a", "one").is_none(),
+                        "{op}: the index lost the change"
+                    );
+                }
+                // The directory's open, which the fsync needs, fails the same way.
+                Some("open") if r.is_ok() && unsynced.is_some() => {}
+                _ => assert!(
+                    unsynced.is_none(),
+                    "{op}: call {at} ({:?}): {unsynced:?}",
+                    plan.hit
+                ),
+            }
+        }
+    }
+    assert!(
+        fsync_hits >= 2,
+        "no run failed a directory fsync ({fsync_hits})"
+    );
+}
