@@ -169,6 +169,18 @@ def mkfs_of(import_dir: Path) -> list[int]:
     return [int(p) for p in r.stdout.split()]
 
 
+def bytes_under(d: Path) -> int:
+    """Bytes in the regular files below d (0 when it is gone); files may vanish while we walk."""
+    total = 0
+    for dirpath, _, files in os.walk(d):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
 def dead_import_dirs(root) -> list[Path]:
     d = bookkeeping(root) / "import"
     return sorted(d.iterdir()) if d.is_dir() else []
@@ -195,6 +207,10 @@ def test_a_killed_import_leaves_no_mkfs_running_and_its_leftovers_are_found_and_
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert eventually(lambda: mkfs_of(imports), 10, 0.01), "mkfs.erofs never started"
+        # Kill once mkfs has written something, so the leftovers have a size fsck must report.
+        assert eventually(lambda: bytes_under(imports) >= 100_000 or p.poll() is not None, 20, 0.01), \
+            "mkfs.erofs wrote nothing"
+        assert p.poll() is None, "the import finished before it could be killed"
         p.send_signal(signal.SIGKILL)
         p.wait(10)
         assert eventually(lambda: not mkfs_of(imports), 2), f"mkfs.erofs outlived the killed import: {mkfs_of(imports)}"
