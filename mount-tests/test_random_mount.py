@@ -13,7 +13,9 @@ quiet window after which imagefs collects a digest another writer touched (watch
 1 s); and now and then a `kill -9` of the daemon, a remount and a full comparison: every
 acknowledged operation holds.
 
-IMAGEFS_RANDOM_SEED (printed) replays a run; IMAGEFS_RANDOM_OPS (default 1500) sets its length.
+IMAGEFS_RANDOM_SEED (printed) replays a run; IMAGEFS_RANDOM_OPS (default 1500) sets its length. It
+runs once per way of serving `rootfs/` (`--rootfs-mounts=none|kernel|fuse`): image trees mounted
+under the mount change what a removal must detach and what a kill -9 leaves behind.
 On a mismatch the seed and the tail of the operation log are printed.
 
 Semantics the model holds (DESIGN.md section 3, and the kernel's own checks first): ENOENT for a
@@ -34,6 +36,8 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
 from helpers import (
     RENAME_EXCHANGE, RENAME_NOREPLACE, check_invariants, force_unmount, is_fuse_mounted, mount_target,
     mount_view, renameat2, scan_store, wait_trash_empty,
@@ -42,6 +46,9 @@ from hypeman import Content
 
 SEED = int(os.environ.get("IMAGEFS_RANDOM_SEED", str(int(time.time()))))
 OPS = int(os.environ.get("IMAGEFS_RANDOM_OPS", "1500"))
+# How `rootfs/` is served: by the main mount (`none`, the full run), or by image trees of their own
+# with the kernel's erofs or FUSE (a third of the operations each).
+ROOTFS_MODES = {"none": 1.0, "kernel": 1 / 3, "fuse": 1 / 3}
 CHECK_EVERY = 100
 CONVERGE = 3.0
 QUIET = 1.2
@@ -219,7 +226,7 @@ class Run:
         return self.mnt.joinpath("tags", *[p for p in parts if p])
 
     def mount(self):
-        self.m = self.mounter(self.store, self.mnt, extra_args=["--no-rootfs-mounts"])
+        self.m = self.mounter(self.store, self.mnt, extra_args=[f"--rootfs-mounts={self.rootfs_mounts}"])
 
     # -- the store to start from
     def build(self):
@@ -493,14 +500,17 @@ class Run:
         self.count("kill-9")
 
 
-def test_random_mount(store, images, mounter, workdir):
-    print(f"\nIMAGEFS_RANDOM_SEED={SEED} IMAGEFS_RANDOM_OPS={OPS}")
+@pytest.mark.parametrize("rootfs_mounts", list(ROOTFS_MODES))
+def test_random_mount(store, images, mounter, workdir, rootfs_mounts):
+    ops = max(1, int(OPS * ROOTFS_MODES[rootfs_mounts]))
+    print(f"\nIMAGEFS_RANDOM_SEED={SEED} IMAGEFS_RANDOM_OPS={OPS}: {ops} operations with --rootfs-mounts={rootfs_mounts}")
     run = Run(store, images, mounter, workdir)
+    run.rootfs_mounts = rootfs_mounts
     run.build()
     run.mount()
     run.compare("at the start")
     t0 = time.monotonic()
-    for i in range(1, OPS + 1):
+    for i in range(1, ops + 1):
         r = run.rnd.random()
         if r < 0.01:
             run.other_writer()
@@ -524,4 +534,4 @@ def test_random_mount(store, images, mounter, workdir):
     assert not v, f"IMAGEFS_RANDOM_SEED={SEED}: " + "\n".join(v)
     assert run.m.stop() == 0
     line = ", ".join(f"{k}={n}" for k, n in sorted(run.counts.items()))
-    print(f"random mount: {OPS} operations in {time.monotonic() - t0:.1f} s: {line}")
+    print(f"random mount ({rootfs_mounts}): {ops} operations in {time.monotonic() - t0:.1f} s: {line}")
