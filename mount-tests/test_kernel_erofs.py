@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import trash_entries, wait_trash_empty
 from rootfs_tree import (StoreRoot, add_image, add_raw_digest, build_busybox_tree, build_varied_tree, compare,
                          describe, erofs_superblocks, inode_partition, kernel_mount, mkfs, wait_until)
 
@@ -59,6 +60,14 @@ def store_with(workdir, img, repo="k/a", tag="v1") -> tuple[Path, str]:
     root = workdir / "store"
     root.mkdir(exist_ok=True)
     return root, add_image(root, img, repo=repo, tag=tag)
+
+
+def in_use_only(m) -> int:
+    """The metric of collected images still kept for their users."""
+    for line in (m.mnt / ".imagefs" / "metrics").read_text().splitlines():
+        if line.startswith("imagefs_in_use_only_images "):
+            return int(line.split()[1])
+    raise AssertionError("no imagefs_in_use_only_images metric")
 
 
 def mounted_by_kernel(m, hx) -> bool:
@@ -113,6 +122,12 @@ def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybo
         assert len((cwd / "random-2M").read_bytes()) == (2 << 20) + 3
         if len(ours) == 1:
             assert ours <= erofs_superblocks(), "the kernel let go of an image still in use"
+        # As with a FUSE tree: the collected directory waits in the trash while in use, the
+        # metric counts it, and nothing says it was released.
+        time.sleep(0.3)
+        assert len(trash_entries(root)) == 1, trash_entries(root)
+        assert in_use_only(m) == 1
+        assert f"released sha256:{hx}" not in m.log_tail(200)
     finally:
         p.kill()
         p.wait()
@@ -121,6 +136,22 @@ def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybo
         assert wait_until(lambda: not (ours & erofs_superblocks()), 5), f"{ours} still there"
     assert m.proc.poll() is None
     assert os.listdir(m.mnt / "digests") == []
+    # and the daemon deletes the directory, says so, and counts it no more
+    left = wait_trash_empty(root, 5)
+    assert not left, f"{left} still in the trash once the kernel let go\n{m.log_tail()}"
+    assert in_use_only(m) == 0
+    assert f"released sha256:{hx}" in m.log_tail(200), m.log_tail()
+
+
+def test_collected_image_nobody_uses_leaves_the_trash_at_once(workdir, busybox, mounter):
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+    os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
+    # The invalidation detached the unused tree; the kernel lets go of the file at once.
+    left = wait_trash_empty(root, 1.0)
+    assert not left, f"{left} still in the trash\n{m.log_tail()}"
+    assert in_use_only(m) == 0
 
 
 def test_corrupt_image_falls_back_with_a_log_line_and_never_hangs(workdir, busybox, mounter):

@@ -73,7 +73,16 @@ impl KernelErofs {
         }
         match mount_api::erofs_file(&file, &self.flags) {
             Ok(tree) => match tree_check::check_names(&tree) {
-                Ok(()) => Some(mount_api::attach(&tree, target).map(|()| tree)),
+                Ok(()) => {
+                    let attached = mount_api::attach(&tree, target);
+                    if attached.is_ok() {
+                        match file.metadata() {
+                            Ok(m) => trees.kernel_tree_mounted(*d, &m),
+                            Err(e) => log::debug!("{}: {e}", path.display()),
+                        }
+                    }
+                    Some(attached.map(|()| tree))
+                }
                 Err(why) => {
                     self.refuse(d, &format!("its tree failed the names check ({why})"));
                     None

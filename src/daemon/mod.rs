@@ -22,6 +22,7 @@ mod busy;
 mod config;
 mod daemonize;
 mod kernel_erofs;
+mod lease_probe;
 mod mount_api;
 mod mountinfo;
 mod nesting;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use fuser::{Config, Session};
 
 use super::kernel_erofs::KernelErofs;
+use super::lease_probe;
 use super::mount_api::{self, SuperblockFlags};
 use super::{mountinfo, tuning};
 use crate::fs::ImageTrees;
@@ -175,9 +176,16 @@ fn keep_mounted(
     let mut failed: HashMap<Digest, Instant> = HashMap::new();
     let mut said_full = false;
     let mut first = true;
+    // Collected images a kernel tree may still hold are looked at often: most are let go
+    // as soon as the collection's invalidation detaches their tree.
+    let mut kernel_waiting = false;
     loop {
         if !first {
-            trees.wait_for_digests(Duration::from_secs(2));
+            trees.wait_for_digests(if kernel_waiting {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(2)
+            });
         }
         first = false;
         if stop.stopped() {
@@ -194,7 +202,9 @@ fn keep_mounted(
         let mut count = mounted.len();
         let digests = trees.digests();
         if let Some(k) = kernel.as_mut() {
-            k.forget_gone(&digests.iter().copied().collect());
+            let present = digests.iter().copied().collect();
+            k.forget_gone(&present);
+            kernel_waiting = trees.release_kernel_held(&present, lease_probe::open_elsewhere);
         }
         for d in digests {
             if stop.stopped() {

@@ -36,6 +36,14 @@ pub(super) fn serve(
     sigs.add(nix::sys::signal::Signal::SIGHUP);
     sigs.thread_block()
         .map_err(|e| format!("sigprocmask: {e}"))?;
+    // A lease probe (`fs::kernel_held`) whose file another process opens in that very
+    // moment makes the kernel send SIGIO, whose default action kills: blocked in every
+    // thread too, and never taken.
+    let mut sigio = nix::sys::signal::SigSet::empty();
+    sigio.add(nix::sys::signal::Signal::SIGIO);
+    sigio
+        .thread_block()
+        .map_err(|e| format!("sigprocmask: {e}"))?;
 
     tuning::raise_open_files_limit();
     // The store holds the mount marker (`Store::open_mounted`) that tells `imagefs fsck`

@@ -276,7 +276,10 @@ impl ImageFs {
                     let back = {
                         let mut inodes = self.inodes.lock();
                         let image = inodes.image_of(&dir);
-                        inodes.zombies.remove(&image)
+                        inodes
+                            .zombies
+                            .remove(&image)
+                            .filter(|p| !self.kernel_held.lock().is_waiting(p))
                     };
                     if let Some(trashed) = back {
                         self.store.release_trashed(&dir.digest(), &trashed);

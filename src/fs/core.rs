@@ -306,7 +306,12 @@ impl ImageFs {
                              from the store: the kernel forgot the last of its inodes"
                         );
                     }
-                    inodes.zombies.remove(&d).map(|p| (d, p))
+                    // A kernel tree's image waits for the tree too (image_trees).
+                    inodes
+                        .zombies
+                        .remove(&d)
+                        .filter(|p| !self.kernel_held.lock().is_waiting(p))
+                        .map(|p| (d, p))
                 }
                 _ => None,
             }
@@ -562,7 +567,12 @@ impl ImageFs {
         } = self.store.census();
         let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
         // Ours wait in the trash; those another writer removed, only as open images.
-        let in_use_only = self.inodes.lock().zombies.len() + self.open_images.left_count();
+        let in_use_only = {
+            let inodes = self.inodes.lock();
+            let kernel = self.kernel_held.lock();
+            inodes.zombies.len()
+                + kernel.waiting_except(|p| inodes.zombies.values().any(|z| z == p))
+        } + self.open_images.left_count();
         self.metrics.render(&super::metrics::Gauges {
             tags,
             digests,

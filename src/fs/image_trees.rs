@@ -7,7 +7,8 @@
 //! kernel holds any inode of it through the main mount, so a tree is never mounted over a
 //! copy a process is inside.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -103,6 +104,39 @@ impl ImageTrees {
         // someone detached (its root is inode 1 there).
         fs.inval_tree_conn
             .send_and_wait(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()), limit);
+    }
+
+    /// A kernel erofs tree of digest `d` was mounted from the image file with metadata
+    /// `file`: if our GC collects its directory, the directory waits in the trash until
+    /// the kernel lets go of the file.
+    pub(crate) fn kernel_tree_mounted(&self, d: Digest, file: &std::fs::Metadata) {
+        self.0.kernel_held.lock().mounted(d, file);
+    }
+
+    /// Deletes the collected directories whose kernel tree has let go of their image file,
+    /// as `open_elsewhere` says of the file, and forgets the image files of digests not in
+    /// `present` (the store's digests). True while others still wait.
+    pub(crate) fn release_kernel_held(
+        &self,
+        present: &HashSet<Digest>,
+        open_elsewhere: impl Fn(&Path) -> bool,
+    ) -> bool {
+        let fs = &self.0;
+        let free = {
+            // Lock order: inodes, then kernel_held. A directory the main mount still
+            // serves from the trash waits for that too.
+            let inodes = fs.inodes.lock();
+            let mut k = fs.kernel_held.lock();
+            k.forget_gone(|d| present.contains(d));
+            k.take_free(|dir| {
+                inodes.zombies.values().any(|z| z == dir)
+                    || open_elsewhere(&dir.join("rootfs.erofs"))
+            })
+        };
+        for (d, trashed) in free {
+            fs.store.release_trashed(&d, &trashed);
+        }
+        fs.kernel_held.lock().waiting_except(|_| false) > 0
     }
 
     /// Is digest `d` still in the store?

@@ -31,6 +31,7 @@ mod fuse;
 mod handles;
 mod image_trees;
 mod inodes;
+mod kernel_held;
 mod metrics;
 mod notify;
 mod passthrough;
@@ -75,6 +76,8 @@ pub(crate) struct ImageFs {
     digests_changed: Signal,
     /// Whether rootfs mounts are on (the image-tree connection runs).
     tree_conn_on: AtomicBool,
+    /// Kernel erofs trees' image files, and collected images they may still hold.
+    kernel_held: Arc<Mutex<kernel_held::KernelHeld>>,
     metrics: Metrics,
     passthrough: Passthrough,
     started: SystemTime,
@@ -96,7 +99,8 @@ impl ImageFs {
         inval: Invalidator,
     ) -> ImageFs {
         let inodes = Arc::new(Mutex::new(Inodes::default()));
-        store.set_in_use(Arc::new(Usage(inodes.clone())));
+        let kernel_held = Arc::new(Mutex::new(kernel_held::KernelHeld::default()));
+        store.set_in_use(Arc::new(Usage(inodes.clone(), kernel_held.clone())));
         ImageFs {
             store,
             mountpoint: mountpoint.to_path_buf(),
@@ -108,6 +112,7 @@ impl ImageFs {
             inval_tree_conn: Invalidator::default(),
             digests_changed: Signal::default(),
             tree_conn_on: AtomicBool::new(false),
+            kernel_held,
             metrics: Metrics::default(),
             passthrough: Passthrough::new(passthrough),
             started: SystemTime::now(),
@@ -189,18 +194,26 @@ impl Drop for Mutation<'_> {
 }
 
 /// GC asks the inode table whether the kernel still holds a collected directory's nodes; if
-/// so the directory is served from the trash until the last of them is forgotten.
-struct Usage(Arc<Mutex<Inodes>>);
+/// so the directory is served from the trash until the last of them is forgotten. Else it
+/// asks whether a kernel erofs tree was mounted from its image file: then the directory
+/// waits in the trash until the kernel lets go of the file ([`kernel_held`]).
+struct Usage(Arc<Mutex<Inodes>>, Arc<Mutex<kernel_held::KernelHeld>>);
 
 impl crate::store::InUse for Usage {
-    fn retain(&self, dir: &crate::store::DirKey, trashed: &Path) -> bool {
+    fn retain(&self, dir: &crate::store::DirKey, trashed: &Path) -> Option<&'static str> {
+        // Lock order: inodes, then kernel_held (as everywhere).
         let mut inodes = self.0.lock();
         let image = inodes.image_of(dir);
+        let kernel = self.1.lock().retain(&dir.digest(), trashed);
         if inodes.holds(&image) {
+            // Served from the trash by the main mount until forgotten; deleted only once
+            // the kernel tree lets go too.
             inodes.zombies.insert(image, trashed.to_path_buf());
-            true
+            Some("still in use through the mount")
+        } else if kernel {
+            Some("its kernel image tree may still be in use")
         } else {
-            false
+            None
         }
     }
 }

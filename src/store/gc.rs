@@ -447,10 +447,10 @@ impl Store {
             bytes: 0,
             digest_gone,
         };
-        if self.in_use.get().is_some_and(|u| u.retain(key, &trashed)) {
+        if let Some(why) = self.in_use.get().and_then(|u| u.retain(key, &trashed)) {
             self.intent_done(&rec);
             info!(
-                "collected {} from the store; still in use through the mount, kept in {} until its last user goes",
+                "collected {} from the store; {why}, kept in {} until its last user goes",
                 key.rel_path().display(),
                 trashed.display()
             );

@@ -133,11 +133,12 @@ pub enum Target {
 /// serves it to someone (an open file, a cwd). Called under the store lock, once the
 /// directory has left the store and the index, for every collected directory (another
 /// directory of the same digest may stay: the mount serves each directory's own bytes).
-/// Returning `true` takes ownership of the trashed directory: the caller must hand it back
-/// with [`Store::release_trashed`] when the last user goes; until then it stays in the
-/// bookkeeping's `trash/`.
+/// Returning `Some(why)` takes ownership of the trashed directory: the caller must hand it
+/// back with [`Store::release_trashed`] when the last user goes; until then it stays in the
+/// bookkeeping's `trash/`. `why` says who keeps it, for the log ("still in use through the
+/// mount").
 pub trait InUse: Send + Sync {
-    fn retain(&self, dir: &DirKey, trashed: &Path) -> bool;
+    fn retain(&self, dir: &DirKey, trashed: &Path) -> Option<&'static str>;
 }
 
 /// What eager GC has done since the store was opened.

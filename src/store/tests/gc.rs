@@ -121,9 +121,9 @@ fn moving_a_legacy_tag_away_drops_the_reference_to_its_legacy_dir() {
 struct KeepAll(std::sync::Mutex<Vec<std::path::PathBuf>>);
 
 impl crate::store::InUse for KeepAll {
-    fn retain(&self, _: &crate::store::DirKey, trashed: &std::path::Path) -> bool {
+    fn retain(&self, _: &crate::store::DirKey, trashed: &std::path::Path) -> Option<&'static str> {
         self.0.lock().expect("kept").push(trashed.to_path_buf());
-        true
+        Some("kept by the test")
     }
 }
 
