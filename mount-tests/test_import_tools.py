@@ -120,7 +120,8 @@ def populate(root: Path):
     os.mkdir(names + b"/" + b"d" * 254)
     with open(names + b"/" + b"d" * 254 + b"/" + b"f" * 254, "wb") as f:
         f.write(b"deep")
-    # distinct mtimes, nanoseconds too; directories after their contents
+    # distinct mtimes, nanoseconds too (umoci keeps whole seconds); directories after their
+    # contents, the root last
     stamp = MTIME
     for dirpath, dirnames, filenames in os.walk(os.fsencode(str(root)), topdown=False):
         for n in filenames + [x for x in dirnames if os.path.islink(os.path.join(dirpath, x))]:
@@ -132,6 +133,7 @@ def populate(root: Path):
             if not os.path.islink(p):
                 stamp += 11
                 os.utime(p, ns=(stamp * 10**9, stamp * 10**9), follow_symlinks=False)
+    os.utime(root, (stamp + 13, stamp + 13))
 
 
 def second_layer(root: Path):
@@ -420,8 +422,8 @@ def test_platform_of_a_docker_archive_config(workdir):
 
 def test_umoci_insert_cut_layer_is_refused(workdir):
     """umoci 0.4.7's `insert` of a non-empty tree writes a layer that stops inside its last
-    entry's padding, without end-of-archive blocks (GNU tar: "Unexpected EOF in archive"; Go's
-    archive/tar, so docker and containerd, fail it too). `umoci unpack` takes it; imagefs
+    entry's padding, without end-of-archive blocks (GNU tar: "Unexpected EOF in archive";
+    Python's tarfile: "unexpected end of data"). `umoci unpack` takes it; imagefs
     refuses it, naming the layer, and stores nothing (README: "Images from real tools")."""
     for t in ("umoci", "tar"):
         require(shutil.which(t) is not None, f"{t} is missing")
