@@ -279,8 +279,13 @@ SERVED = {"kernel": [], "fuse": ["--rootfs-mounts", "fuse"]}
 
 
 def import_form(workdir, tool_images, form) -> tuple[Path, str]:
+    """Imports under umask 077: the image must not depend on it (issue 12, bug 7)."""
     store = new_store(workdir)
-    return store, imported(store, "docker.io/test/tools:t", tool_images[form])
+    old = os.umask(0o077)
+    try:
+        return store, imported(store, "docker.io/test/tools:t", tool_images[form])
+    finally:
+        os.umask(old)
 
 
 def assert_same(want: Path, got: Path, what: str, **kw):
