@@ -193,6 +193,12 @@ def tool_images(tmp_path_factory):
     return forms
 
 
+def layer_types(layout: Path) -> list[str]:
+    blob = lambda d: json.loads((layout / "blobs/sha256" / d.split(":")[1]).read_text())
+    m = blob(json.loads((layout / "index.json").read_text())["manifests"][0]["digest"])
+    return [l["mediaType"] for l in m["layers"]]
+
+
 # ---------------------------------------------------------------- comparing trees
 def entries(root: Path) -> dict:
     """relative path (bytes) -> lstat of every entry of a tree, the root included as b"."."""
@@ -350,6 +356,9 @@ def test_every_form_is_the_same_image(workdir, tool_images):
         digests[form] = imported(store, "docker.io/test/tools:t", tool_images[form])
         digests[form + "/erofs"] = hashlib.sha256(
             (store / "content" / digests[form] / "rootfs.erofs").read_bytes()).hexdigest()
+    assert len(layer_types(tool_images["oci-dir"])) == 5
+    assert {t.rsplit("+", 1)[-1] for t in layer_types(tool_images["oci-dir"])} == {"gzip"}
+    assert {t.rsplit("+", 1)[-1] for t in layer_types(tool_images["oci-zstd"])} == {"zstd"}
     idx = json.loads((tool_images["oci-dir"] / "index.json").read_text())
     assert digests["oci-dir"] == idx["manifests"][0]["digest"].split(":")[1]
     assert digests["oci-archive"] == digests["oci-dir"]
