@@ -6,9 +6,10 @@
 //!
 //! 1. [`source`] finds out what SOURCE is, by its contents (magic bytes), never its name.
 //! 2. [`oci`] reads an OCI layout or `docker save` archive (index -> manifest -> config,
-//!    layers); [`layer`] applies tar layers into a fresh tree with whiteouts and opaque
-//!    directories, never writing outside the tree (every path is resolved component by
-//!    component with `O_NOFOLLOW`, symlinks are resolved inside the tree).
+//!    layers; [`platform`] chooses among an index's images by `--platform`); [`layer`]
+//!    applies tar layers into a fresh tree with whiteouts and opaque directories, never
+//!    writing outside the tree (every path is resolved component by component with
+//!    `O_NOFOLLOW`, symlinks are resolved inside the tree).
 //! 3. [`build`] runs `mkfs.erofs -zlz4` reproducibly and hashes the image.
 //! 4. [`install`] moves the digest directory into `content/<hex>` and installs the tag,
 //!    under the store's writer lock ([`crate::store::lockfile::StoreLock`]).
@@ -39,6 +40,7 @@ pub mod install;
 mod interrupt;
 pub mod layer;
 pub mod oci;
+pub mod platform;
 pub mod source;
 pub mod tarstream;
 mod zstd;
@@ -66,6 +68,13 @@ pub struct ImportArgs {
     /// found from the contents, not the file name.
     #[arg(value_name = "SOURCE")]
     pub source: PathBuf,
+    /// The platform to import from a multi-platform image (an index listing several):
+    /// os/arch[/variant], e.g. linux/arm64 or linux/amd64/v3. Default: this machine's
+    /// (linux/amd64 on x86_64), the image without a variant, else the best variant its CPU
+    /// runs. An image whose config names another os/arch is refused. No effect on a
+    /// directory, tar or erofs image.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", value_parser = platform::Platform::parse)]
+    pub platform: Option<platform::Platform>,
     /// No progress lines, even on a terminal (they go to stderr, only when it is one).
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -192,6 +201,7 @@ pub fn import(
     store: &Path,
     reference: &str,
     source: &Path,
+    want: &platform::Platform,
     progress: bool,
 ) -> Result<ImportOutcome> {
     let progress = Progress::new(progress);
@@ -248,7 +258,7 @@ pub fn import(
             };
             let tree = work.path().join("rootfs");
             match oci::TarBlobs::index(&tar, source)? {
-                Some(blobs) => from_image(&blobs, &name, &tree, &out, progress)?,
+                Some(blobs) => from_image(&blobs, &name, want, &tree, &out, progress)?,
                 None => {
                     progress.say("extracting");
                     layer::extract_tar_file(&tar, source, &tree)?;
@@ -262,7 +272,7 @@ pub fn import(
         source::Kind::OciDir => {
             let blobs = oci::DirBlobs::new(source);
             let tree = work.path().join("rootfs");
-            from_image(&blobs, &name, &tree, &out, progress)?
+            from_image(&blobs, &name, want, &tree, &out, progress)?
         }
     };
     install::write_metadata(&out, &meta)?;
@@ -282,12 +292,13 @@ pub fn import(
 fn from_image(
     blobs: &dyn oci::Blobs,
     name: &str,
+    want: &platform::Platform,
     tree: &Path,
     out: &Path,
     progress: Progress,
 ) -> Result<(Digest, install::MetaInput)> {
     let image = &out.join("rootfs.erofs");
-    let plan = oci::plan(blobs, name)?;
+    let plan = oci::plan(blobs, name, want)?;
     layer::create_root(tree)?;
     let mut dirs = layer::DirXattrs::default();
     let n = plan.layers.len();
@@ -366,7 +377,8 @@ impl Drop for WorkDir {
 pub fn run(args: ImportArgs) -> i32 {
     interrupt::install();
     let progress = !args.quiet && std::io::stderr().is_terminal();
-    match import(&args.store, &args.reference, &args.source, progress) {
+    let want = args.platform.unwrap_or_else(platform::Platform::host);
+    match import(&args.store, &args.reference, &args.source, &want, progress) {
         Ok(o) => {
             let what = if o.reused {
                 "already in the store; tag installed"

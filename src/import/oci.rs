@@ -4,8 +4,8 @@
 //! - OCI layout (a directory, or a tar of one such as docker >= 25 `docker save` writes):
 //!   `oci-layout` + `index.json` -> a manifest (an image index is followed, nested indexes
 //!   too; among several manifests the one whose `org.opencontainers.image.ref.name` is the
-//!   tag being imported wins, else the one for linux on this machine's architecture, else
-//!   the only one) -> config + layers, blobs under `blobs/sha256/<hex>`. Every blob is
+//!   tag being imported wins, else the one that best fits the platform asked, `--platform`
+//!   or this machine's ([`super::platform`]), else the only one) -> config + layers, blobs under `blobs/sha256/<hex>`. Every blob is
 //!   checked against its digest. The image is named by its manifest's digest.
 //! - Legacy `docker save` (a top-level `manifest.json` listing `Config` and `Layers` paths,
 //!   layers possibly symlinked to each other): no manifest blob exists, so the image is
@@ -22,6 +22,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::layer;
+use super::platform::{self, Platform};
 use super::tarstream::Kind;
 use super::{ImportError, Result};
 use crate::store::Digest;
@@ -381,22 +382,13 @@ fn parse_json(blobs: &dyn Blobs, path: &str, bytes: &[u8]) -> Result<Value> {
         .map_err(|e| ImportError::source(blobs.describe(path), format!("malformed JSON: {e}")))
 }
 
-/// The architecture name OCI uses for this machine.
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        other => other,
-    }
-}
-
-/// Chooses one descriptor of an index's `manifests`.
+/// Chooses one descriptor of an index's `manifests`: the one named by the tag, else the one
+/// that best fits `want` ([`Platform::fit`]), else the only one.
 fn pick<'a>(
     manifests: &'a [Value],
     tag: &str,
     reference: &str,
+    want: &Platform,
     blobs: &dyn Blobs,
     path: &str,
 ) -> Result<&'a Value> {
@@ -412,20 +404,24 @@ fn pick<'a>(
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    let host = (Some("linux".to_string()), Some(host_arch().to_string()));
+    let host_level = platform::host_amd64_level();
+    let fit = |m: &Value| {
+        let p = platform_of(m);
+        match (&p.os, &p.arch) {
+            (Some(os), Some(arch)) => want.fit(os, arch, p.variant.as_deref(), host_level),
+            _ => None,
+        }
+    };
     if let [one] = manifests {
         // The only image, unless its platform says it is for another machine.
-        return match platform(one) {
-            (None, None) => Ok(one),
-            p if p == host || is_index(one) => Ok(one),
-            p => Err(ImportError::source(
+        let p = platform_of(one);
+        return if p.is_empty() || is_index(one) || fit(one).is_some() {
+            Ok(one)
+        } else {
+            Err(ImportError::source(
                 blobs.describe(path),
-                format!(
-                    "its only image is for {}, not for this machine ({})",
-                    show_platform(&p),
-                    show_platform(&host)
-                ),
-            )),
+                format!("its only image is for {p}, not for {}", want.asked()),
+            ))
         };
     }
     let mut cands: Vec<&Value> = manifests
@@ -435,15 +431,10 @@ fn pick<'a>(
     if cands.is_empty() {
         cands = manifests.iter().collect();
     }
-    if cands.len() > 1 {
-        let on_host: Vec<&Value> = cands
-            .iter()
-            .copied()
-            .filter(|m| platform(m) == host)
-            .collect();
-        if !on_host.is_empty() {
-            cands = on_host;
-        }
+    if cands.len() > 1
+        && let Some(best) = cands.iter().filter_map(|m| fit(m)).max()
+    {
+        cands.retain(|m| fit(m) == Some(best));
     }
     match cands.as_slice() {
         [one] => Ok(one),
@@ -452,9 +443,11 @@ fn pick<'a>(
                 .iter()
                 .map(|m| {
                     let d = m.get("digest").and_then(Value::as_str).unwrap_or("?");
-                    let p = match platform(m) {
-                        (None, None) => "no platform".to_string(),
-                        p => show_platform(&p),
+                    let p = platform_of(m);
+                    let p = if p.is_empty() {
+                        "no platform".to_string()
+                    } else {
+                        p.to_string()
                     };
                     match ref_name(m) {
                         Some(n) => format!("{n:?} ({p}, {d})"),
@@ -462,7 +455,7 @@ fn pick<'a>(
                     }
                 })
                 .collect();
-            let none_has_platform = cands.iter().all(|m| platform(m) == (None, None));
+            let none_has_platform = cands.iter().all(|m| platform_of(m).is_empty());
             let why = if none_has_platform {
                 format!(
                     "{} images, none named {tag:?} (org.opencontainers.image.ref.name) and \
@@ -473,13 +466,14 @@ fn pick<'a>(
                 format!(
                     "{} images, none named {tag:?} and not one alone for {}",
                     cands.len(),
-                    show_platform(&host)
+                    want.asked()
                 )
             };
             Err(ImportError::source(
                 blobs.describe(path),
                 format!(
-                    "{why}; import one with a --tag whose tag is its name: {}",
+                    "{why}; import one with a --tag whose tag is its name, or choose by \
+                     --platform os/arch[/variant]: {}",
                     list.join("; ")
                 ),
             ))
@@ -487,19 +481,40 @@ fn pick<'a>(
     }
 }
 
-/// A descriptor's (or config's) `os` and `architecture`.
-fn platform(v: &Value) -> (Option<String>, Option<String>) {
-    let p = v.get("platform").unwrap_or(v);
-    let s = |k| p.get(k).and_then(Value::as_str).map(str::to_string);
-    (s("os"), s("architecture"))
+/// The platform an index entry (its `platform` field) or an image config (its top-level
+/// fields) is for; every field may be missing.
+struct Named {
+    os: Option<String>,
+    arch: Option<String>,
+    variant: Option<String>,
 }
 
-fn show_platform(p: &(Option<String>, Option<String>)) -> String {
-    format!(
-        "{}/{}",
-        p.0.as_deref().unwrap_or("?"),
-        p.1.as_deref().unwrap_or("?")
-    )
+impl Named {
+    fn is_empty(&self) -> bool {
+        self.os.is_none() && self.arch.is_none()
+    }
+}
+
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let os = self.os.as_deref().unwrap_or("?");
+        let arch = self.arch.as_deref().unwrap_or("?");
+        write!(f, "{os}/{arch}")?;
+        match self.variant.as_deref() {
+            Some(v) if !v.is_empty() => write!(f, "/{v}"),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn platform_of(v: &Value) -> Named {
+    let p = v.get("platform").unwrap_or(v);
+    let s = |k| p.get(k).and_then(Value::as_str).map(str::to_string);
+    Named {
+        os: s("os"),
+        arch: s("architecture"),
+        variant: s("variant"),
+    }
 }
 
 /// Media types of an image config (absent: older writers leave it out).
@@ -531,7 +546,13 @@ fn is_layer_type(mt: &str) -> bool {
 /// Refuses what is not a container image for this machine: an artifact (a Helm chart, a
 /// signature...) stored as an OCI manifest, an encrypted layer, a config for another
 /// platform.
-fn check_image(blobs: &dyn Blobs, path: &str, manifest: &Value, config: &Value) -> Result<()> {
+fn check_image(
+    blobs: &dyn Blobs,
+    path: &str,
+    manifest: &Value,
+    config: &Value,
+    want: &Platform,
+) -> Result<()> {
     let refuse = |why: String| Err(ImportError::source(blobs.describe(path), why));
     let config_type = manifest
         .get("config")
@@ -568,24 +589,26 @@ fn check_image(blobs: &dyn Blobs, path: &str, manifest: &Value, config: &Value) 
             ));
         }
     }
-    check_platform(blobs, path, config)
+    check_platform(blobs, path, config, want)
 }
 
-/// Refuses an image whose config is for another OS or architecture than this machine's.
-fn check_platform(blobs: &dyn Blobs, path: &str, config: &Value) -> Result<()> {
-    let host = (Some("linux".to_string()), Some(host_arch().to_string()));
-    match platform(config) {
-        (None, None) => Ok(()),
-        p if p == host => Ok(()),
-        p => Err(ImportError::source(
-            blobs.describe(path),
-            format!(
-                "the image is for {}, not for this machine ({})",
-                show_platform(&p),
-                show_platform(&host)
-            ),
-        )),
+/// Refuses an image whose config is for another OS or architecture than the one asked (a
+/// config that names neither is taken as it is; its variant is not checked: configs often
+/// leave it out).
+fn check_platform(blobs: &dyn Blobs, path: &str, config: &Value, want: &Platform) -> Result<()> {
+    let p = platform_of(config);
+    let os_ok = p.os.as_deref().is_none_or(|os| os == want.os);
+    let arch_ok = p
+        .arch
+        .as_deref()
+        .is_none_or(|a| platform::normalize_arch(a) == want.arch);
+    if p.is_empty() || (os_ok && arch_ok) {
+        return Ok(());
     }
+    Err(ImportError::source(
+        blobs.describe(path),
+        format!("the image is for {p}, not for {}", want.asked()),
+    ))
 }
 
 fn is_index(v: &Value) -> bool {
@@ -596,12 +619,12 @@ fn is_index(v: &Value) -> bool {
 }
 
 /// Works out what to build from an OCI layout or docker-save archive. `reference` is the
-/// `REPO:TAG` being imported (used to choose among several images).
-pub fn plan(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
+/// `REPO:TAG` being imported (used to choose among several images), `want` the platform.
+pub fn plan(blobs: &dyn Blobs, reference: &str, want: &Platform) -> Result<Plan> {
     if blobs.exists("oci-layout") && blobs.exists("index.json") {
-        plan_oci(blobs, reference)
+        plan_oci(blobs, reference, want)
     } else if blobs.exists("manifest.json") {
-        plan_docker(blobs, reference)
+        plan_docker(blobs, reference, want)
     } else {
         Err(ImportError::source(
             blobs.describe(""),
@@ -610,7 +633,7 @@ pub fn plan(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
     }
 }
 
-fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
+fn plan_oci(blobs: &dyn Blobs, reference: &str, want: &Platform) -> Result<Plan> {
     let tag = reference.rsplit(':').next().unwrap_or(reference);
     let layout = parse_json(blobs, "oci-layout", &blobs.read_small("oci-layout")?)?;
     if let Some(v) = layout.get("imageLayoutVersion").and_then(Value::as_str)
@@ -630,7 +653,7 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             let digest = manifest_digest.ok_or_else(|| {
                 ImportError::source(blobs.describe(&path), "index.json is not an image index")
             })?;
-            let mut plan = plan_manifest(blobs, &path, &doc, digest)?;
+            let mut plan = plan_manifest(blobs, &path, &doc, digest, want)?;
             plan.manifest = Some(bytes);
             return Ok(plan);
         }
@@ -640,7 +663,7 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
             .ok_or_else(|| {
                 ImportError::source(blobs.describe(&path), "image index without \"manifests\"")
             })?;
-        let desc = pick(manifests, tag, reference, blobs, &path)?;
+        let desc = pick(manifests, tag, reference, want, blobs, &path)?;
         let (p, digest) = blob_path(desc, blobs, &path)?;
         bytes = read_verified(blobs, &p, &digest, desc_size(desc))?;
         doc = parse_json(blobs, &p, &bytes)?;
@@ -653,7 +676,13 @@ fn plan_oci(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
     ))
 }
 
-fn plan_manifest(blobs: &dyn Blobs, path: &str, manifest: &Value, digest: Digest) -> Result<Plan> {
+fn plan_manifest(
+    blobs: &dyn Blobs,
+    path: &str,
+    manifest: &Value,
+    digest: Digest,
+    want: &Platform,
+) -> Result<Plan> {
     let config_desc = manifest
         .get("config")
         .ok_or_else(|| ImportError::source(blobs.describe(path), "manifest without \"config\""))?;
@@ -663,7 +692,7 @@ fn plan_manifest(blobs: &dyn Blobs, path: &str, manifest: &Value, digest: Digest
         &cpath,
         &read_verified(blobs, &cpath, &cdigest, desc_size(config_desc))?,
     )?;
-    check_image(blobs, path, manifest, &config)?;
+    check_image(blobs, path, manifest, &config, want)?;
     let descs = manifest
         .get("layers")
         .and_then(Value::as_array)
@@ -708,7 +737,7 @@ fn docker_names(reference: &str) -> Vec<String> {
     out
 }
 
-fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
+fn plan_docker(blobs: &dyn Blobs, reference: &str, want: &Platform) -> Result<Plan> {
     let path = "manifest.json";
     let doc = parse_json(blobs, path, &blobs.read_small(path)?)?;
     let items = doc
@@ -777,7 +806,7 @@ fn plan_docker(blobs: &dyn Blobs, reference: &str) -> Result<Plan> {
         }
     }
     let config = parse_json(blobs, cpath, &config_bytes)?;
-    check_platform(blobs, cpath, &config)?;
+    check_platform(blobs, cpath, &config, want)?;
     let paths = item
         .get("Layers")
         .and_then(Value::as_array)
@@ -948,4 +977,138 @@ pub fn apply_layer(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(name: &str, platform: Option<Value>) -> Value {
+        let mut e = json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{name}"),
+            "size": 1,
+        });
+        if let Some(p) = platform {
+            e["platform"] = p;
+        }
+        e
+    }
+
+    fn amd64(variant: Option<&str>) -> Option<Value> {
+        let mut p = json!({"os": "linux", "architecture": "amd64"});
+        if let Some(v) = variant {
+            p["variant"] = json!(v);
+        }
+        Some(p)
+    }
+
+    /// The digest (here: the name) `pick` chooses for `want`, or its error.
+    fn picked(manifests: &[Value], want: &str) -> std::result::Result<String, String> {
+        let want = if want == "host" {
+            Platform {
+                arch: "amd64".into(),
+                ..Platform::host()
+            }
+        } else {
+            Platform::parse(want).map_err(|e| e.to_string())?
+        };
+        let blobs = DirBlobs::new(Path::new("/nonexistent"));
+        pick(manifests, "latest", "r:latest", &want, &blobs, "index.json")
+            .map(|m| m["digest"].as_str().unwrap_or("").replace("sha256:", ""))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn amd64_and_amd64_v3_in_one_index_is_a_choice_not_an_error() {
+        let both = [
+            entry("v3", amd64(Some("v3"))),
+            entry("plain", amd64(None)),
+            entry("arm", Some(json!({"os": "linux", "architecture": "arm64"}))),
+        ];
+        assert_eq!(picked(&both, "host").as_deref(), Ok("plain"));
+        assert_eq!(picked(&both, "linux/amd64").as_deref(), Ok("plain"));
+        assert_eq!(picked(&both, "linux/amd64/v3").as_deref(), Ok("v3"));
+        assert_eq!(picked(&both, "linux/amd64/v4").as_deref(), Ok("v3"));
+        assert_eq!(picked(&both, "linux/amd64/v2").as_deref(), Ok("plain"));
+        assert_eq!(picked(&both, "linux/arm64").as_deref(), Ok("arm"));
+        let err = picked(&both, "linux/s390x").unwrap_err();
+        assert!(err.contains("--platform linux/s390x"), "{err}");
+        assert!(
+            err.contains("linux/amd64/v3") && err.contains("linux/arm64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_variants_listed_take_the_best_this_cpu_runs() {
+        let level = platform::host_amd64_level();
+        let vs = [
+            entry("v2", amd64(Some("v2"))),
+            entry("v9", amd64(Some("v9"))),
+        ];
+        if level >= 2 {
+            assert_eq!(picked(&vs, "host").as_deref(), Ok("v2"));
+        }
+        let err = picked(&vs, "linux/amd64/v1").unwrap_err();
+        assert!(
+            err.contains("not one alone for --platform linux/amd64/v1"),
+            "{err}"
+        );
+        let only = [entry("v9", amd64(Some("v9")))];
+        let err = picked(&only, "host").unwrap_err();
+        assert!(
+            err.contains("its only image is for linux/amd64/v9, not for this machine"),
+            "{err}"
+        );
+        assert_eq!(picked(&only, "linux/amd64/v9").as_deref(), Ok("v9"));
+    }
+
+    #[test]
+    fn entries_without_a_platform_keep_their_messages() {
+        let none = [entry("a", None), entry("b", None)];
+        let err = picked(&none, "host").unwrap_err();
+        assert!(err.contains("none with a platform to choose by"), "{err}");
+        assert!(err.contains("no platform"), "{err}");
+        assert_eq!(
+            picked(&[entry("a", None)], "linux/arm64").as_deref(),
+            Ok("a")
+        );
+        // a platformless entry beside one that fits: the one that fits
+        let mixed = [entry("a", None), entry("plain", amd64(None))];
+        assert_eq!(picked(&mixed, "host").as_deref(), Ok("plain"));
+    }
+
+    #[test]
+    fn a_config_for_another_platform_is_refused_naming_both() {
+        let blobs = DirBlobs::new(Path::new("/nonexistent"));
+        let arm = json!({"os": "linux", "architecture": "arm64"});
+        let host = Platform {
+            arch: "amd64".into(),
+            ..Platform::host()
+        };
+        let err = check_platform(&blobs, "c", &arm, &host)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/arm64") && err.contains("this machine (linux/amd64)"),
+            "{err}"
+        );
+        let asked = Platform::parse("linux/arm64/v8").unwrap_or_else(|e| panic!("{e}"));
+        assert!(check_platform(&blobs, "c", &arm, &asked).is_ok());
+        let err = check_platform(
+            &blobs,
+            "c",
+            &json!({"os": "linux", "architecture": "amd64"}),
+            &asked,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("linux/amd64, not for --platform linux/arm64/v8"),
+            "{err}"
+        );
+        assert!(check_platform(&blobs, "c", &json!({}), &asked).is_ok());
+    }
 }
