@@ -70,9 +70,11 @@ const MAX_PATH: usize = libc::PATH_MAX as usize - 1;
 pub fn check_limits(tree: &Path) -> Result<i64> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    let mut latest = std::fs::symlink_metadata(tree)
-        .map_err(|e| ImportError::io(tree.display(), e))?
-        .mtime();
+    // The root as named and as followed (a directory source may be named by a symlink).
+    let mut latest = i64::MIN;
+    for m in [std::fs::symlink_metadata(tree), std::fs::metadata(tree)] {
+        latest = latest.max(m.map_err(|e| ImportError::io(tree.display(), e))?.mtime());
+    }
     let mut todo: Vec<(std::path::PathBuf, usize)> = vec![(tree.to_path_buf(), 0)];
     while let Some((dir, depth)) = todo.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| ImportError::io(dir.display(), e))?;
