@@ -4,13 +4,16 @@ Tars with distinct mtimes (PAX fractions: nanoseconds) for files, directories, s
 and a hard link are imported; the mount's rootfs/ (the FUSE reader, `--rootfs-mounts=fuse`) and the
 kernel's erofs mount of rootfs.erofs show exactly those times. A directory whose later layer adds
 to it or whites out a child keeps its tar mtime, as `umoci unpack` of the same layout leaves it
-(compared when umoci is installed). The same input imported twice, under another umask and a
+(compared when umoci is installed), and the same layers as a `docker save` tarball make the same
+image bytes. The same input imported twice, under another umask and a
 later wall clock, gives the same digest; a directory input keeps its own mtimes. About 10 s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -132,6 +135,21 @@ def umoci_unpack(layout: Path, ref: str, bundle: Path) -> Path | None:
     return bundle / "rootfs"
 
 
+def docker_save(path: Path, layers: list[bytes]) -> Path:
+    """A legacy `docker save` tarball of the layers (manifest.json, <id>.json config, <n>/layer.tar)."""
+    diff_ids = [f"sha256:{hashlib.sha256(l).hexdigest()}" for l in layers]
+    cfg = json.dumps(dict(CONFIG, rootfs={"type": "layers", "diff_ids": diff_ids})).encode()
+    cfg_name = f"{hashlib.sha256(cfg).hexdigest()}.json"
+    names = [f"{i:04d}/layer.tar" for i in range(len(layers))]
+    manifest = json.dumps([{"Config": cfg_name, "RepoTags": ["mt/save:1"], "Layers": names}]).encode()
+    with tarfile.open(path, "w") as t:
+        for name, data in [(cfg_name, cfg), *zip(names, layers), ("manifest.json", manifest)]:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    return path
+
+
 def test_directory_mtimes_survive_later_layers_and_whiteouts(workdir, mounter):
     o = Oci(workdir / "oci")
     man = o.manifest([pax_tar(BASE), pax_tar(UPPER)], CONFIG,
@@ -149,6 +167,11 @@ def test_directory_mtimes_survive_later_layers_and_whiteouts(workdir, mounter):
     rootfs = umoci_unpack(o.root, "v1", workdir / "bundle")
     if rootfs is not None:
         assert mtimes(rootfs, LAYERED_WANT) == LAYERED_WANT, "imagefs and umoci unpack differ"
+    # The same layers as a `docker save` tarball: the same tree, so the same image bytes.
+    save = docker_save(workdir / "save.tar", [pax_tar(BASE), pax_tar(UPPER)])
+    sx = imported(store, "docker.io/mt/save:1", save)
+    image = lambda h: sha256_file(store / "content" / h / "rootfs.erofs")
+    assert image(sx) == image(hx)
 
 
 def import_as(store: Path, ref: str, source: Path, umask: int) -> str:
