@@ -145,8 +145,9 @@ fn decimal(value: &[u8], what: &str) -> io::Result<i64> {
 /// A PAX time (`mtime`): `[-]SECONDS[.FRACTION]`, as seconds and nanoseconds with the
 /// nanoseconds always counted forward (`-1.25` is -2 s + 750,000,000 ns, as `struct
 /// timespec` holds it). Digits past the ninth of the fraction are dropped (truncated, as
-/// GNU tar reads them).
-pub fn pax_time(value: &[u8], what: &str) -> io::Result<(i64, u32)> {
+/// GNU tar reads them); seconds past what an i64 holds saturate (the importer bounds every
+/// time anyway: `import::mtime`).
+fn pax_time(value: &[u8], what: &str) -> io::Result<(i64, u32)> {
     let s = std::str::from_utf8(value).map_err(|_| bad(format!("PAX {what}: not text")))?;
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
     let (neg, digits) = match int.strip_prefix('-') {
@@ -157,19 +158,15 @@ pub fn pax_time(value: &[u8], what: &str) -> io::Result<(i64, u32)> {
     if digits.is_empty() || !is_num(digits) || !is_num(frac) {
         return Err(bad(format!("PAX {what}: not a number: {s:?}")));
     }
-    let secs: i64 = int
-        .parse()
-        .map_err(|_| bad(format!("PAX {what}: out of range: {s:?}")))?;
+    // Only digits are left: a parse error is an overflow.
+    let secs: i64 = int.parse().unwrap_or(if neg { i64::MIN } else { i64::MAX });
     let mut nsec: u32 = 0;
     for i in 0..9 {
         let d = frac.as_bytes().get(i).map_or(0, |b| u32::from(b - b'0'));
         nsec = nsec * 10 + d;
     }
     if neg && nsec > 0 {
-        let secs = secs
-            .checked_sub(1)
-            .ok_or_else(|| bad(format!("PAX {what}: out of range: {s:?}")))?;
-        return Ok((secs, 1_000_000_000 - nsec));
+        return Ok((secs.saturating_sub(1), 1_000_000_000 - nsec));
     }
     Ok((secs, nsec))
 }
