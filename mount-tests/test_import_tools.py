@@ -337,7 +337,6 @@ def test_import_matches_umoci_unpack(workdir, mounter, tool_images, form):
         assert_same(ref, k, f"{form}, the kernel's erofs mount of rootfs.erofs")
 
 
-@pytest.mark.skip(reason="needs real mtimes (h-mtimes)")
 @pytest.mark.parametrize("form", FORMS)
 def test_import_keeps_the_mtimes_umoci_unpack_gives(workdir, mounter, tool_images, form):
     store, hx = import_form(workdir, tool_images, form)

@@ -8,7 +8,7 @@ PKGS=(fuse3 erofs-utils attr runc busybox-static squashfuse squashfs-tools util-
       libcap2-bin        # setcap: mount-tests/test_security.py
       e2fsprogs xfsprogs   # mkfs.ext4, mkfs.xfs: mount-tests/test_powercut.py
       zstd               # zstd layers: mount-tests/test_import.py
-      umoci skopeo acl)  # images built by real tools (setfacl): mount-tests/test_import_tools.py
+      umoci skopeo acl)  # images built by real tools (setfacl): mount-tests/test_import_tools.py, test_import_mtimes.py
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

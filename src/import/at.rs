@@ -154,9 +154,9 @@ pub fn chmod(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<()> {
     )?)
 }
 
-/// Sets atime and mtime (seconds) of `name`, not following a symlink.
-pub fn set_mtime(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> io::Result<()> {
-    let t = TimeSpec::new(secs as libc::time_t, 0);
+/// Sets atime and mtime of `name` (seconds and nanoseconds), not following a symlink.
+pub fn set_times(dir: BorrowedFd<'_>, name: &CStr, secs: i64, nsec: u32) -> io::Result<()> {
+    let t = TimeSpec::new(secs as libc::time_t, i64::from(nsec) as libc::c_long);
     Ok(nix::sys::stat::utimensat(
         dir,
         name,
@@ -164,6 +164,12 @@ pub fn set_mtime(dir: BorrowedFd<'_>, name: &CStr, secs: i64) -> io::Result<()> 
         &t,
         UtimensatFlags::NoFollowSymlink,
     )?)
+}
+
+/// Sets atime and mtime of the open file or directory `fd`.
+pub fn set_times_fd(fd: BorrowedFd<'_>, secs: i64, nsec: u32) -> io::Result<()> {
+    let t = TimeSpec::new(secs as libc::time_t, i64::from(nsec) as libc::c_long);
+    Ok(nix::sys::stat::futimens(fd, &t, &t)?)
 }
 
 /// Sets an xattr on `name` in `dir` without following a final symlink (through the

@@ -1,9 +1,11 @@
 //! Building `rootfs.erofs` reproducibly, and naming images by their bytes.
 //!
-//! `mkfs.erofs --quiet -zlz4 -T0 -U <nil uuid>`: with erofs-utils 1.5, `-T` fixes the
-//! superblock's build time *and* every inode's mtime, so the image bytes depend only on
-//! the tree's names, contents, types, modes, owners, xattrs and hard links. (Without `-T`
-//! the build time makes every image differ.) File mtimes therefore read as 0 in the image.
+//! `SOURCE_DATE_EPOCH=E mkfs.erofs --quiet -zlz4 -U <nil uuid>`, E one second past the
+//! tree's latest mtime ([`super::mtime`]): erofs-utils 1.5 then keeps every file's own mtime
+//! (seconds and nanoseconds) and takes E, not the wall clock, as the build time, so the
+//! image bytes depend only on the tree's names, contents, types, modes, owners, mtimes,
+//! xattrs and hard links. (It stores no atime or ctime: reading the tree changes nothing.)
+//! `-T` is not used: erofs-utils 1.5's `-T` sets every inode's mtime to the build time.
 
 use std::path::Path;
 use std::process::Command;
@@ -64,8 +66,15 @@ const MAX_PATH: usize = libc::PATH_MAX as usize - 1;
 
 /// Checks `tree` against what mkfs.erofs can build, so that its failure is named here
 /// (which entry, which limit) rather than as mkfs.erofs's own unclear error or crash.
-pub fn check_limits(tree: &Path) -> Result<()> {
+/// Returns the latest mtime (seconds) of the tree's entries, its root included.
+pub fn check_limits(tree: &Path) -> Result<i64> {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    // The root as named and as followed (a directory source may be named by a symlink).
+    let mut latest = i64::MIN;
+    for m in [std::fs::symlink_metadata(tree), std::fs::metadata(tree)] {
+        latest = latest.max(m.map_err(|e| ImportError::io(tree.display(), e))?.mtime());
+    }
     let mut todo: Vec<(std::path::PathBuf, usize)> = vec![(tree.to_path_buf(), 0)];
     while let Some((dir, depth)) = todo.pop() {
         let entries = std::fs::read_dir(&dir).map_err(|e| ImportError::io(dir.display(), e))?;
@@ -95,7 +104,12 @@ pub fn check_limits(tree: &Path) -> Result<()> {
                     path.as_os_str().len()
                 )));
             }
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
+            // DirEntry::metadata is lstat's: a symlink's own time.
+            let meta = e
+                .metadata()
+                .map_err(|e| ImportError::io(path.display(), e))?;
+            latest = latest.max(meta.mtime());
+            if meta.is_dir() {
                 if depth + 1 > MAX_DEPTH {
                     return Err(ImportError::Build(format!(
                         "cannot store {:?}: directories nest more than {MAX_DEPTH} deep, \
@@ -107,7 +121,7 @@ pub fn check_limits(tree: &Path) -> Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(latest)
 }
 
 /// How mkfs.erofs ended, for a message: its exit status or the signal that killed it.
@@ -130,9 +144,10 @@ pub fn mkfs(tree: &Path, image: &Path) -> Result<()> {
             "not found on PATH: install erofs-utils".into(),
         ));
     }
-    check_limits(tree)?;
+    let epoch = super::mtime::source_date_epoch(check_limits(tree)?);
     let out = mkfs_command()
-        .args(["--quiet", "-zlz4", "-T0", "-U", FIXED_UUID])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .args(["--quiet", "-zlz4", "-U", FIXED_UUID])
         .arg(image)
         .arg(tree)
         .stdin(std::process::Stdio::null())

@@ -12,15 +12,18 @@
 //! - the last component is created with `O_EXCL`/`mknodat`/`symlinkat` and changed only with
 //!   calls that do not follow it.
 
-use std::collections::{BTreeMap, HashSet};
-use std::ffi::{CStr, CString};
+use std::collections::HashSet;
+use std::ffi::CStr;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use super::at;
 use super::tarstream::{self, Kind};
 use super::{ImportError, Result};
+use super::{at, mtime};
+
+mod dirmeta;
+pub use dirmeta::DirMeta;
 
 /// Longest chain of symlinks followed while resolving one parent path.
 const MAX_LINKS: usize = 40;
@@ -107,66 +110,7 @@ struct Tree {
     root: OwnedFd,
     whiteouts: bool,
     unpacked: HashSet<Vec<u8>>,
-    dirs: DirXattrs,
-}
-
-/// Directories' xattrs, held back until every layer is written: a default ACL
-/// (`system.posix_acl_default`) set on a directory at once would be inherited by every file
-/// created below it afterwards, which the image does not hold. Keyed by the directory's path
-/// in the tree; what is removed or replaced is forgotten.
-#[derive(Default)]
-pub struct DirXattrs(BTreeMap<Vec<u8>, Vec<(CString, Vec<u8>)>>);
-
-impl DirXattrs {
-    /// The xattrs of the directory at `path` are `xattrs` (a later entry for it replaces
-    /// what an earlier one set).
-    fn set(&mut self, path: Vec<u8>, xattrs: &[(CString, Vec<u8>)]) {
-        if xattrs.is_empty() {
-            self.0.remove(&path);
-        } else {
-            self.0.insert(path, xattrs.to_vec());
-        }
-    }
-
-    /// `path` and everything under it were removed.
-    fn forget(&mut self, path: &[u8]) {
-        self.0.retain(|k, _| {
-            !(k.as_slice() == path
-                || path.is_empty()
-                || k.starts_with(path) && k.get(path.len()) == Some(&b'/'))
-        });
-    }
-
-    /// Sets the held-back xattrs, once the tree is complete.
-    pub fn finish(self, tree: &Path) -> std::result::Result<(), LayerError> {
-        let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
-        for (path, xattrs) in self.0 {
-            // Component by component, never through a symlink: a record of a directory that
-            // became something else would have been forgotten.
-            let mut fd = root.try_clone().map_err(LayerError::Tree)?;
-            let mut found = true;
-            for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
-                match at::cstring(c).and_then(|c| at::open_dir(fd.as_fd(), &c)) {
-                    Ok(next) => fd = next,
-                    Err(e) => {
-                        log::debug!(
-                            "{}: {e}; its xattrs are not set",
-                            String::from_utf8_lossy(&path)
-                        );
-                        found = false;
-                        break;
-                    }
-                }
-            }
-            if !found {
-                continue;
-            }
-            for (k, v) in &xattrs {
-                at::set_xattr(fd.as_fd(), c".", k, v).map_err(|e| entry_err(&path, e))?;
-            }
-        }
-        Ok(())
-    }
+    dirs: DirMeta,
 }
 
 fn join(comps: &[Vec<u8>]) -> Vec<u8> {
@@ -248,7 +192,7 @@ impl Tree {
                 let root = self.root.try_clone().map_err(LayerError::Tree)?;
                 meta.apply_dir(root.as_fd())
                     .map_err(|e| entry_err(raw_name, e))?;
-                self.dirs.set(Vec::new(), &meta.xattrs);
+                self.dirs.set(Vec::new(), &meta.xattrs, meta.mtime);
             }
             return Ok(());
         };
@@ -301,7 +245,7 @@ impl Tree {
                 }
                 let fd = at::open_dir(dir, &cname).map_err(fail)?;
                 meta.apply_dir(fd.as_fd()).map_err(fail)?;
-                self.dirs.set(join(&comps), &meta.xattrs);
+                self.dirs.set(join(&comps), &meta.xattrs, meta.mtime);
             }
             Kind::Regular => {
                 let mut f = at::create_file(dir, &cname).map_err(fail)?;
@@ -428,7 +372,8 @@ struct EntryMeta {
     uid: u32,
     gid: u32,
     mode: u32,
-    mtime: i64,
+    /// Seconds and nanoseconds, bounded ([`mtime::clamp`]).
+    mtime: (i64, u32),
     xattrs: Vec<(std::ffi::CString, Vec<u8>)>,
 }
 
@@ -447,13 +392,13 @@ impl EntryMeta {
             uid: id(e.uid, "uid")?,
             gid: id(e.gid, "gid")?,
             mode: e.mode,
-            mtime: e.mtime,
+            mtime: mtime::clamp(e.mtime, e.mtime_nsec),
             xattrs,
         })
     }
 
-    /// Owner and mode of an open directory (its xattrs wait in [`DirXattrs`]; its mtime
-    /// would change as entries are added; `mkfs.erofs -T` fixes every timestamp anyway).
+    /// Owner and mode of an open directory (its xattrs and mtime wait in [`DirMeta`]: its
+    /// mtime would change as entries are added or removed).
     fn apply_dir(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let dot = c".";
         at::lchown(fd, dot, self.uid, self.gid)?;
@@ -470,7 +415,7 @@ impl EntryMeta {
         for (k, v) in &self.xattrs {
             at::set_xattr(dir, name, k, v)?;
         }
-        at::set_mtime(dir, name, self.mtime)
+        at::set_times(dir, name, self.mtime.0, self.mtime.1)
     }
 }
 
@@ -500,24 +445,25 @@ fn write_data<R: Read>(
 }
 
 /// Applies one tar stream to the tree at `tree`, the whole image: its directories' xattrs
-/// are set at the end.
+/// and mtimes are set at the end.
 pub fn apply<R: Read>(
     tree: &Path,
     reader: R,
     opts: Options,
 ) -> std::result::Result<(), LayerError> {
-    let mut dirs = DirXattrs::default();
+    let mut dirs = DirMeta::default();
     apply_layer(tree, reader, opts, &mut dirs)?;
     dirs.finish(tree)
 }
 
 /// Applies one tar stream (one layer of several) to the tree at `tree`; its directories'
-/// xattrs go into `dirs`, to be set once every layer is written ([`DirXattrs::finish`]).
+/// xattrs and mtimes go into `dirs`, to be set once every layer is written
+/// ([`DirMeta::finish`]).
 pub fn apply_layer<R: Read>(
     tree: &Path,
     reader: R,
     opts: Options,
-    dirs: &mut DirXattrs,
+    dirs: &mut DirMeta,
 ) -> std::result::Result<(), LayerError> {
     let root = at::open_dir_path(tree).map_err(LayerError::Tree)?;
     let mut t = Tree {

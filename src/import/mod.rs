@@ -39,6 +39,7 @@ pub mod build;
 pub mod install;
 mod interrupt;
 pub mod layer;
+mod mtime;
 pub mod oci;
 pub mod platform;
 pub mod source;
@@ -300,7 +301,7 @@ fn from_image(
     let image = &out.join("rootfs.erofs");
     let plan = oci::plan(blobs, name, want)?;
     layer::create_root(tree)?;
-    let mut dirs = layer::DirXattrs::default();
+    let mut dirs = layer::DirMeta::default();
     let n = plan.layers.len();
     for (i, l) in plan.layers.iter().enumerate() {
         progress.say(format_args!(

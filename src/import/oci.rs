@@ -905,7 +905,7 @@ impl<R: io::BufRead> Decoder for super::zstd::Frames<R> {
 fn unpack_compressed<D: Decoder>(
     decoder: D,
     tree: &Path,
-    dirs: &mut layer::DirXattrs,
+    dirs: &mut layer::DirMeta,
     what: &str,
 ) -> Result<Rc<RefCell<Tally>>> {
     let opts = layer::Options { whiteouts: true };
@@ -928,7 +928,7 @@ pub fn apply_layer(
     blobs: &dyn Blobs,
     l: &LayerRef,
     tree: &Path,
-    dirs: &mut layer::DirXattrs,
+    dirs: &mut layer::DirMeta,
 ) -> Result<()> {
     let what = blobs.describe(&l.path);
     let (blob, blob_tally) = Hashing::new(blobs.open(&l.path)?);

@@ -48,7 +48,10 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
+    /// Seconds since the epoch, as the archive says (negative before 1970).
     pub mtime: i64,
+    /// Nanoseconds added to `mtime` (0..1e9): from a PAX `mtime` with a fraction, else 0.
+    pub mtime_nsec: u32,
     pub dev_major: u32,
     pub dev_minor: u32,
     /// Bytes of data stored in the archive (for a sparse file: its chunks, without the map).
@@ -127,7 +130,7 @@ fn unsigned(field: &[u8], what: &str) -> io::Result<u64> {
     u64::try_from(number(field, what)?).map_err(|_| bad(format!("{what}: negative")))
 }
 
-/// A decimal PAX value (`mtime` may carry a fraction and a sign: the seconds are kept).
+/// A decimal PAX value (a fraction is dropped; `mtime` is read by [`pax_time`]).
 fn decimal(value: &[u8], what: &str) -> io::Result<i64> {
     let s = std::str::from_utf8(value).map_err(|_| bad(format!("PAX {what}: not text")))?;
     let int = s.split('.').next().unwrap_or("");
@@ -137,6 +140,35 @@ fn decimal(value: &[u8], what: &str) -> io::Result<i64> {
     }
     int.parse()
         .map_err(|_| bad(format!("PAX {what}: out of range: {s:?}")))
+}
+
+/// A PAX time (`mtime`): `[-]SECONDS[.FRACTION]`, as seconds and nanoseconds with the
+/// nanoseconds always counted forward (`-1.25` is -2 s + 750,000,000 ns, as `struct
+/// timespec` holds it). Digits past the ninth of the fraction are dropped (truncated, as
+/// GNU tar reads them); seconds past what an i64 holds saturate (the importer bounds every
+/// time anyway: `import::mtime`).
+fn pax_time(value: &[u8], what: &str) -> io::Result<(i64, u32)> {
+    let s = std::str::from_utf8(value).map_err(|_| bad(format!("PAX {what}: not text")))?;
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    let (neg, digits) = match int.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, int),
+    };
+    let is_num = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if digits.is_empty() || !is_num(digits) || !is_num(frac) {
+        return Err(bad(format!("PAX {what}: not a number: {s:?}")));
+    }
+    // Only digits are left: a parse error is an overflow.
+    let secs: i64 = int.parse().unwrap_or(if neg { i64::MIN } else { i64::MAX });
+    let mut nsec: u32 = 0;
+    for i in 0..9 {
+        let d = frac.as_bytes().get(i).map_or(0, |b| u32::from(b - b'0'));
+        nsec = nsec * 10 + d;
+    }
+    if neg && nsec > 0 {
+        return Ok((secs.saturating_sub(1), 1_000_000_000 - nsec));
+    }
+    Ok((secs, nsec))
 }
 
 fn decimal_u64(value: &[u8], what: &str) -> io::Result<u64> {
@@ -227,7 +259,7 @@ struct Pax {
     size: Option<u64>,
     uid: Option<u64>,
     gid: Option<u64>,
-    mtime: Option<i64>,
+    mtime: Option<(i64, u32)>,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     sparse_major: Option<u64>,
     sparse_name: Option<Vec<u8>>,
@@ -247,7 +279,7 @@ impl Pax {
                 b"size" if !v.is_empty() => self.size = Some(decimal_u64(&v, "size")?),
                 b"uid" if !v.is_empty() => self.uid = Some(decimal_u64(&v, "uid")?),
                 b"gid" if !v.is_empty() => self.gid = Some(decimal_u64(&v, "gid")?),
-                b"mtime" if !v.is_empty() => self.mtime = Some(decimal(&v, "mtime")?),
+                b"mtime" if !v.is_empty() => self.mtime = Some(pax_time(&v, "mtime")?),
                 b"GNU.sparse.major" => {
                     self.sparse = true;
                     self.sparse_major = Some(decimal_u64(&v, "GNU.sparse.major")?);
@@ -464,6 +496,10 @@ impl<R: Read> Reader<R> {
             u32::try_from(unsigned(f, what)?).map_err(|_| bad(format!("{what} out of range")))
         };
         let mut size = pax.size.unwrap_or(header_size);
+        let (mtime, mtime_nsec) = match pax.mtime {
+            Some(t) => t,
+            None => (number(&h[136..148], "mtime")?, 0),
+        };
         let mut e = Entry {
             link,
             kind,
@@ -476,10 +512,8 @@ impl<R: Read> Reader<R> {
                 Some(g) => g,
                 None => unsigned(&h[116..124], "gid")?,
             },
-            mtime: match pax.mtime {
-                Some(m) => m,
-                None => number(&h[136..148], "mtime")?,
-            },
+            mtime,
+            mtime_nsec,
             dev_major: dev(&h[329..337], "device major")?,
             dev_minor: dev(&h[337..345], "device minor")?,
             size,

@@ -401,7 +401,7 @@ fn dir_with_xattr(name: &str, key: &str, value: &str) -> L {
 #[test]
 fn directory_xattrs_wait_for_the_last_layer() {
     let (_d, t) = new_tree();
-    let mut dirs = DirXattrs::default();
+    let mut dirs = DirMeta::default();
     let layers = [
         dir_with_xattr("kept/", "SCHILY.xattr.user.k", "1")
             .dir("kept/sub/")
@@ -451,4 +451,123 @@ fn whiteouts_spare_what_their_own_layer_wrote() {
     .expect("upper");
     assert_eq!(names(&t), ["d", "new"]);
     assert_eq!(names(&t.join("d")), ["mine"]);
+}
+
+/// Appends an entry whose mtime is the PAX record `mtime` (seconds with a fraction).
+fn timed(mut l: L, name: &str, kind: tar::EntryType, link: Option<&str>, mtime: &str) -> L {
+    l.0.append_pax_extensions([("mtime", mtime.as_bytes())])
+        .expect("pax");
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name).expect("path");
+    if let Some(t) = link {
+        h.set_link_name(t).expect("link");
+    }
+    h.set_entry_type(kind);
+    h.set_mode(if kind == tar::EntryType::Directory {
+        0o755
+    } else {
+        0o644
+    });
+    h.set_mtime(1);
+    h.set_size(0);
+    h.set_cksum();
+    l.0.append(&h, io::empty()).expect("append");
+    l
+}
+
+fn mtime_of(p: &Path) -> (i64, i64) {
+    let m = std::fs::symlink_metadata(p).expect("lstat");
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// Issue 12, real mtimes: every kind of entry keeps the mtime its tar header gives, PAX
+/// nanoseconds included; a symlink's own time is set, not its target's.
+#[test]
+fn entries_keep_their_tar_mtimes_with_nanoseconds() {
+    use tar::EntryType as T;
+    let (_d, t) = new_tree();
+    let mut l = L::new();
+    for (name, kind, link, mtime) in [
+        ("./", T::Directory, None, "1000000000.5"),
+        ("d/", T::Directory, None, "1100000000.25"),
+        ("d/f", T::Regular, None, "1200000000.123456789"),
+        ("d/l", T::Symlink, Some("f"), "1300000000.000000001"),
+        ("fifo", T::Fifo, None, "1400000000.9"),
+        ("chr", T::Char, None, "1450000000.1"),
+        ("old", T::Regular, None, "-5.5"),
+        ("future", T::Regular, None, "99999999999.5"),
+    ] {
+        l = timed(l, name, kind, link, mtime);
+    }
+    apply_l(&t, l.hardlink("d/hl", "d/f")).expect("apply");
+    assert_eq!(mtime_of(&t), (1_000_000_000, 500_000_000));
+    assert_eq!(mtime_of(&t.join("d")), (1_100_000_000, 250_000_000));
+    assert_eq!(mtime_of(&t.join("d/f")), (1_200_000_000, 123_456_789));
+    assert_eq!(mtime_of(&t.join("d/hl")), (1_200_000_000, 123_456_789));
+    assert_eq!(mtime_of(&t.join("d/l")), (1_300_000_000, 1));
+    assert_eq!(mtime_of(&t.join("fifo")), (1_400_000_000, 900_000_000));
+    assert_eq!(mtime_of(&t.join("chr")), (1_450_000_000, 100_000_000));
+    // Bounded: before 1970 is the epoch, after 2446-05-10 is that day (ext4's last).
+    assert_eq!(mtime_of(&t.join("old")), (0, 0));
+    assert_eq!(mtime_of(&t.join("future")), (mtime::MAX_SECS, 0));
+}
+
+/// A directory keeps its entry's mtime though children are written after it, later layers
+/// add to it and whiteouts (plain and opaque) remove from it, as `umoci unpack` leaves it;
+/// a directory no entry describes (and a root without `./`) has the epoch.
+#[test]
+fn directory_mtimes_survive_later_children_layers_and_whiteouts() {
+    use tar::EntryType as T;
+    let (_d, t) = new_tree();
+    let mut dirs = DirMeta::default();
+    let lower = timed(L::new(), "a/", T::Directory, None, "1500000000.5")
+        .file("a/x", "1")
+        .file("a/y", "2")
+        .file("implicit/deep/f", "3");
+    let lower = timed(lower, "o/", T::Directory, None, "1510000000.75").file("o/old", "4");
+    let lower = timed(lower, "keep/", T::Directory, None, "1520000000")
+        .file("keep/k", "5")
+        .file("gone/z", "6");
+    // The upper layer changes a/ and o/ without entries of their own; keep/ is re-described.
+    let upper = L::new()
+        .file("a/.wh.x", "")
+        .file("a/new", "7")
+        .file("o/.wh..wh..opq", "")
+        .file("o/fresh", "8")
+        .file(".wh.gone", "");
+    let upper = timed(upper, "keep/", T::Directory, None, "1530000000.125").file("keep/more", "9");
+    for l in [lower, upper] {
+        apply_layer(&t, &l.bytes()[..], layer_opts(), &mut dirs).expect("layer");
+    }
+    dirs.finish(&t).expect("finish");
+    assert_eq!(names(&t.join("a")), ["new", "y"]);
+    assert_eq!(mtime_of(&t.join("a")), (1_500_000_000, 500_000_000));
+    assert_eq!(mtime_of(&t.join("o")), (1_510_000_000, 750_000_000));
+    assert_eq!(mtime_of(&t.join("keep")), (1_530_000_000, 125_000_000));
+    assert_eq!(mtime_of(&t.join("implicit")), (mtime::IMPLICIT_DIR_SECS, 0));
+    assert_eq!(
+        mtime_of(&t.join("implicit/deep")),
+        (mtime::IMPLICIT_DIR_SECS, 0)
+    );
+    assert_eq!(mtime_of(&t), (mtime::IMPLICIT_DIR_SECS, 0));
+    // Files keep theirs (L's entries are 1_600_000_000).
+    assert_eq!(mtime_of(&t.join("a/new")), (1_600_000_000, 0));
+}
+
+/// A directory removed and made again (implicitly) by a later layer does not keep the
+/// removed one's time.
+#[test]
+fn a_directory_made_again_starts_afresh() {
+    use tar::EntryType as T;
+    let (_d, t) = new_tree();
+    let mut dirs = DirMeta::default();
+    let lower = timed(L::new(), "r/", T::Directory, None, "1500000000").file("r/f", "1");
+    let upper = L::new().file(".wh.r", "");
+    let top = L::new().file("r/g", "2");
+    for l in [lower, upper, top] {
+        apply_layer(&t, &l.bytes()[..], layer_opts(), &mut dirs).expect("layer");
+    }
+    dirs.finish(&t).expect("finish");
+    assert_eq!(names(&t.join("r")), ["g"]);
+    assert_eq!(mtime_of(&t.join("r")), (mtime::IMPLICIT_DIR_SECS, 0));
 }

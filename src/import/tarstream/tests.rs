@@ -87,8 +87,8 @@ fn pax_values_may_hold_newlines_and_record_lookalikes() {
     };
     assert_eq!(e.name, long.as_bytes());
     assert_eq!(
-        (e.uid, e.gid, e.mtime, e.mode),
-        (70000, 0o1751, 1_700_000_000, 0o644)
+        (e.uid, e.gid, e.mtime, e.mtime_nsec, e.mode),
+        (70000, 0o1751, 1_700_000_000, 123_456_000, 0o644)
     );
     assert_eq!(data, b"abc");
     assert_eq!(
@@ -250,4 +250,35 @@ fn pax_sparse_1_0_maps_and_names() {
     let at = 512 + 512 + 512;
     bad[at..at + 2].copy_from_slice(b"1\n");
     assert!(entries(&bad).is_err());
+}
+
+/// Issue 12, real mtimes: a PAX `mtime` keeps its fraction as nanoseconds, counted forward
+/// from the second below (a negative time as `struct timespec` holds it).
+#[test]
+fn pax_times_keep_their_nanoseconds() {
+    let t = |v: &str| pax_time(v.as_bytes(), "mtime").ok();
+    assert_eq!(t("1700000000"), Some((1_700_000_000, 0)));
+    assert_eq!(t("1700000000.5"), Some((1_700_000_000, 500_000_000)));
+    assert_eq!(
+        t("1700000000.123456789"),
+        Some((1_700_000_000, 123_456_789))
+    );
+    // Past nine digits the fraction is cut, not rounded.
+    assert_eq!(t("7.0000000019"), Some((7, 1)));
+    assert_eq!(t("1."), Some((1, 0)));
+    assert_eq!(t("-1.25"), Some((-2, 750_000_000)));
+    assert_eq!(t("-0.5"), Some((-1, 500_000_000)));
+    assert_eq!(t("-3"), Some((-3, 0)));
+    for bad in ["", ".5", "1.2.3", "1e9", "x", "1.-5", "+1", "1 "] {
+        assert_eq!(t(bad), None, "{bad}");
+    }
+    // Beyond an i64 saturates (the importer bounds times to 1970..2446 anyway).
+    assert_eq!(t("99999999999999999999.5"), Some((i64::MAX, 500_000_000)));
+    assert_eq!(t("-99999999999999999999"), Some((i64::MIN, 0)));
+    // A ustar header's octal mtime has no fraction.
+    let mut tar = Vec::new();
+    tar.extend(header(b"plain", b'0', 0, true));
+    tar.extend([0u8; 1024]);
+    let (es, _) = entries(&tar).expect("read");
+    assert_eq!((es[0].0.mtime, es[0].0.mtime_nsec), (0o14341234567, 0));
 }
