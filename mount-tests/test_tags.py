@@ -723,3 +723,80 @@ def test_other_writer_tag_races_gc(store, mounter):
     for i, hx in enumerate(hexes):
         if os.path.lexists(store.root / "repositories/docker.io/library/external" / f"e{i}"):
             assert_tag(mnt, store, "docker.io/library/external", f"e{i}", hx)
+
+
+# ------------------------------------------------------------------ issue 13: no change waits for a deletion
+def test_no_change_waits_for_the_deletion_of_a_big_image(store, mounter):
+    """`rm` of a big image's last tag deletes it before returning, but after the store lock: while that
+    deletion runs, lookups, `ln -s` and `rm` of other images' last tags (each deleting its own image) go
+    through and return, and the kernel no longer shows what each `rm` removed. Proved by order, not by
+    timing: every other change has returned while the big image is still being deleted (its trash
+    entry is there and its `rm` has not returned). With the lock held through the deletion (before
+    issue 13), the first `ln -s` waited for the whole deletion, so the trash entry was gone by then."""
+    import threading
+
+    from helpers import bookkeeping, eventually
+
+    repo, small_repo = "docker.io/library/big", "docker.io/library/small"
+    big = store.add_digest("big")
+    store.tag(repo, "t", big)
+    # 200,000 files: a deletion of seconds, against milliseconds for the changes below.
+    junk = store.content_dir(big) / "junk"
+    for d in range(200):
+        sub = junk / f"d{d:03}"
+        sub.mkdir(parents=True)
+        for f in range(1000):
+            os.close(os.open(sub / f"f{f:04}", os.O_CREAT | os.O_WRONLY, 0o644))
+    smalls = store.add_tagged("small", small_repo, 3)
+    keeper = store.add_digest("keeper")
+    store.tag(small_repo, "keep", keeper)
+    # Image trees served by the main mount: with trees mounted of their own, the kernel holds each
+    # image (its `rootfs` mount point), so a collection keeps it until the kernel forgets it and the
+    # deletion runs in that FORGET, never in `rm`.
+    mnt = mounter(store, extra_args=["--no-rootfs-mounts"]).mnt
+    trash = bookkeeping(store.root) / "trash"
+
+    def big_in_trash():
+        return [e for e in (os.listdir(trash) if trash.is_dir() else []) if e.endswith(big[:12])]
+
+    returned = threading.Event()
+    errors = []
+
+    def rm_big():
+        try:
+            os.unlink(T(mnt, repo, "t"))
+        except OSError as e:
+            errors.append(e)
+        finally:
+            returned.set()
+
+    th = threading.Thread(target=rm_big)
+    th.start()
+    try:
+        # The deletion has begun: the directory left the store for the trash.
+        assert eventually(lambda: not store.content_dir(big).exists() and big_in_trash(), timeout=60), \
+            "the big image never reached the trash"
+        # (Its invalidations are sent once the lock is released, a moment after the rename.)
+        assert eventually(lambda: not os.path.lexists(mnt / "digests" / big), timeout=10), \
+            "the big image is still shown while it is deleted"
+        for i, hx in enumerate(smalls):
+            tag = T(mnt, small_repo, f"v{i}")
+            assert os.readlink(tag).endswith(f"digests/{hx}")            # lookups
+            if i > 0:
+                # In use through the mount: kept in the trash until the kernel forgets it (in a
+                # FORGET). Small 0 is not: its `rm` deletes it.
+                assert os.path.isdir(mnt / "digests" / hx / "rootfs")
+            os.symlink(keeper, T(mnt, small_repo, f"new{i}"))           # ln -s
+            os.unlink(tag)                                               # rm of a last tag
+            assert not store.content_dir(hx).exists(), f"small {i}: not deleted before rm returned"
+            assert not os.path.lexists(mnt / "digests" / hx), f"small {i}: still shown after rm returned"
+            assert not os.path.lexists(tag)
+        still_deleting = bool(big_in_trash()) and not returned.is_set()
+        assert still_deleting, ("every other change waited for the big image's deletion: its trash entry was "
+                                "gone when they returned")
+    finally:
+        th.join(120)
+    assert returned.is_set() and not errors, errors
+    assert not big_in_trash() and not store.content_dir(big).exists(), "deleted when its rm returned"
+    assert not os.path.lexists(mnt / "digests" / big)
+    assert sorted(os.listdir(T(mnt, small_repo))) == ["keep", "new0", "new1", "new2"]

@@ -71,12 +71,18 @@ impl ImageFs {
                 format!("unlink tags/{p}/{name}: is a directory"),
             ));
         }
-        let collected = self.store.remove_tag(&p, name)?;
+        // The store lock is released when this returns; the fsync and the deletion of what
+        // the tag's removal collected are left, and run while the kernel drops the image.
+        let staged = self.store.remove_tag_staged(&p, name)?;
         info!("untagged {p}:{name}");
         self.inodes
             .lock()
             .detach(&NodeKey::Tag(p, name.to_string()));
-        self.collected(&collected);
+        let mut forget = Forget::default();
+        self.collected(staged.collected(), &mut forget);
+        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        staged.finish();
+        self.forgotten(awaiting, forget);
         self.durable(&[(parent, OsStr::new(name))])
     }
 
@@ -145,9 +151,9 @@ impl ImageFs {
             let to = store::check_new_tag(&np, newname.as_bytes())?;
             store::check_hypeman_repo(&np, to)?;
         }
-        let collected = self
+        let staged = self
             .store
-            .rename_tag((&p, name), &np, newname.as_bytes(), mode)?;
+            .rename_tag_staged((&p, name), &np, newname.as_bytes(), mode)?;
         let newname = name_str(newname)?;
         let (a, b) = (
             NodeKey::Tag(p.clone(), name.into()),
@@ -164,12 +170,15 @@ impl ImageFs {
         };
         // The kernel caches symlink text (FUSE_CACHE_SYMLINKS); a tag that moved to another
         // depth, or swapped targets, now reads differently.
-        for ino in moved.into_iter().flatten() {
-            self.inval
-                .send_and_wait(Inval::Inode(ino), Duration::from_secs(1));
-        }
+        let mut forget = Forget::default();
+        forget
+            .awaited
+            .extend(moved.into_iter().flatten().map(Inval::Inode));
         info!("renamed {p}:{name} to {np}:{newname}");
-        self.collected(&collected);
+        self.collected(staged.collected(), &mut forget);
+        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        staged.finish();
+        self.forgotten(awaiting, forget);
         self.durable(&[(parent, OsStr::new(name)), (newparent, OsStr::new(newname))])
     }
 
@@ -203,17 +212,18 @@ impl ImageFs {
     fn forget_tag_texts_under(&self, dir: &str) {
         let prefix = format!("{dir}/");
         let held = self.inodes.lock().held_tags();
-        for (repo, _, ino) in held {
-            if repo == dir || repo.starts_with(&prefix) {
-                self.inval
-                    .send_and_wait(Inval::Inode(ino), Duration::from_secs(1));
-            }
-        }
+        let moved = held
+            .into_iter()
+            .filter(|(repo, _, _)| repo == dir || repo.starts_with(&prefix))
+            .map(|(_, _, ino)| Inval::Inode(ino))
+            .collect();
+        self.inval.send_awaited(moved).wait(Duration::from_secs(1));
     }
 
     /// Drops from the kernel's caches what other writers changed in the store.
     pub(super) fn apply_changes(&self, changes: Vec<store::watch::Change>) {
         use store::watch::Change;
+        let mut forget = Forget::default();
         for c in changes {
             match c {
                 Change::Tag { repo, tag } => {
@@ -259,9 +269,9 @@ impl ImageFs {
                     self.ready.lock().remove(&image);
                     self.image_left(&image);
                     if self.store.has_digest(&d) {
-                        self.digest_dirs_changed(&dir);
+                        self.digest_dirs_changed(&dir, &mut forget);
                     } else {
-                        self.forget_rootfs_mount(&image);
+                        self.forget_rootfs_mount(&image, &mut forget);
                         self.inval
                             .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
                         self.inval.send(Inval::Inode(inodes::DIGESTS));
@@ -285,13 +295,13 @@ impl ImageFs {
                         self.store.release_trashed(&dir.digest(), &trashed);
                     }
                     if self.store.dirs_of(&dir.digest()).len() > 1 {
-                        self.digest_dirs_changed(&dir);
+                        self.digest_dirs_changed(&dir, &mut forget);
                     }
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
                     self.digests_changed.raise();
                 }
                 // A deferred collection done by the store's retry: as our own.
-                Change::Collected(c) => self.collected(std::slice::from_ref(&c)),
+                Change::Collected(c) => self.collected(std::slice::from_ref(&c), &mut forget),
                 // The store logged it and took the tag out of the index (its Tag change
                 // follows); the metrics count it until the tag leaves the store.
                 Change::Dangling { repo, tag, dir } => {
@@ -299,28 +309,38 @@ impl ImageFs {
                 }
             }
         }
+        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        self.forgotten(awaiting, forget);
+    }
+
+    /// Waits until the kernel dropped what a change sent together ([`Forget`]), then lets
+    /// image trees be mounted again if the change asked for it.
+    fn forgotten(&self, awaiting: super::notify::Awaiting<'_>, forget: Forget) {
+        awaiting.wait(Duration::from_secs(1));
+        if forget.remount {
+            self.digests_changed.raise();
+        }
     }
 
     /// A digest left the store: the kernel drops its `rootfs` dentry, which detaches the
     /// image tree's bind mount on it (lazily: processes inside keep it), and the read-only
     /// connection drops its entry, so the image is released once nobody uses it.
-    fn forget_rootfs_mount(&self, image: &ImageId) {
+    fn forget_rootfs_mount(&self, image: &ImageId, forget: &mut Forget) {
         if !self.tree_conn_on.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let d = image.digest;
         if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*image)) {
-            self.inval.send_and_wait(
-                Inval::Entry(ino, super::rootfs::ROOTFS.into()),
-                Duration::from_secs(1),
-            );
+            forget
+                .awaited
+                .push(Inval::Entry(ino, super::rootfs::ROOTFS.into()));
         }
         // The read-only connection's root is inode 1 on that connection.
         self.inval_tree_conn
             .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
         // Had another directory of the same digest stayed (legacy and content layouts),
         // its tree is mounted again.
-        self.digests_changed.raise();
+        forget.remount = true;
     }
 
     /// A directory of digest `dir`'s, which keeps others, came or went. What `digests/` shows of
@@ -329,32 +349,32 @@ impl ImageFs {
     /// kernel caches (FUSE_CACHE_SYMLINKS). Drops all of that from the kernel's caches; a
     /// tree mounted on `digests/<hex>/rootfs` of another primary is detached (lazily: its
     /// users keep it) and mounted again for the new one.
-    fn digest_dirs_changed(&self, dir: &DirKey) {
+    fn digest_dirs_changed(&self, dir: &DirKey, forget: &mut Forget) {
         let d = dir.digest();
         let dirs = self.store.dirs_of(&d);
         // The primary is the first directory: it changed if `dir` came first or went
         // from before the first that is left.
         let primary_changed = dirs.first().is_none_or(|p| p == dir || dir < p);
-        let limit = Duration::from_secs(1);
         if primary_changed {
-            self.inval
-                .send_and_wait(Inval::Entry(inodes::DIGESTS, d.hex().into()), limit);
+            forget
+                .awaited
+                .push(Inval::Entry(inodes::DIGESTS, d.hex().into()));
             if self.tree_conn_on.load(std::sync::atomic::Ordering::Relaxed) {
                 self.inval_tree_conn
                     .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
             }
-            self.digests_changed.raise();
+            forget.remount = true;
         }
         for k in dirs.iter().chain(std::iter::once(dir)) {
             if let DirKey::Legacy(..) = k {
                 let name = store::images::entry_name(k, false);
-                self.inval
-                    .send_and_wait(Inval::Entry(inodes::DIGESTS, name.into()), limit);
+                forget
+                    .awaited
+                    .push(Inval::Entry(inodes::DIGESTS, name.into()));
             }
         }
         // The kernel caches the listing of digests/ (no OPENDIR).
-        self.inval
-            .send_and_wait(Inval::Inode(inodes::DIGESTS), limit);
+        forget.awaited.push(Inval::Inode(inodes::DIGESTS));
         let held = self.inodes.lock().held_tags();
         for (repo, tag, ino) in held {
             if self
@@ -367,9 +387,10 @@ impl ImageFs {
         }
     }
 
-    /// After GC removed digest directories: drop what the kernel caches of each, and of
-    /// digests that no longer have any directory.
-    fn collected(&self, done: &[store::Collected]) {
+    /// After GC took digest directories out of the store (their deletion may still be
+    /// running): what the kernel caches of each, and of digests that no longer have any
+    /// directory, goes into `forget` (the caller sends it together).
+    fn collected(&self, done: &[store::Collected], forget: &mut Forget) {
         for c in done {
             let d = c.digest;
             let image = self.inodes.lock().image_of(&c.dir);
@@ -378,20 +399,28 @@ impl ImageFs {
             // without the kernel holding an inode); one in use stays open for its users.
             self.image_left(&image);
             if !c.digest_gone {
-                self.digest_dirs_changed(&c.dir);
+                self.digest_dirs_changed(&c.dir, forget);
             } else {
-                self.forget_rootfs_mount(&image);
-                self.inval.send_and_wait(
-                    Inval::Entry(inodes::DIGESTS, d.hex().into()),
-                    Duration::from_secs(1),
-                );
+                self.forget_rootfs_mount(&image, forget);
+                forget
+                    .awaited
+                    .push(Inval::Entry(inodes::DIGESTS, d.hex().into()));
                 // The kernel caches the listing of digests/ (no OPENDIR).
-                self.inval
-                    .send_and_wait(Inval::Inode(inodes::DIGESTS), Duration::from_secs(1));
+                forget.awaited.push(Inval::Inode(inodes::DIGESTS));
                 if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(image)) {
                     self.inval.send(Inval::Inode(ino));
                 }
             }
         }
     }
+}
+
+/// What a change makes the kernel forget: the invalidations its request waits for, sent
+/// together on the awaited lane (one wait, not a round trip each; `notify.rs`), and whether
+/// image trees are to be mounted again once they are done (another directory of a digest
+/// became its primary: its tree is mounted after the old one's entry is gone).
+#[derive(Default)]
+struct Forget {
+    awaited: Vec<Inval>,
+    remount: bool,
 }

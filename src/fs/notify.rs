@@ -22,8 +22,14 @@
 //!
 //! The bound on a wait stays as a last resort (a lock held by something outside imagefs).
 //!
+//! A change's awaited invalidations go together ([`Invalidator::send_awaited`]): sent in
+//! one go, waited for once (the lane delivers in order), and the change does its remaining
+//! work, such as deleting the image it collected, while the kernel drops them. Only the wait
+//! takes a place among the waiting threads.
+//!
 //! [`Invalidator`] is the one seam between the filesystem's core and the kernel's caches:
-//! every invalidation goes through [`Invalidator::send`] or [`Invalidator::send_and_wait`].
+//! every invalidation goes through [`Invalidator::send`], [`Invalidator::send_and_wait`] or
+//! [`Invalidator::send_awaited`].
 //! Tests build the core over a recording one ([`Invalidator::recording`]), which keeps what
 //! was sent, and on which lane, instead of talking to a kernel.
 
@@ -164,6 +170,25 @@ impl Invalidator {
         }
     }
 
+    /// Sends `all` in order on the awaited lane (the same rule as [`Self::send_and_wait`]:
+    /// never an entry of `tags/`) without waiting; [`Awaiting::wait`] then waits once, for
+    /// the last of them: the lane delivers in order, so all are done then. A change sends
+    /// its invalidations together this way, and does its remaining work (the deletion of
+    /// what it collected) while the kernel drops them, instead of a round trip each.
+    pub fn send_awaited(&self, all: Vec<Inval>) -> Awaiting<'_> {
+        match self {
+            Invalidator::Kernel(l) => l.send_awaited(all),
+            #[cfg(test)]
+            Invalidator::Recording(r) => {
+                r.0.lock().extend(all.into_iter().map(|inval| Sent {
+                    inval,
+                    waited: true,
+                }));
+                Awaiting::default()
+            }
+        }
+    }
+
     /// Starts delivering to the kernel through `notifier`, for a connection served by
     /// `threads` threads. (A recording invalidator has nothing to start.)
     pub fn start(&self, notifier: Notifier, threads: usize) {
@@ -213,6 +238,27 @@ impl Lanes {
         }
     }
 
+    fn send_awaited(&self, all: Vec<Inval>) -> Awaiting<'_> {
+        let n = all.len();
+        let Some(last) = all.last().map(|i| format!("{i:?}")) else {
+            return Awaiting::default();
+        };
+        let (ack, done) = sync_channel(1);
+        let mut ack = Some(ack);
+        for (k, i) in all.into_iter().enumerate() {
+            let a = if k + 1 == n { ack.take() } else { None };
+            if !self.awaited.push(i, a) {
+                // Not started: nothing is cached yet, nothing to wait for.
+                return Awaiting::default();
+            }
+        }
+        Awaiting {
+            lanes: Some(self),
+            done: Some(done),
+            what: format!("{n} invalidations, the last {last}"),
+        }
+    }
+
     fn permit(&self) -> Option<WaitPermit<'_>> {
         let max = self.max_waiting.load(Ordering::Acquire);
         self.waiting
@@ -228,6 +274,36 @@ impl Lanes {
         self.awaited.start("imagefs-inval-w", notifier);
         self.max_waiting
             .store(threads.saturating_sub(1), Ordering::Release);
+    }
+}
+
+/// Invalidations sent by [`Invalidator::send_awaited`], not yet waited for.
+#[derive(Default)]
+#[must_use = "wait() makes the change visible when the request returns"]
+pub struct Awaiting<'a> {
+    lanes: Option<&'a Lanes>,
+    done: Option<Receiver<()>>,
+    what: String,
+}
+
+impl Awaiting<'_> {
+    /// Waits (bounded) until the kernel has dropped every one of them. The permit to wait
+    /// (at most `threads - 1` threads wait at once) is taken now, not when they were sent:
+    /// what the caller did meanwhile (a deletion) took no thread from the kernel's requests.
+    pub fn wait(self, limit: Duration) {
+        let (Some(lanes), Some(done)) = (self.lanes, self.done) else {
+            return;
+        };
+        let Some(_permit) = lanes.permit() else {
+            log::debug!("{}: not waited for (enough threads wait)", self.what);
+            return;
+        };
+        if done.recv_timeout(limit).is_err() {
+            log::warn!(
+                "invalidate {}: still pending after {limit:?}; not waiting longer",
+                self.what
+            );
+        }
     }
 }
 

@@ -17,6 +17,14 @@
 //!    trash until its last user goes ([`super::InUse`]);
 //! 5. the intent is removed.
 //!
+//! The mount takes steps 1 to 3 and removes the intent under the store lock, and deletes
+//! (step 4) after releasing it ([`super::collection`]), still before the change returns:
+//! once the directory is in the trash the intent has no work left (the trash is garbage by
+//! definition, emptied at mount), and no other change, lookup or tag of the same digest
+//! needs the deletion (the index no longer has the directory, and the trash entry's name is
+//! this collection's alone). So no change waits for another image's deletion, however big.
+//! `imagefs gc` ([`collect`]) keeps the order above, under its lock.
+//!
 //! A directory another writer took a tag away from moments ago is not collected at once
 //! ([`LastRef::Defer`]): legacy hypeman retags by removing the old link and then creating
 //! the new one, and a last reference seen in that gap is not the last. The tag change goes
@@ -59,9 +67,12 @@ pub struct Collected {
     /// Where it waits in the trash while the mount still serves it (see [`super::InUse`]),
     /// until [`Store::release_trashed`].
     pub kept_in_use: Option<PathBuf>,
-    /// Disk space freed now: 0 while kept, or when the deletion failed (the next mount
-    /// empties the trash).
+    /// Disk space freed now: 0 while kept, until deleted, or when the deletion failed (the
+    /// next mount empties the trash).
     pub bytes: u64,
+    /// Where it waits in the trash for its deletion (step 4), which runs after the store
+    /// lock is released ([`super::collection::Collection`]); `None` once deleted (or kept).
+    pub to_delete: Option<PathBuf>,
     /// No other directory of the digest is left in the store.
     pub digest_gone: bool,
 }
@@ -396,10 +407,12 @@ impl Store {
         }
     }
 
-    /// Steps 3 to 5, after the tag change: moves the unreferenced directory into the trash
-    /// and deletes it; or puts a deferred collection on the list. A failure here is logged,
-    /// not returned: the tag change already happened, and the intent stays for the next
-    /// mount to finish.
+    /// Steps 3 and 5, after the tag change, with the lock held: moves the unreferenced
+    /// directory into the trash and removes the intent; or puts a deferred collection on the
+    /// list. The deletion (step 4) is the caller's, once the lock is released
+    /// ([`Store::delete_collected`], [`super::collection::Collection`]): the returned
+    /// collection names it in `to_delete`. A failure here is logged, not returned: the tag
+    /// change already happened, and the intent stays for the next mount to finish.
     pub(super) fn finish_gc(&self, intent: Option<LastRef>, key: &DirKey) -> Option<Collected> {
         let rec = match intent? {
             LastRef::Collect(rec) => rec,
@@ -445,10 +458,13 @@ impl Store {
             dir: key.clone(),
             kept_in_use: None,
             bytes: 0,
+            to_delete: None,
             digest_gone,
         };
+        // From here the trash entry is garbage by definition (emptied at mount): the intent
+        // has done its work, and goes while the lock is held (see the module doc).
+        self.intent_done(&rec);
         if let Some(why) = self.in_use.get().and_then(|u| u.retain(key, &trashed)) {
-            self.intent_done(&rec);
             info!(
                 "collected {} from the store; {why}, kept in {} until its last user goes",
                 key.rel_path().display(),
@@ -457,24 +473,33 @@ impl Store {
             done.kept_in_use = Some(trashed);
             return Some(done);
         }
-        match delete(&trashed) {
-            Ok(bytes) => done.bytes = bytes,
-            Err(e) => {
-                log::error!(
+        done.to_delete = Some(trashed);
+        Some(done)
+    }
+
+    /// Step 4 for the collections of a change, after the store lock was released: deletes
+    /// each trashed directory still to delete. A failure is logged: the change is made, the
+    /// directory has left the store, and the next mount empties the trash.
+    pub(super) fn delete_collected(&self, collected: &mut [Collected]) {
+        for c in collected {
+            let Some(trashed) = c.to_delete.take() else {
+                continue;
+            };
+            match delete(&trashed) {
+                Ok(bytes) => {
+                    c.bytes = bytes;
+                    self.stats.bytes_reclaimed.fetch_add(bytes, Relaxed);
+                    info!(
+                        "collected {} (last tag removed, {bytes} bytes freed)",
+                        c.dir.rel_path().display()
+                    );
+                }
+                Err(e) => log::error!(
                     "delete {}: {e}; will retry at next mount",
                     trashed.display()
-                );
-                return Some(done);
+                ),
             }
         }
-        self.stats.bytes_reclaimed.fetch_add(done.bytes, Relaxed);
-        self.intent_done(&rec);
-        info!(
-            "collected {} (last tag removed, {} bytes freed)",
-            key.rel_path().display(),
-            done.bytes
-        );
-        Some(done)
     }
 
     /// Step 4 for a collected directory that was kept for its users (see

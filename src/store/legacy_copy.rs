@@ -152,7 +152,10 @@ impl Store {
                     "{}: no tag names the new copy (its tag was not made); collecting it",
                     key.rel_path().display()
                 );
-                self.finish_gc(Some(super::gc::LastRef::Collect(rec)), &key);
+                // Rare (a tag refused after its copy was made): deleted at once, under
+                // the lock, rather than handed to every caller's `Collection`.
+                let done = self.finish_gc(Some(super::gc::LastRef::Collect(rec)), &key);
+                self.delete_collected(&mut done.into_iter().collect::<Vec<_>>());
             }
         }
     }

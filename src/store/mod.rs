@@ -39,9 +39,11 @@
 //!
 //! # Locking
 //!
-//! Every change holds one lock from its checks to its last step ([`Store::lock`]): an
-//! in-process mutex plus an exclusive `flock` on the bookkeeping's `lock`, which imagefs's
-//! other writers (`import`, `gc`, `fsck --repair`) take too ([`lockfile::StoreLock`]). The
+//! Every change holds one lock from its checks to its last step in the store ([`Store::lock`]):
+//! an in-process mutex plus an exclusive `flock` on the bookkeeping's `lock`, which imagefs's
+//! other writers (`import`, `gc`, `fsck --repair`) take too ([`lockfile::StoreLock`]). What
+//! touches only the change's own files comes after it, before the change returns: the
+//! fsync of an `rm` and the deletion of what it collected ([`collection`]). The
 //! index sits behind its own read-write lock, which never leaves this module: callers get
 //! owned values (`query.rs`: [`Store::tag`], [`Store::entry`], ...), so nobody outside can
 //! hold it across a second read while a writer waits (parking_lot's lock is writer-fair:
@@ -50,8 +52,8 @@
 //! # GC
 //!
 //! When a change drops the last reference to a collectable directory, it is removed before
-//! the change returns, in the steps of [`gc`]: GC intent, tag change, rename into the trash,
-//! delete, intent removal. A directory the mount still serves stays in the trash until its
+//! the change returns, in the steps of [`gc`]: GC intent, tag change, rename into the trash
+//! and intent removal under the lock, then the deletion after it ([`collection`]). A directory the mount still serves stays in the trash until its
 //! last user goes ([`InUse`], [`Store::release_trashed`]). A directory another writer took a
 //! tag away from moments ago is not collected at once but retried once the store is quiet
 //! ([`deferred`]: legacy hypeman's retag removes a link before it makes the new one).
@@ -69,6 +71,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collection;
 mod deferred;
 pub mod durability;
 pub mod error;
@@ -103,6 +106,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
+pub use collection::Collection;
 pub use error::{Result, StoreError};
 pub use fsutil::RenameMode;
 pub use gc::Collected;
@@ -302,15 +306,17 @@ impl Store {
     /// collections that are due ([`deferred`]), and returns every change not yet handed
     /// out (the retries' collections as [`watch::Change::Collected`]).
     pub fn sync_external(&self) -> Result<Vec<watch::Change>> {
-        {
+        let collected = {
             let _g = self.lock()?;
             self.sync_locked();
-            let collected = self.retry_deferred_locked();
-            if !collected.is_empty() {
-                self.changes
-                    .lock()
-                    .extend(collected.into_iter().map(watch::Change::Collected));
-            }
+            self.retry_deferred_locked()
+        };
+        if !collected.is_empty() {
+            // Deleted without the lock, as a change's own collections (`collection.rs`).
+            let collected = Collection::new(self, collected, Vec::new()).finish();
+            self.changes
+                .lock()
+                .extend(collected.into_iter().map(watch::Change::Collected));
         }
         Ok(self.take_changes())
     }

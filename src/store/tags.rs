@@ -1,11 +1,13 @@
-//! The changes to tags: `ln -s` ([`Store::create_tag`]), `rm` ([`Store::remove_tag`]),
-//! `mv`/`ln -sf`/`renameat2` ([`Store::rename_tag`], exchanges included), and how a new
-//! tag's target is resolved and its directory chosen. Each public function takes the store
-//! lock for its whole duration; a change that drops a directory's last reference collects
-//! it through [`super::gc`] before returning.
+//! The changes to tags: `ln -s` ([`Store::create_tag`]), `rm` ([`Store::remove_tag_staged`]),
+//! `mv`/`ln -sf`/`renameat2` ([`Store::rename_tag_staged`], exchanges included), and how a
+//! new tag's target is resolved and its directory chosen. Each public function takes the
+//! store lock for its whole change in the store; a change that drops a directory's last
+//! reference collects it through [`super::gc`]: into the trash under the lock, deleted
+//! after it ([`super::collection`]), before the change returns.
 
 use std::path::{Path, PathBuf};
 
+use super::collection::Collection;
 use super::error::{IoContext, Result, StoreError, name_err};
 use super::fsutil::{self, RenameMode};
 use super::gc::{Collected, LastRef};
@@ -266,10 +268,28 @@ impl Store {
 
     /// `rm tags/REPO/TAG`: removes a tag; if it held the last reference to a collectable
     /// digest directory, that directory is gone from the store when this returns.
-    /// Returns the directories collected.
+    /// Returns the directories collected. (The mount uses [`Store::remove_tag_staged`], to
+    /// send its invalidations before the deletion.)
+    #[cfg(test)]
     pub fn remove_tag(&self, repo: &str, tag: &str) -> Result<Vec<Collected>> {
-        let _g = self.lock()?;
-        self.sync_locked();
+        Ok(self.remove_tag_staged(repo, tag)?.finish())
+    }
+
+    /// [`Store::remove_tag`] up to the release of the store lock: the tag is gone, the
+    /// directories it collected are in the trash; the fsync and their deletion are the
+    /// returned [`Collection`]'s.
+    pub fn remove_tag_staged(&self, repo: &str, tag: &str) -> Result<Collection<'_>> {
+        let (collected, sync) = {
+            let _g = self.lock()?;
+            self.sync_locked();
+            self.remove_tag_locked(repo, tag)?
+        };
+        Ok(Collection::new(self, collected, sync))
+    }
+
+    /// [`Store::remove_tag`] with the lock held; returns what it collected and the
+    /// directory to fsync.
+    fn remove_tag_locked(&self, repo: &str, tag: &str) -> Result<(Vec<Collected>, Vec<PathBuf>)> {
         let t = self
             .index()
             .tag(repo, tag)
@@ -293,20 +313,24 @@ impl Store {
             self.drop_twin_gc(twin_gc);
             return Err(e).ctx(|| link.display().to_string());
         }
-        // An acknowledged `rm` must survive a power cut as an acknowledged `ln -s` does: a
-        // shutdown of the filesystem without flushing its journal brought the tag back
-        // (mount-tests/test_powercut.py). Its GC intent, recorded before, is then durable too.
-        if let Some(p) = link.parent() {
-            self.fsync_dir(p);
-        }
         self.index.write().remove_tag(repo, tag);
         let mut collected: Vec<Collected> = self.finish_gc(intent, &t.key).into_iter().collect();
         collected.extend(self.finish_twin_gc(twin_gc));
-        Ok(collected)
+        // An acknowledged `rm` must survive a power cut as an acknowledged `ln -s` does: a
+        // shutdown of the filesystem without flushing its journal brought the tag back
+        // (mount-tests/test_powercut.py). The fsync runs after the lock is released, before
+        // `rm` returns; its journal commit carries every step before it (the GC intent,
+        // the unlink, the rename into the trash).
+        Ok((
+            collected,
+            link.parent().map(Path::to_path_buf).into_iter().collect(),
+        ))
     }
 
     /// `mv`, `ln -sf`, `renameat2`: moves or retags atomically. A replaced tag drops its
-    /// reference as unlink does. Returns the directories collected.
+    /// reference as unlink does. Returns the directories collected. (The mount uses
+    /// [`Store::rename_tag_staged`].)
+    #[cfg(test)]
     pub fn rename_tag(
         &self,
         from: (&str, &str),
@@ -314,12 +338,29 @@ impl Store {
         to_tag: &[u8],
         mode: RenameMode,
     ) -> Result<Vec<Collected>> {
+        Ok(self
+            .rename_tag_staged(from, to_repo, to_tag, mode)?
+            .finish())
+    }
+
+    /// [`Store::rename_tag`] up to the release of the store lock; the deletion of what it
+    /// collected is the returned [`Collection`]'s.
+    pub fn rename_tag_staged(
+        &self,
+        from: (&str, &str),
+        to_repo: &str,
+        to_tag: &[u8],
+        mode: RenameMode,
+    ) -> Result<Collection<'_>> {
         let to_tag = check_new_tag(to_repo, to_tag)?;
-        let _g = self.lock()?;
-        self.sync_locked();
-        let result = self.rename_tag_locked(from, (to_repo, to_tag), mode);
-        self.settle_copies();
-        result
+        let collected = {
+            let _g = self.lock()?;
+            self.sync_locked();
+            let result = self.rename_tag_locked(from, (to_repo, to_tag), mode);
+            self.settle_copies();
+            result?
+        };
+        Ok(Collection::new(self, collected, Vec::new()))
     }
 
     /// [`Store::rename_tag`] with the lock held.

@@ -163,6 +163,7 @@ fn a_collection_reports_what_it_did() {
             dir: DirKey::Content(dg(1)),
             kept_in_use: Some(kept[0].clone()),
             bytes: 0,
+            to_delete: None,
             digest_gone: true,
         }]
     );

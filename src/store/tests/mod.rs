@@ -19,4 +19,5 @@ mod query;
 mod recover;
 mod repo_dirs;
 mod tags;
+mod unlocked_delete;
 mod watch;
