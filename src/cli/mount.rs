@@ -54,13 +54,19 @@ pub struct MountArgs {
     #[arg(long, value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     rootfs_mounts_max: u32,
+    /// Bytes the image readers may keep cached, all images together (decoded data,
+    /// metadata, parsed inodes): K, M or G suffixes (KiB, MiB, GiB); 0 caches nothing.
+    /// What leaves the budget, and what an image leaving the store or staying idle frees,
+    /// is given back to the system.
+    #[arg(long, value_name = "SIZE", default_value = "64M")]
+    cache_size: String,
     /// Do not fsync after installing a tag (faster, an acknowledged tag may be lost on
     /// power failure; crashes of the daemon are still safe).
     #[arg(long)]
     no_sync: bool,
     /// Mount options, comma-separated, as mount(8) and fstab give them: allow_other,
     /// allow_setuid, threads=N, log_file=FILE, no_sync, no_passthrough, no_rootfs_mounts,
-    /// rootfs_mounts=kernel|fuse|none, rootfs_mounts_max=N, foreground,
+    /// rootfs_mounts=kernel|fuse|none, rootfs_mounts_max=N, cache_size=SIZE, foreground,
     /// and the generic nodev, nosuid, exec, noexec, atime, noatime; dev, suid (which
     /// mount.fuse3 adds to every mount: they are not allow_setuid), defaults,
     /// rw, auto, noauto, user, nofail, _netdev and x-* are accepted and ignored (ro is
@@ -102,6 +108,12 @@ fn config(a: MountArgs) -> Result<MountConfig, String> {
             }
         },
         rootfs_mounts_max: a.rootfs_mounts_max as usize,
+        cache_size: options::parse_size(&a.cache_size).ok_or_else(|| {
+            format!(
+                "--cache-size={}: expected a size such as 64M, 1G or 65536",
+                a.cache_size
+            )
+        })?,
         log_file: a.log_file,
     };
     for opt in a.options.iter().filter(|o| !o.is_empty()) {
@@ -115,6 +127,7 @@ fn config(a: MountArgs) -> Result<MountConfig, String> {
             options::Opt::NoRootfsMounts => o.rootfs_mounts = TreeMounts::None,
             options::Opt::RootfsMounts(how) => o.rootfs_mounts = how,
             options::Opt::RootfsMountsMax(n) => o.rootfs_mounts_max = n,
+            options::Opt::CacheSize(n) => o.cache_size = n,
             options::Opt::Foreground => o.foreground = true,
             options::Opt::Flag(f) => o.flags.push(f),
             options::Opt::Ignored => {}

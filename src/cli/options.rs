@@ -43,6 +43,7 @@ pub enum Opt {
     NoRootfsMounts,
     RootfsMounts(TreeMounts),
     RootfsMountsMax(usize),
+    CacheSize(usize),
     Foreground,
     Flag(MountOption),
     /// Said by mount(8)/fstab for their own use, or always true here.
@@ -73,6 +74,10 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
             Ok(n) if n >= 1 => Opt::RootfsMountsMax(n),
             _ => return Err(format!("-o rootfs_mounts_max={v}: expected a number from 1 up")),
         },
+        ("cache_size", Some(v)) => match parse_size(v) {
+            Some(n) => Opt::CacheSize(n),
+            None => return Err(format!("-o cache_size={v}: expected a size such as 64M, 1G or 65536")),
+        },
         ("foreground", None) => Opt::Foreground,
         ("nodev", None) => Opt::Flag(MountOption::NoDev),
         ("nosuid", None) => Opt::Flag(MountOption::NoSuid),
@@ -92,6 +97,21 @@ pub fn parse(opt: &str) -> Result<Opt, String> {
         ("ro", None) => return Err("-o ro: imagefs mounts are read-write (tags/ takes ln -s, mv, rm); digests/ is always read-only".into()),
         _ => return Err(format!("-o {opt}: unknown mount option")),
     })
+}
+
+/// A byte count: digits, optionally followed by K, M or G (KiB, MiB, GiB; also written
+/// KiB, MiB, GiB), as `--cache-size` and `-o cache_size=` take it.
+pub fn parse_size(v: &str) -> Option<usize> {
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(digits);
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        _ => return None,
+    };
+    num.parse::<usize>().ok()?.checked_mul(1usize << shift)
 }
 
 #[cfg(test)]
@@ -139,6 +159,10 @@ mod tests {
         assert!(parse("rootfs_mounts=loop").is_err());
         assert_eq!(parse("rootfs_mounts_max=3"), Ok(Opt::RootfsMountsMax(3)));
         assert!(parse("rootfs_mounts_max=0").is_err());
+        assert_eq!(parse("cache_size=64M"), Ok(Opt::CacheSize(64 << 20)));
+        assert_eq!(parse("cache_size=0"), Ok(Opt::CacheSize(0)));
+        assert!(parse("cache_size=").is_err());
+        assert!(parse("cache_size=12X").is_err());
         assert_eq!(parse("nosuid"), Ok(Opt::Flag(MountOption::NoSuid)));
         assert_eq!(parse("allow_setuid"), Ok(Opt::AllowSetuid));
         // What mount.fuse3 appends to every mount: never an opt-in.
@@ -152,5 +176,18 @@ mod tests {
             parse("log_file=/var/log/i.log"),
             Ok(Opt::LogFile("/var/log/i.log".into()))
         );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("512K"), Some(512 << 10));
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("64MiB"), Some(64 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("0"), Some(0));
+        for bad in ["", "M", "-1", "1.5M", "64 M", "1T", "99999999999999999999G"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub(crate) struct MountConfig {
     /// How `digests/<hex>/rootfs` is served: see [`TreeMounts`].
     pub rootfs_mounts: TreeMounts,
     pub rootfs_mounts_max: usize,
+    /// Bytes of the one cache budget of every image's reader (`--cache-size`).
+    pub cache_size: usize,
     pub log_file: Option<PathBuf>,
 }
 

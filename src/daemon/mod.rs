@@ -13,6 +13,7 @@
 //! - `privileges`: every mount `nosuid,nodev`; where the `--allow-setuid` opt-in is refused.
 //! - `mount_api`: the kernel's mount API (fsopen, fsmount, open_tree, move_mount).
 //! - `tuning`: open files limit, readahead, malloc tuning and heap trimming.
+//! - `memory`: the thread that ages the images' cache budget and trims the heap after releases.
 //!
 //! Invariants: the daemon forks before any thread exists (the store is opened after the
 //! fork); every error before the mount is ready reaches the command that started it, which
@@ -23,6 +24,7 @@ mod config;
 mod daemonize;
 mod kernel_erofs;
 mod lease_probe;
+mod memory;
 mod mount_api;
 mod mountinfo;
 mod nesting;

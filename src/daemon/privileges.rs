@@ -145,6 +145,7 @@ mod tests {
             passthrough: true,
             rootfs_mounts: super::super::config::TreeMounts::Kernel,
             rootfs_mounts_max: 1,
+            cache_size: 1 << 20,
             log_file: None,
         }
     }

@@ -48,7 +48,14 @@ pub(super) fn serve(
     tuning::raise_open_files_limit();
     // The store holds the mount marker (`Store::open_mounted`) that tells `imagefs fsck`
     // and `gc` a mount serves it, and refuses a second mount.
-    let fs = Arc::new(ImageFs::new(store.clone(), mp, opts.passthrough));
+    let cache = Arc::new(imagefs_erofs::CacheBudget::new(opts.cache_size));
+    let fs = Arc::new(ImageFs::new(
+        store.clone(),
+        mp,
+        opts.passthrough,
+        cache.clone(),
+    ));
+    super::memory::start(cache)?;
     let config = fuse_config(store.root(), opts);
     let mut session = Session::new(Connection::main(fs.clone()), mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;

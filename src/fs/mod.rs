@@ -85,9 +85,18 @@ pub(crate) struct ImageFs {
 
 impl ImageFs {
     /// The filesystem of `store` mounted on `mountpoint`; `passthrough`: use FUSE
-    /// passthrough for store files when the kernel offers it.
-    pub(crate) fn new(store: Arc<Store>, mountpoint: &Path, passthrough: bool) -> ImageFs {
-        ImageFs::with_invalidator(store, mountpoint, passthrough, Invalidator::default())
+    /// passthrough for store files when the kernel offers it; the images' readers cache
+    /// within `cache`.
+    pub(crate) fn new(
+        store: Arc<Store>,
+        mountpoint: &Path,
+        passthrough: bool,
+        cache: Arc<imagefs_erofs::CacheBudget>,
+    ) -> ImageFs {
+        let mut fs =
+            ImageFs::with_invalidator(store, mountpoint, passthrough, Invalidator::default());
+        fs.open_images = rootfs::OpenImages::new(cache);
+        fs
     }
 
     /// [`ImageFs::new`] with the main connection's invalidations going to `inval` (a

@@ -1,7 +1,8 @@
 //! `digests/<hex>/rootfs/`: the image's own tree, read from `rootfs.erofs` in user space.
 //!
 //! Images (one per digest directory the mount shows: `inodes::ImageId`) are opened on first
-//! use and kept while the kernel holds any inode of them.
+//! use and kept while the kernel holds any inode of them. Their readers' caches share one
+//! byte budget (`--cache-size`); an image's entries leave it when the image closes.
 //!
 //! Invariant (in use is never yanked, whoever removes the directory): while the inode table
 //! holds an inode of an image, that image is open here. Both halves are kept under
@@ -20,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{FileAttr, FileType, INodeNo};
-use imagefs_erofs::{FileKind, Image, ImageError, Inode};
+use imagefs_erofs::{CacheBudget, FileKind, Image, ImageError, Inode};
 use log::Level;
 use parking_lot::Mutex;
 
@@ -34,9 +35,10 @@ pub const ROOTFS: &str = "rootfs";
 /// The image file, served only for `ready` digests.
 pub const ROOTFS_IMAGE: &str = "rootfs.erofs";
 
-#[derive(Default)]
 pub struct OpenImages {
     open: Mutex<HashMap<ImageId, Arc<Image>>>,
+    /// The one cache budget of every image opened here.
+    budget: Arc<CacheBudget>,
     /// Images that failed already: logged once, then quietly.
     bad: Mutex<HashSet<ImageId>>,
     /// Images whose directory another writer removed from the store while the kernel held
@@ -45,7 +47,23 @@ pub struct OpenImages {
     left: Mutex<HashSet<ImageId>>,
 }
 
+impl Default for OpenImages {
+    fn default() -> Self {
+        OpenImages::new(Arc::new(CacheBudget::new(CacheBudget::DEFAULT)))
+    }
+}
+
 impl OpenImages {
+    /// No image open yet; those opened will cache within `budget`.
+    pub fn new(budget: Arc<CacheBudget>) -> Self {
+        OpenImages {
+            open: Mutex::default(),
+            budget,
+            bad: Mutex::default(),
+            left: Mutex::default(),
+        }
+    }
+
     /// The open image of digest `d`, whose directory is `dir`.
     pub fn get(&self, d: &ImageId, dir: &Path) -> Result<Arc<Image>, Error> {
         if let Some(img) = self.cached(d) {
@@ -53,7 +71,7 @@ impl OpenImages {
         }
         let path = dir.join(ROOTFS_IMAGE);
         let file = safe_open::open_regular(&path).map_err(|e| self.open_error(d, &path, &e))?;
-        let img = Arc::new(Image::open(file).map_err(|e| self.error(d, e))?);
+        let img = Arc::new(Image::open_in(file, &self.budget).map_err(|e| self.error(d, e))?);
         Ok(self.open.lock().entry(*d).or_insert(img).clone())
     }
 

@@ -6,12 +6,14 @@
 //! one pcluster (extent) at a time; only extents overlapping the request are
 //! decoded. Extents the request covers whole are decoded straight into it, their
 //! pclusters read together when adjacent; an extent only partly covered is decoded
-//! into a bounded LRU, so reads that split it decode it once.
+//! into the image's cache (its budget shared with every image: `cache`), so reads that
+//! split it decode it once while it stays there.
 
 use std::sync::Arc;
 
 use super::Image;
 use super::bytes::{add, le32, to_usize};
+use super::cache::Key;
 use super::error::{ImageError, corrupt};
 use super::inode::{InodeInfo, Layout};
 use super::lz4;
@@ -143,11 +145,12 @@ impl Image {
     }
 
     fn zinfo(&self, info: &InodeInfo, compact: bool) -> Result<Arc<ZInfo>, ImageError> {
-        if let Some(z) = self.zinfos.get(&info.attr.nid.0) {
+        let key = Key::ZInfo(info.attr.nid.0);
+        if let Some(z) = self.src.cache.get(key) {
             return Ok(z);
         }
         let z = Arc::new(ZInfo::load(&self.src, &self.sb, info, compact)?);
-        self.zinfos.insert(info.attr.nid.0, Arc::clone(&z), 1);
+        self.src.cache.insert(key, Arc::clone(&z));
         Ok(z)
     }
 
@@ -279,8 +282,8 @@ impl Image {
 
     /// The decoded bytes of `ext` (exactly `ext.llen` long), cached.
     fn extent_data(&self, info: &InodeInfo, ext: &Extent) -> Result<Arc<Vec<u8>>, ImageError> {
-        let key = (info.attr.nid.0, ext.la);
-        if let Some(d) = self.extents.get(&key)
+        let key = Key::Extent(info.attr.nid.0, ext.la);
+        if let Some(d) = self.src.cache.get::<Vec<u8>>(key)
             && d.len() as u64 == ext.llen
         {
             return Ok(d);
@@ -310,7 +313,7 @@ impl Image {
             return corrupt("uncompressed pcluster shorter than its extent");
         };
         let data = Arc::new(data);
-        self.extents.insert(key, Arc::clone(&data), llen);
+        self.src.cache.insert(key, Arc::clone(&data));
         Ok(data)
     }
 }

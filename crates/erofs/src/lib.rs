@@ -9,8 +9,9 @@
 //! * **pread only, never mmap**: the image is read with positional reads, so
 //!   an image truncated or rewritten underneath a reader gives an error
 //!   (`EIO`), never `SIGBUS`.
-//! * **Bounded caches**: every cache is per image and bounded (below); no
-//!   input makes memory grow without bound.
+//! * **Bounded caches**: every cache entry of an image counts against a byte
+//!   budget ([`CacheBudget`]) that images may share (below); no input makes
+//!   memory grow without bound.
 //! * **Every offset and length from the image is checked; errors, never
 //!   panics**: bytes of a corrupt, truncated or hostile image give
 //!   [`ImageError::Corrupt`], never a panic, an unbounded loop or an
@@ -60,10 +61,14 @@
 //!   without bound, or allocate more than a bounded amount (records <= 32
 //!   MiB, extents <= 16 MiB).
 //!
-//! # Caches (per image, bounded)
-//! Raw 32 KiB windows of the image (~8 MiB: metadata and pclusters), parsed
-//! inodes (~4096), compression headers (~1024), decoded extents (~8 MiB).
-//! Each is a two-generation LRU, so the bound is at most twice these. Besides,
+//! # Caches (one byte budget, shared by images)
+//! Raw 32 KiB windows of the image (metadata and pclusters), parsed inodes,
+//! compression headers and decoded extents are entries of one [`CacheBudget`]:
+//! [`Image::open_in`] puts an image in a budget shared with others (a daemon's
+//! one budget for all its images), [`Image::open`] gives it one of its own of
+//! [`CacheBudget::DEFAULT`] bytes. The budget is a sharded two-generation LRU
+//! that never holds more than its size; an image's entries leave it when the
+//! image is dropped, and [`CacheBudget::age`] drops what stayed idle. Besides,
 //! each thread that reads compressed data keeps one buffer of at most 4 MiB for
 //! the pclusters of a request.
 //!
@@ -93,17 +98,17 @@ pub mod testing;
 use std::fs::File;
 use std::sync::{Arc, OnceLock};
 
+pub use cache::CacheBudget;
 pub use dir::DirEntry;
 pub use error::ImageError;
 pub use inode::{FileKind, Inode, Nid};
 pub use xattr::Xattrs;
 
 use bytes::to_usize;
-use cache::Cache;
+use cache::{ImageCache, Key};
 use inode::InodeInfo;
 use sb::{SB_OFFSET, SB_SIZE, SuperBlock};
 use source::Source;
-use zmap::ZInfo;
 
 /// Longest symlink target the kernel returns (`PAGE_SIZE - 1`).
 const SYMLINK_MAX: usize = 4095;
@@ -115,9 +120,6 @@ type PrefixTable = Result<Vec<(u8, Vec<u8>)>, String>;
 pub struct Image {
     src: Source,
     sb: SuperBlock,
-    inodes: Cache<u64, InodeInfo>,
-    zinfos: Cache<u64, ZInfo>,
-    extents: Cache<(u64, u64), Vec<u8>>,
     /// Long xattr name prefixes (base index, infix), loaded on first use.
     prefixes: OnceLock<PrefixTable>,
 }
@@ -131,9 +133,17 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
-    /// Open an image; checks the superblock and the root inode.
+    /// Open an image with a cache budget of its own ([`CacheBudget::DEFAULT`]); checks
+    /// the superblock and the root inode.
     pub fn open(file: File) -> Result<Image, ImageError> {
-        let src = Source::new(file);
+        Image::open_in(file, &Arc::new(CacheBudget::new(CacheBudget::DEFAULT)))
+    }
+
+    /// Open an image whose caches count against `budget`, shared with other images;
+    /// checks the superblock and the root inode. Its entries leave the budget when the
+    /// image is dropped.
+    pub fn open_in(file: File, budget: &Arc<CacheBudget>) -> Result<Image, ImageError> {
+        let src = Source::new(file, ImageCache::new(Arc::clone(budget)));
         let mut raw = [0u8; SB_SIZE];
         src.read_exact_at(&mut raw, SB_OFFSET)?;
         let sb = SuperBlock::parse(&raw)?;
@@ -145,9 +155,6 @@ impl Image {
         let img = Image {
             src,
             sb,
-            inodes: Cache::new(4096),
-            zinfos: Cache::new(1024),
-            extents: Cache::new(8 << 20),
             prefixes: OnceLock::new(),
         };
         let root = img.inode(img.root())?;
@@ -164,11 +171,13 @@ impl Image {
 
     /// Parsed inode, cached.
     fn info(&self, nid: Nid) -> Result<InodeInfo, ImageError> {
-        if let Some(i) = self.inodes.get(&nid.0) {
+        if let Some(i) = self.src.cache.get::<InodeInfo>(Key::Inode(nid.0)) {
             return Ok((*i).clone());
         }
         let info = inode::load(&self.src, &self.sb, nid)?;
-        self.inodes.insert(nid.0, Arc::new(info.clone()), 1);
+        self.src
+            .cache
+            .insert(Key::Inode(nid.0), Arc::new(info.clone()));
         Ok(info)
     }
 

@@ -1,38 +1,34 @@
-//! Positional reads of the image file, with a bounded cache of raw windows.
+//! Positional reads of the image file, with raw windows cached in the image's budget.
 //!
 //! Invariants: the file is only ever read with `pread` (never mapped), so an
 //! image truncated or rewritten underneath us yields errors, not `SIGBUS`.
 //! Reading past the end of the file is [`ImageError::Corrupt`]. Metadata and
 //! compressed clusters are read through `WINDOW`-byte aligned windows kept
-//! in a small cache, so walking indexes, dirents and consecutive pclusters
+//! in the image's cache (whose budget is shared: `cache`), so walking indexes, dirents and consecutive pclusters
 //! costs one syscall per window rather than one per record.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::cache::Cache;
+use super::cache::{ImageCache, Key};
 use super::error::{ImageError, corrupt};
 
 /// Size of one cached raw window (power of two).
 const WINDOW: u64 = 32 * 1024;
-/// Bytes of raw windows kept cached.
-const WINDOW_BUDGET: usize = 8 << 20;
 /// Largest single record `read_vec` allocates for.
 const MAX_VEC: usize = 32 << 20;
 
-/// The image file plus the raw window cache.
+/// The image file plus the image's cache (raw windows here; inodes, map headers and
+/// extents for the rest of the reader).
 pub(crate) struct Source {
     file: File,
-    windows: Cache<u64, Vec<u8>>,
+    pub(crate) cache: ImageCache,
 }
 
 impl Source {
-    pub(crate) fn new(file: File) -> Self {
-        Source {
-            file,
-            windows: Cache::new(WINDOW_BUDGET),
-        }
+    pub(crate) fn new(file: File, cache: ImageCache) -> Self {
+        Source { file, cache }
     }
 
     /// Fill `buf` from image offset `pos` directly (uncached).
@@ -53,7 +49,7 @@ impl Source {
     /// One cached window starting at `start` (a multiple of `WINDOW`); may be
     /// shorter than `WINDOW` at the end of the file.
     fn window(&self, start: u64) -> Result<Arc<Vec<u8>>, ImageError> {
-        if let Some(w) = self.windows.get(&start) {
+        if let Some(w) = self.cache.get(Key::Window(start)) {
             return Ok(w);
         }
         let mut buf = vec![0u8; WINDOW as usize];
@@ -72,7 +68,7 @@ impl Source {
         }
         buf.truncate(got);
         let w = Arc::new(buf);
-        self.windows.insert(start, Arc::clone(&w), WINDOW as usize);
+        self.cache.insert(Key::Window(start), Arc::clone(&w));
         Ok(w)
     }
 

@@ -9,7 +9,7 @@ use imagefs_erofs::{FileKind, Image, ImageError, Nid};
 use super::fixture::{Scratch, open};
 
 /// (nid, content) of every regular file, read with 128 KiB reads.
-fn all_files(img: &Image, chunk: usize) -> Vec<(Nid, Vec<u8>)> {
+pub fn all_files(img: &Image, chunk: usize) -> Vec<(Nid, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![img.root()];
     while let Some(d) = stack.pop() {
