@@ -34,6 +34,7 @@ mod inodes;
 mod metrics;
 mod notify;
 mod passthrough;
+mod readbuf;
 mod rootfs;
 mod statfs;
 mod target;
@@ -46,7 +47,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use fuser::Notifier;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub(crate) use fuse::Connection;
 use handles::Handles;
@@ -62,7 +63,8 @@ pub(crate) struct ImageFs {
     store: Arc<Store>,
     mountpoint: PathBuf,
     inodes: Arc<Mutex<Inodes>>,
-    handles: Mutex<Handles>,
+    /// Read by every READ through a handle: shared.
+    handles: RwLock<Handles>,
     /// The open images (erofs readers), by digest.
     open_images: rootfs::OpenImages,
     /// Digests seen `ready`: a finished pull does not go back, so metadata.json is read
@@ -101,7 +103,7 @@ impl ImageFs {
             store,
             mountpoint: mountpoint.to_path_buf(),
             inodes,
-            handles: Mutex::new(Handles::default()),
+            handles: RwLock::new(Handles::default()),
             open_images: rootfs::OpenImages::default(),
             ready: Mutex::default(),
             inval,
