@@ -17,6 +17,7 @@ use super::attr::{self, IMMUTABLE_TTL, PENDING_TTL, TAGS_TTL};
 use super::errno::{Error, Result};
 use super::handles::Handle;
 use super::inodes::{ImageId, NodeKey};
+use super::readbuf::ReadBuf;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::store::{self, DirKey, names};
 
@@ -33,6 +34,10 @@ pub(super) fn name_str(name: &OsStr) -> Result<&str> {
 
 impl ImageFs {
     pub(super) fn key(&self, ino: u64) -> Result<NodeKey> {
+        // An image inode's number says which it is: no need of the inode table.
+        if let Some((d, nid, _)) = self.open_images.by_ino(ino) {
+            return Ok(NodeKey::Rootfs(d, nid.0));
+        }
         self.inodes
             .lock()
             .key(ino)
@@ -267,6 +272,12 @@ impl ImageFs {
     }
 
     pub(super) fn getattr(&self, ino: u64) -> Result<(FileAttr, Duration)> {
+        if let Some((d, nid, img)) = self.open_images.by_ino(ino) {
+            let i = img.inode(nid).map_err(|e| self.open_images.error(&d, e))?;
+            let mut a = rootfs::attr_of(&i);
+            a.ino = INodeNo(ino);
+            return Ok((a, IMMUTABLE_TTL));
+        }
         let key = self.key(ino)?;
         let (mut a, ttl) = self.attr_of(&key)?;
         a.ino = INodeNo(ino);
@@ -288,10 +299,12 @@ impl ImageFs {
         };
         let (mut a, ttl) = self.attr_of(&key)?;
         let mut inodes = self.inodes.lock();
-        if let Some((d, img)) = image {
-            self.open_images.keep(&d, img);
-        }
         a.ino = INodeNo(inodes.lookup(key));
+        if let Some((d, img)) = image {
+            // Numbered first: the image is kept with its slot, so that requests naming
+            // the inode find it by number.
+            self.open_images.keep(&d, img, inodes.slot_of(&d));
+        }
         Ok((a, ttl))
     }
 
@@ -474,13 +487,18 @@ impl ImageFs {
             }
         };
         let h = Arc::new(h);
-        let fh = self.handles.lock().insert(h.clone());
+        let fh = self.handles.write().insert(h.clone());
         Ok((fh, h))
     }
 
     /// A read without a handle: the read-only connection never opens (its OPEN answers
     /// ENOSYS), so the kernel names only the inode, always an image's regular file.
-    pub(super) fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub(super) fn read_inode(&self, ino: u64, offset: u64, size: u32) -> Result<ReadBuf> {
+        // The image-tree connection's reads, every one: by number, no shared lock taken
+        // but the open images' read lock.
+        if let Some((d, nid, image)) = self.open_images.by_ino(ino) {
+            return self.read_image(&d, &image, nid, offset, size);
+        }
         match self.key(ino)? {
             NodeKey::Rootfs(d, nid) => {
                 let image = self.image(&d)?;
@@ -494,14 +512,15 @@ impl ImageFs {
         }
     }
 
-    pub(super) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// A read through an open handle: the handle holds what it reads (an image's file
+    /// holds its open image), so neither the inode table nor the open images are asked.
+    pub(super) fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadBuf> {
         let h =
-            self.handles.lock().get(fh).ok_or_else(|| {
+            self.handles.read().get(fh).ok_or_else(|| {
                 Error::new(fuser::Errno::EBADF, Level::Warn, format!("handle {fh}"))
             })?;
         match &*h {
-            Handle::File { file, .. } => {
-                let mut buf = vec![0u8; size as usize];
+            Handle::File { file, .. } => ReadBuf::fill(size as usize, |buf| {
                 let mut got = 0;
                 while got < buf.len() {
                     match file.read_at(&mut buf[got..], offset + got as u64) {
@@ -511,13 +530,12 @@ impl ImageFs {
                         Err(e) => return Err(Error::io("read", &e)),
                     }
                 }
-                buf.truncate(got);
-                Ok(buf)
-            }
+                Ok(got)
+            }),
             Handle::Bytes(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
-                Ok(b[start..end].to_vec())
+                Ok(ReadBuf::copy(&b[start..end]))
             }
             Handle::ImageFile { id, image, nid } => self.read_image(id, image, *nid, offset, size),
             Handle::Backed { .. } => Err(Error::new(
@@ -535,13 +553,12 @@ impl ImageFs {
         nid: Nid,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; size as usize];
-        let n = image
-            .read(nid, offset, &mut buf)
-            .map_err(|e| self.open_images.error(d, e))?;
-        buf.truncate(n);
-        Ok(buf)
+    ) -> Result<ReadBuf> {
+        ReadBuf::fill(size as usize, |buf| {
+            image
+                .read(nid, offset, buf)
+                .map_err(|e| self.open_images.error(d, e))
+        })
     }
 
     /// `rootfs.erofs` and `rootfs/` are served only for `ready` digests: a pull in progress

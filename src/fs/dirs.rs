@@ -18,7 +18,7 @@ use log::Level;
 
 use super::ImageFs;
 use super::errno::{Error, Result};
-use super::inodes::{ImageId, NodeKey};
+use super::inodes::{self, ImageId, NodeKey};
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::store::{self, names};
 
@@ -213,11 +213,27 @@ impl ImageFs {
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
         let items = self.dir_items(dir, offset)?;
-        let mut inodes = self.inodes.lock();
+        // Inside an image, an entry's number follows from its directory's slot: the inode
+        // table is not needed (see `inodes::image_ino`).
+        let slot = inodes::split_image_ino(dir)
+            .filter(|_| self.open_images.by_ino(dir).is_some())
+            .map(|(slot, _)| slot);
+        let mut table = None;
         for it in items {
             let ino = match &it.key {
-                Some(k) => inodes.readdir_ino(k),
                 None => dir,
+                Some(k) => {
+                    let fixed = match k {
+                        NodeKey::Rootfs(_, nid) => slot.and_then(|s| inodes::image_ino(s, *nid)),
+                        _ => None,
+                    };
+                    match fixed {
+                        Some(ino) => ino,
+                        None => table
+                            .get_or_insert_with(|| self.inodes.lock())
+                            .readdir_ino(k),
+                    }
+                }
             };
             if add(ino, it.next, it.kind, &it.name) {
                 break;

@@ -22,6 +22,22 @@ const FIRST_DYNAMIC: u64 = 16;
 /// image for the life of the mount. Other nodes are numbered from 16 up, far below.
 const NID_BITS: u32 = 44;
 
+/// The fixed number of inode `nid` of the image in `slot`, if both fit (see [`NID_BITS`]).
+pub fn image_ino(slot: u64, nid: u64) -> Option<u64> {
+    if nid >= 1 << NID_BITS || slot + 1 >= 1 << (64 - NID_BITS) {
+        return None;
+    }
+    Some(((slot + 1) << NID_BITS) | nid)
+}
+
+/// The other way: the (slot, nid) an image inode's fixed number stands for. Every number
+/// at or above `1 << NID_BITS` is one (other nodes are numbered from 16 up), but a number
+/// the kernel does not hold may name a slot no image was given, or no open image's.
+pub fn split_image_ino(ino: u64) -> Option<(u64, u64)> {
+    let slot = (ino >> NID_BITS).checked_sub(1)?;
+    Some((slot, ino & ((1 << NID_BITS) - 1)))
+}
+
 /// One digest directory as the mount serves it: `digests/<hex>` or `digests/<hex>@<repo>`
 /// (see `store::images`). Nodes under it, the kernel's holds on them and collected
 /// directories kept for their users go by it, so a tag serves the bytes of the directory it
@@ -231,10 +247,12 @@ impl Inodes {
         }
         let n = self.slots.len() as u64;
         let slot = *self.slots.entry(*d).or_insert(n);
-        if slot + 1 >= 1 << (64 - NID_BITS) {
-            return None;
-        }
-        Some(((slot + 1) << NID_BITS) | nid)
+        image_ino(slot, *nid)
+    }
+
+    /// The slot of image `d`, if one of its inodes was numbered.
+    pub fn slot_of(&self, d: &ImageId) -> Option<u64> {
+        self.slots.get(d).copied()
     }
 
     /// The kernel dropped `n` lookups. Returns the key when the inode is gone for good.
@@ -389,6 +407,30 @@ mod tests {
         assert_ne!(other, a, "the same nid in another image is another inode");
         assert_eq!(t.lookup(NodeKey::Rootfs(d, 42)), a);
         assert_eq!(t.key(a), Some(&NodeKey::Rootfs(d, 42)));
+    }
+
+    #[test]
+    fn an_image_inode_number_gives_back_its_slot_and_nid() {
+        let mut t = Inodes::default();
+        let _ = t.image_of(&DirKey::Content(Digest::from_bytes([6; 32])));
+        let d = t.image_of(&DirKey::Content(Digest::from_bytes([7; 32])));
+        let e = t.image_of(&DirKey::Content(Digest::from_bytes([8; 32])));
+        let a = t.lookup(NodeKey::Rootfs(d, 42));
+        let b = t.lookup(NodeKey::Rootfs(e, (1 << NID_BITS) - 1));
+        assert_eq!(split_image_ino(a), Some((t.slot_of(&d).unwrap(), 42)));
+        assert_eq!(
+            split_image_ino(b),
+            Some((t.slot_of(&e).unwrap(), (1 << NID_BITS) - 1))
+        );
+        assert_ne!(t.slot_of(&d), t.slot_of(&e));
+        // Other nodes' numbers are no image inode's.
+        let tag = t.lookup(tag("r", "a"));
+        assert_eq!(split_image_ino(tag), None);
+        assert_eq!(split_image_ino(ROOT), None);
+        // A nid too big for the number gets a dynamic one, not a wrong slot.
+        let big = t.lookup(NodeKey::Rootfs(d, 1 << NID_BITS));
+        assert_eq!(split_image_ino(big), None);
+        assert_eq!(image_ino(u64::MAX >> NID_BITS, 1), None);
     }
 
     #[test]

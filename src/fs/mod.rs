@@ -35,6 +35,7 @@ mod kernel_held;
 mod metrics;
 mod notify;
 mod passthrough;
+mod readbuf;
 mod rootfs;
 mod statfs;
 mod target;
@@ -47,7 +48,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use fuser::Notifier;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 pub(crate) use fuse::Connection;
 use handles::Handles;
@@ -63,7 +64,8 @@ pub(crate) struct ImageFs {
     store: Arc<Store>,
     mountpoint: PathBuf,
     inodes: Arc<Mutex<Inodes>>,
-    handles: Mutex<Handles>,
+    /// Read by every READ through a handle: shared.
+    handles: RwLock<Handles>,
     /// The open images (erofs readers), by digest.
     open_images: rootfs::OpenImages,
     /// Digests seen `ready`: a finished pull does not go back, so metadata.json is read
@@ -114,7 +116,7 @@ impl ImageFs {
             store,
             mountpoint: mountpoint.to_path_buf(),
             inodes,
-            handles: Mutex::new(Handles::default()),
+            handles: RwLock::new(Handles::default()),
             open_images: rootfs::OpenImages::default(),
             ready: Mutex::default(),
             inval,

@@ -77,7 +77,7 @@ impl ImageFs {
             Handle::File { file, .. } if self.passthrough.on.load(Ordering::Relaxed) => {
                 match self.backing_id(ino, file, open_backing) {
                     Some(id) => {
-                        self.handles.lock().attach_backing(fh, id.clone());
+                        self.handles.write().attach_backing(fh, id.clone());
                         Opened::Passthrough {
                             fh,
                             flags: FopenFlags::FOPEN_NOFLUSH,
@@ -108,14 +108,14 @@ impl ImageFs {
         file: &File,
         open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        let existing = self.handles.lock().backing(ino);
+        let existing = self.handles.read().backing(ino);
         if existing.is_some() {
             return existing;
         }
         match open_backing(file) {
             Ok(id) => {
                 let id = Arc::new(id);
-                self.handles.lock().set_backing(ino, &id);
+                self.handles.write().set_backing(ino, &id);
                 Some(id)
             }
             Err(e) => {
@@ -127,6 +127,6 @@ impl ImageFs {
 
     /// RELEASE: the handle goes (and with the last open of an inode, its backing id).
     pub(super) fn release(&self, fh: u64) {
-        self.handles.lock().remove(fh);
+        self.handles.write().remove(fh);
     }
 }

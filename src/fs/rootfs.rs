@@ -21,13 +21,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{FileAttr, FileType, INodeNo};
-use imagefs_erofs::{CacheBudget, FileKind, Image, ImageError, Inode};
+use imagefs_erofs::{CacheBudget, FileKind, Image, ImageError, Inode, Nid};
 use log::Level;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::attr;
 use super::errno::Error;
-use super::inodes::ImageId;
+use super::inodes::{self, ImageId};
 use crate::store::safe_open;
 
 /// The name of the image tree inside a digest directory.
@@ -36,7 +36,9 @@ pub const ROOTFS: &str = "rootfs";
 pub const ROOTFS_IMAGE: &str = "rootfs.erofs";
 
 pub struct OpenImages {
-    open: Mutex<HashMap<ImageId, Arc<Image>>>,
+    /// Read by every request inside an image, changed only when an image opens or closes
+    /// or the kernel is first given an inode of it: a read-write lock, so requests share it.
+    open: RwLock<Open>,
     /// The one cache budget of every image opened here.
     budget: Arc<CacheBudget>,
     /// Images that failed already: logged once, then quietly.
@@ -53,11 +55,37 @@ impl Default for OpenImages {
     }
 }
 
+/// The open images, by image and by slot (the high bits of their inodes' numbers: see
+/// `inodes::image_ino`).
+///
+/// Invariant: `by_slot[s]` is `(d, by_id[d])` for every open image `d` whose slot `s` is
+/// known, and `None` for a slot whose image is closed. So a request that names an image
+/// inode by number finds its image without the inode table, and (the module doc's
+/// invariant) finds it for every inode the kernel holds.
+#[derive(Default)]
+struct Open {
+    by_id: HashMap<ImageId, Arc<Image>>,
+    /// The slot of each image the kernel was given an inode of (fixed for the mount).
+    slot_of: HashMap<ImageId, usize>,
+    by_slot: Vec<Option<(ImageId, Arc<Image>)>>,
+}
+
+impl Open {
+    /// Re-establishes the invariant for `d` after `by_id` changed.
+    fn sync_slot(&mut self, d: &ImageId) {
+        if let Some(&s) = self.slot_of.get(d)
+            && let Some(e) = self.by_slot.get_mut(s)
+        {
+            *e = self.by_id.get(d).map(|img| (*d, img.clone()));
+        }
+    }
+}
+
 impl OpenImages {
     /// No image open yet; those opened will cache within `budget`.
     pub fn new(budget: Arc<CacheBudget>) -> Self {
         OpenImages {
-            open: Mutex::default(),
+            open: RwLock::default(),
             budget,
             bad: Mutex::default(),
             left: Mutex::default(),
@@ -72,26 +100,60 @@ impl OpenImages {
         let path = dir.join(ROOTFS_IMAGE);
         let file = safe_open::open_regular(&path).map_err(|e| self.open_error(d, &path, &e))?;
         let img = Arc::new(Image::open_in(file, &self.budget).map_err(|e| self.error(d, e))?);
-        Ok(self.open.lock().entry(*d).or_insert(img).clone())
+        let mut open = self.open.write();
+        let img = open.by_id.entry(*d).or_insert(img).clone();
+        open.sync_slot(d);
+        Ok(img)
     }
 
     /// The image of digest `d`, if it is open.
     pub fn cached(&self, d: &ImageId) -> Option<Arc<Image>> {
-        self.open.lock().get(d).cloned()
+        self.open.read().by_id.get(d).cloned()
+    }
+
+    /// The image inode numbered `ino` (see `inodes::image_ino`) with its open image, if
+    /// its image is open: how requests that name an image inode find it without the inode
+    /// table. Every image inode the kernel holds is found (see [`Open`]).
+    pub fn by_ino(&self, ino: u64) -> Option<(ImageId, Nid, Arc<Image>)> {
+        let (slot, nid) = inodes::split_image_ino(ino)?;
+        let open = self.open.read();
+        let (d, img) = open.by_slot.get(usize::try_from(slot).ok()?)?.as_ref()?;
+        Some((*d, Nid(nid), img.clone()))
     }
 
     /// Puts `img` back as `d`'s open image unless one is open: for an inode of it the
     /// kernel is about to hold, read from an image closed since (its digest left the store).
-    /// Called under the inode table's lock (see the module doc).
-    pub fn keep(&self, d: &ImageId, img: Arc<Image>) {
-        self.open.lock().entry(*d).or_insert(img);
+    /// `slot`: the image's slot, if its inodes have fixed numbers. Called under the inode
+    /// table's lock (see the module doc).
+    pub fn keep(&self, d: &ImageId, img: Arc<Image>, slot: Option<u64>) {
+        let slot = slot.and_then(|s| usize::try_from(s).ok());
+        {
+            // The common case, every LOOKUP inside an image: nothing to change.
+            let open = self.open.read();
+            if open.by_id.contains_key(d) && slot.is_none_or(|s| open.slot_of.get(d) == Some(&s)) {
+                return;
+            }
+        }
+        let mut open = self.open.write();
+        open.by_id.entry(*d).or_insert(img);
+        if let Some(s) = slot {
+            open.slot_of.insert(*d, s);
+            if open.by_slot.len() <= s {
+                open.by_slot.resize(s + 1, None);
+            }
+        }
+        open.sync_slot(d);
     }
 
     /// Closes the image of a digest the kernel holds nothing of (under the inode table's
     /// lock). Returns whether it was kept open for the kernel after another writer removed
     /// its digest ([`OpenImages::left_in_use`]).
     pub fn close(&self, d: &ImageId) -> bool {
-        self.open.lock().remove(d);
+        {
+            let mut open = self.open.write();
+            open.by_id.remove(d);
+            open.sync_slot(d);
+        }
         self.left.lock().remove(d)
     }
 
@@ -103,7 +165,7 @@ impl OpenImages {
     /// `d`'s directory left the store by another writer's hand while the kernel holds inodes of
     /// it: its image (if open) stays open for them. Returns whether that is news.
     pub fn left_in_use(&self, d: &ImageId) -> bool {
-        self.open.lock().contains_key(d) && self.left.lock().insert(*d)
+        self.open.read().by_id.contains_key(d) && self.left.lock().insert(*d)
     }
 
     /// Why `rootfs.erofs` of `d` (at `path`) did not open, as an errno reply. One that is not
@@ -173,11 +235,7 @@ pub fn attr_of(i: &Inode) -> FileAttr {
 }
 
 /// The value of xattr `name`, or the NUL-separated list of names (`name` = None).
-pub fn xattr(
-    img: &Image,
-    nid: imagefs_erofs::Nid,
-    name: Option<&[u8]>,
-) -> Result<Option<Vec<u8>>, ImageError> {
+pub fn xattr(img: &Image, nid: Nid, name: Option<&[u8]>) -> Result<Option<Vec<u8>>, ImageError> {
     let all = img.xattrs(nid)?;
     Ok(match name {
         Some(n) => all.into_iter().find(|(k, _)| k == n).map(|(_, v)| v),

@@ -468,7 +468,7 @@ impl Kernel {
         let (a, _) = fs.lookup(cwd, OsStr::new(name)).map_err(errno)?;
         let ino = a.ino.0;
         let r = fs.open(ino, libc::O_RDONLY).and_then(|(fh, _)| {
-            let r = fs.read(fh, 0, 4096);
+            let r = fs.read(fh, 0, 4096).map(|b| b.to_vec());
             fs.release(fh);
             r
         });

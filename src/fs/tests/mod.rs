@@ -7,6 +7,7 @@
 
 mod kernel;
 mod model;
+mod read_path;
 
 use std::collections::HashMap;
 use std::fs;

@@ -1,0 +1,97 @@
+//! The read path inside images: requests that name an image inode resolve it by number,
+//! without the inode table, and a handle reads through the image it holds.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::{Fx, Mount, image, os_release, real_digest_dir};
+use crate::fs::ImageFs;
+use crate::fs::inodes::{DIGESTS, TAGS};
+use crate::store::tests::fixture::hex;
+
+/// Runs `f` on another thread while this one holds the inode table's lock, and returns its
+/// result; `None` if it did not finish within a few seconds (it waited for the lock).
+fn with_inode_table_locked<T: Send + 'static>(
+    fs: &Arc<ImageFs>,
+    f: impl FnOnce(&ImageFs) -> T + Send + 'static,
+) -> Option<T> {
+    let _held = fs.inodes.lock();
+    let (tx, rx) = mpsc::channel();
+    let other = fs.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(f(&other));
+    });
+    // On a timeout the thread is left blocked until this guard drops; it then finishes.
+    rx.recv_timeout(Duration::from_secs(5)).ok()
+}
+
+#[test]
+fn image_reads_resolve_by_number_and_handle_without_the_inode_table() {
+    let Some(img) = image(1) else {
+        return;
+    };
+    let fx = Fx::new();
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
+    fx.ctag("h.io/a", "t", 1);
+    let m = Mount::new(&fx);
+    let fs = Arc::new(m.fs);
+    let lookup = |parent, name: &str| {
+        fs.lookup(parent, OsStr::new(name))
+            .map(|(a, _)| a.ino.0)
+            .unwrap_or_else(|e| panic!("lookup {name}: {}", e.reason))
+    };
+    let digest = lookup(DIGESTS, &hex(1));
+    let rootfs = lookup(digest, "rootfs");
+    let etc = lookup(rootfs, "etc");
+    let file = lookup(etc, "os-release");
+    let want = os_release(1).into_bytes();
+    let (fh, _) = fs.open(file, libc::O_RDONLY).expect("open");
+
+    // READ (by handle and by number), GETATTR and READDIR inside the image, with the
+    // inode table locked by someone else: none of them waits for it.
+    let got = with_inode_table_locked(&fs, move |fs| {
+        let by_fh = fs.read(fh, 0, 4096).map(|b| b.to_vec());
+        let by_ino = fs.read_inode(file, 3, 4096).map(|b| b.to_vec());
+        let attr = fs.getattr(file).map(|(a, _)| (a.ino.0, a.size));
+        let mut names = Vec::new();
+        let listed = fs.readdir(etc, 0, |ino, _, _, name| {
+            names.push((ino, name.to_os_string()));
+            false
+        });
+        (by_fh, by_ino, attr, listed.is_ok(), names)
+    })
+    .expect("an image request waited for the inode table's lock");
+    let (by_fh, by_ino, attr, listed, names) = got;
+    assert_eq!(by_fh.expect("read by handle"), want);
+    assert_eq!(by_ino.expect("read by number"), want[3..]);
+    assert_eq!(attr.expect("getattr"), (file, want.len() as u64));
+    assert!(listed);
+    assert!(
+        names.contains(&(file, "os-release".into())),
+        "the entry shows the inode's own number: {names:?}"
+    );
+
+    // The image's last tag goes: the digest is collected but in use, so both ways of
+    // reading still serve the image.
+    fs.unlink(lookup(lookup(TAGS, "h.io"), "a"), OsStr::new("t"))
+        .expect("rm");
+    assert!(!fx.has(&format!("content/{}", hex(1))), "collected");
+    assert_eq!(fs.read_inode(file, 0, 4096).expect("read").to_vec(), want);
+    assert_eq!(fs.read(fh, 0, 4096).expect("read").to_vec(), want);
+
+    // The kernel forgets every inode of the image: it is closed, and a number of it no
+    // longer resolves; an open handle still reads through the image it holds.
+    for ino in [file, etc, rootfs, digest] {
+        fs.forget(ino, 1);
+    }
+    assert!(fs.open_images.by_ino(file).is_none(), "closed");
+    let stale = fs
+        .read_inode(file, 0, 4096)
+        .err()
+        .expect("a forgotten inode");
+    assert_eq!(stale.errno, fuser::Errno::ESTALE);
+    assert_eq!(fs.read(fh, 0, 4096).expect("read").to_vec(), want);
+    fs.release(fh);
+}
