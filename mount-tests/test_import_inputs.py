@@ -264,6 +264,52 @@ def test_every_cut_of_docker_and_oci_archives_is_refused(workdir):
     assert not accepted, f"{len(accepted)} of {n} cut archives were imported: {accepted}"
 
 
+def test_every_flipped_byte_of_docker_and_oci_archives_is_refused_or_harmless(workdir):
+    """A corruption sweep: one byte flipped at a time, in every 512-byte block (headers, checksums,
+    magic, JSON, compressed and plain layer data, padding, end-of-archive blocks). Each import is
+    refused cleanly (nothing stored, nothing left) or, where the byte changes nothing the image is
+    made of (padding, a field no one reads), imports the very same image: never another one."""
+    from test_import import build_docker_save, build_oci
+    save = build_docker_save(workdir / "save.tar").read_bytes()
+    layout, _ = build_oci(workdir / "oci")
+    oci_tar = workdir / "oci.tar"
+    with tarfile.open(oci_tar, "w") as t:
+        t.add(layout, arcname=".")
+    archives = {"docker-archive": save, "oci-archive": oci_tar.read_bytes()}
+    bad = workdir / "flipped.tar"
+    other = []
+    counts = {"refused": 0, "same image": 0}
+    for kind, data in archives.items():
+        whole = workdir / f"whole-{kind}.tar"
+        whole.write_bytes(data)
+        want = run_import(new_store(workdir, f"whole-{kind}"), "docker.io/test/flip:1", whole)
+        assert want.returncode == 0, want.stderr
+        store = new_store(workdir, f"flip-{kind}")
+        # In every block: the name, mode, size, checksum, typeflag and magic fields of a
+        # header, or the same places of a data block.
+        offsets = (0, 100, 124, 148, 156, 257, 300, 511)
+        for pos in sorted(at + o for at in range(0, len(data), 512) for o in offsets):
+            if pos >= len(data):
+                continue
+            flipped = bytearray(data)
+            flipped[pos] ^= 0x5A
+            bad.write_bytes(flipped)
+            r = run_import(store, "docker.io/test/flip:1", bad)
+            what = f"{kind} byte {pos} flipped"
+            assert "panicked" not in r.stderr, f"{what}: {r.stderr}"
+            if r.returncode == 0:
+                if r.stdout != want.stdout:
+                    other.append(f"{what}: {r.stdout.strip()} (the archive is {want.stdout.strip()})")
+                counts["same image"] += 1
+                sh("rm", "-rf", store / "content", store / "repositories")
+            else:
+                assert_refused_and_nothing_stored(store, "docker.io/test/flip:1", bad, what)
+                counts["refused"] += 1
+    print(f"flipped bytes: {counts}")
+    assert not other, f"{len(other)} corrupted archives imported as another image: {other[:10]}"
+    assert counts["refused"] > counts["same image"], counts
+
+
 def test_docker_save_layers_are_checked_against_the_diff_ids(workdir):
     from test_import import build_docker_save
     good = build_docker_save(workdir / "save.tar").read_bytes()
