@@ -520,8 +520,11 @@ def _mountinfo():
 
 
 def mounts_at(path) -> list[str]:
-    """fstypes of every mount whose mountpoint is exactly path."""
-    path = os.path.realpath(str(path))
+    """fstypes of every mount whose mountpoint is exactly path. Only the parent is resolved: a lookup
+    of `digests/<hex>/rootfs` itself would hold the main mount's copy of the tree, which keeps the
+    daemon from mounting the tree over it while a test polls."""
+    head, tail = os.path.split(str(path).rstrip("/"))
+    path = os.path.join(os.path.realpath(head), tail)
     return [fstype for mp, fstype in _mountinfo() if mp == path]
 
 

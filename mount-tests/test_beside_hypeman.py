@@ -619,7 +619,10 @@ def mount_serving_rootfs(store, mounter, served_by, hx):
     """Mounts the store with rootfs/ served as asked; returns (mount, digests/<hx>/rootfs)."""
     m = mounter(store, extra_args=SERVED_BY[served_by])
     rootfs = m.mnt / "digests" / hx / "rootfs"
-    on_its_own = any(t.startswith("fuse") for t in mounts_at(rootfs))
+    # The binder mounts the tree just after the mount answers (read from the mount table: a
+    # stat of the path would keep the main mount's copy in use and the tree unmounted).
+    on_its_own = eventually(lambda: any(t.startswith("fuse") for t in mounts_at(rootfs)),
+                            timeout=5.0 if served_by == "image-trees" else 0.3)
     if served_by == "image-trees":
         require(on_its_own, "image trees are not mounted on their own here (needs root and the kernel's mount API)")
     else:

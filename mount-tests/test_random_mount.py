@@ -450,7 +450,11 @@ class Run:
         repos = sorted(r for r in mo.dirs if mo.normalized(r))
         k = rnd.random()
         tagged = sorted(k2 for k2, hx in mo.tags.items() if mo.digests.get(hx) == "ready")
-        if k < 0.5 or not tagged:
+        # hypeman (content version) retags to content/<hex>: a digest that is only a legacy
+        # repository's (never promoted) would make a dangling tag, which the mount hides.
+        in_content = sorted(h for h in mo.digests
+                            if mo.digests[h] == "ready" and (self.store.root / "content" / h).is_dir())
+        if k < 0.5 or not tagged or (k >= 0.7 and not in_content):
             # a new image, or one of the pool again (collected since, or a retag)
             key = rnd.choice([f"random-pull-{rnd.randrange(4)}", f"random-{rnd.randrange(POOL)}"])
             repo = rnd.choice(repos) if repos and rnd.random() < 0.8 else f"{HOST}/hm"
@@ -472,7 +476,7 @@ class Run:
                 mo.digests.pop(hx, None)
         else:
             repo, tag = rnd.choice(tagged)
-            hx = rnd.choice(sorted(h for h in mo.digests if mo.digests[h] == "ready"))
+            hx = rnd.choice(in_content)
             hm.retag(repo, tag, hx)
             desc = f"hypeman retag {repo}:{tag} -> {hx[:12]}"
             mo.tags[(repo, tag)] = hx   # the old digest stays: imagefs collects for no other writer
