@@ -224,7 +224,7 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
     for t in &tags {
         let path = root
             .join(layout::repo_rel_dir(t.layout, &t.repo))
-            .join(&t.tag);
+            .join(t.tag.as_str());
         if !view.index.has_dir(&t.key) {
             f.push(problem(
                 Kind::DanglingTag,
@@ -242,11 +242,11 @@ pub fn check_structure(root: &Path, mounted: bool) -> Result<Structure, String> 
             key: t.key.clone(),
             layout: t.layout,
         };
-        if view.index.tag(&t.repo, &t.tag) != Some(&want) {
+        if view.index.tag(&t.repo, &t.tag).map(|s| s.tag()) != Some(want) {
             let why = if view
                 .index
                 .node(&t.repo)
-                .is_some_and(|n| n.subdirs.contains(&t.tag))
+                .is_some_and(|n| n.subdirs.contains(t.tag.as_str()))
             {
                 "its name clashes with a repository directory"
             } else {

@@ -58,7 +58,7 @@ pub fn rows(root: &Path) -> Result<Vec<Row>, String> {
     let mut tagged: Vec<(String, String, DirKey)> = Vec::new();
     for (repo, node) in view.index.nodes() {
         for (tag, t) in &node.tags {
-            tagged.push((repo.clone(), tag.clone(), t.key.clone()));
+            tagged.push((repo.clone(), tag.to_string(), DirKey::clone(&t.key)));
         }
     }
     tagged.sort();

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::hash::{BuildHasher, RandomState};
 use std::path::PathBuf;
+
+use hashbrown::HashTable;
 
 use crate::store::{Digest, DirKey};
 
@@ -95,7 +98,11 @@ impl NodeKey {
 
 #[derive(Debug)]
 pub struct Inodes {
-    by_key: HashMap<NodeKey, u64>,
+    /// Inode numbers by their key's hash. Each key is stored once, in `by_ino`: a listing
+    /// of a million tags through READDIRPLUS makes a million entries. Invariant: the
+    /// entries of `by_ino` whose key is not `Gone` are here, under their key's hash.
+    by_key: HashTable<u64>,
+    hasher: RandomState,
     by_ino: HashMap<u64, Entry>,
     next: u64,
     /// image -> how many inodes under its `digests/` entry the kernel holds.
@@ -114,7 +121,8 @@ pub struct Inodes {
 impl Default for Inodes {
     fn default() -> Self {
         let mut t = Inodes {
-            by_key: HashMap::new(),
+            by_key: HashTable::new(),
+            hasher: RandomState::new(),
             by_ino: HashMap::new(),
             next: FIRST_DYNAMIC,
             held: HashMap::new(),
@@ -132,8 +140,8 @@ impl Default for Inodes {
             (METRICS, NodeKey::Metrics),
             (TREE_CONNECTION_ROOT, NodeKey::TreeConnectionRoot),
         ] {
-            t.by_key.insert(key.clone(), ino);
             t.by_ino.insert(ino, Entry { key, lookups: 0 });
+            t.index(ino);
         }
         t
     }
@@ -150,6 +158,43 @@ fn release(counts: &mut HashMap<ImageId, u32>, d: &ImageId) {
 }
 
 impl Inodes {
+    /// Files inode `ino` (in `by_ino`, not yet in `by_key`) under its key.
+    fn index(&mut self, ino: u64) {
+        let Some(e) = self.by_ino.get(&ino) else {
+            return;
+        };
+        let (by_ino, hasher) = (&self.by_ino, &self.hasher);
+        let rehash = |i: &u64| by_ino.get(i).map_or(0, |e| hasher.hash_one(&e.key));
+        self.by_key
+            .insert_unique(hasher.hash_one(&e.key), ino, rehash);
+    }
+
+    /// Takes inode `ino` out of `by_key` (its entry in `by_ino` still has the key it was
+    /// filed under).
+    fn unindex_ino(&mut self, ino: u64) {
+        let Some(e) = self.by_ino.get(&ino) else {
+            return;
+        };
+        if let Ok(found) = self
+            .by_key
+            .find_entry(self.hasher.hash_one(&e.key), |&i| i == ino)
+        {
+            found.remove();
+        }
+    }
+
+    /// Takes the inode of `key` out of `by_key`; returns it.
+    fn unindex(&mut self, key: &NodeKey) -> Option<u64> {
+        let by_ino = &self.by_ino;
+        let found = self
+            .by_key
+            .find_entry(self.hasher.hash_one(key), |i| {
+                by_ino.get(i).is_some_and(|e| e.key == *key)
+            })
+            .ok()?;
+        Some(found.remove().0)
+    }
+
     /// The image of the digest directory `key`.
     pub fn image_of(&mut self, key: &DirKey) -> ImageId {
         let owner = match key {
@@ -183,9 +228,9 @@ impl Inodes {
 
     /// The inodes of tags the kernel holds: (repository, tag, inode).
     pub fn held_tags(&self) -> Vec<(String, String, u64)> {
-        self.by_key
+        self.by_ino
             .iter()
-            .filter_map(|(k, &ino)| match k {
+            .filter_map(|(&ino, e)| match &e.key {
                 NodeKey::Tag(r, t) => Some((r.clone(), t.clone(), ino)),
                 _ => None,
             })
@@ -197,12 +242,17 @@ impl Inodes {
     }
 
     pub fn ino_of(&self, key: &NodeKey) -> Option<u64> {
-        self.by_key.get(key).copied()
+        let by_ino = &self.by_ino;
+        self.by_key
+            .find(self.hasher.hash_one(key), |i| {
+                by_ino.get(i).is_some_and(|e| e.key == *key)
+            })
+            .copied()
     }
 
     /// The inode for `key`, counting one kernel lookup on it.
     pub fn lookup(&mut self, key: NodeKey) -> u64 {
-        if let Some(&ino) = self.by_key.get(&key) {
+        if let Some(ino) = self.ino_of(&key) {
             if let Some(e) = self.by_ino.get_mut(&ino) {
                 e.lookups += 1;
             }
@@ -218,8 +268,8 @@ impl Inodes {
         if let NodeKey::Rootfs(d, _) = key {
             *self.held_tree.entry(d).or_default() += 1;
         }
-        self.by_key.insert(key.clone(), ino);
         self.by_ino.insert(ino, Entry { key, lookups: 1 });
+        self.index(ino);
         ino
     }
 
@@ -265,15 +315,16 @@ impl Inodes {
         if e.lookups > 0 {
             return None;
         }
+        self.unindex_ino(ino);
         let e = self.by_ino.remove(&ino)?;
-        if self.by_key.get(&e.key) == Some(&ino) {
-            self.by_key.remove(&e.key);
-        }
         // Maps keep their capacity: once the kernel let go of most of a big walk's
-        // inodes (about 140 bytes each), give the room back (amortized O(1)).
+        // inodes, give the room back (amortized O(1)).
         if self.by_ino.capacity() > 4096 && self.by_ino.len() * 4 < self.by_ino.capacity() {
             self.by_ino.shrink_to(self.by_ino.len() * 2);
-            self.by_key.shrink_to(self.by_key.len() * 2);
+            let (by_ino, hasher) = (&self.by_ino, &self.hasher);
+            let rehash = |i: &u64| by_ino.get(i).map_or(0, |e| hasher.hash_one(&e.key));
+            let keep = self.by_key.len() * 2;
+            self.by_key.shrink_to(keep, rehash);
         }
         if let Some(d) = e.key.image() {
             release(&mut self.held, &d);
@@ -297,7 +348,7 @@ impl Inodes {
 
     /// The node `key` no longer exists: its inode (if the kernel holds one) becomes `Gone`.
     pub fn detach(&mut self, key: &NodeKey) {
-        if let Some(ino) = self.by_key.remove(key)
+        if let Some(ino) = self.unindex(key)
             && let Some(e) = self.by_ino.get_mut(&ino)
         {
             e.key = NodeKey::Gone(ino);
@@ -308,29 +359,29 @@ impl Inodes {
     /// was at `to` is detached.
     pub fn rename(&mut self, from: &NodeKey, to: NodeKey) {
         self.detach(&to);
-        if let Some(ino) = self.by_key.remove(from) {
+        if let Some(ino) = self.unindex(from) {
             if let Some(e) = self.by_ino.get_mut(&ino) {
-                e.key = to.clone();
+                e.key = to;
             }
-            self.by_key.insert(to, ino);
+            self.index(ino);
         }
     }
 
     /// Swaps the nodes at `a` and `b` (RENAME_EXCHANGE).
     pub fn exchange(&mut self, a: &NodeKey, b: &NodeKey) {
-        let ia = self.by_key.remove(a);
-        let ib = self.by_key.remove(b);
+        let ia = self.unindex(a);
+        let ib = self.unindex(b);
         if let Some(ia) = ia {
             if let Some(e) = self.by_ino.get_mut(&ia) {
                 e.key = b.clone();
             }
-            self.by_key.insert(b.clone(), ia);
+            self.index(ia);
         }
         if let Some(ib) = ib {
             if let Some(e) = self.by_ino.get_mut(&ib) {
                 e.key = a.clone();
             }
-            self.by_key.insert(a.clone(), ib);
+            self.index(ib);
         }
     }
 
@@ -345,25 +396,23 @@ impl Inodes {
             }
         };
         let changes: Vec<(u64, NodeKey)> = self
-            .by_key
+            .by_ino
             .iter()
-            .filter_map(|(k, &ino)| match k {
+            .filter_map(|(&ino, e)| match &e.key {
                 NodeKey::TagsDir(p) => moved(p).map(|n| (ino, NodeKey::TagsDir(n))),
                 NodeKey::Tag(r, t) => moved(r).map(|n| (ino, NodeKey::Tag(n, t.clone()))),
                 _ => None,
             })
             .collect();
         for (ino, _) in &changes {
-            if let Some(e) = self.by_ino.get(ino) {
-                self.by_key.remove(&e.key.clone());
-            }
+            self.unindex_ino(*ino);
         }
         for (ino, new) in changes {
             self.detach(&new);
             if let Some(e) = self.by_ino.get_mut(&ino) {
-                e.key = new.clone();
+                e.key = new;
             }
-            self.by_key.insert(new, ino);
+            self.index(ino);
         }
         // Legacy digest directories move with their repository: their images follow.
         for (n, repo) in self.owners.iter_mut().enumerate() {

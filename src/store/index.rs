@@ -7,11 +7,13 @@
 //! whose key is `key`; every tag's key is a digest directory in `refs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use log::warn;
 
 use super::layout::{DirKey, Layout, Scan, ScannedTag};
 use super::names::{self, Digest};
+use super::tag_name::TagName;
 
 /// A tag as the index knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,11 +22,29 @@ pub struct Tag {
     pub layout: Layout,
 }
 
+/// A tag as a [`Node`] holds it: its directory is shared with every other tag naming it
+/// (one `Arc` per digest directory, the one [`Index`] counts references under), so a tag
+/// costs its name and 16 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub key: Arc<DirKey>,
+    pub layout: Layout,
+}
+
+impl Slot {
+    pub fn tag(&self) -> Tag {
+        Tag {
+            key: DirKey::clone(&self.key),
+            layout: self.layout,
+        }
+    }
+}
+
 /// A directory of `tags/`: a repository path, or a prefix of one.
 #[derive(Debug, Clone, Default)]
 pub struct Node {
     pub subdirs: BTreeSet<String>,
-    pub tags: BTreeMap<String, Tag>,
+    pub tags: BTreeMap<TagName, Slot>,
     /// The store directories behind this node.
     pub content: bool,
     pub legacy: bool,
@@ -39,9 +59,12 @@ impl Node {
 #[derive(Debug, Default)]
 pub struct Index {
     nodes: HashMap<String, Node>,
-    refs: HashMap<DirKey, u32>,
-    /// digest -> its directories (content and/or legacy ones), for `digests/`.
-    digests: BTreeMap<Digest, BTreeSet<DirKey>>,
+    /// Digest directory -> its number of tags. The key is the `Arc` the tags share.
+    refs: HashMap<Arc<DirKey>, u32>,
+    /// digest -> its directories (content and/or legacy ones), for `digests/`: sorted, and
+    /// nearly always one (a `Vec` of one costs its 56 bytes; a `BTreeSet` of one, a whole
+    /// node of 11).
+    digests: BTreeMap<Digest, Vec<DirKey>>,
     /// Tags the scan found naming a directory the store did not have: the watcher keeps
     /// them pending and shows them once their directory comes (`watch`).
     unresolved: Vec<ScannedTag>,
@@ -74,11 +97,11 @@ impl Index {
                 continue;
             }
             let node = ix.node(&t.repo);
-            if node.is_some_and(|n| n.subdirs.contains(&t.tag)) {
+            if node.is_some_and(|n| n.subdirs.contains(&*t.tag)) {
                 warn!("tag {}:{} clashes with a directory; ignored", t.repo, t.tag);
                 continue;
             }
-            if let Some(old) = node.and_then(|n| n.tags.get(&t.tag)) {
+            if let Some(old) = node.and_then(|n| n.tags.get(&*t.tag)) {
                 // The same name in both layouts: the content layout wins.
                 if old.layout == Layout::Content || t.layout == Layout::Legacy {
                     warn!(
@@ -89,7 +112,16 @@ impl Index {
                 }
                 ix.remove_tag(&t.repo, &t.tag);
             }
-            ix.add_tag(&t.repo, &t.tag, t.key.clone(), t.layout);
+            // The scan found the tag's directory (`scan.repo_dirs`, made a node above with
+            // its ancestors): no walk up the path for each of a million tags.
+            let has_dir = ix.node(&t.repo).is_some_and(|n| match t.layout {
+                Layout::Content => n.content,
+                Layout::Legacy => n.legacy,
+            });
+            if !has_dir {
+                ix.ensure_node(&t.repo, t.layout);
+            }
+            ix.insert_tag(&t.repo, t.tag.clone(), t.key.clone(), t.layout);
         }
         ix
     }
@@ -103,12 +135,18 @@ impl Index {
         self.nodes.get(path)
     }
 
-    pub fn tag(&self, repo: &str, tag: &str) -> Option<&Tag> {
+    pub fn tag(&self, repo: &str, tag: &str) -> Option<&Slot> {
         self.nodes.get(repo)?.tags.get(tag)
     }
 
     pub fn refs(&self, key: &DirKey) -> Option<u32> {
         self.refs.get(key).copied()
+    }
+
+    /// The `Arc` the tags of `key` share, and their number.
+    #[cfg(test)]
+    pub fn shared_key(&self, key: &DirKey) -> Option<(&Arc<DirKey>, &u32)> {
+        self.refs.get_key_value(key)
     }
 
     pub fn has_dir(&self, key: &DirKey) -> bool {
@@ -129,7 +167,7 @@ impl Index {
     }
 
     pub fn dir_keys(&self) -> impl Iterator<Item = (&DirKey, u32)> {
-        self.refs.iter().map(|(k, v)| (k, *v))
+        self.refs.iter().map(|(k, v)| (&**k, *v))
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = (&String, &Node)> {
@@ -195,7 +233,7 @@ impl Index {
                 .tags
                 .iter()
                 .filter(|(_, t)| t.layout == layout)
-                .map(|(k, _)| k.clone())
+                .map(|(k, _)| k.to_string())
                 .collect();
             for t in tags {
                 self.remove_tag(n, &t);
@@ -206,8 +244,8 @@ impl Index {
             let dirs: Vec<DirKey> = self
                 .refs
                 .keys()
-                .filter(|k| matches!(k, DirKey::Legacy(r, _) if under(r)))
-                .cloned()
+                .filter(|k| matches!(&***k, DirKey::Legacy(r, _) if under(r)))
+                .map(|k| DirKey::clone(k))
                 .collect();
             for key in dirs {
                 removed.extend(self.remove_dir_and_tags(&key));
@@ -237,8 +275,8 @@ impl Index {
                 .flat_map(|(r, n)| {
                     n.tags
                         .iter()
-                        .filter(|(_, t)| t.key == *key)
-                        .map(move |(t, _)| (r.clone(), t.clone()))
+                        .filter(|(_, t)| *t.key == *key)
+                        .map(move |(t, _)| (r.clone(), t.to_string()))
                 })
                 .collect();
             for (r, t) in named {
@@ -264,17 +302,17 @@ impl Index {
         let keys: Vec<DirKey> = self
             .refs
             .keys()
-            .filter(|k| matches!(k, DirKey::Legacy(r, _) if moved.contains(r)))
-            .cloned()
+            .filter(|k| matches!(&***k, DirKey::Legacy(r, _) if moved.contains(r)))
+            .map(|k| DirKey::clone(k))
             .collect();
         for key in keys {
             if let DirKey::Legacy(r, d) = &key {
                 let new = DirKey::Legacy(rename(r), *d);
                 let n = self.refs.remove(&key).unwrap_or(0);
-                self.refs.insert(new.clone(), n);
+                self.refs.insert(Arc::new(new.clone()), n);
                 if let Some(set) = self.digests.get_mut(d) {
-                    set.remove(&key);
-                    set.insert(new);
+                    set_remove(set, &key);
+                    set_insert(set, new);
                 }
             }
         }
@@ -286,8 +324,8 @@ impl Index {
         for old in moved {
             if let Some(mut node) = self.nodes.remove(&old) {
                 for tag in node.tags.values_mut() {
-                    if let DirKey::Legacy(r, d) = &tag.key {
-                        tag.key = DirKey::Legacy(rename(r), *d);
+                    if let DirKey::Legacy(r, d) = &*tag.key {
+                        tag.key = self.shared(DirKey::Legacy(rename(r), *d));
                     }
                 }
                 if old == from {
@@ -309,18 +347,25 @@ impl Index {
     }
 
     pub fn add_dir(&mut self, key: DirKey) {
-        self.digests
-            .entry(key.digest())
-            .or_default()
-            .insert(key.clone());
-        self.refs.entry(key).or_insert(0);
+        set_insert(self.digests.entry(key.digest()).or_default(), key.clone());
+        if !self.refs.contains_key(&key) {
+            self.refs.insert(Arc::new(key), 0);
+        }
+    }
+
+    /// The `Arc` the index keeps `key` under (a new one if it has none).
+    fn shared(&self, key: DirKey) -> Arc<DirKey> {
+        match self.refs.get_key_value(&key) {
+            Some((k, _)) => k.clone(),
+            None => Arc::new(key),
+        }
     }
 
     pub fn remove_dir(&mut self, key: &DirKey) {
         self.refs.remove(key);
         let d = key.digest();
         if let Some(set) = self.digests.get_mut(&d) {
-            set.remove(key);
+            set_remove(set, key);
             if set.is_empty() {
                 self.digests.remove(&d);
             }
@@ -330,19 +375,39 @@ impl Index {
     /// Adds a tag (its node is created as needed) and counts its reference.
     pub fn add_tag(&mut self, repo: &str, tag: &str, key: DirKey, layout: Layout) {
         self.ensure_node(repo, layout);
+        self.insert_tag(repo, TagName::new(tag), key, layout);
+    }
+
+    /// [`add_tag`](Self::add_tag) into a node that has `layout`'s directory.
+    fn insert_tag(&mut self, repo: &str, tag: TagName, key: DirKey, layout: Layout) {
+        let key = self.shared(key);
         *self.refs.entry(key.clone()).or_insert(0) += 1;
         if let Some(node) = self.nodes.get_mut(repo) {
-            node.tags.insert(tag.to_string(), Tag { key, layout });
+            node.tags.insert(tag, Slot { key, layout });
         }
     }
 
     /// Removes a tag and returns it with the number of references its directory has left.
     pub fn remove_tag(&mut self, repo: &str, tag: &str) -> Option<(Tag, u32)> {
         let t = self.nodes.get_mut(repo)?.tags.remove(tag)?;
-        let n = self.refs.get_mut(&t.key).map(|n| {
+        let n = self.refs.get_mut(&*t.key).map(|n| {
             *n = n.saturating_sub(1);
             *n
         });
-        Some((t, n.unwrap_or(0)))
+        Some((t.tag(), n.unwrap_or(0)))
+    }
+}
+
+/// Adds `key` to the sorted set `set`.
+fn set_insert(set: &mut Vec<DirKey>, key: DirKey) {
+    if let Err(i) = set.binary_search(&key) {
+        set.insert(i, key);
+    }
+}
+
+/// Removes `key` from the sorted set `set`.
+fn set_remove(set: &mut Vec<DirKey>, key: &DirKey) {
+    if let Ok(i) = set.binary_search(key) {
+        set.remove(i);
     }
 }

@@ -14,15 +14,20 @@
 //! names, [`is_staging_entry`]) is neither a digest nor a tag nor a problem: it is skipped
 //! quietly (and listed in [`Scan::staging`] for fsck's information).
 
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::FileType;
 
 use log::{debug, warn};
 
 use super::fsutil::TMP_PREFIX;
 use super::names::{self, Digest};
 use super::sys;
+use super::tag_name::TagName;
 
 pub const CONTENT: &str = "content";
 pub const REPOSITORIES: &str = "repositories";
@@ -135,7 +140,19 @@ pub fn parse_tag_target(layout: Layout, repo: &str, target: &Path) -> Option<Dir
     match layout {
         Layout::Legacy => Digest::parse_hex(t).map(|d| DirKey::Legacy(repo.to_string(), d)),
         Layout::Content => {
-            // Resolve lexically from STORE/repositories/<repo>.
+            // What hypeman writes (`tag_target`), read without building a path: a store
+            // scan reads a million of these.
+            let up = 3 * (names::depth(repo) + 1);
+            if let Some(hex) = t
+                .get(up..)
+                .and_then(|rest| rest.strip_prefix(CONTENT))
+                .and_then(|rest| rest.strip_prefix('/'))
+                && t.as_bytes()[..up].chunks(3).all(|c| c == b"../")
+                && let Some(d) = Digest::parse_hex(hex)
+            {
+                return Some(DirKey::Content(d));
+            }
+            // Anything else: resolved lexically from STORE/repositories/<repo>.
             if t.starts_with('/') {
                 return None;
             }
@@ -150,11 +167,11 @@ pub fn parse_tag_target(layout: Layout, repo: &str, target: &Path) -> Option<Dir
     }
 }
 
-/// One tag found by the scan.
+/// One tag found by the scan. The tags of one repository directory share its name.
 #[derive(Debug, Clone)]
 pub struct ScannedTag {
-    pub repo: String,
-    pub tag: String,
+    pub repo: Arc<str>,
+    pub tag: TagName,
     pub layout: Layout,
     pub key: DirKey,
 }
@@ -293,12 +310,18 @@ fn walk_parallel(root: &Path, start: Vec<(Layout, String)>) -> Vec<Scan> {
     })
 }
 
-/// Reads one repository directory; returns its sub-repositories to visit.
+/// Reads one repository directory; returns its sub-repositories to visit. The directory is
+/// opened once and its links are read relative to it (`readlinkat`): no path is built per
+/// entry, but for what is reported.
 fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<String> {
     let mut subs = Vec::new();
     let dir = root.join(repo_rel_dir(layout, repo));
-    let rd = match sys::read_dir(&dir) {
-        Ok(rd) => rd,
+    let opened = sys::open_dir(&dir).and_then(|fd| {
+        let entries = sys::read_dir_fd(&fd)?;
+        Ok((fd, entries))
+    });
+    let (fd, entries) = match opened {
+        Ok(o) => o,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && repo.is_empty() => return subs,
         Err(e) => {
             ignore(scan, &dir, format!("cannot read: {e}"));
@@ -309,30 +332,44 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
         repo: repo.to_string(),
         layout,
     });
-    for entry in rd.flatten() {
-        let name = entry.file_name();
-        let path = entry.path();
-        let Ok(ft) = entry.file_type() else { continue };
+    let shared: Arc<str> = Arc::from(repo);
+    let mut buf = Vec::new();
+    for entry in entries {
+        // As `std::fs::read_dir(..).flatten()` did: an unreadable entry ends nothing.
+        let Ok(entry) = entry else { continue };
+        let cname = entry.file_name();
+        let name = OsStr::from_bytes(cname.to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        let path = || dir.join(name);
+        let ft = match entry.file_type() {
+            FileType::Unknown => match sys::file_type_at(&fd, cname) {
+                Ok(t) => t,
+                Err(_) => continue,
+            },
+            t => t,
+        };
         if name.as_bytes().starts_with(TMP_PREFIX.as_bytes()) {
-            scan.temp_files.push(path);
+            scan.temp_files.push(path());
             continue;
         }
         if is_staging_entry(name.as_bytes()) {
-            debug!("{}: hypeman's staging entry; skipped", path.display());
-            scan.staging.push(path);
+            debug!("{}: hypeman's staging entry; skipped", path().display());
+            scan.staging.push(path());
             continue;
         }
         if layout == Layout::Legacy && !repo.is_empty() && name == SIDE_TRASH {
-            scan.side_trash.push(path);
+            scan.side_trash.push(path());
             continue;
         }
-        if layout == Layout::Legacy && repo.is_empty() && is_store_own(&name) {
+        if layout == Layout::Legacy && repo.is_empty() && is_store_own(name) {
             // The legacy layout's root is the store root: skip the store's own directories.
             continue;
         }
-        if ft.is_symlink() {
-            scan_tag(layout, repo, &name, &path, scan);
-        } else if ft.is_dir() {
+        if ft == FileType::Symlink {
+            buf = scan_tag(layout, &shared, (&fd, cname), &path, scan, buf);
+        } else if ft == FileType::Directory {
             if layout == Layout::Legacy
                 && !repo.is_empty()
                 && let Some(d) = name.to_str().and_then(Digest::parse_hex)
@@ -346,56 +383,69 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
                     if sub.len() <= names::MAX_REPO_LEN {
                         subs.push(sub);
                     } else {
-                        ignore(scan, &path, "repository name too long");
+                        ignore(scan, &path(), "repository name too long");
                     }
                 }
-                Err(_) => ignore(scan, &path, "not a valid repository name"),
+                Err(_) => ignore(scan, &path(), "not a valid repository name"),
             }
         } else {
-            ignore(scan, &path, "stray file");
+            ignore(scan, &path(), "stray file");
         }
     }
     subs
 }
 
-fn scan_tag(layout: Layout, repo: &str, name: &OsStr, path: &Path, scan: &mut Scan) {
+/// Reads the tag `name` of the open directory `at` (`path` names it in reports); returns
+/// the buffer for the next one.
+fn scan_tag(
+    layout: Layout,
+    repo: &Arc<str>,
+    at: (&OwnedFd, &CStr),
+    path: &dyn Fn() -> PathBuf,
+    scan: &mut Scan,
+    buf: Vec<u8>,
+) -> Vec<u8> {
+    let (fd, name) = at;
     if repo.is_empty() {
-        ignore(scan, path, "a tag needs a repository");
-        return;
+        ignore(scan, &path(), "a tag needs a repository");
+        return buf;
     }
-    let Ok(tag) = names::check_tag(name.as_bytes()) else {
-        ignore(scan, path, "not a valid tag name");
-        return;
+    let Ok(tag) = names::check_tag(name.to_bytes()) else {
+        ignore(scan, &path(), "not a valid tag name");
+        return buf;
     };
-    let target = match sys::read_link(path) {
+    let target = match sys::read_link_at(fd, name, buf) {
         Ok(t) => t,
         Err(e) => {
-            ignore(scan, path, format!("cannot read link: {e}"));
-            return;
+            ignore(scan, &path(), format!("cannot read link: {e}"));
+            return Vec::new();
         }
     };
-    match parse_tag_target(layout, repo, &target) {
+    let target_path = Path::new(OsStr::from_bytes(target.as_bytes()));
+    match parse_tag_target(layout, repo, target_path) {
         Some(key) => scan.tags.push(ScannedTag {
-            repo: repo.to_string(),
-            tag: tag.to_string(),
+            repo: repo.clone(),
+            tag: TagName::new(tag),
             layout,
             key,
         }),
         None => {
+            let path = path();
             warn!(
                 "{} -> {}: does not name a digest directory of the store; ignored",
                 path.display(),
-                target.display()
+                target_path.display()
             );
             scan.problems.push(Problem {
-                path: path.to_path_buf(),
+                path,
                 reason: format!(
                     "tag -> {}: does not name a digest directory of the store (outside it, or malformed)",
-                    target.display()
+                    target_path.display()
                 ),
             });
         }
     }
+    target.into_bytes_with_nul()
 }
 
 /// The layout a digest directory belongs to.

@@ -94,6 +94,7 @@ mod repo_dirs;
 mod repo_move;
 pub mod safe_open;
 pub mod sys;
+pub mod tag_name;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -64,8 +64,8 @@ impl Store {
             .map(|n| {
                 n.tags
                     .iter()
-                    .filter(|(_, t)| t.key == from)
-                    .map(|(k, _)| k.clone())
+                    .filter(|(_, t)| *t.key == from)
+                    .map(|(k, _)| k.to_string())
                     .collect()
             })
             .unwrap_or_default();
@@ -84,8 +84,8 @@ impl Store {
                 .map(|n| {
                     n.tags
                         .iter()
-                        .filter(|(_, t)| t.key == from)
-                        .map(|(k, _)| k.clone())
+                        .filter(|(_, t)| *t.key == from)
+                        .map(|(k, _)| k.to_string())
                         .collect()
                 })
                 .unwrap_or_default();

@@ -50,7 +50,7 @@ pub struct Census {
 impl Store {
     /// The tag `repo:tag`.
     pub fn tag(&self, repo: &str, tag: &str) -> Option<Tag> {
-        self.index().tag(repo, tag).cloned()
+        self.index().tag(repo, tag).map(|s| s.tag())
     }
 
     /// What `name` is in the directory `tags/<path>`; `None` when either is missing.
@@ -60,7 +60,7 @@ impl Store {
         if node.subdirs.contains(name) {
             Some(Entry::Dir)
         } else {
-            node.tags.get(name).cloned().map(Entry::Tag)
+            node.tags.get(name).map(|s| Entry::Tag(s.tag()))
         }
     }
 
@@ -70,7 +70,7 @@ impl Store {
         let ix = self.index();
         let node = ix.node(path)?;
         let dirs = node.subdirs.iter().map(|s| Child::Dir(s.clone()));
-        let tags = node.tags.keys().map(|t| Child::Tag(t.clone()));
+        let tags = node.tags.keys().map(|t| Child::Tag(t.to_string()));
         Some(dirs.chain(tags).skip(skip).take(max).collect())
     }
 

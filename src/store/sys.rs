@@ -282,6 +282,25 @@ pub fn fstatx(fd: impl AsFd, mask: rustix::fs::StatxFlags) -> io::Result<rustix:
     Ok(rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, mask)?)
 }
 
+/// `readlinkat(2)`: the target of the symlink `name` of the open directory `dir`, read
+/// into `buf` (reused: a scan reads a million of them).
+pub fn read_link_at(
+    dir: impl AsFd,
+    name: &std::ffi::CStr,
+    buf: Vec<u8>,
+) -> io::Result<std::ffi::CString> {
+    hook("readlink")?;
+    Ok(rustix::fs::readlinkat(dir, name, buf)?)
+}
+
+/// The type of the entry `name` of the open directory `dir`, not following a symlink (for
+/// filesystems whose directory entries do not carry it).
+pub fn file_type_at(dir: impl AsFd, name: &std::ffi::CStr) -> io::Result<rustix::fs::FileType> {
+    hook("lstat")?;
+    let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode))
+}
+
 /// The entries of an open directory (its descriptor duplicated).
 pub fn read_dir_fd(fd: impl AsFd) -> rustix::io::Result<rustix::fs::Dir> {
     hook("getdents").map_err(errno_of)?;

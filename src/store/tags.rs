@@ -241,7 +241,7 @@ impl Store {
             .index()
             .nodes()
             .filter(|(k, n)| (*k == from || k.starts_with(&prefix)) && !n.tags.is_empty())
-            .filter_map(|(k, n)| Some((k.clone(), n.tags.keys().next()?.clone())))
+            .filter_map(|(k, n)| Some((k.clone(), n.tags.keys().next()?.to_string())))
             .collect();
         for (old, tag) in moved {
             check_hypeman_repo(&format!("{to}{}", &old[from.len()..]), &tag)?;
@@ -373,7 +373,7 @@ impl Store {
         let src = self
             .index()
             .tag(from.0, from.1)
-            .cloned()
+            .map(|s| s.tag())
             .ok_or_else(|| StoreError::NotFound(format!("{}:{}", from.0, from.1)))?;
         if from == to {
             return Ok(Vec::new());
@@ -396,7 +396,7 @@ impl Store {
                 }
                 return Err(StoreError::IsDir(format!("{}/{}", to.0, to.1)));
             }
-            node.tags.get(to.1).cloned()
+            node.tags.get(to.1).map(|s| s.tag())
         };
         match (mode, &dst) {
             (RenameMode::NoReplace, Some(_)) => {
@@ -411,7 +411,11 @@ impl Store {
         // The moved tag keeps its directory; a legacy one entering another repository
         // needs the content layout.
         let new_key = self.key_for_repo(&src.key, to.0, to.1)?;
-        let src = self.index().tag(from.0, from.1).cloned().unwrap_or(src);
+        let src = self
+            .index()
+            .tag(from.0, from.1)
+            .map(|s| s.tag())
+            .unwrap_or(src);
         let new_layout = layout_of(&new_key);
         let intent = match &dst {
             Some(d) if d.key != new_key => self.gc_intent_if_last(&d.key)?,
@@ -567,7 +571,7 @@ impl Store {
         let get = |t: (&str, &str)| {
             self.index()
                 .tag(t.0, t.1)
-                .cloned()
+                .map(|s| s.tag())
                 .ok_or_else(|| StoreError::NotFound(format!("{}:{}", t.0, t.1)))
         };
         let (ta, tb) = (get(a)?, get(b)?);
@@ -680,7 +684,7 @@ impl Store {
             ))),
             Target::Tag { repo, tag } => ix
                 .tag(repo, tag)
-                .map(|t| t.key.clone())
+                .map(|t| DirKey::clone(&t.key))
                 .ok_or_else(|| StoreError::NotFound(format!("tag {repo}:{tag}"))),
         }
     }

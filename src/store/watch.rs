@@ -195,8 +195,10 @@ impl Watcher {
         // Tags the mount's scan found naming nothing yet (a pull hypeman tagged before its
         // directory was there, say): shown once their directory comes.
         for t in ix.unresolved() {
-            w.pending
-                .add(t.key.clone(), (t.layout, t.repo.clone(), t.tag.clone()));
+            w.pending.add(
+                t.key.clone(),
+                (t.layout, t.repo.to_string(), t.tag.to_string()),
+            );
         }
         w.watch(root, Target::Content);
         w.watch(root, Target::Repo(Layout::Content, String::new()));
@@ -460,7 +462,7 @@ impl Watcher {
                         n.tags
                             .iter()
                             .filter(|(_, tag)| tag.layout == *l)
-                            .map(|(k, _)| OsString::from(k)),
+                            .map(|(k, _)| OsString::from(k.as_str())),
                     );
                 }
             }
@@ -640,7 +642,7 @@ impl Watcher {
                 let have = ix
                     .tag(repo, n)
                     .filter(|t| t.layout == lay)
-                    .map(|t| t.key.clone());
+                    .map(|t| DirKey::clone(&t.key));
                 if want == have {
                     return;
                 }
@@ -722,7 +724,7 @@ impl Watcher {
                         .filter(|(p, _)| **p == sub || p.starts_with(&prefix))
                         .flat_map(|(_, node)| node.tags.values())
                         .filter(|t| t.layout == lay)
-                        .map(|t| t.key.clone())
+                        .map(|t| DirKey::clone(&t.key))
                         .collect();
                     for key in untagged {
                         self.untagged_by_other(key);

@@ -411,12 +411,12 @@ pub(crate) fn snap(store: &Store) -> Snap {
         }
         for (tag, t) in &node.tags {
             let content = t.layout == Layout::Content;
-            match &t.key {
+            match &*t.key {
                 DirKey::Content(_) => assert!(content, "{path}:{tag} {t:?}"),
                 DirKey::Legacy(r, _) => assert!(!content && r == path, "{path}:{tag} {t:?}"),
             }
             s.tags
-                .insert((path.clone(), tag.clone()), (content, t.key.digest()));
+                .insert((path.clone(), tag.to_string()), (content, t.key.digest()));
         }
     }
     for (k, n) in ix.dir_keys() {

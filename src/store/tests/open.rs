@@ -124,3 +124,63 @@ fn open_ignores_junk_without_failing_or_touching_it() {
     assert_eq!(snap(&store).tags.len(), 2);
     untouched();
 }
+
+/// The mount's scan (a descriptor per directory, `readlinkat`, hypeman's link text read
+/// without building a path, tags sharing their directory and repository name) builds the
+/// same index as an independent walk of the disk (`fixture::check`: `std::fs` paths,
+/// `canonicalize`): tags of both layouts at several depths, names on both sides of the
+/// inline length of `TagName`, many tags per digest, a digest with directories in both
+/// layouts; and a reopened store comes back the same.
+#[test]
+fn a_store_of_many_tags_indexes_as_an_independent_walk_reads_it() {
+    let fx = Fx::new();
+    let repos = ["a", "reg.io/b", "reg.io/team/c", "reg.io/team/c/d"];
+    for n in 1..=40u8 {
+        fx.content(n, "ready");
+    }
+    fx.legacy("old", 7, "ready").legacy("old/deep", 9, "ready");
+    let mut count = 0;
+    for (i, repo) in repos.iter().enumerate() {
+        for t in 0..300usize {
+            // 3 to 40 bytes: the inline limit (22) and both sides of it.
+            let name = format!("{t:03}{}", "x".repeat((t + i) % 38));
+            fx.ctag(repo, &name, 1 + ((t * 7 + i) % 40) as u8);
+            count += 1;
+        }
+    }
+    for t in 0..50 {
+        fx.ltag("old", &format!("l{t}"), 7)
+            .ltag("old/deep", &format!("l{t}"), 9);
+        count += 2;
+    }
+    // A digest with directories in both layouts.
+    fx.legacy("old", 1, "ready").ltag("old", "also", 1);
+    count += 1;
+    let store = fx.open();
+    let s = check(&store);
+    assert_eq!(s.tags.len(), count);
+    let store = check_reopen(&fx, store);
+    // A digest's directories, content first (`dirs_of`).
+
+    let ix = store.index();
+    let dirs: Vec<String> = ix.dirs_of(&dg(1)).map(rel_of).collect();
+    assert_eq!(
+        dirs,
+        [format!("{CONTENT}/{}", hex(1)), format!("old/{}", hex(1))]
+    );
+    for (key, n) in ix.dir_keys() {
+        let named = ix
+            .nodes()
+            .flat_map(|(_, node)| node.tags.values())
+            .filter(|t| *t.key == *key)
+            .count();
+        assert_eq!(n as usize, named, "{}", rel_of(key));
+        // Every tag shares the one `Arc` the index counts its directory under.
+        for (_, node) in ix.nodes() {
+            for t in node.tags.values().filter(|t| *t.key == *key) {
+                let (shared, _) = ix.shared_key(key).expect("counted");
+                assert!(std::sync::Arc::ptr_eq(&t.key, shared));
+            }
+        }
+    }
+}

@@ -28,7 +28,7 @@ fn other_writers_changes_reach_the_index_and_match_a_fresh_scan() {
     let changes = store.sync_external().expect("sync");
     let ix = store.index();
     assert_eq!(
-        ix.tag("ext/new", "v1").map(|t| t.key.clone()),
+        ix.tag("ext/new", "v1").map(|t| DirKey::clone(&t.key)),
         Some(DirKey::Content(dg(20)))
     );
     assert!(
