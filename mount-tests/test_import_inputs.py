@@ -231,14 +231,19 @@ def assert_refused_and_nothing_stored(store: Path, ref: str, source: Path, what:
     return r.stderr
 
 
-def test_every_cut_of_docker_and_oci_archives_is_refused(workdir):
+def docker_and_oci_archives(workdir) -> dict[str, bytes]:
+    """One image as a `docker save` tarball and as an oci-archive (a tar of its OCI layout)."""
     from test_import import build_docker_save, build_oci
     save = build_docker_save(workdir / "save.tar").read_bytes()
     layout, _ = build_oci(workdir / "oci")
     oci_tar = workdir / "oci.tar"
     with tarfile.open(oci_tar, "w") as t:
         t.add(layout, arcname=".")
-    archives = {"docker-archive": save, "oci-archive": oci_tar.read_bytes()}
+    return {"docker-archive": save, "oci-archive": oci_tar.read_bytes()}
+
+
+def test_every_cut_of_docker_and_oci_archives_is_refused(workdir):
+    archives = docker_and_oci_archives(workdir)
     store = new_store(workdir)
     cut = workdir / "cut.tar"
     accepted = []
@@ -269,13 +274,7 @@ def test_every_flipped_byte_of_docker_and_oci_archives_is_refused_or_harmless(wo
     magic, JSON, compressed and plain layer data, padding, end-of-archive blocks). Each import is
     refused cleanly (nothing stored, nothing left) or, where the byte changes nothing the image is
     made of (padding, a field no one reads), imports the very same image: never another one."""
-    from test_import import build_docker_save, build_oci
-    save = build_docker_save(workdir / "save.tar").read_bytes()
-    layout, _ = build_oci(workdir / "oci")
-    oci_tar = workdir / "oci.tar"
-    with tarfile.open(oci_tar, "w") as t:
-        t.add(layout, arcname=".")
-    archives = {"docker-archive": save, "oci-archive": oci_tar.read_bytes()}
+    archives = docker_and_oci_archives(workdir)
     bad = workdir / "flipped.tar"
     other = []
     counts = {"refused": 0, "same image": 0}
