@@ -235,13 +235,20 @@ impl ImageFs {
                     let named = self.store.tag(&repo, &tag).map(|t| t.key);
                     let (parent, ino, digest) = {
                         let mut inodes = self.inodes.lock();
+                        let still_tagged = named.is_some();
                         let digest = named.map(|k| {
                             let image = inodes.image_of(&k);
                             inodes.ino_of(&NodeKey::Digest(image))
                         });
                         let key = NodeKey::Tag(repo.clone(), tag.clone());
                         let ino = inodes.ino_of(&key);
-                        inodes.detach(&key);
+                        // A tag still there (made, or retargeted) keeps its inode: the kernel
+                        // may have looked the name up already (a listing that came first), and
+                        // a detached inode would answer its readlink EINVAL until the
+                        // invalidation below lands. Its cached text goes with Inval::Inode.
+                        if !still_tagged {
+                            inodes.detach(&key);
+                        }
                         (
                             inodes.ino_of(&NodeKey::TagsDir(repo)),
                             ino,

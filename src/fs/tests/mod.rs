@@ -113,3 +113,40 @@ fn removing_the_last_tag_collects_and_invalidates_the_digest_entry_without_a_ker
         "{sent:?}"
     );
 }
+
+/// Another writer retargets a tag the kernel has already looked up (a listing came first):
+/// the inode the kernel holds keeps reading, now the new text. (It used to be detached at
+/// once, and a readlink before the kernel took the invalidation answered EINVAL: seen in
+/// `test_bug8_a_repository_moved_by_another_writer_reads_at_its_new_depth`.)
+#[test]
+fn a_tag_another_writer_retargets_reads_through_the_inode_the_kernel_holds() {
+    use std::ffi::OsStr;
+
+    use super::inodes::TAGS;
+    use crate::store::tests::fixture::hex;
+
+    let (Some(one), Some(two)) = (image(1), image(2)) else {
+        return;
+    };
+    let fx = Fx::new();
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &one);
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(2))), 2, &two);
+    fx.ctag("h.io/a", "t", 1);
+    let m = Mount::new(&fx);
+    let lookup = |parent, name: &str| m.fs.lookup(parent, OsStr::new(name)).map(|(a, _)| a.ino.0);
+    let repo = lookup(lookup(TAGS, "h.io").expect("h.io"), "a").expect("a");
+    let tag = lookup(repo, "t").expect("tag");
+    // hypeman's retag: the new link staged, then renamed over the old one.
+    fx.ctag("h.io/a", ".t.new", 2);
+    fs::rename(
+        fx.p("repositories/h.io/a/.t.new"),
+        fx.p("repositories/h.io/a/t"),
+    )
+    .expect("retag");
+    m.fs.poll_store();
+    assert_eq!(
+        m.fs.readlink(tag)
+            .expect("readlink of the inode the kernel holds"),
+        format!("../../../digests/{}", hex(2)).into_bytes()
+    );
+}
