@@ -176,8 +176,8 @@ fn keep_mounted(
     let mut failed: HashMap<Digest, Instant> = HashMap::new();
     let mut said_full = false;
     let mut first = true;
-    // Collected images a kernel tree may still hold are looked at often: most are let go
-    // as soon as the collection's invalidation detaches their tree.
+    // Collected images a kernel tree may still hold are looked at often for a while: most
+    // are let go as soon as the collection's invalidation detaches their tree.
     let mut kernel_waiting = false;
     loop {
         if !first {

@@ -115,7 +115,8 @@ impl ImageTrees {
 
     /// Deletes the collected directories whose kernel tree has let go of their image file,
     /// as `open_elsewhere` says of the file, and forgets the image files of digests not in
-    /// `present` (the store's digests). True while others still wait.
+    /// `present` (the store's digests). True while one collected in the last two seconds
+    /// still waits (the binder then looks again soon).
     pub(crate) fn release_kernel_held(
         &self,
         present: &HashSet<Digest>,
@@ -136,7 +137,7 @@ impl ImageTrees {
         for (d, trashed) in free {
             fs.store.release_trashed(&d, &trashed);
         }
-        fs.kernel_held.lock().waiting_except(|_| false) > 0
+        fs.kernel_held.lock().fresh(Duration::from_secs(2))
     }
 
     /// Is digest `d` still in the store?

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::store::Digest;
 
@@ -27,8 +28,9 @@ use crate::store::Digest;
 pub(crate) struct KernelHeld {
     /// (device, inode) of each image file a kernel tree was mounted from, to its digest.
     mounted: HashMap<(u64, u64), Digest>,
-    /// Trashed directories whose `rootfs.erofs` a kernel tree may still hold.
-    waiting: Vec<(Digest, PathBuf)>,
+    /// Trashed directories whose `rootfs.erofs` a kernel tree may still hold, with when
+    /// they were collected.
+    waiting: Vec<(Digest, PathBuf, Instant)>,
 }
 
 impl KernelHeld {
@@ -51,21 +53,29 @@ impl KernelHeld {
         if self.mounted.remove(&(m.dev(), m.ino())).is_none() {
             return false;
         }
-        self.waiting.push((*d, trashed.to_path_buf()));
+        self.waiting
+            .push((*d, trashed.to_path_buf(), Instant::now()));
         true
     }
 
     /// How many collected directories wait for a kernel tree to let go, of those `also`
     /// does not count already.
     pub(crate) fn waiting_except(&self, also: impl Fn(&Path) -> bool) -> usize {
-        self.waiting.iter().filter(|(_, p)| !also(p)).count()
+        self.waiting.iter().filter(|(_, p, _)| !also(p)).count()
     }
 
     /// Does trashed directory `p` wait for a kernel tree? Then it is deleted when the tree
     /// lets go ([`take_free`](Self::take_free)), not when the main mount's last inode of
     /// it is forgotten.
     pub(crate) fn is_waiting(&self, p: &Path) -> bool {
-        self.waiting.iter().any(|(_, w)| w == p)
+        self.waiting.iter().any(|(_, w, _)| w == p)
+    }
+
+    /// Was a directory collected less than `within` ago still waiting? Most are let go
+    /// within milliseconds (an unused tree); one still in use after that (a running
+    /// container) may wait for days, and is looked at at the binder's usual pace.
+    pub(crate) fn fresh(&self, within: Duration) -> bool {
+        self.waiting.iter().any(|(_, _, t)| t.elapsed() < within)
     }
 
     /// Takes out the waiting directories that `busy` (given the trashed directory) no
@@ -73,7 +83,7 @@ impl KernelHeld {
     /// digest came back and its trashed copy was deleted).
     pub(crate) fn take_free(&mut self, busy: impl Fn(&Path) -> bool) -> Vec<(Digest, PathBuf)> {
         let mut free = Vec::new();
-        self.waiting.retain(|(d, trashed)| {
+        self.waiting.retain(|(d, trashed, _)| {
             if std::fs::symlink_metadata(trashed).is_err() {
                 false
             } else if busy(trashed) {
@@ -110,6 +120,7 @@ mod tests {
         assert_eq!(k.waiting_except(|_| false), 1);
         assert_eq!(k.waiting_except(|p| p == mounted), 0);
         assert!(k.is_waiting(&mounted) && !k.is_waiting(&other));
+        assert!(k.fresh(Duration::from_secs(60)) && !k.fresh(Duration::ZERO));
         assert!(k.take_free(|_| true).is_empty(), "released while in use");
         assert_eq!(k.take_free(|_| false), vec![(d, mounted.clone())]);
         assert!(!k.is_waiting(&mounted));
