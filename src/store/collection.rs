@@ -7,6 +7,7 @@
 //! The mount sends its kernel invalidations between [`Collection::collected`] and
 //! [`Collection::finish`], so that the kernel forgets the image while its files go.
 
+use std::fs::File;
 use std::path::PathBuf;
 
 use super::Store;
@@ -27,12 +28,16 @@ thread_local! {
 pub struct Collection<'a> {
     store: &'a Store,
     collected: Vec<Collected>,
-    /// Directories to fsync (the change's own, `Options::durable`).
-    sync: Vec<PathBuf>,
+    /// Directories to fsync (the change's own, `Options::durable`), opened under the lock.
+    sync: Vec<(PathBuf, std::io::Result<File>)>,
 }
 
 impl<'a> Collection<'a> {
-    pub(super) fn new(store: &'a Store, collected: Vec<Collected>, sync: Vec<PathBuf>) -> Self {
+    pub(super) fn new(
+        store: &'a Store,
+        collected: Vec<Collected>,
+        sync: Vec<(PathBuf, std::io::Result<File>)>,
+    ) -> Self {
         Collection {
             store,
             collected,
@@ -54,8 +59,8 @@ impl<'a> Collection<'a> {
 
     fn run(&mut self) {
         // The fsync first: its journal commit then carries the change, not the deletion.
-        for dir in std::mem::take(&mut self.sync) {
-            self.store.fsync_dir(&dir);
+        for (dir, f) in std::mem::take(&mut self.sync) {
+            self.store.fsync_opened(&dir, &f);
         }
         if self.collected.iter().all(|c| c.to_delete.is_none()) {
             return;

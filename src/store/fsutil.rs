@@ -19,14 +19,18 @@ pub fn rename(from: &Path, to: &Path, mode: RenameMode) -> io::Result<()> {
 /// Flushes a directory's entries to disk. `O_DIRECTORY`: whatever else stands at `dir` is
 /// refused, never opened (a FIFO would block).
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    sys::sync_all(&open_dir(dir)?)
+}
+
+/// Opens directory `dir` for an fsync.
+pub fn open_dir(dir: &Path) -> io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = sys::open(
+    sys::open(
         dir,
         std::fs::File::options()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC),
-    )?;
-    sys::sync_all(&f)
+    )
 }
 
 /// A name unique in this process and, through the pid and clock, across processes.

@@ -411,4 +411,32 @@ impl Store {
             durability::failed(format!("fsync {}: {e}", dir.display()));
         }
     }
+
+    /// Opens `dirs` for an fsync after the lock ([`collection`]), while the lock still
+    /// holds them in place: by then another change may have moved one (a repository
+    /// renamed), and its old path would fail the fsync of a change that is done. A failed
+    /// open is the fsync's failure.
+    fn open_for_fsync(&self, dirs: Vec<PathBuf>) -> Vec<(PathBuf, std::io::Result<File>)> {
+        if !self.opts.durable {
+            return Vec::new();
+        }
+        dirs.into_iter()
+            .map(|d| {
+                let f = fsutil::open_dir(&d);
+                (d, f)
+            })
+            .collect()
+    }
+
+    /// The fsync of a directory [`Store::open_for_fsync`] opened.
+    fn fsync_opened(&self, dir: &Path, f: &std::io::Result<File>) {
+        let r = match f {
+            Ok(f) => sys::sync_all(f),
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        if let Err(e) = r {
+            log::warn!("fsync {}: {e}", dir.display());
+            durability::failed(format!("fsync {}: {e}", dir.display()));
+        }
+    }
 }

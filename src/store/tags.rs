@@ -282,7 +282,8 @@ impl Store {
         let (collected, sync) = {
             let _g = self.lock()?;
             self.sync_locked();
-            self.remove_tag_locked(repo, tag)?
+            let (collected, dirs) = self.remove_tag_locked(repo, tag)?;
+            (collected, self.open_for_fsync(dirs))
         };
         Ok(Collection::new(self, collected, sync))
     }
