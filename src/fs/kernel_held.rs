@@ -47,6 +47,10 @@ impl KernelHeld {
     /// Our GC took `trashed` out of the store: keeps it if a kernel tree was mounted from
     /// its `rootfs.erofs`. True: the caller hands it back through [`take_free`].
     pub(crate) fn retain(&mut self, d: &Digest, trashed: &Path) -> bool {
+        if self.mounted.is_empty() {
+            // No kernel tree (FUSE trees, no trees): no stat under the store lock.
+            return false;
+        }
         let Ok(m) = std::fs::symlink_metadata(trashed.join("rootfs.erofs")) else {
             return false;
         };

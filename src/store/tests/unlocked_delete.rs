@@ -121,3 +121,20 @@ fn a_deletion_that_fails_after_the_lock_leaves_only_a_trash_entry_for_the_next_m
     check(&s);
     assert!(fx.entries("trash").is_empty());
 }
+
+/// The fsync after the lock goes through the directory as it was under the lock: a
+/// repository renamed in the window (through the mount, or by hypeman) does not fail the
+/// `rm` that is done (it made `rm` answer EIO, 5 of 8 runs of
+/// `test_repository_renames_race_tag_ops`).
+#[test]
+fn a_repository_renamed_before_the_fsync_does_not_fail_the_change() {
+    let fx = Fx::new();
+    fx.content(1, "ready").ctag("h.io/a", "one", 1);
+    let store = Store::open(fx.root(), crate::store::Options { durable: true }).expect("open");
+    crate::store::durability::take_unsynced();
+    let staged = store.remove_tag_staged("h.io/a", "one").expect("rm");
+    std::fs::rename(fx.p("repositories/h.io/a"), fx.p("repositories/h.io/b")).expect("mv");
+    staged.finish();
+    assert_eq!(crate::store::durability::take_unsynced(), None);
+    assert!(!fx.has(&format!("{CONTENT}/{}", hex(1))), "collected");
+}
