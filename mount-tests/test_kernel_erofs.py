@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import trash_entries, wait_trash_empty
+from helpers import force_unmount, trash_entries, wait_trash_empty
 from rootfs_tree import (StoreRoot, add_image, add_raw_digest, build_busybox_tree, build_varied_tree, compare,
                          describe, erofs_superblocks, inode_partition, kernel_mount, mkfs, wait_until)
 
@@ -141,6 +142,78 @@ def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybo
     assert not left, f"{left} still in the trash once the kernel let go\n{m.log_tail()}"
     assert in_use_only(m) == 0
     assert f"released sha256:{hx}" in m.log_tail(200), m.log_tail()
+
+
+def test_a_daemon_killed_while_a_kernel_tree_is_held_leaves_the_image_to_the_next_mount(workdir, busybox, mounter):
+    """kill -9 while a collected image waits in the trash for the kernel to let go of its file: the
+    process inside keeps its tree (the detached erofs mount does not depend on the daemon), and the
+    next mount empties the trash at start-up without waiting for the process (the kernel's own
+    reference keeps the unlinked file's data until it leaves)."""
+    before = erofs_superblocks()
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root))
+    rootfs = tree_mount(m.mnt, hx)
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+    ours = erofs_superblocks() - before
+    inside = rootfs / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
+        assert len(trash_entries(root)) == 1, trash_entries(root)
+        m.kill9()
+        force_unmount(str(m.mnt))
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert (cwd / "sub" / "f07").read_bytes() == b"sub file 7\n" * 8
+        m2 = mounter(StoreRoot(root))
+        left = wait_trash_empty(root, 5)
+        assert not left, f"{left} left in the trash by the next mount\n{m2.log_tail()}"
+        assert os.listdir(m2.mnt / "digests") == []
+        assert not (root / "content" / hx).exists()
+        # the process still reads its tree, also what it never read before
+        assert len((cwd / "random-2M").read_bytes()) == (2 << 20) + 3
+        if len(ours) == 1:
+            assert ours <= erofs_superblocks(), "the kernel let go of an image still in use"
+    finally:
+        p.kill()
+        p.wait()
+    if len(ours) == 1:
+        assert wait_until(lambda: not (ours & erofs_superblocks()), 5), f"{ours} still there"
+    assert m2.proc.poll() is None
+
+
+def test_another_writer_deleting_an_image_whose_kernel_tree_is_in_use(workdir, busybox, mounter):
+    """hypeman's DeleteImage (unlink of the tag, RemoveAll of content/<hex>) while a process runs
+    inside the image's kernel tree: the process keeps its tree, the image leaves digests/ and its
+    tree mount is detached, the daemon keeps answering, and nothing of it is left in the trash
+    (it never was imagefs's to delete)."""
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root))
+    rootfs = tree_mount(m.mnt, hx)
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+    inside = rootfs / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        os.unlink(root / "repositories" / "k" / "a" / "v1")
+        shutil.rmtree(root / "content" / hx)
+        assert wait_until(lambda: hx not in os.listdir(m.mnt / "digests"), 5), m.log_tail()
+        assert wait_until(lambda: str(rootfs) not in mounts_below(m.mnt), 5), mounts_below(m.mnt)
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        assert len((cwd / "random-2M").read_bytes()) == (2 << 20) + 3
+        assert not (m.mnt / "tags" / "k" / "a" / "v1").exists()
+        assert trash_entries(root) == []
+        # the mount still takes changes
+        hx2 = add_image(root, busybox, repo="k/b", tag="v2")
+        assert hx2 == hx
+        assert wait_until(lambda: (m.mnt / "tags" / "k" / "b" / "v2").exists(), 5), m.log_tail()
+        assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+        assert (tree_mount(m.mnt, hx) / "etc" / "hostname").read_bytes() == b"imagefs-busybox\n"
+    finally:
+        p.kill()
+        p.wait()
+    assert m.proc.poll() is None
 
 
 def test_collected_image_nobody_uses_leaves_the_trash_at_once(workdir, busybox, mounter):
