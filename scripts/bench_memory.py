@@ -53,21 +53,12 @@ import sys
 import time
 from pathlib import Path
 
+# log and run are bench_rootfs.py's (same directory): the two benchmarks report and fail alike.
+from bench_rootfs import log, run
+
 REPO = Path(__file__).resolve().parent.parent
 SRC_VERSION = 1
 MAX_FILE = 2 << 20
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def run(cmd, check=True, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{cmd if isinstance(cmd, str) else ' '.join(map(str, cmd))} "
-                           f"exited {r.returncode}: {r.stderr.strip()[-2000:]}")
-    return r
 
 
 def loadavg() -> str:
