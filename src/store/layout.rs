@@ -211,6 +211,8 @@ pub struct Scan {
     /// when the scan was asked to keep them.
     pub records: Vec<u8>,
     pub record_count: u32,
+    /// Repository directories taken from the snapshot, not read.
+    pub taken: u32,
 }
 
 /// Logs `PATH: REASON; ignored` and records it.
@@ -280,6 +282,7 @@ pub fn scan_with(root: &Path, cache: &Cache) -> std::io::Result<Scan> {
         scan.problems.extend(p.problems);
         scan.records.extend_from_slice(&p.records);
         scan.record_count += p.record_count;
+        scan.taken += p.taken;
     }
     Ok(scan)
 }
@@ -343,6 +346,7 @@ fn scan_dir(root: &Path, at: (Layout, &str), cache: &Cache, scan: &mut Scan) -> 
     if let Some(snap) = &cache.from {
         let out = cache.record.then_some(&mut scan.records);
         if let Some(t) = snap.take((tree, repo), &dir, out) {
+            scan.taken += 1;
             if cache.record {
                 scan.record_count += 1;
             }

@@ -195,6 +195,12 @@ pub(super) fn replay_with(root: &Path, empty_trash: bool, use_snapshot: bool) ->
     } = View::scan_with(&root, &cache).ctx(|| root.display().to_string())?;
     drop(cache);
     if use_snapshot {
+        info!(
+            "store {}: {} repository directories from the index snapshot, {} read",
+            root.display(),
+            scan.taken,
+            scan.repo_dirs.len() - scan.taken as usize
+        );
         rec.snapshot = Some(snapshot::Fresh {
             scan_start_ns,
             records: std::mem::take(&mut scan.records),
