@@ -66,7 +66,11 @@ fn same_as_full_scan(fx: &Fx) -> u32 {
         record: false,
     };
     let cached = layout::scan_with(&root, &cache).expect("cached scan");
-    assert_eq!(found(&cached), found(&full), "scan from the snapshot vs full scan");
+    assert_eq!(
+        found(&cached),
+        found(&full),
+        "scan from the snapshot vs full scan"
+    );
     cached.taken
 }
 
@@ -83,7 +87,13 @@ fn age() {
     std::thread::sleep(std::time::Duration::from_nanos(RACY_NS as u64 + 30_000_000));
 }
 
-const REPOS: [&str; 5] = ["a", "reg.io/b", "reg.io/team/c", "reg.io/team/c/d", "x.io/e"];
+const REPOS: [&str; 5] = [
+    "a",
+    "reg.io/b",
+    "reg.io/team/c",
+    "reg.io/team/c/d",
+    "x.io/e",
+];
 const LEGACY: [&str; 2] = ["old", "old/deep"];
 
 fn tags_in(dir: &Path) -> Vec<String> {
@@ -228,7 +238,10 @@ fn a_start_from_the_snapshot_indexes_what_a_full_scan_indexes_after_random_chang
                 did.push(change(&fx, &mut rng, round, i));
             }
             let taken = same_as_full_scan(&fx);
-            assert!(taken > 0, "seed {seed} round {round}: nothing from the snapshot");
+            assert!(
+                taken > 0,
+                "seed {seed} round {round}: nothing from the snapshot"
+            );
             mount_cycle(&fx);
             age();
             eprintln!("seed {seed} round {round}: {taken} from the snapshot; {did:?}");
