@@ -107,6 +107,8 @@ pub(super) fn serve(
     ready.ok(log);
     let r = session.run().map_err(|e| format!("session: {e}"));
     log::info!("unmounted {}", mp.display());
+    // The index snapshot of the start-up scan, if a quick unmount came before it was written.
+    store.wait_snapshot();
     if let Some(m) = rootfs_mounts {
         m.finish();
     }

@@ -26,6 +26,7 @@ use log::{debug, warn};
 
 use super::fsutil::TMP_PREFIX;
 use super::names::{self, Digest};
+use super::snapshot::{self, Stamp};
 use super::sys;
 use super::tag_name::TagName;
 
@@ -206,6 +207,12 @@ pub struct Scan {
     /// Entries that do not fit (stray files, malformed names, tags naming nothing the
     /// store could hold), in the order found; `imagefs fsck` reports them.
     pub problems: Vec<Problem>,
+    /// The repository directories' records for the next index snapshot ([`snapshot`]),
+    /// when the scan was asked to keep them.
+    pub records: Vec<u8>,
+    pub record_count: u32,
+    /// Repository directories taken from the snapshot, not read.
+    pub taken: u32,
 }
 
 /// Logs `PATH: REASON; ignored` and records it.
@@ -218,8 +225,18 @@ fn ignore(scan: &mut Scan, path: &Path, reason: impl Into<String>) {
     });
 }
 
-/// Reads the whole store. Symlinks are read, never followed.
-pub fn scan(root: &Path) -> std::io::Result<Scan> {
+/// How a scan uses the index snapshot ([`snapshot`]).
+#[derive(Default)]
+pub struct Cache {
+    /// Directories provably unchanged since it are taken from it.
+    pub from: Option<snapshot::Loaded>,
+    /// Keep every repository directory's record for the next snapshot ([`Scan::records`]).
+    pub record: bool,
+}
+
+/// Reads the whole store, taking what `cache` holds unchanged from it. Symlinks are read,
+/// never followed.
+pub fn scan_with(root: &Path, cache: &Cache) -> std::io::Result<Scan> {
     let mut scan = Scan::default();
     match sys::read_dir(root.join(CONTENT)) {
         Ok(rd) => {
@@ -249,6 +266,7 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
     }
     let parts = walk_parallel(
         root,
+        cache,
         vec![
             (Layout::Content, String::new()),
             (Layout::Legacy, String::new()),
@@ -262,13 +280,16 @@ pub fn scan(root: &Path) -> std::io::Result<Scan> {
         scan.side_trash.extend(p.side_trash);
         scan.staging.extend(p.staging);
         scan.problems.extend(p.problems);
+        scan.records.extend_from_slice(&p.records);
+        scan.record_count += p.record_count;
+        scan.taken += p.taken;
     }
     Ok(scan)
 }
 
 /// Walks repository directories with a few threads: the scan is a long run of small
 /// syscalls (getdents, readlink) that wait on the disk when the cache is cold.
-fn walk_parallel(root: &Path, start: Vec<(Layout, String)>) -> Vec<Scan> {
+fn walk_parallel(root: &Path, cache: &Cache, start: Vec<(Layout, String)>) -> Vec<Scan> {
     use std::sync::{Condvar, Mutex};
     const THREADS: usize = 8;
     // (directories to visit, workers busy)
@@ -297,7 +318,7 @@ fn walk_parallel(root: &Path, start: Vec<(Layout, String)>) -> Vec<Scan> {
                             ready.notify_all();
                             return part;
                         };
-                        let subs = scan_dir(root, layout, &repo, &mut part);
+                        let subs = scan_dir(root, (layout, &repo), cache, &mut part);
                         let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                         q.0.extend(subs.into_iter().map(|r| (layout, r)));
                         q.1 -= 1;
@@ -312,11 +333,104 @@ fn walk_parallel(root: &Path, start: Vec<(Layout, String)>) -> Vec<Scan> {
 
 /// Reads one repository directory; returns its sub-repositories to visit. The directory is
 /// opened once and its links are read relative to it (`readlinkat`): no path is built per
-/// entry, but for what is reported.
-fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<String> {
+/// entry, but for what is reported. A directory the index snapshot holds unchanged is
+/// taken from it instead ([`snapshot::Loaded::take`]).
+fn scan_dir(root: &Path, at: (Layout, &str), cache: &Cache, scan: &mut Scan) -> Vec<String> {
+    let (layout, repo) = at;
+    let dir = root.join(repo_rel_dir(layout, repo));
+    let shared: Arc<str> = Arc::from(repo);
+    let tree: snapshot::Tree = match layout {
+        Layout::Content => 0,
+        Layout::Legacy => 1,
+    };
+    if let Some(snap) = &cache.from {
+        let out = cache.record.then_some(&mut scan.records);
+        if let Some(t) = snap.take((tree, repo), &dir, out) {
+            scan.taken += 1;
+            if cache.record {
+                scan.record_count += 1;
+            }
+            scan.repo_dirs.push(ScannedDir {
+                repo: repo.to_string(),
+                layout,
+            });
+            scan.tags
+                .extend(t.tags.into_iter().map(|(tag, d)| ScannedTag {
+                    repo: shared.clone(),
+                    tag,
+                    layout,
+                    key: match layout {
+                        Layout::Content => DirKey::Content(d),
+                        Layout::Legacy => DirKey::Legacy(repo.to_string(), d),
+                    },
+                }));
+            scan.digest_dirs.extend(
+                t.digests
+                    .into_iter()
+                    .map(|d| DirKey::Legacy(repo.to_string(), d)),
+            );
+            return t.subs;
+        }
+    }
+    let before = (
+        scan.tags.len(),
+        scan.digest_dirs.len(),
+        scan.problems.len() + scan.temp_files.len() + scan.staging.len() + scan.side_trash.len(),
+    );
+    let mut stamp = None;
+    let mut clean = true;
+    let subs = read_dir(
+        root,
+        at,
+        &shared,
+        scan,
+        &mut |fd| {
+            if cache.record {
+                stamp = Stamp::of_fd(fd);
+            }
+        },
+        &mut clean,
+    );
+    let others =
+        scan.problems.len() + scan.temp_files.len() + scan.staging.len() + scan.side_trash.len();
+    if let (Some(stamp), true, true) = (stamp, clean, others == before.2) {
+        let tags: Vec<(&str, Digest)> = scan.tags[before.0..]
+            .iter()
+            .map(|t| (t.tag.as_str(), t.key.digest()))
+            .collect();
+        let digests: Vec<Digest> = scan.digest_dirs[before.1..]
+            .iter()
+            .map(DirKey::digest)
+            .collect();
+        if snapshot::record(
+            &mut scan.records,
+            (tree, repo),
+            &stamp,
+            &tags,
+            &digests,
+            &subs,
+        ) {
+            scan.record_count += 1;
+        }
+    }
+    subs
+}
+
+/// Reads one repository directory (see [`scan_dir`]); `opened` sees its descriptor before
+/// its entries are read; `clean` is cleared when an entry was skipped unread.
+fn read_dir(
+    root: &Path,
+    at: (Layout, &str),
+    shared: &Arc<str>,
+    scan: &mut Scan,
+    opened: &mut dyn FnMut(&OwnedFd),
+    clean: &mut bool,
+) -> Vec<String> {
+    let (layout, repo) = at;
     let mut subs = Vec::new();
     let dir = root.join(repo_rel_dir(layout, repo));
     let opened = sys::open_dir(&dir).and_then(|fd| {
+        opened(&fd);
         let entries = sys::read_dir_fd(&fd)?;
         Ok((fd, entries))
     });
@@ -332,11 +446,13 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
         repo: repo.to_string(),
         layout,
     });
-    let shared: Arc<str> = Arc::from(repo);
     let mut buf = Vec::new();
     for entry in entries {
         // As `std::fs::read_dir(..).flatten()` did: an unreadable entry ends nothing.
-        let Ok(entry) = entry else { continue };
+        let Ok(entry) = entry else {
+            *clean = false;
+            continue;
+        };
         let cname = entry.file_name();
         let name = OsStr::from_bytes(cname.to_bytes());
         if name == "." || name == ".." {
@@ -346,7 +462,10 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
         let ft = match entry.file_type() {
             FileType::Unknown => match sys::file_type_at(&fd, cname) {
                 Ok(t) => t,
-                Err(_) => continue,
+                Err(_) => {
+                    *clean = false;
+                    continue;
+                }
             },
             t => t,
         };
@@ -368,7 +487,7 @@ fn scan_dir(root: &Path, layout: Layout, repo: &str, scan: &mut Scan) -> Vec<Str
             continue;
         }
         if ft == FileType::Symlink {
-            buf = scan_tag(layout, &shared, (&fd, cname), &path, scan, buf);
+            buf = scan_tag(layout, shared, (&fd, cname), &path, scan, buf);
         } else if ft == FileType::Directory {
             if layout == Layout::Legacy
                 && !repo.is_empty()

@@ -93,6 +93,7 @@ pub mod recover;
 mod repo_dirs;
 mod repo_move;
 pub mod safe_open;
+pub mod snapshot;
 pub mod sys;
 pub mod tag_name;
 mod tags;
@@ -193,6 +194,8 @@ pub struct Store {
     /// Legacy copies made by the change in progress, with their GC intents, until the tag
     /// that needed each is installed ([`legacy_copy`]).
     fresh_copies: Mutex<Vec<(PathBuf, DirKey)>>,
+    /// The thread writing the index snapshot of the open's scan ([`snapshot`]).
+    snapshot_writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub stats: GcStats,
 }
 
@@ -274,18 +277,46 @@ impl Store {
             changes: Mutex::new(Vec::new()),
             deferred: Mutex::default(),
             fresh_copies: Mutex::new(Vec::new()),
+            snapshot_writer: Mutex::new(None),
             stats: GcStats::default(),
         };
-        {
+        let fresh = {
             let _g = store.lock()?;
             store
                 .journal
                 .adopt_old()
                 .ctx(|| format!("{}", store.journal.dir.display()))?;
-            let ix = store.recover()?;
+            let (ix, fresh) = store.recover()?;
             *store.index.write() = ix;
+            fresh
+        };
+        // Off the critical path: the mount answers while the snapshot is written, without
+        // the store lock (it is the scan's own bytes, nothing the index holds).
+        if let Some(fresh) = fresh {
+            let (dir, root) = (store.journal.dir.clone(), store.root.clone());
+            let spawned = std::thread::Builder::new()
+                .name("index-snapshot".into())
+                .spawn(move || {
+                    let n = fresh.count;
+                    match snapshot::write(&dir, &root, fresh) {
+                        Ok(p) => log::info!("{}: {n} directories", p.display()),
+                        Err(e) => log::warn!("index snapshot: {e}"),
+                    }
+                });
+            match spawned {
+                Ok(h) => *store.snapshot_writer.lock() = Some(h),
+                Err(e) => log::warn!("index snapshot: no thread to write it: {e}"),
+            }
         }
         Ok(store)
+    }
+
+    /// Waits until the index snapshot of the open's scan is written (or failed).
+    pub fn wait_snapshot(&self) {
+        let h = self.snapshot_writer.lock().take();
+        if let Some(h) = h {
+            let _ = h.join();
+        }
     }
 
     /// Starts following other writers' changes (inotify); returns a descriptor to poll, a

@@ -45,6 +45,10 @@ impl Digest {
     pub fn hex(&self) -> String {
         self.to_string()
     }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 fn hex_val(c: u8) -> Option<u8> {

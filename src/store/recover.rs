@@ -12,9 +12,11 @@ use super::fsutil::{self, RenameMode};
 use super::gc;
 use super::index::Index;
 use super::journal::{Intent, Journal};
+use super::layout::Cache;
 use super::layout::{self, DirKey, Layout};
 use super::names::Digest;
 use super::repo_dirs::relink_tree;
+use super::snapshot;
 use super::sys;
 use super::view::View;
 
@@ -48,6 +50,9 @@ pub struct Recovery {
     pub actions: Vec<String>,
     /// Steps that failed without stopping the replay (also logged as warnings).
     pub failures: Vec<String>,
+    /// The index snapshot of the scan, to be written ([`snapshot`]), when the replay was
+    /// asked to use one.
+    pub snapshot: Option<snapshot::Fresh>,
 }
 
 impl Recovery {
@@ -64,8 +69,8 @@ impl Recovery {
 
 impl Store {
     /// Finishes or rolls back every interrupted change and returns the index of what is left.
-    pub(super) fn recover(&self) -> Result<Index> {
-        let rec = replay(&self.root, true)?;
+    pub(super) fn recover(&self) -> Result<(Index, Option<snapshot::Fresh>)> {
+        let rec = replay_with(&self.root, true, true)?;
         if !rec.actions.is_empty() || !rec.failures.is_empty() {
             info!(
                 "store {}: recovery: {} steps taken, {} failed",
@@ -74,7 +79,7 @@ impl Store {
                 rec.failures.len()
             );
         }
-        Ok(rec.index)
+        Ok((rec.index, rec.snapshot))
     }
 }
 
@@ -85,6 +90,12 @@ impl Store {
 /// start). Without it (a live mount may still serve images kept there), only what this replay
 /// itself moved into the trash is deleted.
 pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
+    replay_with(root, empty_trash, false)
+}
+
+/// [`replay`]; with `use_snapshot` (a mount) its scan takes the repository directories the
+/// index snapshot holds unchanged from it, and keeps the records of the next one.
+pub(super) fn replay_with(root: &Path, empty_trash: bool, use_snapshot: bool) -> Result<Recovery> {
     let root = root.to_path_buf();
     let journal = Journal::new(&root);
     let mut rec = Recovery::default();
@@ -171,10 +182,31 @@ pub fn replay(root: &Path, empty_trash: bool) -> Result<Recovery> {
         journal.done(&record).ctx(|| record.display().to_string())?;
     }
 
+    let cache = Cache {
+        from: use_snapshot
+            .then(|| snapshot::Loaded::read(&journal.dir, &root))
+            .flatten(),
+        record: use_snapshot,
+    };
+    let scan_start_ns = snapshot::now_ns();
     let View {
-        scan,
+        mut scan,
         index: mut ix,
-    } = View::scan(&root).ctx(|| root.display().to_string())?;
+    } = View::scan_with(&root, &cache).ctx(|| root.display().to_string())?;
+    drop(cache);
+    if use_snapshot {
+        info!(
+            "store {}: {} repository directories from the index snapshot, {} read",
+            root.display(),
+            scan.taken,
+            scan.repo_dirs.len() - scan.taken as usize
+        );
+        rec.snapshot = Some(snapshot::Fresh {
+            scan_start_ns,
+            records: std::mem::take(&mut scan.records),
+            count: scan.record_count,
+        });
+    }
     let trashed_now = gc::replay(&root, &journal, &mut ix, gc, &mut |m| match m {
         Ok(m) => rec.did(m),
         Err(m) => rec.failed(m),

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::Store;
 use super::error::{IoContext, Result};
 use super::index::Index;
-use super::layout::{self, DirKey, Scan};
+use super::layout::{self, Cache, DirKey, Scan};
 
 /// One scan of a store and its index.
 #[derive(Debug, Default)]
@@ -21,7 +21,12 @@ pub struct View {
 impl View {
     /// Scans the store at `root` and indexes what it found.
     pub(super) fn scan(root: &Path) -> std::io::Result<View> {
-        let scan = layout::scan(root)?;
+        View::scan_with(root, &Cache::default())
+    }
+
+    /// [`View::scan`] with the index snapshot `cache` ([`super::snapshot`]).
+    pub(super) fn scan_with(root: &Path, cache: &Cache) -> std::io::Result<View> {
+        let scan = layout::scan_with(root, cache)?;
         let index = Index::from_scan(&scan);
         Ok(View { scan, index })
     }

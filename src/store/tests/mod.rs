@@ -18,6 +18,7 @@ mod promote;
 mod query;
 mod recover;
 mod repo_dirs;
+mod snapshot;
 mod tags;
 mod unlocked_delete;
 mod watch;

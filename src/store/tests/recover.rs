@@ -442,7 +442,7 @@ fn side_trashes_inside_the_store_are_emptied_at_open_and_never_problems() {
         fs::write(d.join("metadata.json"), b"{}").expect("metadata");
         symlink("/etc", d.join("sub/link")).expect("link");
     }
-    let view = crate::store::layout::scan(fx.root()).expect("scan");
+    let view = crate::store::layout::scan_with(fx.root(), &Default::default()).expect("scan");
     assert!(view.problems.is_empty(), "{:?}", view.problems);
     let mut found = view.side_trash.clone();
     found.sort();
