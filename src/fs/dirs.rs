@@ -22,6 +22,10 @@ use super::inodes::{self, ImageId, NodeKey};
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::store::{self, names};
 
+/// Entries read for one reply: more than a 4 KiB reply can hold (the kernel asks for up
+/// to 32 KiB, the size of glibc's buffer); the rest is read again from its offset.
+const BATCH: usize = 256;
+
 /// One directory entry on its way to a READDIR or READDIRPLUS reply.
 struct Item {
     key: Option<NodeKey>,
@@ -32,10 +36,8 @@ struct Item {
 }
 
 impl ImageFs {
-    /// Up to a reply's worth of entries of directory `ino`, from `offset`.
-    fn dir_items(&self, ino: u64, offset: u64) -> Result<Vec<Item>> {
-        /// More than a 4 KiB reply can hold; the rest is fetched again from its offset.
-        const BATCH: usize = 256;
+    /// Up to `batch` entries of directory `ino`, from `offset`.
+    fn dir_items(&self, ino: u64, offset: u64, batch: usize) -> Result<Vec<Item>> {
         let key = self.key(ino)?;
         let mut items = Vec::new();
         for (off, name) in [(1, "."), (2, "..")] {
@@ -70,7 +72,7 @@ impl ImageFs {
                         name: OsStr::from_bytes(e.name).to_os_string(),
                         next: e.offset,
                     });
-                    items.len() < BATCH
+                    items.len() < batch
                 })
                 .map_err(|e| self.open_images.error(&d, e))?;
             return match failed {
@@ -79,7 +81,7 @@ impl ImageFs {
             };
         }
         let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
-        let want = BATCH.saturating_sub(items.len());
+        let want = batch.saturating_sub(items.len());
         for (i, (k, kind, name)) in self.children(&key, skip, want)?.into_iter().enumerate() {
             items.push(Item {
                 key: Some(k),
@@ -212,7 +214,7 @@ impl ImageFs {
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(dir, offset)?;
+        let items = self.dir_items(dir, offset, BATCH)?;
         // Inside an image, an entry's number follows from its directory's slot: the inode
         // table is not needed (see `inodes::image_ino`).
         let slot = inodes::split_image_ino(dir)
@@ -244,14 +246,31 @@ impl ImageFs {
 
     /// READDIRPLUS: like [`readdir`](Self::readdir) with attributes; every entry handed
     /// to the kernel (but `.` and `..`) counts a lookup, as LOOKUP would.
+    ///
+    /// The first reply of a listing (offset 0 or 1) of a `tags/` directory stops before
+    /// its first tag, and that of `digests/` after `..`: see [`lists_plain`].
     pub(super) fn readdirplus(
         &self,
         dir: u64,
         offset: u64,
         mut add: impl FnMut(u64, &OsStr, &FileAttr, Duration) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(dir, offset)?;
+        let key = self.key(dir)?;
+        let plain = offset < 2 && lists_plain(&key);
+        // Only `.`, `..` and the subdirectories are wanted then.
+        let batch = match &key {
+            NodeKey::TagsDir(p) if plain => self
+                .store
+                .repo_dir(p)
+                .map_or(BATCH, |r| (r.subdirs + 2).min(BATCH)),
+            NodeKey::Digests if plain => 2,
+            _ => BATCH,
+        };
+        let items = self.dir_items(dir, offset, batch)?;
         for it in items {
+            if plain && matches!(it.key, Some(NodeKey::Tag(..) | NodeKey::Digest(_))) {
+                break;
+            }
             let Some(key) = it.key else {
                 let (a, ttl) = self.getattr(dir)?;
                 if add(it.next, &it.name, &a, ttl) {
@@ -270,4 +289,20 @@ impl ImageFs {
         }
         Ok(())
     }
+}
+
+/// Whether the first READDIRPLUS reply of a listing of `dir` leaves its tags (in `tags/`
+/// directories) or digests (in `digests/`) to plain READDIR.
+///
+/// The kernel (READDIRPLUS_AUTO, fs/fuse/readdir.c `fuse_use_readdirplus`) asks with
+/// READDIRPLUS at offset 0 and after a LOOKUP in the directory, else with READDIR. Each
+/// entry of a READDIRPLUS reply but `.` and `..` makes a kernel inode and an inode-table
+/// entry (a `digests/` one also holds its image): a listing of every tag made one per tag
+/// (issue 13). So the first reply of these directories carries `.`, `..` and, in `tags/`,
+/// the subdirectories (listed first; the ones a walk enters); never nothing, which would
+/// end the listing. The kernel reads the rest with READDIR: names, types and numbers,
+/// nothing held. Only a READDIRPLUS after a LOOKUP in the directory, mid-listing, still
+/// answers tags with inodes. `ls -l` pays a LOOKUP per tag.
+fn lists_plain(dir: &NodeKey) -> bool {
+    matches!(dir, NodeKey::TagsDir(_) | NodeKey::Digests)
 }

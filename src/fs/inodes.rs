@@ -273,6 +273,11 @@ impl Inodes {
         ino
     }
 
+    /// The number of entries: the inodes the kernel holds, and the fixed ones.
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
     /// The number a READDIR entry shows for `key`: its inode's if the kernel holds one,
     /// else an image inode's fixed number, else a stand-in that is never a lookup result.
     pub fn readdir_ino(&mut self, key: &NodeKey) -> u64 {
