@@ -26,9 +26,20 @@ use crate::store::{self, names};
 /// to 32 KiB, the size of glibc's buffer); the rest is read again from its offset.
 const BATCH: usize = 256;
 
+/// What a directory entry stands for.
+enum Node {
+    /// `.` or `..`: both get the directory's own attributes (the kernel makes nothing of
+    /// either).
+    Dot,
+    /// A tag of the `tags/` directory listed, named by the entry: its key is built only
+    /// for READDIRPLUS (a READDIR of a million tags builds none).
+    Tag,
+    Key(NodeKey),
+}
+
 /// One directory entry on its way to a READDIR or READDIRPLUS reply.
 struct Item {
-    key: Option<NodeKey>,
+    node: Node,
     kind: FileType,
     name: OsString,
     /// The offset that resumes after this entry.
@@ -36,21 +47,20 @@ struct Item {
 }
 
 impl ImageFs {
-    /// Up to `batch` entries of directory `ino`, from `offset`.
-    fn dir_items(&self, ino: u64, offset: u64, batch: usize) -> Result<Vec<Item>> {
-        let key = self.key(ino)?;
+    /// Up to `batch` entries of directory `key`, from `offset`.
+    fn dir_items(&self, key: &NodeKey, offset: u64, batch: usize) -> Result<Vec<Item>> {
         let mut items = Vec::new();
         for (off, name) in [(1, "."), (2, "..")] {
             if offset < off {
                 items.push(Item {
-                    key: None,
+                    node: Node::Dot,
                     kind: FileType::Directory,
                     name: name.into(),
                     next: off,
                 });
             }
         }
-        if let NodeKey::Rootfs(d, nid) = key {
+        if let &NodeKey::Rootfs(d, nid) = key {
             let image = self.image(&d)?;
             let from = if offset <= 2 { 0 } else { offset };
             let mut failed = None;
@@ -67,7 +77,7 @@ impl ImageFs {
                         },
                     };
                     items.push(Item {
-                        key: Some(NodeKey::Rootfs(d, e.nid.0)),
+                        node: Node::Key(NodeKey::Rootfs(d, e.nid.0)),
                         kind,
                         name: OsStr::from_bytes(e.name).to_os_string(),
                         next: e.offset,
@@ -82,9 +92,9 @@ impl ImageFs {
         }
         let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
         let want = batch.saturating_sub(items.len());
-        for (i, (k, kind, name)) in self.children(&key, skip, want)?.into_iter().enumerate() {
+        for (i, (node, kind, name)) in self.children(key, skip, want)?.into_iter().enumerate() {
             items.push(Item {
-                key: Some(k),
+                node,
                 kind,
                 name,
                 next: (skip + i + 3) as u64,
@@ -99,9 +109,12 @@ impl ImageFs {
         key: &NodeKey,
         skip: usize,
         max: usize,
-    ) -> Result<Vec<(NodeKey, FileType, OsString)>> {
+    ) -> Result<Vec<(Node, FileType, OsString)>> {
         let window = |it: &mut dyn Iterator<Item = (NodeKey, FileType, OsString)>| {
-            it.skip(skip).take(max).collect::<Vec<_>>()
+            it.skip(skip)
+                .take(max)
+                .map(|(k, kind, name)| (Node::Key(k), kind, name))
+                .collect::<Vec<_>>()
         };
         Ok(match key {
             NodeKey::Root => window(
@@ -120,15 +133,11 @@ impl ImageFs {
                 .into_iter()
                 .map(|c| match c {
                     store::Child::Dir(s) => (
-                        NodeKey::TagsDir(names::join(p, &s)),
+                        Node::Key(NodeKey::TagsDir(names::join(p, &s))),
                         FileType::Directory,
                         OsString::from(s),
                     ),
-                    store::Child::Tag(t) => (
-                        NodeKey::Tag(p.clone(), t.clone()),
-                        FileType::Symlink,
-                        OsString::from(t),
-                    ),
+                    store::Child::Tag(t) => (Node::Tag, FileType::Symlink, OsString::from(t)),
                 })
                 .collect(),
             NodeKey::Digests => {
@@ -138,7 +147,11 @@ impl ImageFs {
                 v.into_iter()
                     .map(|(name, dir)| {
                         let id = inodes.image_of(&dir);
-                        (NodeKey::Digest(id), FileType::Directory, name.into())
+                        (
+                            Node::Key(NodeKey::Digest(id)),
+                            FileType::Directory,
+                            name.into(),
+                        )
                     })
                     .collect()
             }
@@ -214,7 +227,8 @@ impl ImageFs {
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(dir, offset, BATCH)?;
+        let key = self.key(dir)?;
+        let items = self.dir_items(&key, offset, BATCH)?;
         // Inside an image, an entry's number follows from its directory's slot: the inode
         // table is not needed (see `inodes::image_ino`).
         let slot = inodes::split_image_ino(dir)
@@ -222,9 +236,17 @@ impl ImageFs {
             .map(|(slot, _)| slot);
         let mut table = None;
         for it in items {
-            let ino = match &it.key {
-                None => dir,
-                Some(k) => {
+            let ino = match &it.node {
+                Node::Dot => dir,
+                Node::Tag => {
+                    let (NodeKey::TagsDir(repo), Some(tag)) = (&key, it.name.to_str()) else {
+                        continue;
+                    };
+                    table
+                        .get_or_insert_with(|| self.inodes.lock())
+                        .tag_readdir_ino(repo, tag)
+                }
+                Node::Key(k) => {
                     let fixed = match k {
                         NodeKey::Rootfs(_, nid) => slot.and_then(|s| inodes::image_ino(s, *nid)),
                         _ => None,
@@ -266,20 +288,31 @@ impl ImageFs {
             NodeKey::Digests if plain => 2,
             _ => BATCH,
         };
-        let items = self.dir_items(dir, offset, batch)?;
+        let items = self.dir_items(&key, offset, batch)?;
+        let mut own = None;
         for it in items {
-            if plain && matches!(it.key, Some(NodeKey::Tag(..) | NodeKey::Digest(_))) {
+            if plain && matches!(it.node, Node::Tag | Node::Key(NodeKey::Digest(_))) {
                 break;
             }
-            let Some(key) = it.key else {
-                let (a, ttl) = self.getattr(dir)?;
-                if add(it.next, &it.name, &a, ttl) {
-                    break;
+            let child = match it.node {
+                Node::Dot => {
+                    let (a, ttl) = match own {
+                        Some(a) => a,
+                        None => *own.insert(self.getattr(dir)?),
+                    };
+                    if add(it.next, &it.name, &a, ttl) {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
+                Node::Tag => match (&key, it.name.to_str()) {
+                    (NodeKey::TagsDir(repo), Some(tag)) => NodeKey::Tag(repo.clone(), tag.into()),
+                    _ => continue,
+                },
+                Node::Key(k) => k,
             };
             // An entry that went away meanwhile (a tag removed) is skipped.
-            let Ok((a, ttl)) = self.entry(key) else {
+            let Ok((a, ttl)) = self.entry(child) else {
                 continue;
             };
             if add(it.next, &it.name, &a, ttl) {
