@@ -584,12 +584,13 @@ impl ImageFs {
         } = self.store.census();
         let bytes: u64 = dirs.iter().map(|p| store::fsutil::tree_bytes(p)).sum();
         // Ours wait in the trash; those another writer removed, only as open images.
-        let in_use_only = {
+        let (in_use_only, inode_count) = {
             let inodes = self.inodes.lock();
             let kernel = self.kernel_held.lock();
-            inodes.zombies.len()
-                + kernel.waiting_except(|p| inodes.zombies.values().any(|z| z == p))
-        } + self.open_images.left_count();
+            let n = inodes.zombies.len()
+                + kernel.waiting_except(|p| inodes.zombies.values().any(|z| z == p));
+            (n + self.open_images.left_count(), inodes.len())
+        };
         self.metrics.render(&super::metrics::Gauges {
             tags,
             digests,
@@ -604,6 +605,7 @@ impl ImageFs {
             dangling: self.metrics.dangling_now(|repo, tag, dir| {
                 store::still_dangling(self.store.root(), repo, tag, dir)
             }),
+            inodes: inode_count,
         })
     }
 }

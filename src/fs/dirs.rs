@@ -22,9 +22,24 @@ use super::inodes::{self, ImageId, NodeKey};
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
 use crate::store::{self, names};
 
+/// Entries read for one reply: more than a 4 KiB reply can hold (the kernel asks for up
+/// to 32 KiB, the size of glibc's buffer); the rest is read again from its offset.
+const BATCH: usize = 256;
+
+/// What a directory entry stands for.
+enum Node {
+    /// `.` or `..`: both get the directory's own attributes (the kernel makes nothing of
+    /// either).
+    Dot,
+    /// A tag of the `tags/` directory listed, named by the entry: its key is built only
+    /// for READDIRPLUS (a READDIR of a million tags builds none).
+    Tag,
+    Key(NodeKey),
+}
+
 /// One directory entry on its way to a READDIR or READDIRPLUS reply.
 struct Item {
-    key: Option<NodeKey>,
+    node: Node,
     kind: FileType,
     name: OsString,
     /// The offset that resumes after this entry.
@@ -32,23 +47,20 @@ struct Item {
 }
 
 impl ImageFs {
-    /// Up to a reply's worth of entries of directory `ino`, from `offset`.
-    fn dir_items(&self, ino: u64, offset: u64) -> Result<Vec<Item>> {
-        /// More than a 4 KiB reply can hold; the rest is fetched again from its offset.
-        const BATCH: usize = 256;
-        let key = self.key(ino)?;
+    /// Up to `batch` entries of directory `key`, from `offset`.
+    fn dir_items(&self, key: &NodeKey, offset: u64, batch: usize) -> Result<Vec<Item>> {
         let mut items = Vec::new();
         for (off, name) in [(1, "."), (2, "..")] {
             if offset < off {
                 items.push(Item {
-                    key: None,
+                    node: Node::Dot,
                     kind: FileType::Directory,
                     name: name.into(),
                     next: off,
                 });
             }
         }
-        if let NodeKey::Rootfs(d, nid) = key {
+        if let &NodeKey::Rootfs(d, nid) = key {
             let image = self.image(&d)?;
             let from = if offset <= 2 { 0 } else { offset };
             let mut failed = None;
@@ -65,12 +77,12 @@ impl ImageFs {
                         },
                     };
                     items.push(Item {
-                        key: Some(NodeKey::Rootfs(d, e.nid.0)),
+                        node: Node::Key(NodeKey::Rootfs(d, e.nid.0)),
                         kind,
                         name: OsStr::from_bytes(e.name).to_os_string(),
                         next: e.offset,
                     });
-                    items.len() < BATCH
+                    items.len() < batch
                 })
                 .map_err(|e| self.open_images.error(&d, e))?;
             return match failed {
@@ -79,10 +91,10 @@ impl ImageFs {
             };
         }
         let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
-        let want = BATCH.saturating_sub(items.len());
-        for (i, (k, kind, name)) in self.children(&key, skip, want)?.into_iter().enumerate() {
+        let want = batch.saturating_sub(items.len());
+        for (i, (node, kind, name)) in self.children(key, skip, want)?.into_iter().enumerate() {
             items.push(Item {
-                key: Some(k),
+                node,
                 kind,
                 name,
                 next: (skip + i + 3) as u64,
@@ -97,9 +109,12 @@ impl ImageFs {
         key: &NodeKey,
         skip: usize,
         max: usize,
-    ) -> Result<Vec<(NodeKey, FileType, OsString)>> {
+    ) -> Result<Vec<(Node, FileType, OsString)>> {
         let window = |it: &mut dyn Iterator<Item = (NodeKey, FileType, OsString)>| {
-            it.skip(skip).take(max).collect::<Vec<_>>()
+            it.skip(skip)
+                .take(max)
+                .map(|(k, kind, name)| (Node::Key(k), kind, name))
+                .collect::<Vec<_>>()
         };
         Ok(match key {
             NodeKey::Root => window(
@@ -118,15 +133,11 @@ impl ImageFs {
                 .into_iter()
                 .map(|c| match c {
                     store::Child::Dir(s) => (
-                        NodeKey::TagsDir(names::join(p, &s)),
+                        Node::Key(NodeKey::TagsDir(names::join(p, &s))),
                         FileType::Directory,
                         OsString::from(s),
                     ),
-                    store::Child::Tag(t) => (
-                        NodeKey::Tag(p.clone(), t.clone()),
-                        FileType::Symlink,
-                        OsString::from(t),
-                    ),
+                    store::Child::Tag(t) => (Node::Tag, FileType::Symlink, OsString::from(t)),
                 })
                 .collect(),
             NodeKey::Digests => {
@@ -136,7 +147,11 @@ impl ImageFs {
                 v.into_iter()
                     .map(|(name, dir)| {
                         let id = inodes.image_of(&dir);
-                        (NodeKey::Digest(id), FileType::Directory, name.into())
+                        (
+                            Node::Key(NodeKey::Digest(id)),
+                            FileType::Directory,
+                            name.into(),
+                        )
                     })
                     .collect()
             }
@@ -212,7 +227,8 @@ impl ImageFs {
         offset: u64,
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(dir, offset)?;
+        let key = self.key(dir)?;
+        let items = self.dir_items(&key, offset, BATCH)?;
         // Inside an image, an entry's number follows from its directory's slot: the inode
         // table is not needed (see `inodes::image_ino`).
         let slot = inodes::split_image_ino(dir)
@@ -220,9 +236,17 @@ impl ImageFs {
             .map(|(slot, _)| slot);
         let mut table = None;
         for it in items {
-            let ino = match &it.key {
-                None => dir,
-                Some(k) => {
+            let ino = match &it.node {
+                Node::Dot => dir,
+                Node::Tag => {
+                    let (NodeKey::TagsDir(repo), Some(tag)) = (&key, it.name.to_str()) else {
+                        continue;
+                    };
+                    table
+                        .get_or_insert_with(|| self.inodes.lock())
+                        .tag_readdir_ino(repo, tag)
+                }
+                Node::Key(k) => {
                     let fixed = match k {
                         NodeKey::Rootfs(_, nid) => slot.and_then(|s| inodes::image_ino(s, *nid)),
                         _ => None,
@@ -244,23 +268,51 @@ impl ImageFs {
 
     /// READDIRPLUS: like [`readdir`](Self::readdir) with attributes; every entry handed
     /// to the kernel (but `.` and `..`) counts a lookup, as LOOKUP would.
+    ///
+    /// The first reply of a listing (offset 0 or 1) of a `tags/` directory stops before
+    /// its first tag, and that of `digests/` after `..`: see [`lists_plain`].
     pub(super) fn readdirplus(
         &self,
         dir: u64,
         offset: u64,
         mut add: impl FnMut(u64, &OsStr, &FileAttr, Duration) -> bool,
     ) -> Result<()> {
-        let items = self.dir_items(dir, offset)?;
+        let key = self.key(dir)?;
+        let plain = offset < 2 && lists_plain(&key);
+        // Only `.`, `..` and the subdirectories are wanted then.
+        let batch = match &key {
+            NodeKey::TagsDir(p) if plain => self
+                .store
+                .repo_dir(p)
+                .map_or(BATCH, |r| (r.subdirs + 2).min(BATCH)),
+            NodeKey::Digests if plain => 2,
+            _ => BATCH,
+        };
+        let items = self.dir_items(&key, offset, batch)?;
+        let mut own = None;
         for it in items {
-            let Some(key) = it.key else {
-                let (a, ttl) = self.getattr(dir)?;
-                if add(it.next, &it.name, &a, ttl) {
-                    break;
+            if plain && matches!(it.node, Node::Tag | Node::Key(NodeKey::Digest(_))) {
+                break;
+            }
+            let child = match it.node {
+                Node::Dot => {
+                    let (a, ttl) = match own {
+                        Some(a) => a,
+                        None => *own.insert(self.getattr(dir)?),
+                    };
+                    if add(it.next, &it.name, &a, ttl) {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
+                Node::Tag => match (&key, it.name.to_str()) {
+                    (NodeKey::TagsDir(repo), Some(tag)) => NodeKey::Tag(repo.clone(), tag.into()),
+                    _ => continue,
+                },
+                Node::Key(k) => k,
             };
             // An entry that went away meanwhile (a tag removed) is skipped.
-            let Ok((a, ttl)) = self.entry(key) else {
+            let Ok((a, ttl)) = self.entry(child) else {
                 continue;
             };
             if add(it.next, &it.name, &a, ttl) {
@@ -270,4 +322,20 @@ impl ImageFs {
         }
         Ok(())
     }
+}
+
+/// Whether the first READDIRPLUS reply of a listing of `dir` leaves its tags (in `tags/`
+/// directories) or digests (in `digests/`) to plain READDIR.
+///
+/// The kernel (READDIRPLUS_AUTO, fs/fuse/readdir.c `fuse_use_readdirplus`) asks with
+/// READDIRPLUS at offset 0 and after a LOOKUP in the directory, else with READDIR. Each
+/// entry of a READDIRPLUS reply but `.` and `..` makes a kernel inode and an inode-table
+/// entry (a `digests/` one also holds its image): a listing of every tag made one per tag
+/// (issue 13). So the first reply of these directories carries `.`, `..` and, in `tags/`,
+/// the subdirectories (listed first; the ones a walk enters); never nothing, which would
+/// end the listing. The kernel reads the rest with READDIR: names, types and numbers,
+/// nothing held. Only a READDIRPLUS after a LOOKUP in the directory, mid-listing, still
+/// answers tags with inodes. `ls -l` pays a LOOKUP per tag.
+fn lists_plain(dir: &NodeKey) -> bool {
+    matches!(dir, NodeKey::TagsDir(_) | NodeKey::Digests)
 }

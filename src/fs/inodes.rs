@@ -157,6 +157,28 @@ fn release(counts: &mut HashMap<ImageId, u32>, d: &ImageId) {
     }
 }
 
+/// The hash `key` is filed under. A tag's is that of its two names, so that a listing
+/// finds a tag's inode from borrowed names ([`Inodes::tag_readdir_ino`]).
+fn key_hash(hasher: &RandomState, key: &NodeKey) -> u64 {
+    match key {
+        NodeKey::Tag(r, t) => tag_hash(hasher, r, t),
+        k => hasher.hash_one(k),
+    }
+}
+
+fn tag_hash(hasher: &RandomState, repo: &str, tag: &str) -> u64 {
+    hasher.hash_one((TAG_HASH_MARK, repo, tag))
+}
+
+/// Sets tags' hashes apart from the other keys' (a collision would only cost a compare).
+const TAG_HASH_MARK: u8 = 0x7a;
+
+/// The number a READDIR entry shows for a node the kernel does not hold: never a lookup
+/// result (those are far below), and the same for the same node for the mount's life.
+fn stand_in(hash: u64) -> u64 {
+    hash | (1 << 63)
+}
+
 impl Inodes {
     /// Files inode `ino` (in `by_ino`, not yet in `by_key`) under its key.
     fn index(&mut self, ino: u64) {
@@ -164,9 +186,9 @@ impl Inodes {
             return;
         };
         let (by_ino, hasher) = (&self.by_ino, &self.hasher);
-        let rehash = |i: &u64| by_ino.get(i).map_or(0, |e| hasher.hash_one(&e.key));
+        let rehash = |i: &u64| by_ino.get(i).map_or(0, |e| key_hash(hasher, &e.key));
         self.by_key
-            .insert_unique(hasher.hash_one(&e.key), ino, rehash);
+            .insert_unique(key_hash(hasher, &e.key), ino, rehash);
     }
 
     /// Takes inode `ino` out of `by_key` (its entry in `by_ino` still has the key it was
@@ -177,7 +199,7 @@ impl Inodes {
         };
         if let Ok(found) = self
             .by_key
-            .find_entry(self.hasher.hash_one(&e.key), |&i| i == ino)
+            .find_entry(key_hash(&self.hasher, &e.key), |&i| i == ino)
         {
             found.remove();
         }
@@ -188,7 +210,7 @@ impl Inodes {
         let by_ino = &self.by_ino;
         let found = self
             .by_key
-            .find_entry(self.hasher.hash_one(key), |i| {
+            .find_entry(key_hash(&self.hasher, key), |i| {
                 by_ino.get(i).is_some_and(|e| e.key == *key)
             })
             .ok()?;
@@ -242,11 +264,14 @@ impl Inodes {
     }
 
     pub fn ino_of(&self, key: &NodeKey) -> Option<u64> {
+        self.ino_hashed(key, key_hash(&self.hasher, key))
+    }
+
+    /// [`ino_of`](Self::ino_of) with the key's hash given.
+    fn ino_hashed(&self, key: &NodeKey, hash: u64) -> Option<u64> {
         let by_ino = &self.by_ino;
         self.by_key
-            .find(self.hasher.hash_one(key), |i| {
-                by_ino.get(i).is_some_and(|e| e.key == *key)
-            })
+            .find(hash, |i| by_ino.get(i).is_some_and(|e| e.key == *key))
             .copied()
     }
 
@@ -273,18 +298,33 @@ impl Inodes {
         ino
     }
 
+    /// The number of entries: the inodes the kernel holds, and the fixed ones.
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
     /// The number a READDIR entry shows for `key`: its inode's if the kernel holds one,
-    /// else an image inode's fixed number, else a stand-in that is never a lookup result.
+    /// else an image inode's fixed number, else a [`stand_in`].
     pub fn readdir_ino(&mut self, key: &NodeKey) -> u64 {
-        if let Some(ino) = self.ino_of(key) {
+        let hash = key_hash(&self.hasher, key);
+        if let Some(ino) = self.ino_hashed(key, hash) {
             return ino;
         }
-        self.stable_ino(key).unwrap_or_else(|| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            key.hash(&mut h);
-            h.finish() | (1 << 63)
-        })
+        self.stable_ino(key).unwrap_or(stand_in(hash))
+    }
+
+    /// [`readdir_ino`](Self::readdir_ino) of the tag `repo:tag`, from borrowed names (a
+    /// listing of a million tags builds no key).
+    pub fn tag_readdir_ino(&self, repo: &str, tag: &str) -> u64 {
+        let hash = tag_hash(&self.hasher, repo, tag);
+        let by_ino = &self.by_ino;
+        self.by_key
+            .find(hash, |i| {
+                by_ino
+                    .get(i)
+                    .is_some_and(|e| matches!(&e.key, NodeKey::Tag(r, t) if r == repo && t == tag))
+            })
+            .map_or(stand_in(hash), |&i| i)
     }
 
     /// The fixed number of an image inode, if it has one.
@@ -322,7 +362,7 @@ impl Inodes {
         if self.by_ino.capacity() > 4096 && self.by_ino.len() * 4 < self.by_ino.capacity() {
             self.by_ino.shrink_to(self.by_ino.len() * 2);
             let (by_ino, hasher) = (&self.by_ino, &self.hasher);
-            let rehash = |i: &u64| by_ino.get(i).map_or(0, |e| hasher.hash_one(&e.key));
+            let rehash = |i: &u64| by_ino.get(i).map_or(0, |e| key_hash(hasher, &e.key));
             let keep = self.by_key.len() * 2;
             self.by_key.shrink_to(keep, rehash);
         }
@@ -528,5 +568,38 @@ mod tests {
         assert_eq!(t.key(d), Some(&NodeKey::TagsDir("z/b".into())));
         assert_eq!(t.key(x), Some(&tag("z/b/c", "x")));
         assert_eq!(t.key(other), Some(&tag("ab", "x")));
+    }
+
+    /// A listing finds a tag's inode from borrowed names, before and after the table
+    /// shrinks (its keys filed again), and shows a stand-in for the tags not held.
+    #[test]
+    fn a_listing_finds_held_tags_by_their_names() {
+        let mut t = Inodes::default();
+        let inos: Vec<u64> = (0..5000)
+            .map(|i| t.lookup(tag("r", &format!("t{i}"))))
+            .collect();
+        let held = |t: &Inodes, i: usize| t.tag_readdir_ino("r", &format!("t{i}"));
+        assert_eq!(held(&t, 7), inos[7]);
+        assert_eq!(t.readdir_ino(&tag("r", "t7")), inos[7]);
+        let stand_in = t.tag_readdir_ino("r", "none");
+        assert!(stand_in >= 1 << 63);
+        assert_eq!(
+            t.readdir_ino(&tag("r", "none")),
+            stand_in,
+            "one stand-in per tag"
+        );
+        assert_eq!(
+            t.tag_readdir_ino("r", "none"),
+            stand_in,
+            "the same at every listing"
+        );
+        assert_ne!(t.tag_readdir_ino("s", "none"), stand_in);
+        // Forgetting most of them shrinks the table, which files the rest again.
+        for &ino in &inos[..4900] {
+            t.forget(ino, 1);
+        }
+        assert_eq!(held(&t, 4950), inos[4950]);
+        assert_eq!(t.ino_of(&tag("r", "t4950")), Some(inos[4950]));
+        assert!(held(&t, 7) >= 1 << 63, "forgotten: a stand-in");
     }
 }

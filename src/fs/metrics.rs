@@ -116,6 +116,8 @@ pub struct Gauges {
     /// Dangling tags found by the watcher that the store still holds
     /// ([`Metrics::dangling_now`]).
     pub dangling: usize,
+    /// Entries of the inode table: the inodes the kernel holds, and the fixed ones.
+    pub inodes: usize,
 }
 
 pub struct Metrics {
@@ -192,6 +194,12 @@ impl Metrics {
             "counter",
             "Disk space freed by eager GC since mount.",
             g.bytes_reclaimed,
+        );
+        metric(
+            "imagefs_inodes",
+            "gauge",
+            "Inodes the kernel holds (entries of the inode table, the fixed ones included).",
+            g.inodes as u64,
         );
         metric(
             "imagefs_in_use_only_images",
@@ -282,6 +290,7 @@ mod tests {
             gc_deferred_dropped: 0,
             gc_deferred_waiting: 0,
             dangling,
+            inodes: 0,
         };
         let text = m.render(&g(m.dangling_now(|_, _, _| true)));
         assert!(text.contains("\nimagefs_dangling_tags 2\n"), "{text}");

@@ -69,9 +69,14 @@ impl Store {
     pub fn children(&self, path: &str, skip: usize, max: usize) -> Option<Vec<Child>> {
         let ix = self.index();
         let node = ix.node(path)?;
-        let dirs = node.subdirs.iter().map(|s| Child::Dir(s.clone()));
-        let tags = node.tags.keys().map(|t| Child::Tag(t.to_string()));
-        Some(dirs.chain(tags).skip(skip).take(max).collect())
+        // Names are copied only in the window (a listing's last, empty reply skips them all).
+        let dirs = node.subdirs.iter().map(|s| (true, s.as_str()));
+        let tags = node.tags.keys().map(|t| (false, t.as_str()));
+        let child = |(dir, s): (bool, &str)| match dir {
+            true => Child::Dir(s.to_owned()),
+            false => Child::Tag(s.to_owned()),
+        };
+        Some(dirs.chain(tags).skip(skip).take(max).map(child).collect())
     }
 
     /// The directory `tags/<path>`; `None` if it is missing.

@@ -259,7 +259,8 @@ impl Kernel {
                 false
             })
             .map_err(errno)?;
-            if n < CHUNK {
+            // As the kernel: only an empty reply ends the listing.
+            if n == 0 {
                 break;
             }
         }
@@ -292,7 +293,9 @@ impl Kernel {
                 false
             })
             .map_err(errno)?;
-            if n < CHUNK {
+            // A short reply is no end: the first one of `tags/` directories and of
+            // `digests/` stops before their tags and digests (dirs.rs, `lists_plain`).
+            if n == 0 {
                 break;
             }
         }

@@ -6,6 +6,7 @@
 //! reference model of the mount, driven by proptest.
 
 mod kernel;
+mod listing;
 mod model;
 mod read_path;
 
