@@ -594,6 +594,11 @@ def _unescape_mountinfo(s: str) -> str:
     return "".join(out)
 
 
+def mount_points() -> set:
+    with open("/proc/self/mountinfo") as f:
+        return {_unescape_mountinfo(line.split(" ")[4]) for line in f if line.count(" ") > 4}
+
+
 def mount_entry(mnt: str) -> str | None:
     with open("/proc/self/mountinfo") as f:
         for line in f:
@@ -725,7 +730,9 @@ class MountRunner:
 
     def __init__(self, mnt: Path, store: Path, wd: Watchdog):
         self.tags, self.store, self.wd = f"{mnt}/tags", store, wd
-        self.samples = {"rm_not_last": [], "rm_last": [], "ln": [], "rm_binary": []}
+        self.mnt = str(mnt)
+        self.samples = {"rm_not_last": [], "rm_last": [], "ln": [], "rm_binary": [],
+                        "rm_last_tree": [], "rm_last_no_tree": []}
         self.problems = []
 
     def cycle(self, c: Cycle):
@@ -734,11 +741,15 @@ class MountRunner:
             last = i == len(c.rm_order) - 1
             p = f"{tags}/{c.repo}/{tag}"
             os.lstat(p)                        # untimed, as rm's own fstatat: the dentry is warm
+            # untimed: does the image have a tree mounted of its own (whose detach rm waits for)?
+            tree = last and f"{self.mnt}/digests/{c.digest_hex}/rootfs" in mount_points()
             t0 = now_ns()
             os.unlink(p)
             dt = now_ns() - t0
             self.wd.kick()
             res["rm_last" if last else "rm_not_last"].append(dt)
+            if last:
+                res["rm_last_tree" if tree else "rm_last_no_tree"].append(dt)
             gone = not os.path.lexists(f"{self.store}/content/{c.digest_hex}")
             if last != gone:
                 self.problems.append(f"{c.repo}:{tag} last={last} but digest dir in store gone={gone} right after unlink")
@@ -880,6 +891,12 @@ def print_size(r: dict):
               f"{(f'{pr:.2f}' if pr is not None else 'n/a'):>6} "
               f"| {(fmt(fl['median_us'], 8) if fl else f'{chr(45):>8}')} "
               f"{(f'{rf:.2f}' if rf is not None else chr(45)):>6}")
+    bt = r.get("imagefs_rm_last_by_tree") or {}
+    if bt:
+        def part(x):
+            return f"{x['n']}, median {x['median_us']:.0f} us" if x else "0"
+        print(f"    rm LAST, image tree mounted (its detach waited for): {part(bt.get('tree_mounted'))}; "
+              f"no tree mounted: {part(bt.get('no_tree'))}")
     for k in ("raw_problems", "imagefs_problems"):
         if r.get(k):
             print(f"    ! {k}: {len(r[k])}, e.g. {r[k][:3]}")
@@ -1176,6 +1193,9 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
                           "paired_ratio": paired(imr, scan, key),
                           "floor": f_, "ratio_floor": ratio(a_, f_),
                           "hypeman_algorithm": "repo-scan (issue 2 / hypeman PR #111)"})
+    if imr is not None:
+        r["imagefs_rm_last_by_tree"] = {"tree_mounted": stats(imr, "rm_last_tree"),
+                                        "no_tree": stats(imr, "rm_last_no_tree")}
     a_, b_ = stats(imr, "rm_last"), stats(walk, "rm_last")
     r["rows"].append({"key": "rm_last_vs_walk", "label": "rm LAST vs hypeman current (walk all)",
                       "imagefs": a_, "hypeman": b_, "ratio": ratio(a_, b_), "paired_ratio": paired(imr, walk, "rm_last"),
