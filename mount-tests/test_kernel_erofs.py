@@ -134,6 +134,49 @@ def test_rootfs_is_mounted_from_a_read_only_autoclear_loop_device_that_goes_with
     assert not left, f"{left} still in the trash\n{m.log_tail()}"
 
 
+def test_without_loop_devices_the_image_file_itself_is_mounted(workdir, busybox):
+    """No usable /dev/loop-control (here /dev/null bound over it, in a mount namespace of the daemon's own):
+    said once in the log, and the kernel mounts the image file itself. The tree is looked at through
+    /proc/PID/root, the daemon's namespace; it goes with the namespace when the daemon exits."""
+    from helpers import imagefs_bin
+    root, hx = store_with(workdir, busybox)
+    mnt = workdir / "mnt-noloop"
+    mnt.mkdir()
+    log = workdir / "noloop.log"
+    script = 'mount --bind /dev/null /dev/loop-control && exec "$0" mount --store "$1" "$2" --foreground'
+    with open(log, "ab") as lf:
+        p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script,
+                              str(imagefs_bin()), str(root), str(mnt)], stdin=subprocess.DEVNULL, stdout=lf,
+                             stderr=lf, env=dict(os.environ, RUST_LOG="info"), start_new_session=True)
+    try:
+        point = str(tree_mount(mnt, hx))
+
+        def source():
+            try:
+                with open(f"/proc/{p.pid}/mountinfo") as f:
+                    for line in f:
+                        left, right = line.split(" - ", 1)
+                        if left.split()[4] == point:
+                            return right.split()[0], right.split()[1]
+            except OSError:
+                pass
+            return None
+        assert wait_until(lambda: source() is not None, 10), log.read_text(errors="replace")
+        fstype, src = source()
+        assert fstype == "erofs" and not src.startswith("/dev/loop"), (fstype, src)
+        hostname = Path(f"/proc/{p.pid}/root{point}/etc/hostname")
+        assert hostname.read_bytes() == b"imagefs-busybox\n"
+        text = log.read_text(errors="replace")
+        assert text.count("no loop device for image trees") == 1, text
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def test_allow_setuid_lifts_nosuid_only(workdir, busybox, mounter):
     root, hx = store_with(workdir, busybox)
     m = mounter(StoreRoot(root), extra_args=["--allow-setuid"])
