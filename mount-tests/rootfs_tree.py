@@ -320,10 +320,10 @@ def kernel_mount(img: Path, d: Path):
 
 
 def erofs_superblocks() -> set[str]:
-    """The kernel's erofs superblocks mounted from image files (one /sys/fs/erofs/erofs-N each; loop
-    mounts are named after their device): the daemon's kernel-mounted trees, lazily detached ones too."""
+    """The kernel's erofs superblocks mounted from image files or loop devices (one /sys/fs/erofs/erofs-N or
+    /sys/fs/erofs/loopN each): the daemon's kernel-mounted trees, lazily detached ones too."""
     d = Path("/sys/fs/erofs")
-    return {p.name for p in d.iterdir() if p.name.startswith("erofs-")} if d.is_dir() else set()
+    return {p.name for p in d.iterdir() if p.name.startswith(("erofs-", "loop"))} if d.is_dir() else set()
 
 
 # ------------------------------------------------------------------ releasing an image

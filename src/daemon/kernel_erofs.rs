@@ -1,9 +1,10 @@
 //! Image trees mounted with the kernel's own erofs driver (`--rootfs-mounts=kernel`, the
-//! default): a ready image's `rootfs.erofs` mounted, read-only, straight from the file
-//! (kernel 6.12 and later; no loop device) on its `digests/<hex>/rootfs`, for the binder
-//! in `rootfs_mounts`. The kernel reads the image at its own speed (large folios, no round
-//! trips to the daemon) and holds its own reference on the file, so a tree in use outlives
-//! the image's collection, as FUSE trees do.
+//! default): a ready image's `rootfs.erofs` mounted, read-only, on its
+//! `digests/<hex>/rootfs`, for the binder in `rootfs_mounts`: from a read-only, autoclearing
+//! loop device bound to the file (`loop_device`, which says why), or straight from the file
+//! (kernel 6.12 and later) where no loop device can be had. The kernel reads the image at
+//! its own speed (large folios, no round trips to the daemon) and holds its own reference
+//! on the file, so a tree in use outlives the image's collection, as FUSE trees do.
 //!
 //! The image is opened without following a symlink or blocking on a FIFO
 //! (`store::safe_open`), and the user-space reader checks its superblock (and checksum, if
@@ -16,11 +17,12 @@
 //! `nosuid` unless `--allow-setuid`), read-only.
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use super::mount_api::{self, ErofsRefusal, SuperblockFlags};
-use super::tree_check;
+use super::{loop_device, tree_check};
 use crate::fs::ImageTrees;
 use crate::store::{Digest, safe_open};
 
@@ -29,6 +31,11 @@ pub(super) struct KernelErofs {
     flags: SuperblockFlags,
     /// False once the kernel has shown it cannot mount erofs files.
     on: bool,
+    /// False once loop devices proved unavailable (no driver, no `/dev/loop-control`):
+    /// images are then mounted from their files.
+    loops: bool,
+    /// Whether a failure to get a loop device was logged (once for the mount's life).
+    said_no_loop: bool,
     /// Digests whose image was refused: served by FUSE trees while they stay in the store.
     refused: HashSet<Digest>,
 }
@@ -38,6 +45,8 @@ impl KernelErofs {
         KernelErofs {
             flags,
             on: true,
+            loops: true,
+            said_no_loop: false,
             refused: HashSet::new(),
         }
     }
@@ -71,7 +80,7 @@ impl KernelErofs {
             self.refuse(d, &format!("the image reader refused it ({e})"));
             return None;
         }
-        match mount_api::erofs_file(&file, &self.flags) {
+        match self.mount_image(&file, d) {
             Ok(tree) => match tree_check::check_names(&tree) {
                 Ok(()) => {
                     let attached = mount_api::attach(&tree, target);
@@ -101,6 +110,38 @@ impl KernelErofs {
                 None
             }
         }
+    }
+
+    /// A detached erofs mount of the image in `file`: from a loop device bound to it, or
+    /// from the file itself if no loop device can be had or the mount from one failed.
+    fn mount_image(&mut self, file: &File, d: &Digest) -> Result<OwnedFd, ErofsRefusal> {
+        if self.loops {
+            match loop_device::attach(file) {
+                // The device is closed on return: the superblock holds it from now on,
+                // and autoclear unbinds it when the superblock lets go.
+                Ok(dev) => match mount_api::erofs_device(&dev.path, &self.flags) {
+                    Ok(tree) => return Ok(tree),
+                    Err(ErofsRefusal::Kernel(e) | ErofsRefusal::Image(e)) => log::debug!(
+                        "sha256:{d}: erofs on {}: {e}; mounting the image file itself",
+                        dev.path
+                    ),
+                },
+                Err(e) => {
+                    // No loop driver or device nodes (a container): not asked again.
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        self.loops = false;
+                    }
+                    if !self.said_no_loop {
+                        log::info!(
+                            "no loop device for image trees ({e}): the kernel's erofs mounts \
+                             image files themselves, slower on cold reads"
+                        );
+                        self.said_no_loop = true;
+                    }
+                }
+            }
+        }
+        mount_api::erofs_file(file, &self.flags)
     }
 
     fn refuse(&mut self, d: &Digest, why: &str) {

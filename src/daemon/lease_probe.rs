@@ -1,7 +1,8 @@
 //! Is a file open by anyone but the daemon? Asked of the kernel with a write lease
 //! (`F_SETLEASE`, `F_WRLCK`), which it grants only to a file's sole opener (counting every
-//! open file description, the kernel's own included: a kernel erofs mount's image file),
-//! and which is given back at once.
+//! open file description, the kernel's own included: the image file of a kernel erofs
+//! mount, held by its loop device or by the superblock itself), and which is given back
+//! at once.
 //!
 //! While the lease is held, another process's open of the file waits for it to be given
 //! back, and the kernel signals the daemon (SIGIO, blocked in every daemon thread: see

@@ -24,6 +24,7 @@ mod config;
 mod daemonize;
 mod kernel_erofs;
 mod lease_probe;
+mod loop_device;
 mod memory;
 mod mount_api;
 mod mountinfo;

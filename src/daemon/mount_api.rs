@@ -94,13 +94,22 @@ pub(super) enum ErofsRefusal {
 /// through `/proc/self/fd/N` (the source option is a path): the very file that was opened
 /// and checked, whatever its name points to now, and holds it for the superblock's life.
 pub(super) fn erofs_file(file: &File, f: &SuperblockFlags) -> Result<OwnedFd, ErofsRefusal> {
+    erofs(format!("/proc/self/fd/{}", file.as_raw_fd()), f)
+}
+
+/// As [`erofs_file`], from the block device `dev` (a loop device bound to the image file;
+/// named by its `/dev` path, which mountinfo then shows).
+pub(super) fn erofs_device(dev: &str, f: &SuperblockFlags) -> Result<OwnedFd, ErofsRefusal> {
+    erofs(dev.to_string(), f)
+}
+
+fn erofs(source: String, f: &SuperblockFlags) -> Result<OwnedFd, ErofsRefusal> {
     let kernel = |e: std::io::Error| match e.raw_os_error() {
         Some(libc::ENODEV | libc::ENOTBLK) => ErofsRefusal::Kernel(e),
         _ => ErofsRefusal::Image(e),
     };
     let fs =
         logged("fsopen erofs", fsopen("erofs", FsOpenFlags::FSOPEN_CLOEXEC)).map_err(kernel)?;
-    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
     logged(
         "fsconfig source",
         fsconfig_set_string(&fs, "source", source),

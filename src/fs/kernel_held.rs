@@ -5,7 +5,9 @@
 //! collects such an image, its directory waits in the trash, as a FUSE tree's would, until
 //! the kernel has let go of the file: the invalidation of `digests/<hex>` detaches the
 //! tree lazily, and the kernel closes the file when the last process inside leaves it
-//! (at once if nobody was). Until then the trash, the in-use metric and the log say what
+//! (at once if nobody was): the superblock lets go of its loop device, whose autoclear
+//! drops the device's reference on the file (or, mounted from the file itself, the
+//! superblock drops it). Until then the trash, the in-use metric and the log say what
 //! is really on disk; then the directory is deleted and "released" is logged, as for FUSE
 //! trees.
 //!
