@@ -175,6 +175,9 @@ impl Image {
             return Ok((*i).clone());
         }
         let info = inode::load(&self.src, &self.sb, nid)?;
+        if info.attr.kind == FileKind::Directory {
+            self.prefetch_dir_blocks(&info);
+        }
         self.src
             .cache
             .insert(Key::Inode(nid.0), Arc::new(info.clone()));
