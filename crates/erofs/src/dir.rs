@@ -185,11 +185,24 @@ impl Image {
             let blk = Block::parse(&data)?;
             // The caller (READDIRPLUS, `find`) loads these entries' inodes next: start
             // reading all their windows now rather than one at a time.
-            let nids = (first..blk.count).filter_map(|i| blk.entry(i).ok().map(|e| e.1));
+            // Its subdirectories are listed ahead, a level before the walk gets there.
+            let entries: Vec<_> = (first..blk.count)
+                .filter_map(|i| blk.entry(i).ok())
+                .collect();
             self.src.prefetch(
-                nids.filter_map(|nid| inode_pos(&self.sb, Nid(nid)).ok())
+                entries
+                    .iter()
+                    .filter_map(|e| inode_pos(&self.sb, Nid(e.1)).ok())
                     .map(|pos| (pos, 64)),
             );
+            let dirs: Vec<Nid> = entries
+                .iter()
+                .filter(|e| {
+                    FileKind::from_dirent(e.2) == Some(FileKind::Directory) && valid_name(e.0)
+                })
+                .map(|e| Nid(e.1))
+                .collect();
+            self.list_ahead(&dirs);
             for i in first..blk.count {
                 let (name, nid, ft) = blk.entry(i)?;
                 let next = if i + 1 < blk.count {

@@ -79,6 +79,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ahead;
 mod bytes;
 mod cache;
 mod data;
@@ -122,6 +123,8 @@ pub struct Image {
     sb: SuperBlock,
     /// Long xattr name prefixes (base index, infix), loaded on first use.
     prefixes: OnceLock<PrefixTable>,
+    /// Subdirectories to list ahead of a walk (`ahead`).
+    ahead: ahead::Ahead,
 }
 
 impl std::fmt::Debug for Image {
@@ -156,6 +159,7 @@ impl Image {
             src,
             sb,
             prefixes: OnceLock::new(),
+            ahead: ahead::Ahead::new(true),
         };
         let root = img.inode(img.root())?;
         if root.kind != FileKind::Directory {

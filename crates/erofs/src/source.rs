@@ -55,6 +55,11 @@ impl Source {
         }
     }
 
+    /// Another descriptor of the image file (the same open file: its page cache).
+    pub(crate) fn try_clone_file(&self) -> std::io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// Bytes asked of the file with `pread` so far.
     #[cfg(test)]
     pub(crate) fn read_bytes(&self) -> u64 {
