@@ -62,7 +62,7 @@
 //!   MiB, extents <= 16 MiB).
 //!
 //! # Caches (one byte budget, shared by images)
-//! Raw 32 KiB windows of the image (metadata and pclusters), parsed inodes,
+//! Raw 4 KiB windows of the image (metadata and pclusters), parsed inodes,
 //! compression headers and decoded extents are entries of one [`CacheBudget`]:
 //! [`Image::open_in`] puts an image in a budget shared with others (a daemon's
 //! one budget for all its images), [`Image::open`] gives it one of its own of
@@ -71,6 +71,14 @@
 //! image is dropped, and [`CacheBudget::age`] drops what stayed idle. Besides,
 //! each thread that reads compressed data keeps one buffer of at most 4 MiB for
 //! the pclusters of a request.
+//!
+//! # Cold walks
+//! Listing a directory block advises the kernel (`POSIX_FADV_WILLNEED`) of the
+//! pages holding its entries' inodes, loading a directory's inode advises its first
+//! blocks, and the subdirectories of a listed block are listed ahead by one
+//! background thread per image (on an image of its own with a zero budget: it
+//! fills the page cache only, and ends after a second without work). So the reads
+//! of a cold walk are issued many at a time rather than one after another.
 //!
 //! # Feature `testing`
 //! Module `testing`: the skip policy of tests that need root, the kernel's erofs or
