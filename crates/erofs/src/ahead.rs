@@ -9,7 +9,8 @@
 //!
 //! The thread's image is over the same file with a zero budget: it fills only the
 //! kernel's page cache, never the budget the images share, and has no thread of its own.
-//! One thread per image, started by the first subdirectory queued and ending after a
+//! Subdirectories whose inodes the image has cached are not queued (a walk again soon after:
+//! the budget holds their metadata). One thread per image, started by the first subdirectory queued and ending after a
 //! second without work or when the image is dropped; a full queue drops work (advice only;
 //! every error of the thread's reads is ignored: the walk's own reads check).
 
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::cache::{CacheBudget, ImageCache};
+use super::cache::{CacheBudget, ImageCache, Key};
+use super::inode::InodeInfo;
 use super::source::Source;
 use super::{Image, Nid};
 
@@ -52,7 +54,12 @@ impl Image {
             return;
         }
         let mut tx = self.ahead.tx.lock();
-        for &nid in dirs {
+        // A subdirectory whose inode this image holds was walked a moment ago: its metadata
+        // is in the budget (the thread, with none, would read it all again).
+        let fresh = dirs
+            .iter()
+            .filter(|nid| self.src.cache.get::<InodeInfo>(Key::Inode(nid.0)).is_none());
+        for &nid in fresh {
             let sent = match tx.as_ref().map(|t| t.try_send(nid)) {
                 Some(Ok(())) | Some(Err(TrySendError::Full(_))) => true,
                 Some(Err(TrySendError::Disconnected(_))) | None => false,

@@ -36,6 +36,8 @@ const MAX_VEC: usize = 32 << 20;
 /// Most windows one [`Source::prefetch`] call asks for (a 64 KiB directory block names
 /// at most 5,461 entries; 256 windows are 8 MiB of reads).
 const MAX_PREFETCH: usize = 256;
+/// Windows to prefetch at most this far apart are read as one range, the gap with them.
+const PREFETCH_GAP: u64 = 32 * 1024;
 
 /// The image file plus the image's cache (raw windows here; inodes, map headers and
 /// extents for the rest of the reader).
@@ -141,7 +143,7 @@ impl Source {
 
     /// Start reading, in the background, the windows holding the bytes `[pos, pos + len)`
     /// of each range that are not cached yet: one `posix_fadvise(WILLNEED)` per run of
-    /// adjacent windows, at most `MAX_PREFETCH` windows in all. Advice only: errors (and
+    /// windows at most `PREFETCH_GAP` apart, at most `MAX_PREFETCH` windows in all. Advice only: errors (and
     /// positions past the end of the file) are ignored, the reads that follow check.
     pub(crate) fn prefetch(&self, ranges: impl IntoIterator<Item = (u64, u64)>) {
         let mut starts: Vec<u64> = Vec::new();
@@ -158,17 +160,22 @@ impl Source {
         starts.sort_unstable();
         starts.dedup();
         starts.retain(|&w| self.cache.get::<Vec<u8>>(Key::Window(w)).is_none());
-        let mut i = 0;
-        while let Some(&first) = starts.get(i) {
-            let mut n = 1u64;
-            while starts.get(i + n as usize) == Some(&first.saturating_add(n * WINDOW)) {
-                n += 1;
+        // Runs closer than `PREFETCH_GAP` are advised as one range, gap included: one
+        // larger disk request costs less than several small ones.
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for w in starts {
+            match runs.last_mut() {
+                Some((_, end)) if w <= end.saturating_add(PREFETCH_GAP) => {
+                    *end = w.saturating_add(WINDOW)
+                }
+                _ => runs.push((w, w.saturating_add(WINDOW))),
             }
-            if let Some(len) = NonZeroU64::new(n * WINDOW) {
+        }
+        for (start, end) in runs {
+            if let Some(len) = NonZeroU64::new(end - start) {
                 let _ =
-                    rustix::fs::fadvise(&self.file, first, Some(len), rustix::fs::Advice::WillNeed);
+                    rustix::fs::fadvise(&self.file, start, Some(len), rustix::fs::Advice::WillNeed);
             }
-            i += n as usize;
         }
     }
 
