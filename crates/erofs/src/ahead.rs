@@ -9,12 +9,14 @@
 //!
 //! The thread's image is over the same file with a zero budget: it fills only the
 //! kernel's page cache, never the budget the images share, and has no thread of its own.
-//! Subdirectories whose inodes the image has cached are not queued (a walk again soon after:
-//! the budget holds their metadata). One thread per image, started by the first subdirectory queued and ending after a
-//! second without work or when the image is dropped; a full queue drops work (advice only;
-//! every error of the thread's reads is ignored: the walk's own reads check).
+//! Subdirectories whose inodes the image has cached are not queued (a walk again soon
+//! after: the budget holds their metadata). One thread per image, started by the first
+//! subdirectory queued, ending after a second without work or as soon as the image is
+//! dropped (what is still queued is left); a full queue drops work (advice only; every
+//! error of the thread's reads is ignored: the walk's own reads check).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
@@ -36,6 +38,9 @@ const ENTRIES: usize = 512;
 pub(crate) struct Ahead {
     enabled: bool,
     tx: Mutex<Option<SyncSender<Nid>>>,
+    /// Set when the image is dropped: the thread leaves what is still queued and ends,
+    /// closing its descriptor of the file at once.
+    closed: Arc<AtomicBool>,
 }
 
 impl Ahead {
@@ -43,7 +48,14 @@ impl Ahead {
         Ahead {
             enabled,
             tx: Mutex::new(None),
+            closed: Arc::new(AtomicBool::new(false)),
         }
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -91,11 +103,15 @@ impl Image {
             ahead: Ahead::new(false),
         };
         let (tx, rx) = sync_channel::<Nid>(QUEUE);
+        let closed = Arc::clone(&self.ahead.closed);
         let spawned = std::thread::Builder::new()
             .name("erofs-ahead".into())
             .spawn(move || {
                 // Ends after IDLE without work, or when the image (the sender) is gone.
                 while let Ok(nid) = rx.recv_timeout(IDLE) {
+                    if closed.load(Ordering::Relaxed) {
+                        break;
+                    }
                     let mut n = 0usize;
                     let _ = walker.readdir(nid, 0, |_| {
                         n += 1;
