@@ -487,6 +487,36 @@ def drop_caches():
         f.write("3\n")
 
 
+class Load:
+    """`--load`: a second workload running during each measured operation (issue 13: the FUSE
+    modes "also with a second workload running"). Two processes, started right before the
+    operation and killed right after it: a CPU-bound shell loop (not pinned: the scheduler
+    places it as it would any job) and a reader of an unrelated 256 MiB file with O_DIRECT
+    in 1 MiB requests, over and over (it competes for the disk but leaves the page cache,
+    and so the cold runs, alone)."""
+
+    def __init__(self, work: Path):
+        self.file = work / "load.bin"
+        if not self.file.exists() or self.file.stat().st_size != 256 << 20:
+            run(["dd", "if=/dev/urandom", f"of={self.file}", "bs=1M", "count=256", "status=none"])
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self):
+        cmds = [["sh", "-c", "while :; do :; done"],
+                ["sh", "-c", f"while :; do dd if={self.file} of=/dev/null bs=1M iflag=direct status=none; done"]]
+        self.procs = [subprocess.Popen(c, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, start_new_session=True) for c in cmds]
+
+    def stop(self):
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        self.procs = []
+
+
 def timed(cmd: str, timeout: float) -> tuple[float, str]:
     t0 = time.perf_counter()
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
@@ -607,6 +637,11 @@ def main() -> int:
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                     help="before measuring, wait up to SECONDS for the 1-minute load average to fall below 0.5 "
                          "(other work on this 2-core machine skews every figure)")
+    ap.add_argument("--load", action="store_true",
+                    help="run a second workload during each measured operation, started right before it and "
+                         "killed right after: a CPU-bound shell loop (not pinned) and an O_DIRECT reader of an "
+                         "unrelated 256 MiB file in WORK (1 MiB requests, in a loop); combine with --wait-idle 0 "
+                         "(the default) for issue 13's 'second workload' figures")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (loop mount, drop_caches)", file=sys.stderr)
@@ -634,6 +669,7 @@ def main() -> int:
         "squashfuse": Squash(work, work / "img" / "rootfs.sqfs"),
         "imagefs": ImageFs(work, binary, store, img_info["hex"], args.threads, args.rootfs_mounts),
     }
+    load = Load(work) if args.load else None
     modes = ["cold", "warm"] + (["cold+remount"] if args.remount_cold else [])
     samples = {(op, mode, fs): [] for op in ops for mode in modes for fs in FSES}
     reqs = {(op, mode): [] for op in ops for mode in modes}
@@ -686,7 +722,13 @@ def main() -> int:
                             m0 = im.metrics() if n == "imagefs" else None
                             c0 = proc_cpu(fs.proc)
                             v0 = vmstat_drops()
-                            dt, stdout = timed(cmd, args.timeout)
+                            if load:
+                                load.start()
+                            try:
+                                dt, stdout = timed(cmd, args.timeout)
+                            finally:
+                                if load:
+                                    load.stop()
                             v1 = vmstat_drops()
                             c1 = proc_cpu(fs.proc)
                             # The metrics read itself costs a lookup+open+read+release: negligible.
@@ -735,6 +777,9 @@ def main() -> int:
               f"kernel {platform.release()}, {os.cpu_count()} cpus")
         print(f"load average at start {load_start}, at end {load_end} (2 cores: above ~0.5 means other work "
               f"ran alongside and skews the figures)")
+        if load:
+            print("--load: a CPU-bound loop and an O_DIRECT reader of an unrelated file ran during every "
+                  "measured operation")
         kept = [c for c in contaminated if c["kept"]]
         if contaminated:
             print(f"another process dropped the page cache during {len(contaminated)} sequence(s); "
@@ -764,6 +809,7 @@ def main() -> int:
                   "imagefs_metrics_end": metrics_end, "profile": prof,
                   "env": {"kernel": platform.release(), "cpus": os.cpu_count(), "imagefs_bin": binary,
                           "loadavg_start": load_start, "loadavg_end": load_end,
+                          "second_workload": Load.__doc__.split("\n\n")[0] if load else None,
                           "imagefs_cmd": getattr(im, "cmd", ""), "git": git, "reps": args.reps,
                           "cold": "sync; echo 3 > /proc/sys/vm/drop_caches, no remount (daemons keep their "
                                   "own caches)" + ("; cold+remount rows remount first" if args.remount_cold else ""),

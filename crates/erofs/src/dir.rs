@@ -17,10 +17,12 @@
 use super::Image;
 use super::bytes::{byte, le16, le64, to_usize};
 use super::error::{ImageError, corrupt};
-use super::inode::{FileKind, InodeInfo, Layout, Nid};
+use super::inode::{FileKind, InodeInfo, Layout, Nid, inode_pos};
 
 const DIRENT: usize = 12;
 const NAME_MAX: usize = 255;
+/// Bytes of a directory's blocks prefetched when its inode is loaded.
+const DIR_PREFETCH: u64 = 128 << 10;
 
 /// One directory entry handed to the `readdir` callback.
 #[derive(Debug, Clone, Copy)]
@@ -101,6 +103,24 @@ impl Image {
         }
     }
 
+    /// Starts reading the first blocks of directory `info` (its inode was just loaded:
+    /// a walk lists it next). Inline-only directories are already in the inode's window.
+    pub(crate) fn prefetch_dir_blocks(&self, info: &InodeInfo) {
+        let size = info.attr.size;
+        let blocks_len = match info.layout {
+            Layout::Plain { start: Some(s) } => Some((s, size)),
+            Layout::Inline { start } => {
+                let tail_start =
+                    size.saturating_sub(1) / self.sb.block_size() * self.sb.block_size();
+                Some((start, tail_start))
+            }
+            _ => None,
+        };
+        if let Some((start, len)) = blocks_len.filter(|&(_, len)| len > 0) {
+            self.src.prefetch([(start, len.min(DIR_PREFETCH))]);
+        }
+    }
+
     fn dir_info(&self, dir: Nid) -> Result<InodeInfo, ImageError> {
         let info = self.info(dir)?;
         if info.attr.kind != FileKind::Directory {
@@ -163,6 +183,26 @@ impl Image {
         while b < nblocks {
             let data = self.dir_block(&info, b)?;
             let blk = Block::parse(&data)?;
+            // The caller (READDIRPLUS, `find`) loads these entries' inodes next: start
+            // reading all their windows now rather than one at a time.
+            // Its subdirectories are listed ahead, a level before the walk gets there.
+            let entries: Vec<_> = (first..blk.count)
+                .filter_map(|i| blk.entry(i).ok())
+                .collect();
+            self.src.prefetch(
+                entries
+                    .iter()
+                    .filter_map(|e| inode_pos(&self.sb, Nid(e.1)).ok())
+                    .map(|pos| (pos, 64)),
+            );
+            let dirs: Vec<Nid> = entries
+                .iter()
+                .filter(|e| {
+                    FileKind::from_dirent(e.2) == Some(FileKind::Directory) && valid_name(e.0)
+                })
+                .map(|e| Nid(e.1))
+                .collect();
+            self.list_ahead(&dirs);
             for i in first..blk.count {
                 let (name, nid, ft) = blk.entry(i)?;
                 let next = if i + 1 < blk.count {

@@ -62,7 +62,7 @@
 //!   MiB, extents <= 16 MiB).
 //!
 //! # Caches (one byte budget, shared by images)
-//! Raw 32 KiB windows of the image (metadata and pclusters), parsed inodes,
+//! Raw 4 KiB windows of the image (metadata and pclusters), parsed inodes,
 //! compression headers and decoded extents are entries of one [`CacheBudget`]:
 //! [`Image::open_in`] puts an image in a budget shared with others (a daemon's
 //! one budget for all its images), [`Image::open`] gives it one of its own of
@@ -72,6 +72,14 @@
 //! each thread that reads compressed data keeps one buffer of at most 4 MiB for
 //! the pclusters of a request.
 //!
+//! # Cold walks
+//! Listing a directory block advises the kernel (`POSIX_FADV_WILLNEED`) of the
+//! pages holding its entries' inodes, loading a directory's inode advises its first
+//! blocks, and the subdirectories of a listed block are listed ahead by one
+//! background thread per image (on an image of its own with a zero budget: it
+//! fills the page cache only, and ends after a second without work). So the reads
+//! of a cold walk are issued many at a time rather than one after another.
+//!
 //! # Feature `testing`
 //! Module `testing`: the skip policy of tests that need root, the kernel's erofs or
 //! `mkfs.erofs` (`IMAGEFS_TESTS_STRICT=1` makes them fail instead), and the
@@ -79,6 +87,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ahead;
 mod bytes;
 mod cache;
 mod data;
@@ -122,6 +131,8 @@ pub struct Image {
     sb: SuperBlock,
     /// Long xattr name prefixes (base index, infix), loaded on first use.
     prefixes: OnceLock<PrefixTable>,
+    /// Subdirectories to list ahead of a walk (`ahead`).
+    ahead: ahead::Ahead,
 }
 
 impl std::fmt::Debug for Image {
@@ -156,6 +167,7 @@ impl Image {
             src,
             sb,
             prefixes: OnceLock::new(),
+            ahead: ahead::Ahead::new(true),
         };
         let root = img.inode(img.root())?;
         if root.kind != FileKind::Directory {
@@ -175,6 +187,9 @@ impl Image {
             return Ok((*i).clone());
         }
         let info = inode::load(&self.src, &self.sb, nid)?;
+        if info.attr.kind == FileKind::Directory {
+            self.prefetch_dir_blocks(&info);
+        }
         self.src
             .cache
             .insert(Key::Inode(nid.0), Arc::new(info.clone()));

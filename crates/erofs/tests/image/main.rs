@@ -4,6 +4,7 @@
 //! `SKIP <test>: needs <reason>` and pass, unless `IMAGEFS_TESTS_STRICT=1` is set
 //! (see `imagefs_erofs::testing`).
 
+mod ahead;
 mod budget;
 mod corrupt;
 mod fixture;
