@@ -15,7 +15,7 @@ use log::{Level, info};
 use super::ImageFs;
 use super::attr::{self, IMMUTABLE_TTL, PENDING_TTL, TAGS_TTL};
 use super::errno::{Error, Result};
-use super::handles::Handle;
+use super::handles::{Handle, NO_HANDLE};
 use super::inodes::{ImageId, NodeKey};
 use super::readbuf::ReadBuf;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
@@ -509,6 +509,16 @@ impl ImageFs {
                 Level::Debug,
                 format!("{k:?}: not a file"),
             )),
+        }
+    }
+
+    /// READ on the main mount: through handle `fh`, or by number for an open that keeps
+    /// none ([`NO_HANDLE`]: an image's file).
+    pub(super) fn read_opened(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadBuf> {
+        if fh == NO_HANDLE {
+            self.read_inode(ino, offset, size)
+        } else {
+            self.read(fh, offset, size)
         }
     }
 

@@ -13,6 +13,12 @@ use imagefs_erofs::{Image, Nid};
 
 use super::inodes::ImageId;
 
+/// The handle of an open that keeps none: an image's regular file opened on the main mount.
+/// Its reads name the inode, found by number like the image-tree connection's (the kernel
+/// holds an open file's inode, so its image stays open: `rootfs.rs`), and its RELEASE has
+/// nothing to drop. [`Handles::insert`] never gives it out (numbers start at 1).
+pub const NO_HANDLE: u64 = 0;
+
 pub enum Handle {
     /// A store file opened for passthrough: the kernel reads it; we keep the backing id.
     Backed { _id: Arc<BackingId> },
