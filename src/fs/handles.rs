@@ -1,5 +1,5 @@
-//! Open file handles (directories have none: OPENDIR is not used), and the passthrough
-//! backing ids behind them.
+//! Open file handles (directories have none: OPENDIR is not used; nor has an image's file
+//! opened on the main mount: [`NO_HANDLE`]), and the passthrough backing ids behind them.
 //!
 //! Invariants: a handle number is never reused within a mount; an inode has at most one
 //! live backing id, shared by every passthrough open of it and released with the last.
