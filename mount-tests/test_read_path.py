@@ -6,7 +6,7 @@ file in parallel, each through its own open file, while the image's last tag is 
 read returns the right bytes (no torn or stale data), and no open file loses its image (in use
 is never yanked). Both of the daemon's ways of serving a tree: its image-tree connection
 (`--rootfs-mounts fuse`, reads by inode number) and the main mount (`--rootfs-mounts none`,
-reads by open handle).
+whose opens of an image's file keep no handle: reads by number too).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
 use imagefs_erofs::Nid;
@@ -15,7 +15,7 @@ use log::{Level, info};
 use super::ImageFs;
 use super::attr::{self, IMMUTABLE_TTL, PENDING_TTL, TAGS_TTL};
 use super::errno::{Error, Result};
-use super::handles::Handle;
+use super::handles::{Handle, NO_HANDLE};
 use super::inodes::{ImageId, NodeKey};
 use super::readbuf::ReadBuf;
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
@@ -285,8 +285,27 @@ impl ImageFs {
     }
 
     /// Looks `name` up in `parent` and counts the kernel's new reference.
+    ///
+    /// A name missing from an image directory is an entry numbered 0 (nothing counted),
+    /// which the kernel keeps as a negative entry for its TTL instead of asking again at
+    /// every probe of the name (a `PATH` search, an interpreter's imports, a symlink to
+    /// nowhere). An image never changes, and leaves the kernel's view with its `rootfs`
+    /// entry; elsewhere a name may appear (a tag, a pull): ENOENT, not cached.
     pub(super) fn lookup(&self, parent: u64, name: &OsStr) -> Result<(FileAttr, Duration)> {
-        let key = self.child_key(&self.key(parent)?, name)?;
+        let key = match self.key(parent)? {
+            NodeKey::Rootfs(d, nid) => {
+                let found = self
+                    .image(&d)?
+                    .lookup(Nid(nid), name.as_bytes())
+                    .map_err(|e| self.open_images.error(&d, e))?;
+                let Some(child) = found else {
+                    let absent = attr::synthetic(0, FileType::RegularFile, 0, 0, UNIX_EPOCH);
+                    return Ok((absent, IMMUTABLE_TTL));
+                };
+                NodeKey::Rootfs(d, child.0)
+            }
+            key => self.child_key(&key, name)?,
+        };
         self.entry(key)
     }
 
@@ -509,6 +528,16 @@ impl ImageFs {
                 Level::Debug,
                 format!("{k:?}: not a file"),
             )),
+        }
+    }
+
+    /// READ on the main mount: through handle `fh`, or by number for an open that keeps
+    /// none ([`NO_HANDLE`]: an image's file).
+    pub(super) fn read_opened(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Result<ReadBuf> {
+        if fh == NO_HANDLE {
+            self.read_inode(ino, offset, size)
+        } else {
+            self.read(fh, offset, size)
         }
     }
 

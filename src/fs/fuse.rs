@@ -424,7 +424,7 @@ impl Filesystem for Connection {
                 if self.image_trees {
                     fs.read_inode(self.node(ino), offset, size)
                 } else {
-                    fs.read(fh.0, offset, size)
+                    fs.read_opened(self.node(ino), fh.0, offset, size)
                 }
             },
             |reply, b| reply.data(&b),

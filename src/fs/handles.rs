@@ -1,5 +1,5 @@
-//! Open file handles (directories have none: OPENDIR is not used), and the passthrough
-//! backing ids behind them.
+//! Open file handles (directories have none: OPENDIR is not used; nor has an image's file
+//! opened on the main mount: [`NO_HANDLE`]), and the passthrough backing ids behind them.
 //!
 //! Invariants: a handle number is never reused within a mount; an inode has at most one
 //! live backing id, shared by every passthrough open of it and released with the last.
@@ -12,6 +12,12 @@ use fuser::BackingId;
 use imagefs_erofs::{Image, Nid};
 
 use super::inodes::ImageId;
+
+/// The handle of an open that keeps none: an image's regular file opened on the main mount.
+/// Its reads name the inode, found by number like the image-tree connection's (the kernel
+/// holds an open file's inode, so its image stays open: `rootfs.rs`), and its RELEASE has
+/// nothing to drop. [`Handles::insert`] never gives it out (numbers start at 1).
+pub const NO_HANDLE: u64 = 0;
 
 pub enum Handle {
     /// A store file opened for passthrough: the kernel reads it; we keep the backing id.

@@ -13,7 +13,7 @@ use fuser::{BackingId, FopenFlags};
 
 use super::ImageFs;
 use super::errno::Result;
-use super::handles::Handle;
+use super::handles::{Handle, NO_HANDLE};
 
 /// Open flags for files whose bytes never change while open: the kernel keeps their pages,
 /// and, since nothing is ever written through the mount, does not send FLUSH on close.
@@ -66,6 +66,18 @@ impl ImageFs {
         flags: i32,
         open_backing: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Result<Opened> {
+        // An image's file, the common case of a walk that reads (`tar`): no handle, no
+        // lock but the open images' read lock, nothing decoded (the kernel opens only
+        // what its attributes call a regular file). See `NO_HANDLE`.
+        if self.open_images.by_ino(ino).is_some() {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+                return Err(self.refuse_change(ino, "open for writing"));
+            }
+            return Ok(Opened::Read {
+                fh: NO_HANDLE,
+                flags: IMMUTABLE_FILE,
+            });
+        }
         let (fh, h) = self.open(ino, flags)?;
         Ok(match &*h {
             // A file that may still be rewritten is read afresh at every open: no cache kept,
@@ -127,6 +139,9 @@ impl ImageFs {
 
     /// RELEASE: the handle goes (and with the last open of an inode, its backing id).
     pub(super) fn release(&self, fh: u64) {
+        if fh == NO_HANDLE {
+            return;
+        }
         self.handles.write().remove(fh);
     }
 }

@@ -86,6 +86,10 @@ impl Kernel {
                 _ => return Err(libc::ENOTDIR),
             }
             let (a, _) = fs.lookup(ino, OsStr::new(c)).map_err(errno)?;
+            // Entry 0: a negative entry (a name missing from an image).
+            if a.ino.0 == 0 {
+                return Err(libc::ENOENT);
+            }
             ino = self.add_dentry(&cur, a.ino.0, a.kind);
         }
         Ok(ino)
@@ -470,6 +474,9 @@ impl Kernel {
     pub fn read_at(&mut self, fs: &ImageFs, cwd: u64, name: &str) -> Result<Vec<u8>, Errno> {
         let (a, _) = fs.lookup(cwd, OsStr::new(name)).map_err(errno)?;
         let ino = a.ino.0;
+        if ino == 0 {
+            return Err(libc::ENOENT);
+        }
         let r = fs.open(ino, libc::O_RDONLY).and_then(|(fh, _)| {
             let r = fs.read(fh, 0, 4096).map(|b| b.to_vec());
             fs.release(fh);

@@ -7,8 +7,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::{Fx, Mount, image, os_release, real_digest_dir};
+use fuser::FopenFlags;
+
 use crate::fs::ImageFs;
+use crate::fs::handles::NO_HANDLE;
 use crate::fs::inodes::{DIGESTS, TAGS};
+use crate::fs::passthrough::Opened;
 use crate::store::tests::fixture::hex;
 
 /// Runs `f` on another thread while this one holds the inode table's lock, and returns its
@@ -17,7 +21,17 @@ fn with_inode_table_locked<T: Send + 'static>(
     fs: &Arc<ImageFs>,
     f: impl FnOnce(&ImageFs) -> T + Send + 'static,
 ) -> Option<T> {
-    let _held = fs.inodes.lock();
+    let held = fs.inodes.lock();
+    while_held(held, fs, f)
+}
+
+/// Runs `f` on another thread while `_held` (a lock's guard) is held, and returns its
+/// result; `None` if it did not finish within a few seconds (it waited for the lock).
+fn while_held<G, T: Send + 'static>(
+    _held: G,
+    fs: &Arc<ImageFs>,
+    f: impl FnOnce(&ImageFs) -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = mpsc::channel();
     let other = fs.clone();
     std::thread::spawn(move || {
@@ -94,4 +108,53 @@ fn image_reads_resolve_by_number_and_handle_without_the_inode_table() {
     assert_eq!(stale.errno, fuser::Errno::ESTALE);
     assert_eq!(fs.read(fh, 0, 4096).expect("read").to_vec(), want);
     fs.release(fh);
+}
+
+#[test]
+fn an_image_file_on_the_main_mount_opens_reads_and_releases_without_the_handle_table() {
+    let Some(img) = image(1) else {
+        return;
+    };
+    let fx = Fx::new();
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
+    fx.ctag("h.io/a", "t", 1);
+    let m = Mount::new(&fx);
+    let fs = Arc::new(m.fs);
+    let lookup = |parent, name: &str| {
+        fs.lookup(parent, OsStr::new(name))
+            .map(|(a, _)| a.ino.0)
+            .unwrap_or_else(|e| panic!("lookup {name}: {}", e.reason))
+    };
+    let digest = lookup(DIGESTS, &hex(1));
+    let file = lookup(lookup(lookup(digest, "rootfs"), "etc"), "os-release");
+    let want = os_release(1).into_bytes();
+    let no_backing = |_: &std::fs::File| Err(std::io::Error::other("no passthrough here"));
+
+    // Every OPEN of a `tar` on the main mount, with the handle table locked by someone
+    // else: the open keeps no handle, its READ goes by number, its RELEASE drops nothing.
+    let held = fs.handles.write();
+    let got = while_held(held, &fs, move |fs| {
+        let (fh, flags) = match fs.open_file(file, libc::O_RDONLY, no_backing) {
+            Ok(Opened::Read { fh, flags }) => (fh, flags),
+            Ok(Opened::Passthrough { .. }) => panic!("an image file passed through"),
+            Err(e) => panic!("open: {}", e.reason),
+        };
+        let data = fs.read_opened(file, fh, 0, 4096).map(|b| b.to_vec());
+        fs.release(fh);
+        (fh, flags, data)
+    })
+    .expect("an image file's OPEN, READ or RELEASE waited for the handle table's lock");
+    let (fh, flags, data) = got;
+    assert_eq!(fh, NO_HANDLE);
+    assert!(flags.contains(FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH));
+    assert_eq!(data.expect("read"), want);
+
+    // Still refused for writing, whatever the caller's rights.
+    for how in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        let e = fs
+            .open_file(file, how, no_backing)
+            .err()
+            .expect("an image file opened for writing");
+        assert_eq!(e.errno, fuser::Errno::EROFS);
+    }
 }
