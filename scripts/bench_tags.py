@@ -874,6 +874,9 @@ def print_size(r: dict):
               f"{st['mountinfo_s'] * 1000:.1f} ms); daemon RSS after start-up {rss0.get('VmRSS', 0) / 1024:.1f} MiB, "
               f"after ops {rss1.get('VmRSS', 0) / 1024:.1f} MiB (peak VmHWM {rss1.get('VmHWM', 0) / 1024:.1f} MiB, "
               f"{rss1.get('Threads', '?')} threads)")
+        if im.get("startup_remount"):
+            print(f"    imagefs second mount of the same store (from the index snapshot): "
+                  f"{im['startup_remount']['startup_s'] * 1000:.1f} ms (RSS after start-up above is this mount's)")
     hdr = (f"    {'operation':<38} {'n':>7} | {'imagefs':>9} {'p90':>9} | {'hypeman':>9} {'p90':>9} | {'ratio':>6} "
            f"{'paired':>6} | {'floor':>8} {'ratio':>6}")
     print(hdr)
@@ -943,7 +946,10 @@ def evaluate_million(results: list, sizes: list) -> list:
     if not im.get("startup"):
         return ["issue 13 targets: imagefs not measured"]
     s = im["startup"]["startup_s"]
-    ev.append(f"[issue 13] start-up < 1.5 s at {n}: {s:.2f} s -> {ok(s < 1.5)}")
+    ev.append(f"[issue 13] start-up < 1.5 s at {n}, first mount (no index snapshot): {s:.2f} s -> {ok(s < 1.5)}")
+    if im.get("startup_remount"):
+        s = im["startup_remount"]["startup_s"]
+        ev.append(f"[issue 13] start-up < 1.5 s at {n}, second mount (from the snapshot): {s:.2f} s -> {ok(s < 1.5)}")
     r0 = im["rss_after_startup_kib"].get("VmRSS", 0) / 1024
     ev.append(f"[issue 13] (info) RSS after start-up at {n}: {r0:.1f} MiB "
               f"(peak VmHWM {im['rss_after_startup_kib'].get('VmHWM', 0) / 1024:.1f} MiB)")
@@ -1092,6 +1098,18 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
                 im["startup"] = m.start(args.mount_timeout)
                 im["rss_after_startup_kib"] = proc_status_kib(m.proc.pid)
                 print(f"{tag} mounted in {im['startup']['startup_s'] * 1000:.1f} ms", flush=True)
+                if not args.no_remount:
+                    # The first mount of a store reads every tag; the unmount leaves the
+                    # index snapshot in the bookkeeping, and a daemon restarted on the same
+                    # store starts from it. Both start-ups are reported; the run goes on
+                    # with the second mount.
+                    im["stop_first"] = m.stop()
+                    m = Mount(binary, store, mnt, work / f"imagefs-{n}-remount.log", extra)
+                    mounts[-1] = m
+                    im["startup_remount"] = m.start(args.mount_timeout)
+                    im["rss_after_startup_kib"] = proc_status_kib(m.proc.pid)
+                    print(f"{tag} unmounted and mounted again in {im['startup_remount']['startup_s'] * 1000:.1f} ms",
+                          flush=True)
                 # sanity + cost of a full listing: readdir of every repository through the mount
                 t0 = now_ns()
                 seen = 0
@@ -1226,6 +1244,9 @@ def main() -> int:
     ap.add_argument("--mount-arg", action="append", default=[],
                     help="extra argument for imagefs mount (repeatable), e.g. --mount-arg=--no-sync")
     ap.add_argument("--out", help="write the results as JSON to this file")
+    ap.add_argument("--no-remount", action="store_true",
+                    help="measure only the first mount's start-up (default: also a second mount of the same store, "
+                         "which starts from the index snapshot the first one left)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary stores and mountpoints")
     ap.add_argument("--tmpdir", help="where to create the work directory (default: the system temp dir)")
     ap.add_argument("--seed", type=int, default=1)
