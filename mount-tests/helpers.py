@@ -69,6 +69,17 @@ def sh(*args, check=False, timeout=60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=check, **kw)
 
 
+def terminate(p: subprocess.Popen, wait: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `wait` seconds; reaps it either way."""
+    if p.poll() is None:
+        p.terminate()
+    try:
+        p.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
 def read_at(dfd: int, name, size: int) -> bytes:
     """Up to size bytes of the file name in the directory open as dfd (one read)."""
     f = os.open(name, os.O_RDONLY, dir_fd=dfd)

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from helpers import bookkeeping, imagefs_bin, require, sh, trash_entries, wait_trash_empty
+from helpers import bookkeeping, imagefs_bin, require, sh, terminate, trash_entries, wait_trash_empty
 from hypeman import Content, Legacy
 from rootfs_tree import wait_until
 
@@ -127,13 +127,7 @@ def renames_delayed(pid: int, seconds: float):
             require(False, f"strace cannot attach to the daemon: {err}")
         yield
     finally:
-        if p.poll() is None:
-            p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        terminate(p)
 
 
 def hypeman_remove_all(d: Path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import force_unmount, trash_entries, wait_trash_empty
+from helpers import force_unmount, terminate, trash_entries, wait_trash_empty
 from rootfs_tree import (StoreRoot, add_image, add_raw_digest, build_busybox_tree, build_varied_tree, compare,
                          describe, erofs_superblocks, inode_partition, kernel_mount, mkfs, wait_until)
 
@@ -170,12 +170,7 @@ def test_without_loop_devices_the_image_file_itself_is_mounted(workdir, busybox)
         text = log.read_text(errors="replace")
         assert text.count("no loop device for image trees") == 1, text
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        terminate(p, 15)
 
 
 def test_allow_setuid_lifts_nosuid_only(workdir, busybox, mounter):
@@ -186,7 +181,10 @@ def test_allow_setuid_lifts_nosuid_only(workdir, busybox, mounter):
     assert "nodev" in opts and "nosuid" not in opts, opts
 
 
-def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybox, mounter):
+def mount_with_a_process_in_the_tree(workdir, busybox, mounter):
+    """A mount of a store of one image tagged k/a:v1 whose kernel tree is mounted, and a process
+    whose working directory is inside that tree. Returns the store, the digest, the mount, the
+    tree's path, the erofs superblocks the tree added and the process (the caller kills it)."""
     before = erofs_superblocks()
     root, hx = store_with(workdir, busybox)
     m = mounter(StoreRoot(root))
@@ -195,8 +193,16 @@ def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybo
     ours = erofs_superblocks() - before
     inside = rootfs / "data"
     p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    if not wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5):
+        p.kill()
+        p.wait()
+        raise AssertionError(f"the process did not start in {inside}")
+    return root, hx, m, rootfs, ours, p
+
+
+def test_collected_image_in_use_keeps_working_and_goes_once_left(workdir, busybox, mounter):
+    root, hx, m, rootfs, ours, p = mount_with_a_process_in_the_tree(workdir, busybox, mounter)
     try:
-        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
         os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
         assert str(rootfs) not in mounts_below(m.mnt), "the collected image's mount must go before rm returns"
         assert not (root / "content" / hx).exists()
@@ -233,16 +239,8 @@ def test_a_daemon_killed_while_a_kernel_tree_is_held_leaves_the_image_to_the_nex
     process inside keeps its tree (the detached erofs mount does not depend on the daemon), and the
     next mount empties the trash at start-up without waiting for the process (the kernel's own
     reference keeps the unlinked file's data until it leaves)."""
-    before = erofs_superblocks()
-    root, hx = store_with(workdir, busybox)
-    m = mounter(StoreRoot(root))
-    rootfs = tree_mount(m.mnt, hx)
-    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
-    ours = erofs_superblocks() - before
-    inside = rootfs / "data"
-    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    root, hx, m, rootfs, ours, p = mount_with_a_process_in_the_tree(workdir, busybox, mounter)
     try:
-        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
         os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
         assert len(trash_entries(root)) == 1, trash_entries(root)
         m.kill9()
@@ -271,14 +269,8 @@ def test_another_writer_deleting_an_image_whose_kernel_tree_is_in_use(workdir, b
     inside the image's kernel tree: the process keeps its tree, the image leaves digests/ and its
     tree mount is detached, the daemon keeps answering, and nothing of it is left in the trash
     (it never was imagefs's to delete)."""
-    root, hx = store_with(workdir, busybox)
-    m = mounter(StoreRoot(root))
-    rootfs = tree_mount(m.mnt, hx)
-    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
-    inside = rootfs / "data"
-    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    root, hx, m, rootfs, _, p = mount_with_a_process_in_the_tree(workdir, busybox, mounter)
     try:
-        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
         os.unlink(root / "repositories" / "k" / "a" / "v1")
         shutil.rmtree(root / "content" / hx)
         assert wait_until(lambda: hx not in os.listdir(m.mnt / "digests"), 5), m.log_tail()

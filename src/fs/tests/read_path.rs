@@ -15,6 +15,23 @@ use crate::fs::inodes::{DIGESTS, TAGS};
 use crate::fs::passthrough::Opened;
 use crate::store::tests::fixture::hex;
 
+/// A mount of a store holding image 1 under the tag `h.io/a:t`; `None` where no image can
+/// be built (see `image`). The fixture keeps the store's directory alive.
+fn one_tagged_image() -> Option<(Fx, Arc<ImageFs>)> {
+    let img = image(1)?;
+    let fx = Fx::new();
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
+    fx.ctag("h.io/a", "t", 1);
+    let fs = Arc::new(Mount::new(&fx).fs);
+    Some((fx, fs))
+}
+
+fn lookup(fs: &ImageFs, parent: u64, name: &str) -> u64 {
+    fs.lookup(parent, OsStr::new(name))
+        .map(|(a, _)| a.ino.0)
+        .unwrap_or_else(|e| panic!("lookup {name}: {}", e.reason))
+}
+
 /// Runs `f` on another thread while this one holds the inode table's lock, and returns its
 /// result; `None` if it did not finish within a few seconds (it waited for the lock).
 fn with_inode_table_locked<T: Send + 'static>(
@@ -43,19 +60,10 @@ fn while_held<G, T: Send + 'static>(
 
 #[test]
 fn image_reads_resolve_by_number_and_handle_without_the_inode_table() {
-    let Some(img) = image(1) else {
+    let Some((fx, fs)) = one_tagged_image() else {
         return;
     };
-    let fx = Fx::new();
-    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
-    fx.ctag("h.io/a", "t", 1);
-    let m = Mount::new(&fx);
-    let fs = Arc::new(m.fs);
-    let lookup = |parent, name: &str| {
-        fs.lookup(parent, OsStr::new(name))
-            .map(|(a, _)| a.ino.0)
-            .unwrap_or_else(|e| panic!("lookup {name}: {}", e.reason))
-    };
+    let lookup = |parent, name: &str| lookup(&fs, parent, name);
     let digest = lookup(DIGESTS, &hex(1));
     let rootfs = lookup(digest, "rootfs");
     let etc = lookup(rootfs, "etc");
@@ -112,19 +120,10 @@ fn image_reads_resolve_by_number_and_handle_without_the_inode_table() {
 
 #[test]
 fn an_image_file_on_the_main_mount_opens_reads_and_releases_without_the_handle_table() {
-    let Some(img) = image(1) else {
+    let Some((_fx, fs)) = one_tagged_image() else {
         return;
     };
-    let fx = Fx::new();
-    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
-    fx.ctag("h.io/a", "t", 1);
-    let m = Mount::new(&fx);
-    let fs = Arc::new(m.fs);
-    let lookup = |parent, name: &str| {
-        fs.lookup(parent, OsStr::new(name))
-            .map(|(a, _)| a.ino.0)
-            .unwrap_or_else(|e| panic!("lookup {name}: {}", e.reason))
-    };
+    let lookup = |parent, name: &str| lookup(&fs, parent, name);
     let digest = lookup(DIGESTS, &hex(1));
     let file = lookup(lookup(lookup(digest, "rootfs"), "etc"), "os-release");
     let want = os_release(1).into_bytes();
