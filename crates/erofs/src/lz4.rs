@@ -140,11 +140,11 @@ pub(crate) fn decompress(src: &[u8], dst: &mut [u8]) -> Result<usize, ImageError
 }
 
 /// Input a short sequence may read from its token: the token, a 16-byte literal
-/// copy, and (past at most 14 literals) a 2-byte offset.
-const FAST_IN: usize = 17;
-/// Output a short sequence may write: at most 14 literals (16 copied), then at most
+/// copy, and (past at most 15 literals) a 2-byte offset.
+const FAST_IN: usize = 18;
+/// Output a short sequence may write: at most 15 literals (16 copied), then at most
 /// 18 match bytes, written as up to 32.
-const FAST_OUT: usize = 14 + 2 * WILD;
+const FAST_OUT: usize = 15 + 2 * WILD;
 
 /// Decodes the sequence whose `token` is at `ip`, both of its lengths short (literals
 /// under 15, match under 19), where the input and the output have `FAST_IN` and
@@ -158,12 +158,22 @@ fn short_sequence(
     op: usize,
     token: u8,
 ) -> Result<(usize, usize), ImageError> {
+    // Fixed-size windows: indexing them by at most 15 + constants needs no checks.
+    let Some(input) = src.get(ip..).and_then(<[u8]>::first_chunk::<FAST_IN>) else {
+        return bad("short sequence past input end");
+    };
     let lit = usize::from(token >> 4);
-    copy_n::<WILD>(dst, op, src, ip + 1)?;
-    let (ip, op) = (ip + 1 + lit, op + lit);
-    let Some(&[lo, hi]) = src.get(ip..).and_then(<[u8]>::first_chunk::<2>) else {
+    let Some(out) = dst.get_mut(op..).and_then(<[u8]>::first_chunk_mut::<WILD>) else {
+        return bad("short sequence past output end");
+    };
+    let Some(literals) = input.get(1..).and_then(<[u8]>::first_chunk::<WILD>) else {
+        return bad("short sequence literals");
+    };
+    *out = *literals;
+    let (Some(&lo), Some(&hi)) = (input.get(1 + lit), input.get(2 + lit)) else {
         return bad("truncated match offset");
     };
+    let (ip, op) = (ip + 3 + lit, op + lit);
     let offset = usize::from(u16::from_le_bytes([lo, hi]));
     if offset == 0 || offset > op {
         return bad("bad match offset");
@@ -184,7 +194,7 @@ fn short_sequence(
     } else {
         copy_pattern(dst, start, op, offset, mlen)?;
     }
-    Ok((ip + 2, op + mlen))
+    Ok((ip, op + mlen))
 }
 
 /// Continue an extended length (`base` is 15) with 255-continued bytes.
