@@ -180,16 +180,26 @@ fn short_sequence(
     }
     let mlen = usize::from(token & 15) + 4;
     let start = op - offset;
-    if offset >= WILD {
-        move_n::<WILD>(dst, start, op)?;
-        if mlen > WILD {
-            move_n::<WILD>(dst, start + WILD, op + WILD)?;
-        }
-    } else if offset >= 8 {
-        move_n::<8>(dst, start, op)?;
-        move_n::<8>(dst, start + 8, op + 8)?;
-        if mlen > WILD {
-            move_n::<8>(dst, start + WILD, op + WILD)?;
+    if offset >= 8 {
+        // One window from the match's source to 32 bytes past `op`: the moves inside it
+        // are at offsets its length (`offset + 32`, `offset` being under 65,536) bounds.
+        let Some(win) = dst
+            .get_mut(start..)
+            .and_then(|w| w.get_mut(..offset + 2 * WILD))
+        else {
+            return bad("match copy out of range");
+        };
+        if offset >= WILD {
+            move_n::<WILD>(win, 0, offset)?;
+            if mlen > WILD {
+                move_n::<WILD>(win, WILD, offset + WILD)?;
+            }
+        } else {
+            move_n::<8>(win, 0, offset)?;
+            move_n::<8>(win, 8, offset + 8)?;
+            if mlen > WILD {
+                move_n::<8>(win, WILD, offset + WILD)?;
+            }
         }
     } else {
         copy_pattern(dst, start, op, offset, mlen)?;
