@@ -3,13 +3,15 @@
 //!
 //! ```text
 //! cargo run --release -p imagefs-erofs --example bench            # against the kernel
-//! cargo run --release -p imagefs-erofs --example bench -- read-loop IMG
+//! cargo run --release -p imagefs-erofs --example bench -- read-loop IMG [PATH [KIB [N [MIB]]]]
 //! ```
 //!
 //! The comparison needs root, `mkfs.erofs` and kernel erofs; it uses
 //! `/usr/share` (or `$IMAGEFS_BENCH_TREE`) as the tree and `$IMAGEFS_BENCH_MB`
 //! (default 256) MiB of /usr/bin + /usr/lib bytes for the large file.
-//! `read-loop` reads `/big` of image IMG five times (profiling aid).
+//! `read-loop` reads file PATH (default `/big`) of image IMG N times (default 5) in reads
+//! of KIB KiB (default 128), its first MIB MiB only if given, and prints each pass's wall and CPU time (profiling aid; run
+//! it on an image in the page cache to time decoding alone).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -28,9 +30,17 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [] => bench_against_kernel(),
-        [cmd, img] if cmd == "read-loop" => read_loop_for_profiling(Path::new(img)),
+        [cmd, img, rest @ ..] if cmd == "read-loop" && rest.len() <= 4 => {
+            let path = rest.first().map_or("/big", String::as_str);
+            let kib = rest.get(1).map_or(128, |k| k.parse().expect("KIB"));
+            let n = rest.get(2).map_or(5, |k| k.parse().expect("N"));
+            let limit = rest
+                .get(3)
+                .map_or(u64::MAX, |m| m.parse::<u64>().expect("MIB") << 20);
+            read_loop_for_profiling(Path::new(img), path, kib, n, limit)
+        }
         _ => {
-            eprintln!("usage: bench [read-loop IMG]");
+            eprintln!("usage: bench [read-loop IMG [PATH [KIB [N [MIB]]]]]");
             std::process::exit(2);
         }
     }
@@ -72,9 +82,13 @@ fn make_big(out: &Path, dirs: &[&str], limit: u64) {
 }
 
 fn ours_read_all(img: &Image, nid: Nid, check: bool) -> (u64, u64) {
-    let mut buf = vec![0u8; 128 * 1024];
+    ours_read_all_by(img, nid, check, 128 * 1024, u64::MAX)
+}
+
+fn ours_read_all_by(img: &Image, nid: Nid, check: bool, chunk: usize, limit: u64) -> (u64, u64) {
+    let mut buf = vec![0u8; chunk];
     let (mut off, mut sum) = (0u64, 0u64);
-    loop {
+    while off < limit {
         let n = img.read(nid, off, &mut buf).expect("read");
         if n == 0 {
             return (off, sum);
@@ -84,6 +98,7 @@ fn ours_read_all(img: &Image, nid: Nid, check: bool) -> (u64, u64) {
         }
         off += n as u64;
     }
+    (off, sum)
 }
 
 /// Cheap order-sensitive checksum (only used in an untimed verification pass).
@@ -257,14 +272,29 @@ fn round_trip_cat(p: &Path) {
 }
 
 /// Read `/big` of image `p` five times (profiling aid).
-fn read_loop_for_profiling(p: &Path) {
+fn read_loop_for_profiling(p: &Path, path: &str, kib: usize, passes: usize, limit: u64) {
     let img = open(p);
-    let nid = img
-        .lookup(img.root(), b"big")
-        .expect("lookup")
-        .expect("big");
-    for _ in 0..5 {
-        let (_, t) = time(|| ours_read_all(&img, nid, false));
-        eprintln!("{t:.3}s");
+    let mut nid = img.root();
+    for name in path.split('/').filter(|c| !c.is_empty()) {
+        nid = img
+            .lookup(nid, name.as_bytes())
+            .expect("lookup")
+            .unwrap_or_else(|| panic!("{path}: no {name}"));
     }
+    for _ in 0..passes {
+        let c0 = cpu_seconds();
+        let ((bytes, _), t) = time(|| ours_read_all_by(&img, nid, false, kib << 10, limit));
+        let c = cpu_seconds() - c0;
+        eprintln!("{bytes} bytes: {t:.3} s wall, {c:.3} s CPU");
+    }
+}
+
+/// User + system CPU seconds of this process so far.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    s(ru.ru_utime) + s(ru.ru_stime)
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use imagefs_erofs::Image;
-use imagefs_erofs::testing::{mutation_targets, walk_all};
+use imagefs_erofs::testing::{Need, mutation_targets, walk_all};
 
 use super::fixture::Scratch;
 
@@ -145,4 +145,71 @@ fn corrupted_images_never_panic() {
         );
     }
     assert!(total >= 2000, "only {total} mutations ran");
+}
+
+/// A cut LZ4 pcluster is an error when read, never other bytes passed off as the file's
+/// (nor a panic): each data block of a one-file image in turn has its stream's last
+/// bytes cut (the block shifted right behind more zero padding, as a truncated pcluster
+/// looks with 0-padding), and every read of the file must give its bytes or an error.
+#[test]
+fn cut_lz4_pclusters_are_errors() {
+    let Some(t) = Scratch::new(
+        &[Need::Root, Need::MkfsErofs],
+        "cut_lz4_pclusters_are_errors",
+    ) else {
+        return;
+    };
+    let src = t.path("src");
+    std::fs::create_dir_all(&src).expect("mkdir src");
+    // Compressible but unique per block (no two pclusters alike): numbered lines.
+    let data: Vec<u8> = (0..6000)
+        .flat_map(|i: u32| format!("line {i} of the lz4 pcluster test {}\n", i * 7919).into_bytes())
+        .collect();
+    std::fs::write(src.join("f"), &data).expect("write f");
+    let base = std::fs::read(t.mkfs("lz4.erofs", &["-zlz4", "-T0"])).expect("read image");
+    let clean = Image::open(memfile(&base)).expect("clean image opens");
+    let nid = clean
+        .lookup(clean.root(), b"f")
+        .expect("lookup f")
+        .expect("f exists");
+    let read_all = |img: &Image| -> Result<Vec<u8>, imagefs_erofs::ImageError> {
+        let mut out = vec![0u8; data.len() + 1];
+        let n = img.read(nid, 0, &mut out)?;
+        out.truncate(n);
+        Ok(out)
+    };
+    assert_eq!(read_all(&clean).expect("clean read"), data);
+    // Data blocks: those no metadata lies in.
+    let meta = mutation_targets(&clean, base.len());
+    let bs = 4096usize;
+    let mut cut_errors = 0;
+    for blk in 1..base.len() / bs {
+        let (lo, hi) = ((blk * bs) as u64, ((blk + 1) * bs) as u64);
+        if meta.iter().any(|&(s, l)| s < hi && s + l > lo) {
+            continue;
+        }
+        // A block stored uncompressed (the file's tail here) cannot tell cut from whole.
+        let head = &base[blk * bs..blk * bs + 64];
+        if data.windows(64).any(|w| w == head) {
+            continue;
+        }
+        for cut in [1usize, 7, 100] {
+            let mut img = base.clone();
+            let block = &mut img[blk * bs..(blk + 1) * bs];
+            block.copy_within(..bs - cut, cut);
+            block[..cut].fill(0);
+            let image = Image::open(memfile(&img)).expect("mutated image opens");
+            match read_all(&image) {
+                Ok(got) => assert!(
+                    got == data,
+                    "block {blk} cut by {cut}: the read gave other bytes, not an error"
+                ),
+                Err(_) => cut_errors += 1,
+            }
+        }
+    }
+    assert!(
+        cut_errors >= 30,
+        "only {cut_errors} cut pclusters were detected"
+    );
 }
