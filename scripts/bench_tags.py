@@ -898,7 +898,7 @@ def print_size(r: dict):
     if bt:
         def part(x):
             return f"{x['n']}, median {x['median_us']:.0f} us" if x else "0"
-        print(f"    rm LAST, image tree mounted (its detach waited for): {part(bt.get('tree_mounted'))}; "
+        print(f"    rm LAST, image tree mounted: {part(bt.get('tree_mounted'))}; "
               f"no tree mounted: {part(bt.get('no_tree'))}")
     for k in ("raw_problems", "imagefs_problems"):
         if r.get(k):

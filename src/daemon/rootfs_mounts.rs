@@ -155,8 +155,11 @@ impl RootfsMounts {
 
 /// Keeps ready digests' `rootfs` of mountpoint `mp` mounted from the detached superblock
 /// `superblock`, or with the kernel's erofs (`kernel`) where it takes the image (at most
-/// `max_trees` of them) until stopped: at start, whenever digests change, and every two
-/// seconds (a pull that finished, a tree someone detached, a tree that was in use).
+/// `max_trees` of them) until stopped: at start, when a digest comes, and every two
+/// seconds (the slots collections freed, a pull that finished, a tree someone detached, a
+/// tree that was in use). A collection only has the collected images a kernel tree may
+/// still hold looked at, every 50 ms for a while: not the store's digests, which would be
+/// copied under the index's read lock each time.
 ///
 /// A tree is never mounted over while the kernel holds inodes of the main mount's copy of
 /// it: a process inside that copy (a walk started before the mount) would find `..` of
@@ -174,23 +177,36 @@ fn keep_mounted(
     const RETRY: Duration = Duration::from_secs(30);
     let trees = &stop.trees;
     let mut failed: HashMap<Digest, Instant> = HashMap::new();
+    /// The round that mounts trees in the slots collections freed, and looks again at
+    /// what the kernel may have let go of or a pull finished.
+    const ROUND: Duration = Duration::from_secs(2);
     let mut said_full = false;
-    let mut first = true;
+    let mut last_round: Option<Instant> = None;
     // Collected images a kernel tree may still hold are looked at often for a while: most
-    // are let go as soon as the collection's invalidation detaches their tree.
+    // are let go as soon as the collection's invalidation detaches their tree. Only those
+    // are looked at then; the store's digests and the mount table wait for the round.
     let mut kernel_waiting = false;
     loop {
-        if !first {
-            trees.wait_for_digests(if kernel_waiting {
-                Duration::from_millis(50)
+        let mut mount_now = last_round.is_none();
+        if let Some(t) = last_round {
+            let left = ROUND.saturating_sub(t.elapsed());
+            let limit = if kernel_waiting {
+                left.min(Duration::from_millis(50))
             } else {
-                Duration::from_secs(2)
-            });
+                left
+            };
+            mount_now = trees.wait_for_digests(limit) || t.elapsed() >= ROUND;
         }
-        first = false;
         if stop.stopped() {
             return;
         }
+        if kernel.is_some() {
+            kernel_waiting = trees.release_kernel_held(lease_probe::open_elsewhere);
+        }
+        if !mount_now {
+            continue;
+        }
+        last_round = Some(Instant::now());
         failed.retain(|_, t| t.elapsed() < RETRY);
         let mounted = match mountinfo::read() {
             Ok(mounts) => mountinfo::rootfs_mounted(&mounts, &mp),
@@ -204,7 +220,7 @@ fn keep_mounted(
         if let Some(k) = kernel.as_mut() {
             let present = digests.iter().copied().collect();
             k.forget_gone(&present);
-            kernel_waiting = trees.release_kernel_held(&present, lease_probe::open_elsewhere);
+            trees.forget_gone_kernel_trees(&present);
         }
         for d in digests {
             if stop.stopped() {

@@ -59,7 +59,10 @@ pub(super) fn serve(
     let config = fuse_config(store.root(), opts);
     let mut session = Session::new(Connection::main(fs.clone()), mp, &config)
         .map_err(|e| format!("mount {}: {e}", mp.display()))?;
-    fs.start_notifier(session.notifier(), opts.threads);
+    // A descriptor of the connection too, for the notification fuser cannot send (an
+    // entry expired without being dropped); the daemon only writes on it.
+    let dev = std::os::fd::AsFd::as_fd(&session).try_clone_to_owned().ok();
+    fs.start_notifier(session.notifier(), dev, opts.threads);
     tuning::raise_readahead(mp);
     fs.start_watcher()?;
     let rootfs_mounts = if opts.rootfs_mounts != TreeMounts::None {

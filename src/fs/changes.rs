@@ -12,7 +12,7 @@ use log::{Level, info};
 use super::core::name_str;
 use super::errno::{Error, Result};
 use super::inodes::{self, ImageId, NodeKey};
-use super::notify::Inval;
+use super::notify::{Inval, Signal};
 use super::{ImageFs, target};
 use crate::store::{self, DirKey, RenameMode, names};
 
@@ -80,7 +80,7 @@ impl ImageFs {
             .detach(&NodeKey::Tag(p, name.to_string()));
         let mut forget = Forget::default();
         self.collected(staged.collected(), &mut forget);
-        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        let awaiting = self.send_forget(&mut forget);
         staged.finish();
         self.forgotten(awaiting, forget);
         self.durable(&[(parent, OsStr::new(name))])
@@ -176,7 +176,7 @@ impl ImageFs {
             .extend(moved.into_iter().flatten().map(Inval::Inode));
         info!("renamed {p}:{name} to {np}:{newname}");
         self.collected(staged.collected(), &mut forget);
-        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        let awaiting = self.send_forget(&mut forget);
         staged.finish();
         self.forgotten(awaiting, forget);
         self.durable(&[(parent, OsStr::new(name)), (newparent, OsStr::new(newname))])
@@ -278,10 +278,14 @@ impl ImageFs {
                     if self.store.has_digest(&d) {
                         self.digest_dirs_changed(&dir, &mut forget);
                     } else {
-                        self.forget_rootfs_mount(&image, &mut forget);
-                        self.inval
-                            .send(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                        // Nobody waits for another writer's change: on the lane for it.
+                        let mut gone = Forget::default();
+                        self.forget_digest(&image, &mut gone);
+                        for i in gone.awaited.into_iter().chain(gone.queued) {
+                            self.inval.send(i);
+                        }
                         self.inval.send(Inval::Inode(inodes::DIGESTS));
+                        forget.release |= gone.release;
                     }
                 }
                 Change::DirAdded(dir) => {
@@ -305,7 +309,7 @@ impl ImageFs {
                         self.digest_dirs_changed(&dir, &mut forget);
                     }
                     self.inval.send(Inval::Inode(inodes::DIGESTS));
-                    self.digests_changed.raise();
+                    self.digests_changed.raise(Signal::MOUNT);
                 }
                 // A deferred collection done by the store's retry: as our own.
                 Change::Collected(c) => self.collected(std::slice::from_ref(&c), &mut forget),
@@ -316,38 +320,69 @@ impl ImageFs {
                 }
             }
         }
-        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        let awaiting = self.send_forget(&mut forget);
         self.forgotten(awaiting, forget);
     }
 
-    /// Waits until the kernel dropped what a change sent together ([`Forget`]), then lets
-    /// image trees be mounted again if the change asked for it.
+    /// Sends what a change makes the kernel forget ([`Forget`]): the awaited invalidations
+    /// together, then the ones nobody waits for.
+    fn send_forget(&self, forget: &mut Forget) -> super::notify::Awaiting<'_> {
+        if !forget.awaited.is_empty() || !forget.queued.is_empty() {
+            log::debug!(
+                "invalidations: awaited {:?}; unawaited {:?}",
+                forget.awaited,
+                forget.queued
+            );
+        }
+        let awaiting = self.inval.send_awaited(std::mem::take(&mut forget.awaited));
+        for i in std::mem::take(&mut forget.queued) {
+            self.inval.send(i);
+        }
+        awaiting
+    }
+
+    /// Waits until the kernel dropped what a change sent together ([`Forget`]), then tells
+    /// the binder what the change asked for.
     fn forgotten(&self, awaiting: super::notify::Awaiting<'_>, forget: Forget) {
         awaiting.wait(Duration::from_secs(1));
-        if forget.remount {
-            self.digests_changed.raise();
+        let what = if forget.remount { Signal::MOUNT } else { 0 }
+            | if forget.release { Signal::RELEASE } else { 0 };
+        if what != 0 {
+            self.digests_changed.raise(what);
         }
     }
 
-    /// A digest left the store: the kernel drops its `rootfs` dentry, which detaches the
-    /// image tree's bind mount on it (lazily: processes inside keep it), and the read-only
-    /// connection drops its entry, so the image is released once nobody uses it.
-    fn forget_rootfs_mount(&self, image: &ImageId, forget: &mut Forget) {
+    /// A digest left the store: the kernel forgets its `digests/<hex>` entry. Without image
+    /// trees of their own, the change waits for the entry to be dropped. With them, the
+    /// entry's `rootfs` has a tree mounted, and dropping either detaches it, which takes
+    /// the kernel an RCU grace period: the change waits only for the entry to expire (a
+    /// lookup of it asks the daemon then, which answers ENOENT; `notify.rs`), and the
+    /// `rootfs` dentry, then the entry, are dropped on the lane nobody waits for: the tree
+    /// is detached (lazily: processes inside keep it), the kernel lets go of the digest's
+    /// inodes, and the image is released once nobody uses it. The read-only connection
+    /// drops its entry too.
+    fn forget_digest(&self, image: &ImageId, forget: &mut Forget) {
+        let d = image.digest;
+        let entry = Inval::Entry(inodes::DIGESTS, d.hex().into());
         if !self.tree_conn_on.load(std::sync::atomic::Ordering::Relaxed) {
+            forget.awaited.push(entry);
             return;
         }
-        let d = image.digest;
+        forget
+            .awaited
+            .push(Inval::Expire(inodes::DIGESTS, d.hex().into()));
         if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(*image)) {
             forget
-                .awaited
+                .queued
                 .push(Inval::Entry(ino, super::rootfs::ROOTFS.into()));
         }
+        forget.queued.push(entry);
         // The read-only connection's root is inode 1 on that connection.
         self.inval_tree_conn
             .send(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()));
-        // Had another directory of the same digest stayed (legacy and content layouts),
-        // its tree is mounted again.
-        forget.remount = true;
+        // The binder looks at once whether the kernel let go of the image's file
+        // (`kernel_held`); the tree slot this frees is filled on its next round.
+        forget.release = true;
     }
 
     /// A directory of digest `dir`'s, which keeps others, came or went. What `digests/` shows of
@@ -399,7 +434,6 @@ impl ImageFs {
     /// directory, goes into `forget` (the caller sends it together).
     fn collected(&self, done: &[store::Collected], forget: &mut Forget) {
         for c in done {
-            let d = c.digest;
             let image = self.inodes.lock().image_of(&c.dir);
             self.ready.lock().remove(&image);
             // An open image would keep its deleted file's space (a listing opens it
@@ -408,10 +442,7 @@ impl ImageFs {
             if !c.digest_gone {
                 self.digest_dirs_changed(&c.dir, forget);
             } else {
-                self.forget_rootfs_mount(&image, forget);
-                forget
-                    .awaited
-                    .push(Inval::Entry(inodes::DIGESTS, d.hex().into()));
+                self.forget_digest(&image, forget);
                 // The kernel caches the listing of digests/ (no OPENDIR).
                 forget.awaited.push(Inval::Inode(inodes::DIGESTS));
                 if let Some(ino) = self.inodes.lock().ino_of(&NodeKey::Digest(image)) {
@@ -423,11 +454,15 @@ impl ImageFs {
 }
 
 /// What a change makes the kernel forget: the invalidations its request waits for, sent
-/// together on the awaited lane (one wait, not a round trip each; `notify.rs`), and whether
-/// image trees are to be mounted again once they are done (another directory of a digest
-/// became its primary: its tree is mounted after the old one's entry is gone).
+/// together on the awaited lane (one wait, not a round trip each; `notify.rs`), those it
+/// does not wait for (sent after them, on the other lane), and whether image trees are to
+/// be mounted again once they are done (another directory of a digest became its primary:
+/// its tree is mounted after the old one's entry is gone), or a collected image's tree may
+/// be let go of soon.
 #[derive(Default)]
 struct Forget {
     awaited: Vec<Inval>,
+    queued: Vec<Inval>,
     remount: bool,
+    release: bool,
 }

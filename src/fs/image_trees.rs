@@ -16,7 +16,7 @@ use std::time::Duration;
 use fuser::Notifier;
 
 use super::inodes::NodeKey;
-use super::notify::Inval;
+use super::notify::{Inval, Signal};
 use super::rootfs::ROOTFS;
 use super::{Connection, ImageFs};
 use crate::store::Digest;
@@ -42,18 +42,19 @@ impl ImageTrees {
     /// notifier: from now on rootfs mounts are on, and a digest that goes drops its tree's
     /// entries in both connections. The connection is served by `threads` threads.
     pub(crate) fn start_notifier(&self, notifier: Notifier, threads: usize) {
-        self.0.inval_tree_conn.start(notifier, threads);
+        self.0.inval_tree_conn.start(notifier, None, threads);
         self.0.tree_conn_on.store(true, Ordering::Relaxed);
     }
 
-    /// Waits until digests may have come or gone, or `limit` passed.
-    pub(crate) fn wait_for_digests(&self, limit: Duration) {
-        self.0.digests_changed.wait(limit);
+    /// Waits until digests may have come or gone, or `limit` passed; true if trees are to
+    /// be mounted now ([`Signal::MOUNT`]; a collection only wakes the wait, [`Signal::RELEASE`]).
+    pub(crate) fn wait_for_digests(&self, limit: Duration) -> bool {
+        self.0.digests_changed.wait(limit) & Signal::MOUNT != 0
     }
 
     /// Ends a [`wait_for_digests`](Self::wait_for_digests) at once (to stop the binder).
     pub(crate) fn wake(&self) {
-        self.0.digests_changed.raise();
+        self.0.digests_changed.raise(Signal::MOUNT);
     }
 
     /// Every digest of the store.
@@ -113,22 +114,28 @@ impl ImageTrees {
         self.0.kernel_held.lock().mounted(d, file);
     }
 
+    /// Forgets the image files of kernel trees of digests not in `present` (the store's
+    /// digests).
+    pub(crate) fn forget_gone_kernel_trees(&self, present: &HashSet<Digest>) {
+        self.0
+            .kernel_held
+            .lock()
+            .forget_gone(|d| present.contains(d));
+    }
+
     /// Deletes the collected directories whose kernel tree has let go of their image file,
-    /// as `open_elsewhere` says of the file, and forgets the image files of digests not in
-    /// `present` (the store's digests). True while one collected in the last two seconds
-    /// still waits (the binder then looks again soon).
-    pub(crate) fn release_kernel_held(
-        &self,
-        present: &HashSet<Digest>,
-        open_elsewhere: impl Fn(&Path) -> bool,
-    ) -> bool {
+    /// as `open_elsewhere` says of the file: only those waiting are looked at. True while
+    /// one collected in the last two seconds still waits (the binder then looks again soon).
+    pub(crate) fn release_kernel_held(&self, open_elsewhere: impl Fn(&Path) -> bool) -> bool {
         let fs = &self.0;
         let free = {
             // Lock order: inodes, then kernel_held. A directory the main mount still
             // serves from the trash waits for that too.
             let inodes = fs.inodes.lock();
             let mut k = fs.kernel_held.lock();
-            k.forget_gone(|d| present.contains(d));
+            if k.waiting_except(|_| false) == 0 {
+                return false;
+            }
             k.take_free(|dir| {
                 inodes.zombies.values().any(|z| z == dir)
                     || open_elsewhere(&dir.join("rootfs.erofs"))

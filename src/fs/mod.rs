@@ -179,10 +179,16 @@ impl ImageFs {
         }
     }
 
-    /// Starts sending cache invalidations through the main connection's notifier; the
-    /// connection is served by `threads` threads.
-    pub(crate) fn start_notifier(&self, notifier: Notifier, threads: usize) {
-        self.inval.start(notifier, threads);
+    /// Starts sending cache invalidations through the main connection's notifier and `dev`,
+    /// a descriptor of the connection (`notify::Inval::Expire`); the connection is served
+    /// by `threads` threads.
+    pub(crate) fn start_notifier(
+        &self,
+        notifier: Notifier,
+        dev: Option<std::os::fd::OwnedFd>,
+        threads: usize,
+    ) {
+        self.inval.start(notifier, dev, threads);
     }
 
     /// Holds a change through `tags/` open: see [`Mutation`].

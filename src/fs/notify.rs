@@ -22,6 +22,14 @@
 //!
 //! The bound on a wait stays as a last resort (a lock held by something outside imagefs).
 //!
+//! Where image trees are mounts of their own, dropping a `digests/<hex>` dentry detaches the
+//! tree mounted below it, and the kernel waits for an RCU grace period (1 to 3 ms) inside
+//! the notification. A change that collected an image therefore waits only for the entry
+//! to expire ([`Inval::Expire`], `FUSE_EXPIRE_ONLY`: the next lookup asks the daemon, which
+//! answers ENOENT, and nothing is detached), and the entries whose invalidation detaches
+//! (`digests/<hex>/rootfs`, then `digests/<hex>` itself, which the kernel must let go of
+//! so that the image is released) go on the lane nobody waits for.
+//!
 //! A change's awaited invalidations go together ([`Invalidator::send_awaited`]): sent in
 //! one go, waited for once (the lane delivers in order), and the change does its remaining
 //! work, such as deleting the image it collected, while the kernel drops them. Only the wait
@@ -34,6 +42,9 @@
 //! was sent, and on which lane, instead of talking to a kernel.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::time::Duration;
@@ -47,6 +58,11 @@ pub enum Inval {
     Entry(u64, OsString),
     /// Drop the cached attributes and data of an inode.
     Inode(u64),
+    /// Mark the dentry `name` under directory `parent` stale without dropping it
+    /// (`FUSE_EXPIRE_ONLY`, Linux 6.2): the next lookup of it asks the daemon; mounts below
+    /// it stay until it is dropped. A kernel without the flag ignores it and drops the
+    /// dentry, as [`Inval::Entry`] does.
+    Expire(u64, OsString),
 }
 
 type Msg = (Inval, Option<SyncSender<()>>);
@@ -72,7 +88,7 @@ impl Lane {
         self.tx.lock().send((i, ack)).is_ok()
     }
 
-    fn start(&self, name: &str, notifier: Notifier) {
+    fn start(&self, name: &str, notifier: Notifier, dev: Option<Arc<OwnedFd>>) {
         let Some(rx) = self.rx.lock().take() else {
             return;
         };
@@ -83,6 +99,15 @@ impl Lane {
                     let r = match &i {
                         Inval::Entry(parent, name) => notifier.inval_entry(INodeNo(*parent), name),
                         Inval::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+                        // Without a descriptor to write it on, or refused: dropped instead.
+                        Inval::Expire(parent, name) => dev
+                            .as_deref()
+                            .ok_or(std::io::ErrorKind::Unsupported.into())
+                            .and_then(|dev| expire_entry(dev, *parent, name))
+                            .or_else(|e| {
+                                log::debug!("expire {i:?}: {e}; dropping it instead");
+                                notifier.inval_entry(INodeNo(*parent), name)
+                            }),
                     };
                     if let Err(e) = r {
                         log::debug!("invalidate {i:?}: {e}");
@@ -95,6 +120,37 @@ impl Lane {
         if let Err(e) = spawned {
             log::error!("cannot start the invalidation thread: {e}");
         }
+    }
+}
+
+/// `FUSE_NOTIFY_INVAL_ENTRY` with `FUSE_EXPIRE_ONLY`, written on `dev`, a descriptor of the
+/// connection (fuser 0.18 sends the notification without flags only). Its layout:
+/// `fuse_out_header` (len, the notify code as error, unique 0), `fuse_notify_inval_entry_out`
+/// (parent, namelen, flags), the name and a NUL.
+fn expire_entry(dev: &OwnedFd, parent: u64, name: &std::ffi::OsStr) -> std::io::Result<()> {
+    const FUSE_NOTIFY_INVAL_ENTRY: i32 = 3;
+    const FUSE_EXPIRE_ONLY: u32 = 1;
+    let name = name.as_bytes();
+    let namelen = u32::try_from(name.len()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let len = 16 + 16 + name.len() + 1;
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(
+        &u32::try_from(len)
+            .map_err(|_| std::io::ErrorKind::InvalidInput)?
+            .to_ne_bytes(),
+    );
+    msg.extend_from_slice(&FUSE_NOTIFY_INVAL_ENTRY.to_ne_bytes());
+    msg.extend_from_slice(&0u64.to_ne_bytes());
+    msg.extend_from_slice(&parent.to_ne_bytes());
+    msg.extend_from_slice(&namelen.to_ne_bytes());
+    msg.extend_from_slice(&FUSE_EXPIRE_ONLY.to_ne_bytes());
+    msg.extend_from_slice(name);
+    msg.push(0);
+    match nix::unistd::write(dev, &msg) {
+        Ok(_) => Ok(()),
+        // Not cached: nothing to expire.
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -189,11 +245,12 @@ impl Invalidator {
         }
     }
 
-    /// Starts delivering to the kernel through `notifier`, for a connection served by
-    /// `threads` threads. (A recording invalidator has nothing to start.)
-    pub fn start(&self, notifier: Notifier, threads: usize) {
+    /// Starts delivering to the kernel through `notifier` (and `dev`, a descriptor of the
+    /// connection, for what fuser cannot send: [`Inval::Expire`]), for a connection served
+    /// by `threads` threads. (A recording invalidator has nothing to start.)
+    pub fn start(&self, notifier: Notifier, dev: Option<OwnedFd>, threads: usize) {
         match self {
-            Invalidator::Kernel(l) => l.start(notifier, threads),
+            Invalidator::Kernel(l) => l.start(notifier, dev, threads),
             #[cfg(test)]
             Invalidator::Recording(_) => {}
         }
@@ -269,9 +326,11 @@ impl Lanes {
             .map(|_| WaitPermit(&self.waiting))
     }
 
-    fn start(&self, notifier: Notifier, threads: usize) {
-        self.queued.start("imagefs-inval", notifier.clone());
-        self.awaited.start("imagefs-inval-w", notifier);
+    fn start(&self, notifier: Notifier, dev: Option<OwnedFd>, threads: usize) {
+        let dev = dev.map(Arc::new);
+        self.queued
+            .start("imagefs-inval", notifier.clone(), dev.clone());
+        self.awaited.start("imagefs-inval-w", notifier, dev);
         self.max_waiting
             .store(threads.saturating_sub(1), Ordering::Release);
     }
@@ -307,23 +366,31 @@ impl Awaiting<'_> {
     }
 }
 
-/// Raised when digests may have appeared or gone; waited on by whoever mounts image trees.
+/// Raised when digests may have appeared or gone; waited on by whoever mounts image trees,
+/// told what to look at: [`Signal::MOUNT`] or [`Signal::RELEASE`], or both.
 #[derive(Default)]
 pub struct Signal {
-    raised: Mutex<bool>,
+    raised: Mutex<u8>,
     cv: Condvar,
 }
 
 impl Signal {
-    pub fn raise(&self) {
-        *self.raised.lock() = true;
+    /// Trees to mount now: a digest came, another directory became a digest's primary (or
+    /// the binder is to stop).
+    pub const MOUNT: u8 = 1;
+    /// A collected image's tree may be let go of soon: only the images waiting for that
+    /// are to be looked at.
+    pub const RELEASE: u8 = 2;
+
+    pub fn raise(&self, what: u8) {
+        *self.raised.lock() |= what;
         self.cv.notify_all();
     }
 
-    /// Waits until raised or `limit` passed; returns whether it was raised (and lowers it).
-    pub fn wait(&self, limit: Duration) -> bool {
+    /// Waits until raised or `limit` passed; returns what was raised (and lowers it).
+    pub fn wait(&self, limit: Duration) -> u8 {
         let mut r = self.raised.lock();
-        if !*r {
+        if *r == 0 {
             let _ = self.cv.wait_for(&mut r, limit);
         }
         std::mem::take(&mut *r)

@@ -141,13 +141,20 @@ pub fn tree_bytes(path: &Path) -> u64 {
 /// immutable file: `EPERM`, a read-only filesystem: `EROFS`) is left where it is and the rest is
 /// removed anyway; the error then names every entry left and why, and has the kind of the first.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
+    remove_tree_freed(path).map(|_| ())
+}
+
+/// [`remove_tree`], counting the disk space (allocated blocks, in bytes) of what it removed
+/// as it goes: one walk, where [`tree_bytes`] then `remove_tree` made two.
+pub fn remove_tree_freed(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
     let m = match sys::symlink_metadata(path) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e),
     };
     if !m.is_dir() {
-        return sys::remove_file(path);
+        return sys::remove_file(path).map(|()| m.blocks() * 512);
     }
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
@@ -162,33 +169,39 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     };
     let pfd = sys::open_dir(parent)?;
     let mut left = Vec::new();
-    remove_at(&pfd, name, path, place_of(&pfd)?, &mut left);
-    left_behind(left)
+    let mut freed = 0;
+    remove_at(&pfd, name, path, place_of(&pfd)?.0, &mut left, &mut freed);
+    left_behind(left).map(|()| freed)
 }
 
-/// The mount a descriptor is on: mount id (where the kernel says it) and device.
+/// The mount a descriptor is on: mount id (where the kernel says it) and device; with the
+/// disk space of what it names, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Place {
     mnt_id: Option<u64>,
     dev: (u32, u32),
 }
 
-fn place_of(fd: impl rustix::fd::AsFd) -> io::Result<Place> {
-    let st = sys::fstatx(fd, rustix::fs::StatxFlags::MNT_ID)?;
-    Ok(Place {
-        mnt_id: (st.stx_mask & rustix::fs::StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id),
+fn place_of(fd: impl rustix::fd::AsFd) -> io::Result<(Place, u64)> {
+    use rustix::fs::StatxFlags;
+    let st = sys::fstatx(fd, StatxFlags::MNT_ID | StatxFlags::BLOCKS)?;
+    let place = Place {
+        mnt_id: (st.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id),
         dev: (st.stx_dev_major, st.stx_dev_minor),
-    })
+    };
+    Ok((place, st.stx_blocks * 512))
 }
 
 /// Removes `name` (shown as `path`) from the directory `parent`, which is on `place`; what is
-/// left behind goes to `left`. Returns whether `name` is gone.
+/// left behind goes to `left`, the disk space of what is removed is added to `freed`.
+/// Returns whether `name` is gone.
 fn remove_at(
     parent: &rustix::fd::OwnedFd,
     name: &std::ffi::OsStr,
     path: &Path,
     place: Place,
     left: &mut Vec<(std::path::PathBuf, io::Error)>,
+    freed: &mut u64,
 ) -> bool {
     use rustix::fs::FileType;
     use rustix::io::Errno;
@@ -203,12 +216,12 @@ fn remove_at(
     let fd = match sys::openat_dir(parent, name) {
         Ok(fd) => fd,
         Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
-            return gone(sys::unlinkat(parent, name, false), left);
+            return gone(unlink_counted(parent, name, freed), left);
         }
         Err(e) => return gone(Err(e), left),
     };
-    match place_of(&fd) {
-        Ok(p) if p == place => {}
+    let own = match place_of(&fd) {
+        Ok((p, own)) if p == place => own,
         Ok(_) => {
             left.push((
                 path.to_path_buf(),
@@ -223,7 +236,7 @@ fn remove_at(
             left.push((path.to_path_buf(), e));
             return false;
         }
-    }
+    };
     let mut all_gone = true;
     match sys::read_dir_fd(&fd) {
         Ok(dir) => {
@@ -243,9 +256,9 @@ fn remove_at(
                 let child = path.join(n);
                 all_gone &= match entry.file_type() {
                     FileType::Directory | FileType::Unknown => {
-                        remove_at(&fd, n, &child, place, left)
+                        remove_at(&fd, n, &child, place, left, freed)
                     }
-                    _ => match sys::unlinkat(&fd, n, false) {
+                    _ => match unlink_counted(&fd, n, freed) {
                         Ok(()) | Err(Errno::NOENT) => true,
                         Err(e) => {
                             left.push((child, io::Error::from(e)));
@@ -265,7 +278,24 @@ fn remove_at(
         // What is left was reported; the directory holding it stays too.
         return false;
     }
-    gone(sys::unlinkat(parent, name, true), left)
+    let r = sys::unlinkat(parent, name, true);
+    if r.is_ok() {
+        *freed += own;
+    }
+    gone(r, left)
+}
+
+/// Unlinks the non-directory `name` of `dir`, adding its disk space to `freed` once gone
+/// (what its size cannot be read of is unlinked all the same, uncounted).
+fn unlink_counted(
+    dir: &rustix::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    freed: &mut u64,
+) -> rustix::io::Result<()> {
+    let bytes = sys::bytes_at(dir, name).unwrap_or(0);
+    sys::unlinkat(dir, name, false)?;
+    *freed += bytes;
+    Ok(())
 }
 
 /// `Ok` when nothing was left, else one error naming every entry left (the first few) and why.
@@ -310,6 +340,26 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["t"]);
+    }
+
+    /// The space counted while deleting is what a walk before the deletion counted.
+    #[test]
+    fn remove_tree_freed_counts_what_tree_bytes_counts() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let t = d.path().join("t");
+        std::fs::create_dir_all(t.join("a/b")).expect("mkdir");
+        std::fs::write(t.join("rootfs.erofs"), vec![7u8; 100_000]).expect("write");
+        std::fs::write(t.join("a/b/f"), b"x").expect("write");
+        std::os::unix::fs::symlink("/nonexistent", t.join("a/l")).expect("symlink");
+        let before = tree_bytes(&t);
+        assert!(before >= 100_000, "{before}");
+        assert_eq!(remove_tree_freed(&t).expect("remove"), before);
+        assert!(!t.exists());
+        assert_eq!(remove_tree_freed(&t).expect("a missing tree is fine"), 0);
+        let f = d.path().join("f");
+        std::fs::write(&f, vec![1u8; 10_000]).expect("write");
+        let one = tree_bytes(&f);
+        assert_eq!(remove_tree_freed(&f).expect("remove a file"), one);
     }
 
     #[test]

@@ -232,11 +232,9 @@ pub fn trash(journal: &Journal, root: &Path, key: &DirKey) -> io::Result<PathBuf
     journal.move_to_trash(root, key)
 }
 
-/// Step 4: deletes a trashed directory; returns the disk space it used.
+/// Step 4: deletes a trashed directory; returns the disk space it used, counted as it goes.
 pub fn delete(trashed: &Path) -> io::Result<u64> {
-    let bytes = fsutil::tree_bytes(trashed);
-    fsutil::remove_tree(trashed)?;
-    Ok(bytes)
+    fsutil::remove_tree_freed(trashed)
 }
 
 /// Collects `key`, a directory no tag names, for a writer other than the mount

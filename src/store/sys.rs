@@ -301,6 +301,14 @@ pub fn file_type_at(dir: impl AsFd, name: &std::ffi::CStr) -> io::Result<rustix:
     Ok(rustix::fs::FileType::from_raw_mode(st.st_mode))
 }
 
+/// Disk space (allocated blocks, in bytes) of the entry `name` of the open directory `dir`,
+/// not following a symlink.
+pub fn bytes_at(dir: impl AsFd, name: &std::ffi::OsStr) -> rustix::io::Result<u64> {
+    hook("lstat").map_err(errno_of)?;
+    let st = rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(u64::try_from(st.st_blocks).unwrap_or(0) * 512)
+}
+
 /// The entries of an open directory (its descriptor duplicated).
 pub fn read_dir_fd(fd: impl AsFd) -> rustix::io::Result<rustix::fs::Dir> {
     hook("getdents").map_err(errno_of)?;

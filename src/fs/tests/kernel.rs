@@ -201,7 +201,9 @@ impl Kernel {
     pub fn invalidate(&mut self, fs: &ImageFs, sent: Vec<Sent>) {
         for s in sent {
             match s.inval {
-                Inval::Entry(parent, name) => {
+                // An expired entry asks the filesystem at its next lookup: as if dropped (the
+                // model keeps no mounts below it).
+                Inval::Entry(parent, name) | Inval::Expire(parent, name) => {
                     let hit: Vec<String> = self
                         .dentries
                         .keys()

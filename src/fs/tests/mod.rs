@@ -115,6 +115,65 @@ fn removing_the_last_tag_collects_and_invalidates_the_digest_entry_without_a_ker
     );
 }
 
+/// With image trees mounted of their own, `rm` of a last tag waits only for `digests/<hex>`
+/// to expire (the next lookup asks the daemon, which answers ENOENT), not for its drop:
+/// dropping it, or its `rootfs`, detaches the tree, an RCU grace period in the kernel.
+/// Those go on the lane nobody waits for, `rootfs` first, then the entry itself, which the
+/// kernel must let go of for the image to be released. (Before, both were awaited.)
+#[test]
+fn with_image_trees_rm_of_a_last_tag_waits_for_no_detach() {
+    use std::ffi::OsStr;
+    use std::sync::atomic::Ordering;
+
+    use super::inodes::{DIGESTS, TAGS};
+    use super::notify::{Inval, Sent};
+    use crate::store::tests::fixture::hex;
+
+    let Some(img) = image(1) else {
+        return;
+    };
+    let fx = Fx::new();
+    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
+    fx.ctag("h.io/a", "t", 1);
+    let m = Mount::new(&fx);
+    m.fs.tree_conn_on.store(true, Ordering::Relaxed);
+    let lookup = |parent, name: &str| m.fs.lookup(parent, OsStr::new(name)).map(|(a, _)| a.ino.0);
+    let repo = lookup(lookup(TAGS, "h.io").expect("h.io"), "a").expect("a");
+    let digest = lookup(DIGESTS, &hex(1)).expect("digest");
+    lookup(digest, super::rootfs::ROOTFS).expect("rootfs");
+    m.sent.take();
+    m.fs.unlink(repo, OsStr::new("t")).expect("rm");
+    let sent = m.sent.take();
+    let waited: Vec<&Inval> = sent.iter().filter(|s| s.waited).map(|s| &s.inval).collect();
+    assert!(
+        waited.contains(&&Inval::Expire(DIGESTS, hex(1).into())),
+        "{sent:?}"
+    );
+    assert!(
+        !waited.iter().any(|i| matches!(i, Inval::Entry(..))),
+        "an awaited invalidation drops an entry, detaching the tree: {sent:?}"
+    );
+    let queued: Vec<&Inval> = sent
+        .iter()
+        .filter(|s| !s.waited)
+        .map(|s| &s.inval)
+        .collect();
+    let rootfs = Inval::Entry(digest, super::rootfs::ROOTFS.into());
+    let entry = Inval::Entry(DIGESTS, hex(1).into());
+    let at = |i: &Inval| queued.iter().position(|q| *q == i);
+    assert!(
+        matches!((at(&rootfs), at(&entry)), (Some(a), Some(b)) if a < b),
+        "the rootfs dentry, then the digest's, are dropped unawaited: {sent:?}"
+    );
+    assert!(
+        sent.contains(&Sent {
+            inval: Inval::Inode(DIGESTS),
+            waited: true
+        }),
+        "the listing of digests/ is dropped before rm returns: {sent:?}"
+    );
+}
+
 /// Another writer retargets a tag the kernel has already looked up (a listing came first):
 /// the inode the kernel holds keeps reading, now the new text. (It used to be detached at
 /// once, and a readlink before the kernel took the invalidation answered EINVAL: seen in
