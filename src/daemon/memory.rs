@@ -6,12 +6,14 @@
 //! kernel: in use is never yanked, a read just fills the cache again). glibc keeps freed
 //! memory in its arenas, where a daemon that read 64 images kept 290 MiB of RSS after they
 //! had all left the store (`scripts/bench_memory.py`); so once the budget let go of at
-//! least `TRIM_AFTER` (an image closed, or aging), the heap is trimmed, within a second.
+//! least `TRIM_AFTER` (an image closed, or aging), the request threads' kept buffers are
+//! freed too ([`thread_buf`]: about 2 MiB per thread) and the heap is trimmed, within a
+//! second.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use imagefs_erofs::CacheBudget;
+use imagefs_erofs::{CacheBudget, thread_buf};
 
 use super::tuning;
 
@@ -32,7 +34,12 @@ pub(super) fn start(budget: Arc<CacheBudget>) -> Result<(), String> {
                 if tick % age_every == 0 {
                     budget.age();
                 }
-                let freed = budget.take_released();
+                let mut freed = budget.take_released();
+                // The request threads' buffers too, when an image closed or at each
+                // aging: a busy thread grows its own again at its next read.
+                if freed >= TRIM_AFTER || tick % age_every == 0 {
+                    freed += thread_buf::release_all();
+                }
                 if freed >= TRIM_AFTER {
                     tuning::trim_heap();
                     log::debug!("{freed} bytes of cache released; heap trimmed");

@@ -5,7 +5,7 @@
 //! grown (and zero-filled) only when a larger request comes; each read overwrites the part
 //! it answers with and only that part is sent, so nothing of an earlier read goes out.
 
-use std::cell::Cell;
+use imagefs_erofs::thread_buf::{self, ThreadBuf};
 use std::ops::Deref;
 
 /// A thread keeps a buffer up to this size between reads (the kernel's reads are at most
@@ -13,7 +13,12 @@ use std::ops::Deref;
 const KEEP: usize = 4 << 20;
 
 thread_local! {
-    static SPARE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Freed by [`thread_buf::release_all`] while not in use (the daemon's memory thread).
+    static SPARE: ThreadBuf = thread_buf::register();
+}
+
+fn take_spare() -> Vec<u8> {
+    SPARE.with(|s| std::mem::take(&mut *thread_buf::lock(s)))
 }
 
 /// The bytes of one read: this thread's buffer, handed back to it when dropped.
@@ -31,7 +36,7 @@ impl ReadBuf {
     ) -> Result<ReadBuf, E> {
         // Made first, so that a failed read hands the buffer back too.
         let mut r = ReadBuf {
-            buf: SPARE.take(),
+            buf: take_spare(),
             len: 0,
         };
         if r.buf.len() < size {
@@ -66,12 +71,12 @@ impl Drop for ReadBuf {
     fn drop(&mut self) {
         // With two reads in flight on one thread (not the adapter's way), the larger
         // buffer is kept.
-        let spare = SPARE.take();
-        if self.buf.len() <= KEEP && self.buf.len() >= spare.len() {
-            SPARE.set(std::mem::take(&mut self.buf));
-        } else {
-            SPARE.set(spare);
-        }
+        SPARE.with(|s| {
+            let mut spare = thread_buf::lock(s);
+            if self.buf.len() <= KEEP && self.buf.len() >= spare.len() {
+                *spare = std::mem::take(&mut self.buf);
+            }
+        });
     }
 }
 

@@ -18,14 +18,16 @@ use super::error::{ImageError, corrupt};
 use super::inode::{InodeInfo, Layout};
 use super::lz4;
 use super::sb::FEAT_ZERO_PADDING;
+use super::thread_buf;
 use super::zmap::{Decode, Extent, ZInfo};
 
 const NULL_ADDR: u32 = u32::MAX;
 
 thread_local! {
     /// Compressed bytes of a run of pclusters, reused by each request thread (no
-    /// allocation and no zeroing per request once it has grown).
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// allocation and no zeroing per request once it has grown; freed by
+    /// [`thread_buf::release_all`] while not in use).
+    static SCRATCH: thread_buf::ThreadBuf = thread_buf::register();
 }
 
 impl Image {
@@ -234,7 +236,7 @@ impl Image {
             run.push(next);
         }
         SCRATCH.with(|scratch| {
-            let mut raw = scratch.borrow_mut();
+            let mut raw = thread_buf::lock(scratch);
             let plen = to_usize(pend - base, "pcluster run length")?;
             raw.resize(plen, 0);
             let Some(raw) = raw.get_mut(..plen) else {

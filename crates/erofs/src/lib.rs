@@ -97,6 +97,7 @@ mod inode;
 mod lz4;
 mod sb;
 mod source;
+pub mod thread_buf;
 mod xattr;
 mod zindex;
 mod zmap;
