@@ -434,3 +434,21 @@ def test_an_image_listing_a_name_with_a_slash_is_not_given_to_the_kernel(workdir
     assert mountinfo_at(point)[1] == "fuse.imagefs"
     assert f"sha256:{hx}: its tree failed the names check" in m.log_text(), m.log_tail(20)
     assert sorted(os.listdir(point)) == ["keep"]
+
+
+def test_an_unmount_right_after_a_collection_leaves_nothing_in_the_trash(workdir, busybox, mounter):
+    """rm of an image's last tag, then at once an unmount: the collection's tree detach may not
+    have run yet, and the binder looks only every 50 ms; the unmount detaches every tree, so the
+    daemon deletes the collected image before it exits instead of leaving it to the next mount."""
+    root, hx = store_with(workdir, busybox)
+    left = []
+    for i in range(6):
+        m = mounter(StoreRoot(root))
+        assert wait_until(lambda: mounted_by_kernel(m, hx), 5), m.log_tail()
+        os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
+        assert m.stop() == 0, m.log_tail()
+        left += trash_entries(root)
+        if left:
+            break
+        hx = add_image(root, busybox, repo="k/a", tag="v1")
+    assert not left, f"after {i + 1} unmounts: {left} left in the trash"

@@ -153,6 +153,18 @@ impl RootfsMounts {
     }
 }
 
+/// The main mount is gone, and with it every tree mounted below it: what was collected
+/// while its tree was mounted is let go by the kernel within moments (the detach a
+/// collection queued may not even have run yet), so it is deleted now rather than left in
+/// the trash for the next mount. One still in use after a second (a process inside its
+/// tree) is left to the next mount's trash sweep.
+fn release_at_unmount(trees: &ImageTrees) {
+    let until = Instant::now() + Duration::from_secs(1);
+    while trees.release_kernel_held(lease_probe::open_elsewhere) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Keeps ready digests' `rootfs` of mountpoint `mp` mounted from the detached superblock
 /// `superblock`, or with the kernel's erofs (`kernel`) where it takes the image (at most
 /// `max_trees` of them) until stopped: at start, when a digest comes, and every two
@@ -198,6 +210,9 @@ fn keep_mounted(
             mount_now = trees.wait_for_digests(limit) || t.elapsed() >= ROUND;
         }
         if stop.stopped() {
+            if kernel.is_some() {
+                release_at_unmount(trees);
+            }
             return;
         }
         if kernel.is_some() {
