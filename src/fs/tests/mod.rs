@@ -81,6 +81,18 @@ impl Mount {
     }
 }
 
+/// A store holding image 1 under the tag `h.io/a:t`, mounted without a kernel; `None` where
+/// no image can be built (see `image`). The fixture keeps the store's directory alive.
+fn tagged_image_mount() -> Option<(Fx, Mount)> {
+    let img = image(1)?;
+    let fx = Fx::new();
+    let hex = crate::store::tests::fixture::hex(1);
+    real_digest_dir(&fx, &fx.p(&format!("content/{hex}")), 1, &img);
+    fx.ctag("h.io/a", "t", 1);
+    let m = Mount::new(&fx);
+    Some((fx, m))
+}
+
 #[test]
 fn removing_the_last_tag_collects_and_invalidates_the_digest_entry_without_a_kernel() {
     use std::ffi::OsStr;
@@ -89,13 +101,9 @@ fn removing_the_last_tag_collects_and_invalidates_the_digest_entry_without_a_ker
     use super::notify::{Inval, Sent};
     use crate::store::tests::fixture::hex;
 
-    let Some(img) = image(1) else {
+    let Some((fx, m)) = tagged_image_mount() else {
         return;
     };
-    let fx = Fx::new();
-    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
-    fx.ctag("h.io/a", "t", 1);
-    let m = Mount::new(&fx);
     let lookup = |parent, name: &str| m.fs.lookup(parent, OsStr::new(name)).map(|(a, _)| a.ino.0);
     let repo = lookup(lookup(TAGS, "h.io").expect("h.io"), "a").expect("a");
     let tag = lookup(repo, "t").expect("tag");
@@ -129,13 +137,9 @@ fn with_image_trees_rm_of_a_last_tag_waits_for_no_detach() {
     use super::notify::{Inval, Sent};
     use crate::store::tests::fixture::hex;
 
-    let Some(img) = image(1) else {
+    let Some((_fx, m)) = tagged_image_mount() else {
         return;
     };
-    let fx = Fx::new();
-    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
-    fx.ctag("h.io/a", "t", 1);
-    let m = Mount::new(&fx);
     m.fs.tree_conn_on.store(true, Ordering::Relaxed);
     let lookup = |parent, name: &str| m.fs.lookup(parent, OsStr::new(name)).map(|(a, _)| a.ino.0);
     let repo = lookup(lookup(TAGS, "h.io").expect("h.io"), "a").expect("a");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::{Fx, Mount, image, os_release, real_digest_dir};
+use super::{Fx, os_release, tagged_image_mount};
 use fuser::FopenFlags;
 
 use crate::fs::ImageFs;
@@ -18,12 +18,8 @@ use crate::store::tests::fixture::hex;
 /// A mount of a store holding image 1 under the tag `h.io/a:t`; `None` where no image can
 /// be built (see `image`). The fixture keeps the store's directory alive.
 fn one_tagged_image() -> Option<(Fx, Arc<ImageFs>)> {
-    let img = image(1)?;
-    let fx = Fx::new();
-    real_digest_dir(&fx, &fx.p(&format!("content/{}", hex(1))), 1, &img);
-    fx.ctag("h.io/a", "t", 1);
-    let fs = Arc::new(Mount::new(&fx).fs);
-    Some((fx, fs))
+    let (fx, m) = tagged_image_mount()?;
+    Some((fx, Arc::new(m.fs)))
 }
 
 fn lookup(fs: &ImageFs, parent: u64, name: &str) -> u64 {
