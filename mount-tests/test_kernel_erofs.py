@@ -452,3 +452,24 @@ def test_an_unmount_right_after_a_collection_leaves_nothing_in_the_trash(workdir
             break
         hx = add_image(root, busybox, repo="k/a", tag="v1")
     assert not left, f"after {i + 1} unmounts: {left} left in the trash"
+
+
+def test_an_unmount_while_a_collected_image_is_in_use_leaves_it_to_the_next_mount(workdir, busybox, mounter):
+    """The binder's last pass at unmount must not delete a collected image a process still runs
+    in: the unmount returns, the process keeps its tree, the image waits in the trash, and the
+    next mount, once the process left, empties the trash."""
+    root, hx, m, rootfs, ours, p = mount_with_a_process_in_the_tree(workdir, busybox, mounter)
+    try:
+        os.unlink(m.mnt / "tags" / "k" / "a" / "v1")
+        assert m.stop() == 0, m.log_tail()
+        assert len(trash_entries(root)) == 1, trash_entries(root)
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert len((cwd / "random-2M").read_bytes()) == (2 << 20) + 3
+    finally:
+        p.kill()
+        p.wait()
+    if len(ours) == 1:
+        assert wait_until(lambda: not (ours & erofs_superblocks()), 5), f"{ours} still there"
+    m2 = mounter(StoreRoot(root))
+    left = wait_trash_empty(root, 5)
+    assert not left, f"{left} left in the trash by the next mount\n{m2.log_tail()}"
