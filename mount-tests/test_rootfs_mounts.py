@@ -152,6 +152,80 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, tree_mo
     assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
 
 
+def test_a_collected_tree_in_use_is_released_once_its_user_left(workdir, images, tree_mounter):
+    """The last tag of an image goes while a process works inside its tree: the process keeps
+    reading, and once it exits the collected copy's space is freed (its trash entry deleted)
+    within seconds, with no cache drop: the kernel must not keep the tree's entries cached
+    out of reach of every invalidation (the daemon would wait for them forever)."""
+    root, ha, m = mount_one(workdir, images, tree_mounter)
+    inside = tree_mount(m.mnt, ha) / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        os.unlink(m.mnt / "tags" / "mounts" / "a" / "v1")
+        assert not (root / "content" / ha).exists()
+        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
+        assert len(os.listdir(cwd / "sub")) > 2
+    finally:
+        p.kill()
+        p.wait()
+    trash = bookkeeping(root) / "trash"
+    assert wait_until(lambda: not trash.exists() or not os.listdir(trash), 10), \
+        f"collected copy kept after its last user left: {os.listdir(trash)}\n{m.log_tail()}"
+    assert wait_until(lambda: "released sha256:" + ha in m.log_text(), 2), m.log_tail()
+
+
+def test_an_image_pulled_again_right_after_its_collection_is_served_and_kept(workdir, images, tree_mounter, how):
+    """hypeman pulls a digest again the moment `rm` collected it (same digest, new directory),
+    while a process still works inside the collected copy's tree. The process keeps reading,
+    `digests/<hex>/rootfs` serves the new copy at once, the new copy gets a tree mount of its
+    own (with FUSE trees once the process left the old one: a tree in use is never mounted
+    over, and the daemon tells the two apart only by digest), and nothing deletes the new
+    copy: not the release of the collected one, not the next mount."""
+    root, ha, m = mount_one(workdir, images, tree_mounter)
+    inside = tree_mount(m.mnt, ha) / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        os.unlink(m.mnt / "tags" / "mounts" / "a" / "v1")
+        assert not (root / "content" / ha).exists()
+        # pulled again at once, as another writer: the same image under the same digest
+        assert add_image(root, images[0], repo="mounts/a", tag="v2") == ha
+        hostname = tree_mount(m.mnt, ha) / "etc" / "hostname"
+        assert wait_until(lambda: hostname.exists(), 5), f"the new copy is not served\n{m.log_tail()}"
+        assert hostname.read_bytes() == b"host-a\n"
+        if how == "kernel":
+            assert wait_until(lambda: is_own_mount(m.mnt, ha), 8), f"no tree for the new copy\n{m.log_tail()}"
+        assert os.readlink(m.mnt / "tags" / "mounts" / "a" / "v2").endswith(ha)
+        # the process still reads the collected copy's tree
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
+        assert (cwd / "random-2M").stat().st_size == 2 * 1024 * 1024 + 3
+    finally:
+        p.kill()
+        p.wait()
+    if os.environ.get("DROPC"):
+        time.sleep(0.5); open("/proc/sys/vm/drop_caches","w").write("2")
+    assert wait_until(lambda: is_own_mount(m.mnt, ha), 10), f"no tree for the new copy\n{m.log_tail()}"
+    assert hostname.read_bytes() == b"host-a\n"
+    # the collected copy is released (its trash entry deleted); the new one stays
+    trash = bookkeeping(root) / "trash"
+    assert wait_until(lambda: not trash.exists() or not os.listdir(trash), 10), \
+        f"collected copy kept: {os.listdir(trash)}\n{m.log_tail()}"
+    time.sleep(2.5)  # a binder round (2 s) after the release
+    assert (root / "content" / ha / "rootfs.erofs").is_file(), m.log_tail()
+    r = sh(imagefs_bin(), "umount", m.mnt, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert m.proc.wait(timeout=10) == 0, m.log_tail()
+    m2 = tree_mounter(StoreRoot(root))
+    assert wait_until(lambda: is_own_mount(m2.mnt, ha), 5), m2.log_tail()
+    assert (tree_mount(m2.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
+    assert (root / "content" / ha / "rootfs.erofs").is_file()
+
+
 def test_umount_takes_the_image_trees_along(workdir, images, tree_mounter):
     _, ha, m = mount_one(workdir, images, tree_mounter)
     r = sh(imagefs_bin(), "umount", m.mnt, timeout=30)

@@ -386,6 +386,21 @@ impl Inodes {
         self.held_tree.keys().any(|i| i.digest == *d)
     }
 
+    /// The image nids of `image` the kernel holds an inode of, with their numbers (a walk of
+    /// the whole table: for the binder's occasional sweeps, not for requests).
+    pub fn held_tree_nids(&self, image: &ImageId) -> HashMap<u64, u64> {
+        if !self.held_tree.contains_key(image) {
+            return HashMap::new();
+        }
+        self.by_ino
+            .iter()
+            .filter_map(|(ino, e)| match &e.key {
+                NodeKey::Rootfs(i, nid) if i == image => Some((*nid, *ino)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The node `key` no longer exists: its inode (if the kernel holds one) becomes `Gone`.
     pub fn detach(&mut self, key: &NodeKey) {
         if let Some(ino) = self.unindex(key)

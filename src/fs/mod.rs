@@ -52,7 +52,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub(crate) use fuse::Connection;
 use handles::Handles;
-pub(crate) use image_trees::ImageTrees;
+pub(crate) use image_trees::{ImageTrees, KeptTrees};
 use inodes::Inodes;
 use metrics::Metrics;
 use notify::{Invalidator, Signal};
