@@ -156,6 +156,8 @@ pub struct CacheBudget {
     next_image: AtomicU64,
     /// Bytes let go by closed images and [`CacheBudget::age`], not yet taken.
     released: AtomicUsize,
+    /// Images closed, not yet taken ([`CacheBudget::take_closed`]).
+    closed: AtomicUsize,
 }
 
 impl std::fmt::Debug for CacheBudget {
@@ -183,6 +185,7 @@ impl CacheBudget {
             hasher: RandomState::new(),
             next_image: AtomicU64::new(0),
             released: AtomicUsize::new(0),
+            closed: AtomicUsize::new(0),
         }
     }
 
@@ -209,6 +212,13 @@ impl CacheBudget {
     /// caller may give the heap's free memory back to the system when it is worth it.
     pub fn take_released(&self) -> usize {
         self.released.swap(0, Ordering::Relaxed)
+    }
+
+    /// Images closed since the last call. An image that closes frees more than its cache
+    /// entries (its reader, its inode tables), and after [`age`](Self::age) dropped its
+    /// idle entries its cache may free nothing at all: a caller trims the heap then too.
+    pub fn take_closed(&self) -> usize {
+        self.closed.swap(0, Ordering::Relaxed)
     }
 
     fn shard(&self, key: &(u64, Key)) -> Option<&Mutex<Shard>> {
@@ -291,6 +301,7 @@ impl ImageCache {
 impl Drop for ImageCache {
     fn drop(&mut self) {
         self.budget.purge(self.id);
+        self.budget.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -356,6 +367,22 @@ mod tests {
         assert_eq!(b.used(), before - 10 * (1000 + ENTRY_OVERHEAD));
         assert_eq!(b.take_released(), 10 * (1000 + ENTRY_OVERHEAD));
         assert!(keep.get::<Vec<u8>>(Key::Window(0)).is_some());
+    }
+
+    #[test]
+    fn a_closed_image_is_counted_even_with_nothing_cached() {
+        let b = Arc::new(CacheBudget::new(1 << 20));
+        let c = ImageCache::new(Arc::clone(&b));
+        c.insert(Key::Window(0), bytes(1000, 1));
+        b.age();
+        b.age();
+        b.take_released();
+        assert_eq!(b.used(), 0);
+        assert_eq!(b.take_closed(), 0);
+        drop(c);
+        assert_eq!(b.take_released(), 0);
+        assert_eq!(b.take_closed(), 1);
+        assert_eq!(b.take_closed(), 0);
     }
 
     #[test]
