@@ -846,6 +846,9 @@ def test_finding8_rm_of_one_repositorys_last_tag_keeps_the_other_and_every_user(
     # b's becomes digests/<hex>, and b's tag, which the kernel had cached, reads so.
     hm.pull(b, "t", hx, KEYS[1])
     assert eventually(lambda: sorted(os.listdir(mnt / "digests")) == [hx, extra], timeout=2.0)
+    # The pull writes the directory, then the tag: each shows within a second of its own
+    # write (seen once under load: the directory listed, the tag not yet).
+    assert eventually(lambda: os.path.lexists(T(mnt, b, "t")), timeout=2.0)
     assert os.readlink(T(mnt, b, "t")) == mount_target(b, extra)
     fa = open(T(mnt, a, "t") / "rootfs" / "hello.txt", "rb")
     try:

@@ -152,12 +152,20 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, tree_mo
     assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
 
 
-def test_a_collected_tree_in_use_is_released_once_its_user_left(workdir, images, tree_mounter):
+@pytest.mark.parametrize("how", ["kernel", "fuse", "none"])
+def test_a_collected_tree_in_use_is_released_once_its_user_left(workdir, images, tree_mounter, how):
     """The last tag of an image goes while a process works inside its tree: the process keeps
     reading, and once it exits the collected copy's space is freed (its trash entry deleted)
     within seconds, with no cache drop: the kernel must not keep the tree's entries cached
-    out of reach of every invalidation (the daemon would wait for them forever)."""
-    root, ha, m = mount_one(workdir, images, tree_mounter)
+    out of reach of every invalidation (the daemon would wait for them forever). With
+    `none`, `rootfs/` is the main mount's own."""
+    if how == "none":
+        root = workdir / "store"
+        root.mkdir()
+        ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+        m = tree_mounter(StoreRoot(root))
+    else:
+        root, ha, m = mount_one(workdir, images, tree_mounter)
     inside = tree_mount(m.mnt, ha) / "data"
     p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
     try:

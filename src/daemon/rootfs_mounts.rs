@@ -32,7 +32,7 @@ use super::kernel_erofs::KernelErofs;
 use super::lease_probe;
 use super::mount_api::{self, SuperblockFlags};
 use super::{mountinfo, tuning};
-use crate::fs::{ImageTrees, KeptTrees};
+use crate::fs::ImageTrees;
 use crate::store::Digest;
 
 /// The image-tree connection's session, and the binder keeping rootfs mounts.
@@ -198,7 +198,6 @@ fn keep_mounted(
     // are let go as soon as the collection's invalidation detaches their tree. Only those
     // are looked at then; the store's digests and the mount table wait for the round.
     let mut kernel_waiting = false;
-    let mut kept = KeptTrees::default();
     loop {
         let mut mount_now = last_round.is_none();
         if let Some(t) = last_round {
@@ -224,7 +223,6 @@ fn keep_mounted(
         }
         last_round = Some(Instant::now());
         failed.retain(|_, t| t.elapsed() < RETRY);
-        kept.round(trees);
         let mounted = match mountinfo::read() {
             Ok(mounts) => mountinfo::rootfs_mounted(&mounts, &mp),
             Err(e) => {

@@ -7,22 +7,19 @@
 //! kernel holds any inode of it through the main mount, so a tree is never mounted over a
 //! copy a process is inside.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fuser::Notifier;
 
-use super::inodes::{ImageId, NodeKey};
+use super::inodes::NodeKey;
 use super::notify::{Inval, Signal};
 use super::rootfs::ROOTFS;
 use super::{Connection, ImageFs};
 use crate::store::Digest;
-use imagefs_erofs::{FileKind, Nid};
 
 /// The binder's handle on the filesystem. Cheap to clone.
 #[derive(Clone)]
@@ -108,61 +105,10 @@ impl ImageTrees {
         // someone detached (its root is inode 1 there).
         fs.inval_tree_conn
             .send_and_wait(Inval::Entry(fuser::INodeNo::ROOT.0, d.hex().into()), limit);
+        // And what hangs below an entry a collection unhashed while the tree was in use
+        // (`kept_trees.rs`).
         if let Some(i) = fs.primary_image(d) {
-            self.drop_tree_below_root(&i);
-        }
-    }
-
-    /// Asks the kernel to drop what the image-tree connection caches of `image`'s tree and
-    /// nobody uses: every cached entry under a directory of the tree the kernel holds.
-    ///
-    /// Why the `<hex>` entry alone is not enough: when a digest leaves the store while a
-    /// process is inside its tree, that entry is invalidated in use, and the kernel
-    /// unhashes it; what the process looks up afterwards hangs below an entry no lookup
-    /// reaches. Image-tree entries never expire (an image does not change), so once the
-    /// process exits the kernel keeps them cached, holding the image's inodes, and the
-    /// collected copy would wait in the trash for a memory shortage (seen in a mount test).
-    /// A directory's inode still has its entry as its alias, unhashed or not, so the
-    /// invalidation of a name under a held directory's number reaches it. An entry in use
-    /// is unhashed by it in turn; the next sweep reaches what hangs below it through its
-    /// own inode. Only names whose inode the kernel holds are sent.
-    fn drop_tree_below_root(&self, image: &ImageId) {
-        let fs = &self.0;
-        if !fs.tree_conn_on.load(Ordering::Relaxed) {
-            return;
-        }
-        let held = fs.inodes.lock().held_tree_nids(image);
-        if held.is_empty() {
-            return;
-        }
-        let Ok(img) = fs.image(image) else {
-            return;
-        };
-        let mut sent = Vec::new();
-        for (&nid, &ino) in &held {
-            if !img
-                .inode(Nid(nid))
-                .is_ok_and(|i| i.kind == FileKind::Directory)
-            {
-                continue;
-            }
-            let listed = img.readdir(Nid(nid), 0, |e| {
-                if held.contains_key(&e.nid.0) && e.name != b"." && e.name != b".." {
-                    sent.push(Inval::Entry(ino, OsStr::from_bytes(e.name).to_os_string()));
-                }
-                true
-            });
-            if let Err(e) = listed {
-                log::debug!("sha256:{image}: listing nid {nid} to drop its cached tree: {e}");
-            }
-        }
-        log::debug!(
-            "sha256:{image}: {} cached tree entries dropped ({} inodes held)",
-            sent.len(),
-            held.len()
-        );
-        for i in sent {
-            fs.inval_tree_conn.send(i);
+            fs.drop_cached_below(&i);
         }
     }
 
@@ -209,41 +155,5 @@ impl ImageTrees {
     /// Is digest `d` still in the store?
     pub(crate) fn has_digest(&self, d: &Digest) -> bool {
         self.0.store.has_digest(d)
-    }
-}
-
-/// The binder's rounds over collected images kept for their users whose tree the kernel
-/// still holds through the image-tree connection: each round due drops what the kernel
-/// only caches of such a tree ([`ImageTrees::drop_tree_below_root`]), so that the copy is
-/// released once its last user left. A tree still in use loses its cached entries too
-/// (its process looks them up again), so the rounds back off: the first 2 s after the
-/// image was found kept, then twice as long each time, at most a minute.
-#[derive(Default)]
-pub(crate) struct KeptTrees(HashMap<ImageId, (Instant, Duration)>);
-
-impl KeptTrees {
-    const FIRST: Duration = Duration::from_secs(2);
-    const MOST: Duration = Duration::from_secs(60);
-
-    pub(crate) fn round(&mut self, trees: &ImageTrees) {
-        let kept: Vec<ImageId> = {
-            let inodes = trees.0.inodes.lock();
-            inodes
-                .zombies
-                .keys()
-                .filter(|i| inodes.holds_tree(&i.digest))
-                .copied()
-                .collect()
-        };
-        self.0.retain(|i, _| kept.contains(i));
-        let now = Instant::now();
-        for i in kept {
-            let (due, every) = self.0.entry(i).or_insert((now + Self::FIRST, Self::FIRST));
-            if now >= *due {
-                trees.drop_tree_below_root(&i);
-                *every = (*every * 2).min(Self::MOST);
-                *due = now + *every;
-            }
-        }
     }
 }

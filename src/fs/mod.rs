@@ -31,6 +31,7 @@ mod fuse;
 mod handles;
 mod image_trees;
 mod inodes;
+mod kept_trees;
 mod kernel_held;
 mod metrics;
 mod notify;
@@ -52,7 +53,7 @@ use parking_lot::{Mutex, RwLock};
 
 pub(crate) use fuse::Connection;
 use handles::Handles;
-pub(crate) use image_trees::{ImageTrees, KeptTrees};
+pub(crate) use image_trees::ImageTrees;
 use inodes::Inodes;
 use metrics::Metrics;
 use notify::{Invalidator, Signal};
@@ -138,7 +139,11 @@ impl ImageFs {
         std::thread::Builder::new()
             .name("imagefs-watch".into())
             .spawn(move || {
+                let mut kept = kept_trees::KeptTrees::default();
                 loop {
+                    // Every wake-up (at least every REVISIT): collected trees kept for
+                    // their users, looked at on their own schedule.
+                    kept.round(&fs);
                     let mut pfd = [nix::poll::PollFd::new(
                         std::os::fd::AsFd::as_fd(&events),
                         nix::poll::PollFlags::POLLIN,
