@@ -72,6 +72,45 @@ impl Items {
     fn len(&self) -> usize {
         self.items.len()
     }
+
+    /// Adds the entries of a `tags/` directory's `window`, the first resuming at `next`.
+    fn push_window(&mut self, dir: &str, window: store::Window, mut next: u64) {
+        // A READDIR after the first reply has no `.` and `..`: the window's buffer is taken
+        // as it is.
+        let base = if self.names.is_empty() {
+            self.names = window.names;
+            0
+        } else {
+            let base = self.names.len();
+            self.names.extend_from_slice(&window.names);
+            base
+        };
+        self.items.reserve(window.ends.len());
+        let mut start = base;
+        for (end, is_dir) in window.ends {
+            let name = start..base + end;
+            start = name.end;
+            let node = match is_dir {
+                // Subdirectory names are `String`s in the index: whole UTF-8.
+                true => match std::str::from_utf8(&self.names[name.clone()]) {
+                    Ok(s) => Node::Key(NodeKey::TagsDir(names::join(dir, s))),
+                    Err(_) => continue,
+                },
+                false => Node::Tag,
+            };
+            let kind = match is_dir {
+                true => FileType::Directory,
+                false => FileType::Symlink,
+            };
+            self.items.push(Item {
+                node,
+                kind,
+                name,
+                next,
+            });
+            next += 1;
+        }
+    }
 }
 
 impl ImageFs {
@@ -147,16 +186,7 @@ impl ImageFs {
                     .store
                     .children_window(p, skip, max)
                     .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
-                for (dir, name) in w.iter() {
-                    match dir {
-                        true => add(
-                            Node::Key(NodeKey::TagsDir(names::join(p, name))),
-                            FileType::Directory,
-                            name.as_bytes(),
-                        ),
-                        false => add(Node::Tag, FileType::Symlink, name.as_bytes()),
-                    }
-                }
+                items.push_window(p, w, next);
             }
             NodeKey::Digests => {
                 // Skipping over the keys is cheap; only the window is formatted.
@@ -259,13 +289,12 @@ impl ImageFs {
             let ino = match &it.node {
                 Node::Dot => dir,
                 Node::Tag => {
-                    let (NodeKey::TagsDir(repo), Ok(tag)) = (&key, std::str::from_utf8(name))
-                    else {
+                    let NodeKey::TagsDir(repo) = &key else {
                         continue;
                     };
                     let t = table.get_or_insert_with(|| self.inodes.lock());
                     let h = hashes.get_or_insert_with(|| t.tag_hashes(repo));
-                    t.tag_ino_hashed(h, repo, tag)
+                    t.tag_ino_hashed(h, repo, name)
                 }
                 Node::Key(k) => {
                     let fixed = match k {

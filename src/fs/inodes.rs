@@ -178,9 +178,12 @@ pub struct TagHashes {
 }
 
 impl TagHashes {
-    fn hash(&self, tag: &str) -> u64 {
+    /// The hash of a tag named `tag` (UTF-8): hashed as `str` hashes itself, its bytes
+    /// and 0xff (`Hasher::write_str`, which SipHash does not override).
+    fn hash(&self, tag: &[u8]) -> u64 {
         let mut h = self.prefix.clone();
-        tag.hash(&mut h);
+        h.write(tag);
+        h.write_u8(0xff);
         h.finish()
     }
 }
@@ -332,7 +335,7 @@ impl Inodes {
     /// listing of a million tags builds no key).
     #[cfg(test)]
     pub fn tag_readdir_ino(&self, repo: &str, tag: &str) -> u64 {
-        self.tag_ino_hashed(&self.tag_hashes(repo), repo, tag)
+        self.tag_ino_hashed(&self.tag_hashes(repo), repo, tag.as_bytes())
     }
 
     /// For [`tag_ino_hashed`](Self::tag_ino_hashed): the hashing of `repo`'s tags, the
@@ -345,14 +348,14 @@ impl Inodes {
 
     /// [`tag_readdir_ino`](Self::tag_readdir_ino) with `hashes` from
     /// [`tag_hashes`](Self::tag_hashes)`(repo)`.
-    pub fn tag_ino_hashed(&self, hashes: &TagHashes, repo: &str, tag: &str) -> u64 {
+    pub fn tag_ino_hashed(&self, hashes: &TagHashes, repo: &str, tag: &[u8]) -> u64 {
         let hash = hashes.hash(tag);
         let by_ino = &self.by_ino;
         self.by_key
             .find(hash, |i| {
-                by_ino
-                    .get(i)
-                    .is_some_and(|e| matches!(&e.key, NodeKey::Tag(r, t) if r == repo && t == tag))
+                by_ino.get(i).is_some_and(
+                    |e| matches!(&e.key, NodeKey::Tag(r, t) if r == repo && t.as_bytes() == tag),
+                )
             })
             .map_or(stand_in(hash), |&i| i)
     }
@@ -631,7 +634,7 @@ mod tests {
         let hashes = t.tag_hashes("r");
         let once: Vec<u64> = names
             .iter()
-            .map(|n| t.tag_ino_hashed(&hashes, "r", n))
+            .map(|n| t.tag_ino_hashed(&hashes, "r", n.as_bytes()))
             .collect();
         assert_eq!(once, whole);
         assert_eq!(once[1], inos[7]);

@@ -26,14 +26,16 @@ pub enum Entry {
 /// allocations in a listing of every tag.
 #[derive(Debug, Default)]
 pub struct Window {
-    names: String,
+    /// The names one after another (whole UTF-8 names).
+    pub names: Vec<u8>,
     /// Per entry: where its name ends in `names`, and whether it is a directory.
-    ends: Vec<(usize, bool)>,
+    pub ends: Vec<(usize, bool)>,
 }
 
 impl Window {
     /// The entries in listing order: (is a directory, name).
-    pub fn iter(&self) -> impl Iterator<Item = (bool, &str)> {
+    #[cfg(test)]
+    pub fn iter(&self) -> impl Iterator<Item = (bool, &[u8])> {
         let starts = std::iter::once(0).chain(self.ends.iter().map(|&(end, _)| end));
         starts
             .zip(&self.ends)
@@ -85,13 +87,18 @@ impl Store {
         let node = ix.node(path)?;
         let mut w = Window::default();
         // A listing's last, empty reply starts past the end: nothing to walk.
-        if skip >= node.subdirs.len() + node.tags.len() {
+        let n = (node.subdirs.len() + node.tags.len())
+            .saturating_sub(skip)
+            .min(max);
+        if n == 0 {
             return Some(w);
         }
-        let dirs = node.subdirs.iter().map(|s| (true, s.as_str()));
-        let tags = node.tags.keys().map(|t| (false, t.as_str()));
-        for (dir, s) in dirs.chain(tags).skip(skip).take(max) {
-            w.names.push_str(s);
+        w.ends.reserve_exact(n);
+        w.names.reserve(n * 16);
+        let dirs = node.subdirs.iter().map(|s| (true, s.as_bytes()));
+        let tags = node.tags.keys().map(|t| (false, t.as_bytes()));
+        for (dir, s) in dirs.chain(tags).skip(skip).take(n) {
+            w.names.extend_from_slice(s);
             w.ends.push((w.names.len(), dir));
         }
         Some(w)

@@ -8,7 +8,11 @@ use crate::store::{DirKey, Entry, RepoDir, Store, Tag};
 /// A window of a listing: (is a directory, name) per entry.
 fn children(store: &Store, path: &str, skip: usize, max: usize) -> Option<Vec<(bool, String)>> {
     let w = store.children_window(path, skip, max)?;
-    Some(w.iter().map(|(dir, s)| (dir, s.to_owned())).collect())
+    Some(
+        w.iter()
+            .map(|(dir, s)| (dir, String::from_utf8_lossy(s).into_owned()))
+            .collect(),
+    )
 }
 
 #[test]
