@@ -90,17 +90,14 @@ impl Items {
         for (end, is_dir) in window.ends {
             let name = start..base + end;
             start = name.end;
-            let node = match is_dir {
+            let (node, kind) = match is_dir {
                 // Subdirectory names are `String`s in the index: whole UTF-8.
-                true => match std::str::from_utf8(&self.names[name.clone()]) {
-                    Ok(s) => Node::Key(NodeKey::TagsDir(names::join(dir, s))),
-                    Err(_) => continue,
-                },
-                false => Node::Tag,
-            };
-            let kind = match is_dir {
-                true => FileType::Directory,
-                false => FileType::Symlink,
+                true => {
+                    let sub = String::from_utf8_lossy(&self.names[name.clone()]);
+                    let key = NodeKey::TagsDir(names::join(dir, &sub));
+                    (Node::Key(key), FileType::Directory)
+                }
+                false => (Node::Tag, FileType::Symlink),
             };
             self.items.push(Item {
                 node,
