@@ -11,6 +11,7 @@ in both store layouts, with more tags than one reply holds.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import time
@@ -134,3 +135,48 @@ def test_listing_is_complete_and_follows_changes(big):
     assert eventually(lambda: set(scandir(rdir)) == want, timeout=5.0), sorted(set(scandir(rdir)) ^ want)
     time.sleep(0.1)
     assert os.readlink(rdir / "other") == mount_target(repo, tags[tag_name(2)])
+
+
+SYS_getdents64 = 217  # x86_64
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def getdents(path: Path, bufsize: int) -> list[tuple[str, int, int]]:
+    """(name, d_ino, d_type) of every entry, `.` and `..` included, read `bufsize` bytes at a time."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        buf = ctypes.create_string_buffer(bufsize)
+        out = []
+        while (n := _libc.syscall(SYS_getdents64, fd, buf, bufsize)) != 0:
+            if n < 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e))
+            raw, pos = buf.raw, 0
+            while pos < n:
+                ino = int.from_bytes(raw[pos:pos + 8], "little")
+                reclen = int.from_bytes(raw[pos + 16:pos + 18], "little")
+                name = raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode()
+                out.append((name, ino, raw[pos + 18]))
+                pos += reclen
+        return out
+    finally:
+        os.close(fd)
+
+
+DT_DIR, DT_LNK = 4, 10
+
+
+def test_dot_entries_and_resumed_listings_keep_their_numbers(big):
+    """The first reply's `.` and `..` (READDIRPLUS; their attributes are made up, the kernel
+    reads none) still carry the directory's number and type, and a listing read a few entries
+    at a time gives every name once, tags as symlinks with the numbers a full read gives."""
+    repo, tags, mnt, _, _ = big
+    rdir = mnt / "tags" / repo
+    st = os.stat(rdir)
+    small = getdents(rdir, 300)
+    assert small[:2] == [(".", st.st_ino, DT_DIR), ("..", st.st_ino, DT_DIR)], small[:2]
+    names = [n for n, _, _ in small[2:]]
+    assert sorted(names) == sorted(set(tags) | {"sub"}) and len(names) == len(set(names))
+    assert all(t == DT_LNK and ino for n, ino, t in small[2:] if n != "sub")
+    # Read again in one go (the kernel's cached listing, or the daemon's again): the same.
+    assert getdents(rdir, 65536) == small

@@ -9,6 +9,7 @@
 //! (>= 12) follow; elsewhere the offset counts entries of the sorted listing.
 
 use std::ffi::{OsStr, OsString};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use imagefs_erofs::Nid;
 use log::Level;
 
 use super::ImageFs;
+use super::attr;
 use super::errno::{Error, Result};
 use super::inodes::{self, ImageId, NodeKey};
 use super::rootfs::{self, ROOTFS, ROOTFS_IMAGE};
@@ -28,8 +30,8 @@ const BATCH: usize = 256;
 
 /// What a directory entry stands for.
 enum Node {
-    /// `.` or `..`: both get the directory's own attributes (the kernel makes nothing of
-    /// either).
+    /// `.` or `..`: both get the directory's own number; in a READDIRPLUS reply, made-up
+    /// attributes (see [`dot_attr`]).
     Dot,
     /// A tag of the `tags/` directory listed, named by the entry: its key is built only
     /// for READDIRPLUS (a READDIR of a million tags builds none).
@@ -41,23 +43,80 @@ enum Node {
 struct Item {
     node: Node,
     kind: FileType,
-    name: OsString,
+    /// Its name in [`Items::names`].
+    name: Range<usize>,
     /// The offset that resumes after this entry.
     next: u64,
 }
 
+/// The entries of one reply, their names one after another in one buffer: a reply of 100
+/// tags makes a few allocations, not one per name.
+#[derive(Default)]
+struct Items {
+    items: Vec<Item>,
+    names: Vec<u8>,
+}
+
+impl Items {
+    fn push(&mut self, node: Node, kind: FileType, name: &[u8], next: u64) {
+        let start = self.names.len();
+        self.names.extend_from_slice(name);
+        self.items.push(Item {
+            node,
+            kind,
+            name: start..self.names.len(),
+            next,
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Adds the entries of a `tags/` directory's `window`, the first resuming at `next`.
+    fn push_window(&mut self, dir: &str, window: store::Window, mut next: u64) {
+        // A READDIR after the first reply has no `.` and `..`: the window's buffer is taken
+        // as it is.
+        let base = if self.names.is_empty() {
+            self.names = window.names;
+            0
+        } else {
+            let base = self.names.len();
+            self.names.extend_from_slice(&window.names);
+            base
+        };
+        self.items.reserve(window.ends.len());
+        let mut start = base;
+        for (end, is_dir) in window.ends {
+            let name = start..base + end;
+            start = name.end;
+            let (node, kind) = match is_dir {
+                // Subdirectory names are `String`s in the index: whole UTF-8.
+                true => {
+                    let sub = String::from_utf8_lossy(&self.names[name.clone()]);
+                    let key = NodeKey::TagsDir(names::join(dir, &sub));
+                    (Node::Key(key), FileType::Directory)
+                }
+                false => (Node::Tag, FileType::Symlink),
+            };
+            self.items.push(Item {
+                node,
+                kind,
+                name,
+                next,
+            });
+            next += 1;
+        }
+    }
+}
+
 impl ImageFs {
     /// Up to `batch` entries of directory `key`, from `offset`.
-    fn dir_items(&self, key: &NodeKey, offset: u64, batch: usize) -> Result<Vec<Item>> {
-        let mut items = Vec::new();
+    fn dir_items(&self, key: &NodeKey, offset: u64, batch: usize) -> Result<Items> {
+        let mut items = Items::default();
         for (off, name) in [(1, "."), (2, "..")] {
             if offset < off {
-                items.push(Item {
-                    node: Node::Dot,
-                    kind: FileType::Directory,
-                    name: name.into(),
-                    next: off,
-                });
+                items.push(Node::Dot, FileType::Directory, name.as_bytes(), off);
             }
         }
         if let &NodeKey::Rootfs(d, nid) = key {
@@ -76,12 +135,12 @@ impl ImageFs {
                             }
                         },
                     };
-                    items.push(Item {
-                        node: Node::Key(NodeKey::Rootfs(d, e.nid.0)),
+                    items.push(
+                        Node::Key(NodeKey::Rootfs(d, e.nid.0)),
                         kind,
-                        name: OsStr::from_bytes(e.name).to_os_string(),
-                        next: e.offset,
-                    });
+                        e.name,
+                        e.offset,
+                    );
                     items.len() < batch
                 })
                 .map_err(|e| self.open_images.error(&d, e))?;
@@ -92,31 +151,24 @@ impl ImageFs {
         }
         let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
         let want = batch.saturating_sub(items.len());
-        for (i, (node, kind, name)) in self.children(key, skip, want)?.into_iter().enumerate() {
-            items.push(Item {
-                node,
-                kind,
-                name,
-                next: (skip + i + 3) as u64,
-            });
-        }
+        self.children(key, skip, want, &mut items)?;
         Ok(items)
     }
 
-    /// Entries `skip..skip + max` of a directory outside the images, in listing order.
-    fn children(
-        &self,
-        key: &NodeKey,
-        skip: usize,
-        max: usize,
-    ) -> Result<Vec<(Node, FileType, OsString)>> {
-        let window = |it: &mut dyn Iterator<Item = (NodeKey, FileType, OsString)>| {
-            it.skip(skip)
-                .take(max)
-                .map(|(k, kind, name)| (Node::Key(k), kind, name))
-                .collect::<Vec<_>>()
+    /// Entries `skip..skip + max` of a directory outside the images, in listing order,
+    /// added to `items`.
+    fn children(&self, key: &NodeKey, skip: usize, max: usize, items: &mut Items) -> Result<()> {
+        let mut next = (skip + 3) as u64;
+        let mut add = |node: Node, kind: FileType, name: &[u8]| {
+            items.push(node, kind, name, next);
+            next += 1;
         };
-        Ok(match key {
+        let mut window = |it: &mut dyn Iterator<Item = (NodeKey, FileType, OsString)>| {
+            for (k, kind, name) in it.skip(skip).take(max) {
+                add(Node::Key(k), kind, name.as_bytes());
+            }
+        };
+        match key {
             NodeKey::Root => window(
                 &mut [
                     ("tags", NodeKey::TagsDir(String::new())),
@@ -126,38 +178,29 @@ impl ImageFs {
                 .into_iter()
                 .map(|(n, k)| (k, FileType::Directory, n.into())),
             ),
-            NodeKey::TagsDir(p) => self
-                .store
-                .children(p, skip, max)
-                .ok_or_else(|| Error::not_found(format!("tags/{p}")))?
-                .into_iter()
-                .map(|c| match c {
-                    store::Child::Dir(s) => (
-                        Node::Key(NodeKey::TagsDir(names::join(p, &s))),
-                        FileType::Directory,
-                        OsString::from(s),
-                    ),
-                    store::Child::Tag(t) => (Node::Tag, FileType::Symlink, OsString::from(t)),
-                })
-                .collect(),
+            NodeKey::TagsDir(p) => {
+                let w = self
+                    .store
+                    .children_window(p, skip, max)
+                    .ok_or_else(|| Error::not_found(format!("tags/{p}")))?;
+                items.push_window(p, w, next);
+            }
             NodeKey::Digests => {
                 // Skipping over the keys is cheap; only the window is formatted.
                 let v = self.store.images_window(skip, max);
                 let mut inodes = self.inodes.lock();
-                v.into_iter()
-                    .map(|(name, dir)| {
-                        let id = inodes.image_of(&dir);
-                        (
-                            Node::Key(NodeKey::Digest(id)),
-                            FileType::Directory,
-                            name.into(),
-                        )
-                    })
-                    .collect()
+                for (name, dir) in v {
+                    let id = inodes.image_of(&dir);
+                    add(
+                        Node::Key(NodeKey::Digest(id)),
+                        FileType::Directory,
+                        name.as_bytes(),
+                    );
+                }
             }
             NodeKey::Digest(d) => window(&mut self.digest_listing(d)?.into_iter()),
             // Not listed: it is reached only by the bind mounts, each through its own name.
-            NodeKey::TreeConnectionRoot => Vec::new(),
+            NodeKey::TreeConnectionRoot => {}
             NodeKey::Private => window(&mut std::iter::once((
                 NodeKey::Metrics,
                 FileType::RegularFile,
@@ -170,7 +213,8 @@ impl ImageFs {
                     format!("{k:?}: not a directory"),
                 ));
             }
-        })
+        }
+        Ok(())
     }
 
     /// `digests/<entry>/`: `rootfs/` (when ready) and the digest directory's regular files,
@@ -234,17 +278,20 @@ impl ImageFs {
         let slot = inodes::split_image_ino(dir)
             .filter(|_| self.open_images.by_ino(dir).is_some())
             .map(|(slot, _)| slot);
+        let Items { items, names } = items;
         let mut table = None;
+        let mut hashes = None;
         for it in items {
+            let name = &names[it.name];
             let ino = match &it.node {
                 Node::Dot => dir,
                 Node::Tag => {
-                    let (NodeKey::TagsDir(repo), Some(tag)) = (&key, it.name.to_str()) else {
+                    let NodeKey::TagsDir(repo) = &key else {
                         continue;
                     };
-                    table
-                        .get_or_insert_with(|| self.inodes.lock())
-                        .tag_readdir_ino(repo, tag)
+                    let t = table.get_or_insert_with(|| self.inodes.lock());
+                    let h = hashes.get_or_insert_with(|| t.tag_hashes(repo));
+                    t.tag_ino_hashed(h, repo, name)
                 }
                 Node::Key(k) => {
                     let fixed = match k {
@@ -259,7 +306,7 @@ impl ImageFs {
                     }
                 }
             };
-            if add(ino, it.next, it.kind, &it.name) {
+            if add(ino, it.next, it.kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -283,29 +330,25 @@ impl ImageFs {
         let batch = match &key {
             NodeKey::TagsDir(p) if plain => self
                 .store
-                .repo_dir(p)
-                .map_or(BATCH, |r| (r.subdirs + 2).min(BATCH)),
+                .subdir_count(p)
+                .map_or(BATCH, |n| (n + 2).min(BATCH)),
             NodeKey::Digests if plain => 2,
             _ => BATCH,
         };
-        let items = self.dir_items(&key, offset, batch)?;
-        let mut own = None;
+        let Items { items, names } = self.dir_items(&key, offset, batch)?;
         for it in items {
             if plain && matches!(it.node, Node::Tag | Node::Key(NodeKey::Digest(_))) {
                 break;
             }
+            let name = OsStr::from_bytes(&names[it.name]);
             let child = match it.node {
                 Node::Dot => {
-                    let (a, ttl) = match own {
-                        Some(a) => a,
-                        None => *own.insert(self.getattr(dir)?),
-                    };
-                    if add(it.next, &it.name, &a, ttl) {
+                    if add(it.next, name, &dot_attr(dir), Duration::ZERO) {
                         break;
                     }
                     continue;
                 }
-                Node::Tag => match (&key, it.name.to_str()) {
+                Node::Tag => match (&key, name.to_str()) {
                     (NodeKey::TagsDir(repo), Some(tag)) => NodeKey::Tag(repo.clone(), tag.into()),
                     _ => continue,
                 },
@@ -315,13 +358,22 @@ impl ImageFs {
             let Ok((a, ttl)) = self.entry(child) else {
                 continue;
             };
-            if add(it.next, &it.name, &a, ttl) {
+            if add(it.next, name, &a, ttl) {
                 self.forget(a.ino.0, 1);
                 break;
             }
         }
         Ok(())
     }
+}
+
+/// The attributes of `.` and `..` in a READDIRPLUS reply of directory `dir`: the kernel
+/// reads an entry's attributes only to link its inode, which it never does for these two
+/// names (fs/fuse/readdir.c `fuse_direntplus_link` returns first), so they are not worth
+/// the directory's `statx` (a `tags/` directory's mtime comes with LOOKUP and GETATTR).
+/// What the lister sees of them, number and type, is the directory's own.
+fn dot_attr(dir: u64) -> FileAttr {
+    attr::synthetic(dir, FileType::Directory, 0o755, 0, std::time::UNIX_EPOCH)
 }
 
 /// Whether the first READDIRPLUS reply of a listing of `dir` leaves its tags (in `tags/`

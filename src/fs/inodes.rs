@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
 use std::path::PathBuf;
 
 use hashbrown::HashTable;
@@ -170,6 +170,24 @@ fn tag_hash(hasher: &RandomState, repo: &str, tag: &str) -> u64 {
     hasher.hash_one((TAG_HASH_MARK, repo, tag))
 }
 
+/// The hashing of the tags of one repository, its part done ([`Inodes::tag_hashes`]).
+pub struct TagHashes {
+    /// The hasher fed with what [`tag_hash`] hashes before the tag: a tuple hashes its
+    /// fields one after another, so going on from a copy of it gives the same hash.
+    prefix: DefaultHasher,
+}
+
+impl TagHashes {
+    /// The hash of a tag named `tag` (UTF-8): hashed as `str` hashes itself, its bytes
+    /// and 0xff (`Hasher::write_str`, which SipHash does not override).
+    fn hash(&self, tag: &[u8]) -> u64 {
+        let mut h = self.prefix.clone();
+        h.write(tag);
+        h.write_u8(0xff);
+        h.finish()
+    }
+}
+
 /// Sets tags' hashes apart from the other keys' (a collision would only cost a compare).
 const TAG_HASH_MARK: u8 = 0x7a;
 
@@ -315,14 +333,29 @@ impl Inodes {
 
     /// [`readdir_ino`](Self::readdir_ino) of the tag `repo:tag`, from borrowed names (a
     /// listing of a million tags builds no key).
+    #[cfg(test)]
     pub fn tag_readdir_ino(&self, repo: &str, tag: &str) -> u64 {
-        let hash = tag_hash(&self.hasher, repo, tag);
+        self.tag_ino_hashed(&self.tag_hashes(repo), repo, tag.as_bytes())
+    }
+
+    /// For [`tag_ino_hashed`](Self::tag_ino_hashed): the hashing of `repo`'s tags, the
+    /// repository's part done once for a whole listing.
+    pub fn tag_hashes(&self, repo: &str) -> TagHashes {
+        let mut prefix = self.hasher.build_hasher();
+        (TAG_HASH_MARK, repo).hash(&mut prefix);
+        TagHashes { prefix }
+    }
+
+    /// [`tag_readdir_ino`](Self::tag_readdir_ino) with `hashes` from
+    /// [`tag_hashes`](Self::tag_hashes)`(repo)`.
+    pub fn tag_ino_hashed(&self, hashes: &TagHashes, repo: &str, tag: &[u8]) -> u64 {
+        let hash = hashes.hash(tag);
         let by_ino = &self.by_ino;
         self.by_key
             .find(hash, |i| {
-                by_ino
-                    .get(i)
-                    .is_some_and(|e| matches!(&e.key, NodeKey::Tag(r, t) if r == repo && t == tag))
+                by_ino.get(i).is_some_and(
+                    |e| matches!(&e.key, NodeKey::Tag(r, t) if r == repo && t.as_bytes() == tag),
+                )
             })
             .map_or(stand_in(hash), |&i| i)
     }
@@ -609,6 +642,17 @@ mod tests {
             "the same at every listing"
         );
         assert_ne!(t.tag_readdir_ino("s", "none"), stand_in);
+        // The repository's hash computed once gives every tag the number its whole key's
+        // hash gives, held (t7) or not.
+        let names = ["", "t7", "none", "a-much-longer-tag-name-than-inline-ones"];
+        let whole: Vec<u64> = names.iter().map(|n| t.readdir_ino(&tag("r", n))).collect();
+        let hashes = t.tag_hashes("r");
+        let once: Vec<u64> = names
+            .iter()
+            .map(|n| t.tag_ino_hashed(&hashes, "r", n.as_bytes()))
+            .collect();
+        assert_eq!(once, whole);
+        assert_eq!(once[1], inos[7]);
         // Forgetting most of them shrinks the table, which files the rest again.
         for &ino in &inos[..4900] {
             t.forget(ino, 1);

@@ -115,7 +115,7 @@ pub use gc::Collected;
 pub use index::{Index, Tag};
 pub use layout::DirKey;
 pub use names::Digest;
-pub use query::{Census, Child, Entry, RepoDir};
+pub use query::{Census, Entry, RepoDir, Window};
 pub use tags::{check_hypeman_repo, check_new_tag, still_dangling};
 pub use view::View;
 

@@ -21,11 +21,26 @@ pub enum Entry {
     Tag(Tag),
 }
 
-/// A listing entry of a directory of `tags/`: subdirectories first, then tags, each sorted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Child {
-    Dir(String),
-    Tag(String),
+/// A window of a `tags/` directory's listing: its names one after another in one buffer.
+/// The shared buffer is what makes it cheap: one `String` per name was most of the daemon's
+/// allocations in a listing of every tag.
+#[derive(Debug, Default)]
+pub struct Window {
+    /// The names one after another (whole UTF-8 names).
+    pub names: Vec<u8>,
+    /// Per entry: where its name ends in `names`, and whether it is a directory.
+    pub ends: Vec<(usize, bool)>,
+}
+
+impl Window {
+    /// The entries in listing order: (is a directory, name).
+    #[cfg(test)]
+    pub fn iter(&self) -> impl Iterator<Item = (bool, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&(end, _)| end));
+        starts
+            .zip(&self.ends)
+            .map(|(start, &(end, dir))| (dir, &self.names[start..end]))
+    }
 }
 
 /// A directory of `tags/` as the mount shows it.
@@ -64,19 +79,34 @@ impl Store {
         }
     }
 
-    /// The entries `skip..skip + max` of the directory `tags/<path>`; `None` if it is
-    /// missing.
-    pub fn children(&self, path: &str, skip: usize, max: usize) -> Option<Vec<Child>> {
+    /// The entries `skip..skip + max` of the directory `tags/<path>`, subdirectories first,
+    /// then tags, each sorted; `None` if it is missing. One [`Window`]: a listing's reply
+    /// copies its names with two allocations, whatever their number.
+    pub fn children_window(&self, path: &str, skip: usize, max: usize) -> Option<Window> {
         let ix = self.index();
         let node = ix.node(path)?;
-        // Names are copied only in the window (a listing's last, empty reply skips them all).
-        let dirs = node.subdirs.iter().map(|s| (true, s.as_str()));
-        let tags = node.tags.keys().map(|t| (false, t.as_str()));
-        let child = |(dir, s): (bool, &str)| match dir {
-            true => Child::Dir(s.to_owned()),
-            false => Child::Tag(s.to_owned()),
-        };
-        Some(dirs.chain(tags).skip(skip).take(max).map(child).collect())
+        let mut w = Window::default();
+        // A listing's last, empty reply starts past the end: nothing to walk.
+        let n = (node.subdirs.len() + node.tags.len())
+            .saturating_sub(skip)
+            .min(max);
+        if n == 0 {
+            return Some(w);
+        }
+        w.ends.reserve_exact(n);
+        w.names.reserve(n * 16);
+        let dirs = node.subdirs.iter().map(|s| (true, s.as_bytes()));
+        let tags = node.tags.keys().map(|t| (false, t.as_bytes()));
+        for (dir, s) in dirs.chain(tags).skip(skip).take(n) {
+            w.names.extend_from_slice(s);
+            w.ends.push((w.names.len(), dir));
+        }
+        Some(w)
+    }
+
+    /// The number of subdirectories of `tags/<path>`; `None` if it is missing.
+    pub fn subdir_count(&self, path: &str) -> Option<usize> {
+        self.index().node(path).map(|n| n.subdirs.len())
     }
 
     /// The directory `tags/<path>`; `None` if it is missing.

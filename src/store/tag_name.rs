@@ -43,8 +43,8 @@ impl TagName {
     }
 
     /// The name's bytes, without the UTF-8 check of [`TagName::as_str`]: compares (a
-    /// million of them build the index at mount) need no `str`.
-    fn as_bytes(&self) -> &[u8] {
+    /// million of them build the index at mount) and listings need no `str`.
+    pub fn as_bytes(&self) -> &[u8] {
         match self {
             TagName::Inline { len, bytes } => &bytes[..usize::from(*len)],
             TagName::Heap(s) => s.as_bytes(),

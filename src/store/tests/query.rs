@@ -3,7 +3,17 @@
 use super::fixture::*;
 use crate::store::layout::Layout;
 use crate::store::layout::REPOSITORIES;
-use crate::store::{Child, DirKey, Entry, RepoDir, Tag};
+use crate::store::{DirKey, Entry, RepoDir, Store, Tag};
+
+/// A window of a listing: (is a directory, name) per entry.
+fn children(store: &Store, path: &str, skip: usize, max: usize) -> Option<Vec<(bool, String)>> {
+    let w = store.children_window(path, skip, max)?;
+    Some(
+        w.iter()
+            .map(|(dir, s)| (dir, String::from_utf8_lossy(s).into_owned()))
+            .collect(),
+    )
+}
 
 #[test]
 fn queries_answer_from_the_index() {
@@ -19,15 +29,13 @@ fn queries_answer_from_the_index() {
     assert_eq!(store.entry("", "b"), Some(Entry::Dir));
     assert_eq!(store.entry("a", "nope"), None);
     assert_eq!(store.entry("nope", "one"), None);
+    assert_eq!(children(&store, "b", 0, 10), Some(vec![(true, "c".into())]));
     assert_eq!(
-        store.children("b", 0, 10),
-        Some(vec![Child::Dir("c".into())])
+        children(&store, "l", 1, 10),
+        Some(vec![(false, "old2".into())])
     );
-    assert_eq!(
-        store.children("l", 1, 10),
-        Some(vec![Child::Tag("old2".into())])
-    );
-    assert_eq!(store.children("nope", 0, 10), None);
+    assert_eq!(children(&store, "nope", 0, 10), None);
+    assert_eq!(children(&store, "l", 2, 10), Some(vec![]), "past the end");
     assert_eq!(
         store.repo_dir("b"),
         Some(RepoDir {
