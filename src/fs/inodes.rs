@@ -420,7 +420,7 @@ impl Inodes {
     }
 
     /// The image nids of `image` the kernel holds an inode of, with their numbers (a walk of
-    /// the whole table: for the binder's occasional sweeps, not for requests).
+    /// the whole table: for the occasional sweeps of `kept_trees.rs`, not for requests).
     pub fn held_tree_nids(&self, image: &ImageId) -> HashMap<u64, u64> {
         if !self.held_tree.contains_key(image) {
             return HashMap::new();

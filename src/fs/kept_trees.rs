@@ -64,7 +64,7 @@ impl ImageFs {
             }
         }
         log::debug!(
-            "sha256:{image}: {} cached tree entries dropped ({} inodes held)",
+            "sha256:{image}: invalidating {} cached tree entries ({} inodes held)",
             sent.len(),
             held.len()
         );
