@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -183,6 +184,36 @@ def test_a_collected_tree_in_use_is_released_once_its_user_left(workdir, images,
     assert wait_until(lambda: not trash.exists() or not os.listdir(trash), 10), \
         f"collected copy kept after its last user left: {os.listdir(trash)}\n{m.log_tail()}"
     assert wait_until(lambda: "released sha256:" + ha in m.log_text(), 2), m.log_tail()
+
+
+@pytest.mark.parametrize("how", ["fuse", "none"])
+def test_an_image_another_writer_removed_in_use_is_closed_once_its_user_left(workdir, images, tree_mounter, how):
+    """hypeman removes a digest (tag, then directory) while a process works inside its tree,
+    served by the daemon (FUSE trees, or the main mount's own `rootfs/`): the process keeps
+    reading from the image the daemon keeps open, and once it exits the daemon closes the
+    image (the removed file's space is freed) within seconds, with no cache drop."""
+    root = workdir / "store"
+    root.mkdir()
+    ha = add_image(root, images[0], repo="mounts/a", tag="v1")
+    m = tree_mounter(StoreRoot(root))
+    if how == "fuse":
+        assert wait_until(lambda: is_own_mount(m.mnt, ha), 5), m.log_tail()
+    inside = tree_mount(m.mnt, ha) / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        os.unlink(root / "repositories" / "mounts" / "a" / "v1")
+        shutil.rmtree(root / "content" / ha)
+        assert wait_until(lambda: "left the store (another writer removed it)" in m.log_text(), 5), m.log_tail()
+        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
+        assert len(os.listdir(cwd / "sub")) > 2
+    finally:
+        p.kill()
+        p.wait()
+    assert wait_until(lambda: f"released the image of sha256:{ha}" in m.log_text(), 10), \
+        f"the removed image stays open after its last user left\n{m.log_tail()}"
 
 
 def test_an_image_pulled_again_right_after_its_collection_is_served_and_kept(workdir, images, tree_mounter, how):

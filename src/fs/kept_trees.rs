@@ -1,22 +1,25 @@
 //! What the kernel keeps cached of an image tree out of every lookup's reach, and the sweep
-//! that lets it go, so that a collected image kept for its users is released once they
-//! left ([`KeptTrees`], run by the store watcher's thread).
+//! that lets it go, so that an image kept for its users (collected and waiting in the
+//! trash, or removed by another writer and kept open) is released once they left
+//! ([`KeptTrees`], run by the store watcher's thread).
 //!
 //! How it happens: when a digest leaves the store while a process is inside its tree (its
-//! cwd, an open directory), the collection invalidates the tree's top entry (`rootfs` in the
-//! main mount, `<hex>` in the image-tree connection) in use, and the kernel unhashes it.
+//! cwd, an open directory), the tree's top entry (`rootfs` or `digests/<hex>` in the main
+//! mount, `<hex>` in the image-tree connection) is invalidated in use, and the kernel
+//! unhashes it.
 //! What the process looks up afterwards hangs below an entry no lookup reaches any more.
 //! Image entries never expire (an image does not change), so once the process exits the
 //! kernel keeps them cached, holding the image's inodes, and the collected copy would wait
-//! in the trash for a memory shortage (`mount-tests/test_rootfs_mounts.py`
-//! `test_a_collected_tree_in_use_is_released_once_its_user_left`, in every tree mode).
+//! in the trash, or the removed image stay open, until a memory shortage
+//! (`mount-tests/test_rootfs_mounts.py`: `test_a_collected_tree_in_use_is_released_once_its_user_left`,
+//! `test_an_image_another_writer_removed_in_use_is_closed_once_its_user_left`).
 //!
 //! How it is reached: a directory's inode still has its entry as its alias, unhashed or
 //! not, so an invalidation of a name under a held directory's number finds the entry. An
 //! entry in use is unhashed by it in turn; the next sweep reaches what hangs below it
 //! through that entry's own inode.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering;
@@ -82,7 +85,8 @@ impl ImageFs {
     }
 }
 
-/// The rounds over collected images kept for their users whose tree the kernel still
+/// The rounds over images kept for their users (collected ones waiting in the trash, and
+/// those whose directory another writer removed, kept open) whose tree the kernel still
 /// holds: each round due drops what the kernel only caches of such a tree
 /// ([`ImageFs::drop_cached_below`]). A tree still in use loses its cached entries too (its
 /// process looks them up again), so the rounds back off: the first 2 s after the image was
@@ -96,15 +100,15 @@ impl KeptTrees {
 
     pub(crate) fn round(&mut self, fs: &ImageFs) {
         let kept: Vec<ImageId> = {
+            // Lock order: inodes, then the open images' own (as `image_left`).
             let inodes = fs.inodes.lock();
-            if inodes.zombies.is_empty() && self.0.is_empty() {
+            let left = fs.open_images.left_images();
+            if inodes.zombies.is_empty() && left.is_empty() && self.0.is_empty() {
                 return;
             }
-            inodes
-                .zombies
-                .keys()
+            let all: HashSet<ImageId> = inodes.zombies.keys().copied().chain(left).collect();
+            all.into_iter()
                 .filter(|i| inodes.holds_tree(&i.digest))
-                .copied()
                 .collect()
         };
         self.0.retain(|i, _| kept.contains(i));

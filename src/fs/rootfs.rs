@@ -157,6 +157,11 @@ impl OpenImages {
         self.left.lock().remove(d)
     }
 
+    /// The images open only for the kernel, their digest removed by another writer.
+    pub fn left_images(&self) -> Vec<ImageId> {
+        self.left.lock().iter().copied().collect()
+    }
+
     /// How many images are open only for the kernel, their digest removed by another writer.
     pub fn left_count(&self) -> usize {
         self.left.lock().len()
