@@ -13,6 +13,7 @@ daemon's read-only FUSE connection). test_kernel_erofs.py has what only the kern
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -153,6 +154,29 @@ def test_new_image_gets_a_mount_and_last_untag_drops_it(workdir, images, tree_mo
     assert (tree_mount(m.mnt, ha) / "etc" / "hostname").read_bytes() == b"host-a\n"
 
 
+@contextlib.contextmanager
+def process_inside(m, hx: str):
+    """A process whose cwd is `data/` of digest hx's tree, for the `with` block; yields its
+    cwd as /proc sees it (which keeps working after the tree left the mount), having listed
+    it once. Killed at the end of the block."""
+    inside = tree_mount(m.mnt, hx) / "data"
+    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+        cwd = Path(f"/proc/{p.pid}/cwd")
+        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+        yield cwd
+    finally:
+        p.kill()
+        p.wait()
+
+
+def still_reads(cwd: Path):
+    """The process's tree still reads (names not looked up before, too)."""
+    assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
+    assert len(os.listdir(cwd / "sub")) > 2
+
+
 @pytest.mark.parametrize("how", ["kernel", "fuse", "none"])
 def test_a_collected_tree_in_use_is_released_once_its_user_left(workdir, images, tree_mounter, how):
     """The last tag of an image goes while a process works inside its tree: the process keeps
@@ -167,19 +191,10 @@ def test_a_collected_tree_in_use_is_released_once_its_user_left(workdir, images,
         m = tree_mounter(StoreRoot(root))
     else:
         root, ha, m = mount_one(workdir, images, tree_mounter)
-    inside = tree_mount(m.mnt, ha) / "data"
-    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
-        cwd = Path(f"/proc/{p.pid}/cwd")
-        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+    with process_inside(m, ha) as cwd:
         os.unlink(m.mnt / "tags" / "mounts" / "a" / "v1")
         assert not (root / "content" / ha).exists()
-        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
-        assert len(os.listdir(cwd / "sub")) > 2
-    finally:
-        p.kill()
-        p.wait()
+        still_reads(cwd)
     trash = bookkeeping(root) / "trash"
     assert wait_until(lambda: not trash.exists() or not os.listdir(trash), 10), \
         f"collected copy kept after its last user left: {os.listdir(trash)}\n{m.log_tail()}"
@@ -198,20 +213,11 @@ def test_an_image_another_writer_removed_in_use_is_closed_once_its_user_left(wor
     m = tree_mounter(StoreRoot(root))
     if how == "fuse":
         assert wait_until(lambda: is_own_mount(m.mnt, ha), 5), m.log_tail()
-    inside = tree_mount(m.mnt, ha) / "data"
-    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
-        cwd = Path(f"/proc/{p.pid}/cwd")
-        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
+    with process_inside(m, ha) as cwd:
         os.unlink(root / "repositories" / "mounts" / "a" / "v1")
         shutil.rmtree(root / "content" / ha)
         assert wait_until(lambda: "left the store (another writer removed it)" in m.log_text(), 5), m.log_tail()
-        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
-        assert len(os.listdir(cwd / "sub")) > 2
-    finally:
-        p.kill()
-        p.wait()
+        still_reads(cwd)
     assert wait_until(lambda: f"released the image of sha256:{ha}" in m.log_text(), 10), \
         f"the removed image stays open after its last user left\n{m.log_tail()}"
 
@@ -224,10 +230,7 @@ def test_an_image_pulled_again_right_after_its_collection_is_served_and_kept(wor
     over, and the daemon tells the two apart only by digest), and nothing deletes the new
     copy: not the release of the collected one, not the next mount."""
     root, ha, m = mount_one(workdir, images, tree_mounter)
-    inside = tree_mount(m.mnt, ha) / "data"
-    p = subprocess.Popen(["sleep", "1000"], cwd=inside, stdin=subprocess.DEVNULL)
-    try:
-        assert wait_until(lambda: os.path.realpath(f"/proc/{p.pid}/cwd") == str(inside), 5)
+    with process_inside(m, ha) as cwd:
         os.unlink(m.mnt / "tags" / "mounts" / "a" / "v1")
         assert not (root / "content" / ha).exists()
         # pulled again at once, as another writer: the same image under the same digest
@@ -239,13 +242,8 @@ def test_an_image_pulled_again_right_after_its_collection_is_served_and_kept(wor
             assert wait_until(lambda: is_own_mount(m.mnt, ha), 8), f"no tree for the new copy\n{m.log_tail()}"
         assert os.readlink(m.mnt / "tags" / "mounts" / "a" / "v2").endswith(ha)
         # the process still reads the collected copy's tree
-        cwd = Path(f"/proc/{p.pid}/cwd")
-        assert sorted(os.listdir(cwd)) == ["random-2M", "sub", "text"]
-        assert (cwd / "sub" / "f11").read_bytes() == b"sub file 11\n" * 12
+        still_reads(cwd)
         assert (cwd / "random-2M").stat().st_size == 2 * 1024 * 1024 + 3
-    finally:
-        p.kill()
-        p.wait()
     assert wait_until(lambda: is_own_mount(m.mnt, ha), 10), f"no tree for the new copy\n{m.log_tail()}"
     assert hostname.read_bytes() == b"host-a\n"
     # the collected copy is released (its trash entry deleted); the new one stays
