@@ -141,8 +141,9 @@ impl ImageFs {
             .spawn(move || {
                 let mut kept = kept_trees::KeptTrees::default();
                 loop {
-                    // Every wake-up (at least every REVISIT): collected trees kept for
-                    // their users, looked at on their own schedule.
+                    // Every wake-up (at least every REVISIT): the trees of images kept for
+                    // their users (collected, or removed by another writer), looked at on
+                    // their own schedule (`kept_trees.rs`).
                     kept.round(&fs);
                     let mut pfd = [nix::poll::PollFd::new(
                         std::os::fd::AsFd::as_fd(&events),
