@@ -309,14 +309,26 @@ def kernel_umount(d) -> None:
 
 @contextlib.contextmanager
 def kernel_mount(img: Path, d: Path):
+    """The oracle: the kernel's erofs on a loop device of its own. Not `mount -o loop`, which
+    reuses a read-only loop device already bound to the same file: the store holds a hard
+    link of `img`, the daemon's kernel tree may be on such a device, and erofs would then
+    hand the oracle that tree's own superblock (a comparison of the tree with itself)."""
     Path(d).mkdir(parents=True, exist_ok=True)
-    r = run("mount", "-t", "erofs", "-o", "loop,ro", img, d, timeout=60, check=False)
-    require(r.returncode == 0, f"the kernel's erofs mount (the oracle) is not available: mount -t erofs -o "
-            f"loop,ro {img} exited {r.returncode}: {r.stderr[-500:]!r}")
+    r = run("losetup", "--find", "--show", "--read-only", img, timeout=60, check=False)
+    require(r.returncode == 0, f"no loop device for the kernel's erofs mount (the oracle): losetup {img} "
+            f"exited {r.returncode}: {r.stderr[-500:]!r}")
+    dev = r.stdout.strip()
     try:
-        yield Path(d)
+        r = run("mount", "-t", "erofs", "-o", "ro", dev, d, timeout=60, check=False)
+        require(r.returncode == 0, f"the kernel's erofs mount (the oracle) is not available: mount -t erofs -o "
+                f"ro {dev} ({img}) exited {r.returncode}: {r.stderr[-500:]!r}")
+        try:
+            yield Path(d)
+        finally:
+            kernel_umount(d)
     finally:
-        kernel_umount(d)
+        # On a device a lazy unmount still holds, this only marks it to be freed then.
+        subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=60)
 
 
 def erofs_superblocks() -> set[str]:

@@ -22,7 +22,8 @@ What it does, in one run (everything cached under --work, default
      and a store WORK/store/content/<hex>/{rootfs.erofs (hard link), metadata.json
      with "status": "ready"}, hex = sha256 of the erofs image.
   3. Mounts (all read-only):
-       kernel      mount -t erofs -o loop,ro rootfs.erofs WORK/mnt/kernel
+       kernel      losetup --find --read-only rootfs.erofs; mount -t erofs -o ro
+                   /dev/loopN WORK/mnt/kernel (a device of its own: see Kernel.mount)
        squashfuse  squashfuse_ll -f rootfs.sqfs WORK/mnt/squashfuse  (our child)
        imagefs     $IMAGEFS_BIN mount --store WORK/store WORK/mnt/imagefs --foreground
                    (our child, with --rootfs-mounts X if given); the tree is WORK/mnt/imagefs/digests/<hex>/rootfs
@@ -43,7 +44,12 @@ What it does, in one run (everything cached under --work, default
      user-space caches survive. --remount-cold adds rows "cold+remount" where
      every filesystem (the kernel's too) is unmounted and mounted again before
      the cold run, which also empties the daemons' own caches.
-     The order of the three filesystems rotates with each repetition.
+     The order of the filesystems rotates with each repetition.
+     --control adds a fourth mount, "kernel2": a second `mount -t erofs -o
+     loop,ro` of the same image (the store's hard link, the file imagefs's
+     tree reads), measured like the others; kernel2/kernel is the kernel
+     against itself, the noise band of each row in that run (an A/A control
+     for the default mode, where imagefs's tree is that same kind of mount).
      A cold..warm sequence during which ANOTHER process dropped the caches
      (/proc/vmstat drop_pagecache moved while a command ran: e.g. a test suite
      running alongside) is measured again, up to --retries times; what was kept
@@ -91,6 +97,7 @@ OPS = {
     "dd": "dd if={big} of=/dev/null bs=1M",
 }
 FSES = ("kernel", "squashfuse", "imagefs")
+CONTROL = "kernel2"      # --control: the kernel's erofs a second time, same file
 TARGET_WARM, TARGET_COLD = 1.2, 2.0
 SRC_VERSION = 2          # bump when the source-tree recipe changes
 
@@ -364,9 +371,24 @@ class Fs:
 class Kernel(Fs):
     name = "kernel"
 
+    def __init__(self, work: Path, img: Path, name: str = "kernel"):
+        self.name = name
+        super().__init__(work, img)
+        self.dev = None
+
     def mount(self):
+        # A loop device of its own: `mount -o loop` of a read-only image reuses a loop
+        # device already bound to the same file, which imagefs's kernel tree is (the
+        # store holds a hard link of this image), and erofs then shares that device's
+        # superblock: the "kernel" row would measure imagefs's own tree.
         self.mnt.mkdir(parents=True, exist_ok=True)
-        run(["mount", "-t", "erofs", "-o", "loop,ro", str(self.img), str(self.mnt)])
+        self.dev = run(["losetup", "--find", "--show", "--read-only", str(self.img)]).stdout.strip()
+        try:
+            run(["mount", "-t", "erofs", "-o", "ro", self.dev, str(self.mnt)])
+        except Exception:
+            run(["losetup", "-d", self.dev], check=False)
+            self.dev = None
+            raise
 
     def unmount(self):
         if mounted(str(self.mnt)):
@@ -374,6 +396,10 @@ class Kernel(Fs):
             if r.returncode != 0:
                 log(f"umount {self.mnt}: {r.stderr.strip()}; lazy unmount")
                 run(["umount", "-l", str(self.mnt)], check=False)
+        if self.dev:
+            # On a device still in use (a lazy unmount) this only sets autoclear.
+            run(["losetup", "-d", self.dev], check=False)
+            self.dev = None
 
 
 class Squash(Fs):
@@ -527,6 +553,17 @@ def timed(cmd: str, timeout: float) -> tuple[float, str]:
     return dt, r.stdout.strip()
 
 
+def check_distinct(fsmap: dict) -> None:
+    """Each mount its own superblock: two roots on one device would compare a filesystem
+    with itself."""
+    devs: dict[int, str] = {}
+    for n, fs in fsmap.items():
+        d = os.stat(fs.root).st_dev
+        if d in devs:
+            raise RuntimeError(f"{n} and {devs[d]} share a superblock (device {d}): not two filesystems")
+        devs[d] = n
+
+
 def op_cmd(op: str, fs: Fs) -> str:
     return OPS[op].format(tree=fs.root / "tree", big=fs.root / "bigfile")
 
@@ -539,18 +576,23 @@ def fmt_ratio(x):
     return "   -  " if x is None else f"{x:6.2f}"
 
 
-def check_row(mode: str, im: float, k: float, sq: float) -> dict:
+def check_row(mode: str, im: float, k: float, sq: float, k2: float | None = None) -> dict:
     target = TARGET_WARM if mode == "warm" else TARGET_COLD
     rk = im / k if k else None
     rs = im / sq if sq else None
-    return {"vs_kernel": rk, "vs_squashfuse": rs, "kernel_target": target,
-            "meets_kernel_target": rk is not None and rk <= target,
-            "beats_squashfuse": rs is not None and rs < 1.0}
+    out = {"vs_kernel": rk, "vs_squashfuse": rs, "kernel_target": target,
+           "meets_kernel_target": rk is not None and rk <= target,
+           "beats_squashfuse": rs is not None and rs < 1.0}
+    if k2 is not None:
+        out["control_vs_kernel"] = k2 / k if k else None
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
+    control = any(CONTROL in r["median_s"] for r in rows)
     hdr = f"{'operation':<22}{'kernel s':>10}{'squashfuse_ll s':>17}{'imagefs s':>11}" \
-          f"{'imagefs/kernel':>16}{'imagefs/squashfuse':>20}  verdict"
+          f"{'imagefs/kernel':>16}{'imagefs/squashfuse':>20}" \
+          + (f"{'kernel2/kernel':>16}" if control else "") + "  verdict"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -560,8 +602,9 @@ def print_table(rows: list[dict]) -> None:
         verdict.append(("ok" if c["meets_kernel_target"] else "MISS") + f" <= {c['kernel_target']}x kernel")
         verdict.append("ok" if c["beats_squashfuse"] else "MISS")
         verdict = f"{verdict[0]}; {verdict[1]} < squashfuse"
+        aa = f"{fmt_ratio(c.get('control_vs_kernel')):>16}" if control else ""
         print(f"{r['op'] + ' ' + r['mode']:<22}{m['kernel']:>10.3f}{m['squashfuse']:>17.3f}{m['imagefs']:>11.3f}"
-              f"{fmt_ratio(c['vs_kernel']):>16}{fmt_ratio(c['vs_squashfuse']):>20}  {verdict}")
+              f"{fmt_ratio(c['vs_kernel']):>16}{fmt_ratio(c['vs_squashfuse']):>20}{aa}  {verdict}")
 
 
 def profile_rows(args, fsmap: dict, rows: list[dict], work: Path) -> list[dict]:
@@ -628,6 +671,9 @@ def main() -> int:
     ap.add_argument("--rootfs-mounts", choices=("kernel", "fuse", "none"), default="",
                     help="imagefs --rootfs-mounts (default: the binary's default, kernel where it can)")
     ap.add_argument("--remount-cold", action="store_true", help="add cold+remount rows")
+    ap.add_argument("--control", action="store_true",
+                    help="also measure a second kernel loop mount of the same image file ('kernel2'): "
+                         "kernel2/kernel shows how far the kernel's erofs is from itself in this run")
     ap.add_argument("--profile", choices=("none", "strace", "perf"), default="none")
     ap.add_argument("--profile-rows", default="", help="e.g. tar:cold,stat:cold (default: 3 worst vs kernel)")
     ap.add_argument("--timeout", type=float, default=600)
@@ -669,11 +715,16 @@ def main() -> int:
         "squashfuse": Squash(work, work / "img" / "rootfs.sqfs"),
         "imagefs": ImageFs(work, binary, store, img_info["hex"], args.threads, args.rootfs_mounts),
     }
+    fses = FSES
+    if args.control:
+        # The store's own hard link: the same inode the imagefs tree's loop device reads.
+        fsmap[CONTROL] = Kernel(work, store / "content" / img_info["hex"] / "rootfs.erofs", CONTROL)
+        fses = FSES + (CONTROL,)
     load = Load(work) if args.load else None
     modes = ["cold", "warm"] + (["cold+remount"] if args.remount_cold else [])
-    samples = {(op, mode, fs): [] for op in ops for mode in modes for fs in FSES}
+    samples = {(op, mode, fs): [] for op in ops for mode in modes for fs in fses}
     reqs = {(op, mode): [] for op in ops for mode in modes}
-    cpu = {(op, mode, fs): [] for op in ops for mode in modes for fs in FSES}
+    cpu = {(op, mode, fs): [] for op in ops for mode in modes for fs in fses}
     contaminated = []
     outputs = {}
     result = {"ok": False}
@@ -685,6 +736,7 @@ def main() -> int:
                 run(["umount", "-l", str(fs.mnt)], check=False)
             fs.mount()
         log("mounted: " + ", ".join(f"{n} at {f.root}" for n, f in fsmap.items()))
+        check_distinct(fsmap)
         # Sanity: the three show the same tree (warm-up, not measured).
         sig = {}
         for n, fs in fsmap.items():
@@ -704,7 +756,8 @@ def main() -> int:
             log(f"WARNING: load average {load_start} at the start: other work is running, figures are skewed")
         metrics_start = im.metrics()
         for rep in range(args.reps):
-            order = list(FSES[rep % 3:] + FSES[:rep % 3])
+            k = rep % len(fses)
+            order = list(fses[k:] + fses[:k])
             for op in ops:
                 for n in order:
                     fs = fsmap[n]
@@ -717,6 +770,7 @@ def main() -> int:
                         for mode in modes:
                             if mode == "cold+remount":
                                 fs.remount()
+                                check_distinct(fsmap)
                             if mode.startswith("cold"):
                                 drop_caches()
                             m0 = im.metrics() if n == "imagefs" else None
@@ -759,16 +813,17 @@ def main() -> int:
         rows = []
         for op in ops:
             for mode in modes:
-                med = {n: statistics.median(samples[(op, mode, n)]) for n in FSES}
+                med = {n: statistics.median(samples[(op, mode, n)]) for n in fses}
                 rows.append({"op": op, "mode": mode, "command": OPS[op].replace("{tree}", "ROOT/tree")
                              .replace("{big}", "ROOT/bigfile"),
                              "median_s": med,
-                             "samples_s": {n: [round(x, 4) for x in samples[(op, mode, n)]] for n in FSES},
+                             "samples_s": {n: [round(x, 4) for x in samples[(op, mode, n)]] for n in fses},
                              "imagefs_requests": reqs[(op, mode)][-1] if reqs[(op, mode)] else {},
                              "daemon_cpu_s": {n: {"user": round(statistics.median(u for u, _ in cpu[(op, mode, n)]), 3),
                                                   "sys": round(statistics.median(k for _, k in cpu[(op, mode, n)]), 3)}
                                               for n in ("squashfuse", "imagefs") if cpu[(op, mode, n)]},
-                             "check": check_row(mode, med["imagefs"], med["kernel"], med["squashfuse"])})
+                             "check": check_row(mode, med["imagefs"], med["kernel"], med["squashfuse"],
+                                                med.get(CONTROL))})
         print()
         print(f"tree: {src_info['files']} files, {src_info['symlinks']} symlinks, {src_info['dirs']} dirs, "
               f"{src_info['bytes'] / 1e6:.0f} MB; find | wc -l = {outputs.get('kernel')}; bigfile "
