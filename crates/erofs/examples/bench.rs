@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p imagefs-erofs --example bench            # against the kernel
 //! cargo run --release -p imagefs-erofs --example bench -- read-loop IMG [PATH [KIB [N [MIB]]]]
+//! cargo run --release -p imagefs-erofs --example bench -- walk-loop IMG [N]
 //! ```
 //!
 //! The comparison needs root, `mkfs.erofs` and kernel erofs; it uses
@@ -12,6 +13,9 @@
 //! `read-loop` reads file PATH (default `/big`) of image IMG N times (default 5) in reads
 //! of KIB KiB (default 128), its first MIB MiB only if given, and prints each pass's wall and CPU time (profiling aid; run
 //! it on an image in the page cache to time decoding alone).
+//! `walk-loop` lists every directory of image IMG and loads every entry's inode, as the
+//! daemon answers a `find` with READDIRPLUS, N times (default 5) through one image (so
+//! from its cache after the first pass), and prints each pass's entries, wall and CPU time.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -39,8 +43,12 @@ fn main() {
                 .map_or(u64::MAX, |m| m.parse::<u64>().expect("MIB") << 20);
             read_loop_for_profiling(Path::new(img), path, kib, n, limit)
         }
+        [cmd, img, rest @ ..] if cmd == "walk-loop" && rest.len() <= 1 => {
+            let n = rest.first().map_or(5, |k| k.parse().expect("N"));
+            walk_loop_for_profiling(Path::new(img), n)
+        }
         _ => {
-            eprintln!("usage: bench [read-loop IMG [PATH [KIB [N [MIB]]]]]");
+            eprintln!("usage: bench [read-loop IMG [PATH [KIB [N [MIB]]]] | walk-loop IMG [N]]");
             std::process::exit(2);
         }
     }
@@ -286,6 +294,32 @@ fn read_loop_for_profiling(p: &Path, path: &str, kib: usize, passes: usize, limi
         let ((bytes, _), t) = time(|| ours_read_all_by(&img, nid, false, kib << 10, limit));
         let c = cpu_seconds() - c0;
         eprintln!("{bytes} bytes: {t:.3} s wall, {c:.3} s CPU");
+    }
+}
+
+fn walk_loop_for_profiling(p: &Path, passes: usize) {
+    let img = open(p);
+    for _ in 0..passes {
+        let c0 = cpu_seconds();
+        let (entries, t) = time(|| {
+            let (mut dirs, mut entries) = (vec![img.root()], 0u64);
+            while let Some(dir) = dirs.pop() {
+                img.readdir(dir, 0, |e| {
+                    if e.name != b"." && e.name != b".." {
+                        let i = img.inode(e.nid).expect("inode");
+                        if i.kind == FileKind::Directory {
+                            dirs.push(e.nid);
+                        }
+                        entries += 1;
+                    }
+                    true
+                })
+                .expect("readdir");
+            }
+            entries
+        });
+        let c = cpu_seconds() - c0;
+        eprintln!("{entries} entries: {t:.3} s wall, {c:.3} s CPU");
     }
 }
 
