@@ -44,7 +44,12 @@ What it does, in one run (everything cached under --work, default
      user-space caches survive. --remount-cold adds rows "cold+remount" where
      every filesystem (the kernel's too) is unmounted and mounted again before
      the cold run, which also empties the daemons' own caches.
-     The order of the filesystems rotates with each repetition.
+     The order of the filesystems changes with each repetition as the rows of a
+     balanced Latin square (Williams): over 6 repetitions with three filesystems,
+     4 with --control, each takes each place and follows each other one equally
+     often (a run's after-effects, such as a daemon restarted by cold+remount, land
+     on every filesystem alike; a plain rotation had each one always follow the same
+     other).
      --control adds a fourth mount, "kernel2": a second `mount -t erofs -o
      loop,ro` of the same image (the store's hard link, the file imagefs's
      tree reads), measured like the others; kernel2/kernel is the kernel
@@ -553,6 +558,26 @@ def timed(cmd: str, timeout: float) -> tuple[float, str]:
     return dt, r.stdout.strip()
 
 
+def balanced_order(n: int, rep: int) -> list[int]:
+    """Row `rep` of a balanced Latin square of `n` (Williams design): the first row is 0, 1,
+    n-1, 2, n-2, ..., each next one adds 1 mod n; for odd n the rows are then taken again
+    reversed. Over n rows (2n for odd n) every ordered pair of neighbours occurs equally
+    often."""
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    period = n if n % 2 == 0 else 2 * n
+    r = rep % period
+    row = [(x + r) % n for x in first]
+    if r >= n:
+        row.reverse()
+    return row
+
+
 def check_distinct(fsmap: dict) -> None:
     """Each mount its own superblock: two roots on one device would compare a filesystem
     with itself."""
@@ -756,8 +781,7 @@ def main() -> int:
             log(f"WARNING: load average {load_start} at the start: other work is running, figures are skewed")
         metrics_start = im.metrics()
         for rep in range(args.reps):
-            k = rep % len(fses)
-            order = list(fses[k:] + fses[:k])
+            order = [fses[i] for i in balanced_order(len(fses), rep)]
             for op in ops:
                 for n in order:
                     fs = fsmap[n]
