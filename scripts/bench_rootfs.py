@@ -52,9 +52,9 @@ What it does, in one run (everything cached under --work, default
      often (a run's after-effects, such as a daemon restarted by cold+remount, land
      on every filesystem alike; a plain rotation had each one always follow the same
      other).
-     --control adds a fourth mount, "kernel2": a second `mount -t erofs -o
-     loop,ro` of the same image (the store's hard link, the file imagefs's
-     tree reads), measured like the others; kernel2/kernel is the kernel
+     --control adds a fourth mount, "kernel2": a second kernel erofs mount, on a
+     loop device of its own, of the same image (the store's hard link, the file
+     imagefs's tree reads), measured like the others; kernel2/kernel is the kernel
      against itself, the noise band of each row in that run (an A/A control
      for the default mode, where imagefs's tree is that same kind of mount).
      A cold..warm sequence during which ANOTHER process dropped the caches
