@@ -530,6 +530,13 @@ def _mountinfo():
             yield _unescape(left.split()[4]), right.split()[0]
 
 
+def mounts_of_device(dev: int) -> list[str]:
+    """Mountpoints of every mount of the superblock on device number `dev` (an `st_dev`)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    with open("/proc/self/mountinfo") as f:
+        return [_unescape(line.split()[4]) for line in f if line.split()[2] == want]
+
+
 def mounts_at(path) -> list[str]:
     """fstypes of every mount whose mountpoint is exactly path. Only the parent is resolved: a lookup
     of `digests/<hex>/rootfs` itself would hold the main mount's copy of the tree, which keeps the

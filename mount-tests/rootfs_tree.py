@@ -6,7 +6,7 @@
 - build_busybox_tree(dir): a tiny runnable rootfs (static busybox + applet symlinks).
 - mkfs(img, tree, variant): mkfs.erofs with one of VARIANTS.
 - add_image(store_root, img, ...): install an image as a ready content-layout digest, optionally tagged.
-- kernel_mount(img, dir): context manager for `mount -t erofs -o loop,ro` (always unmounted).
+- kernel_mount(img, dir): context manager for the kernel's erofs on a loop device of its own (always unmounted).
 - walk_tree(root) / compare_trees(a, b): the differential walk.
 """
 
@@ -25,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from helpers import mounts_at, require, trash_entries
+from helpers import mounts_at, mounts_of_device, require, trash_entries
 from helpers import sha256_file as sha256_bytes_of  # noqa: F401 (re-exported to the tests)
 
 # mkfs.erofs 1.5 variants: the three of the brief, plus two layouts the kernel also reads
@@ -320,15 +320,25 @@ def kernel_mount(img: Path, d: Path):
     dev = r.stdout.strip()
     try:
         r = run("mount", "-t", "erofs", "-o", "ro", dev, d, timeout=60, check=False)
-        require(r.returncode == 0, f"the kernel's erofs mount (the oracle) is not available: mount -t erofs -o "
-                f"ro {dev} ({img}) exited {r.returncode}: {r.stderr[-500:]!r}")
-        try:
-            yield Path(d)
-        finally:
-            kernel_umount(d)
     finally:
-        # On a device a lazy unmount still holds, this only marks it to be freed then.
+        # Mounted, the device is only marked autoclear: it goes with the mount, however the
+        # test ends (as `mount -o loop` does). Not mounted, it is freed now.
         subprocess.run(["losetup", "-d", dev], capture_output=True, timeout=60)
+    require(r.returncode == 0, f"the kernel's erofs mount (the oracle) is not available: mount -t erofs -o "
+            f"ro {dev} ({img}) exited {r.returncode}: {r.stderr[-500:]!r}")
+    try:
+        assert_own_superblock(d)
+        yield Path(d)
+    finally:
+        kernel_umount(d)
+
+
+def assert_own_superblock(d) -> None:
+    """The oracle mounted at `d` is no other mount's superblock (a daemon's kernel tree of the
+    same image file would make every comparison with it a comparison of the tree with itself)."""
+    here = os.path.realpath(d)
+    others = [mp for mp in mounts_of_device(os.stat(here).st_dev) if mp != here]
+    assert not others, f"the kernel oracle at {here} shares its superblock with {others}"
 
 
 def erofs_superblocks() -> set[str]:

@@ -381,7 +381,6 @@ class Kernel(Fs):
     def __init__(self, work: Path, img: Path, name: str = "kernel"):
         self.name = name
         super().__init__(work, img)
-        self.dev = None
 
     def mount(self):
         # A loop device of its own: `mount -o loop` of a read-only image reuses a loop
@@ -389,13 +388,13 @@ class Kernel(Fs):
         # store holds a hard link of this image), and erofs then shares that device's
         # superblock: the "kernel" row would measure imagefs's own tree.
         self.mnt.mkdir(parents=True, exist_ok=True)
-        self.dev = run(["losetup", "--find", "--show", "--read-only", str(self.img)]).stdout.strip()
+        dev = run(["losetup", "--find", "--show", "--read-only", str(self.img)]).stdout.strip()
         try:
-            run(["mount", "-t", "erofs", "-o", "ro", self.dev, str(self.mnt)])
-        except Exception:
-            run(["losetup", "-d", self.dev], check=False)
-            self.dev = None
-            raise
+            run(["mount", "-t", "erofs", "-o", "ro", dev, str(self.mnt)])
+        finally:
+            # Mounted, the device is only marked autoclear and goes with the mount (as with
+            # `mount -o loop`); not mounted, it is freed now.
+            run(["losetup", "-d", dev], check=False)
 
     def unmount(self):
         if mounted(str(self.mnt)):
@@ -403,10 +402,6 @@ class Kernel(Fs):
             if r.returncode != 0:
                 log(f"umount {self.mnt}: {r.stderr.strip()}; lazy unmount")
                 run(["umount", "-l", str(self.mnt)], check=False)
-        if self.dev:
-            # On a device still in use (a lazy unmount) this only sets autoclear.
-            run(["losetup", "-d", self.dev], check=False)
-            self.dev = None
 
 
 class Squash(Fs):
