@@ -59,8 +59,8 @@ def list_all(root: str, repos: list[str]) -> int:
     return seen
 
 
-def one(binary: str, store: str, mnt: str, repos: list[str]) -> dict:
-    p = subprocess.Popen([binary, "mount", "--store", store, mnt, "--foreground", "--rootfs-mounts", "none"],
+def one(binary: str, store: str, mnt: str, repos: list[str], rootfs_mounts: str = "none", settle: float = 0.3) -> dict:
+    p = subprocess.Popen([binary, "mount", "--store", store, mnt, "--foreground", "--rootfs-mounts", rootfs_mounts],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env=dict(os.environ, RUST_LOG="warn"), start_new_session=True)
     try:
@@ -69,7 +69,7 @@ def one(binary: str, store: str, mnt: str, repos: list[str]) -> dict:
             if p.poll() is not None or time.monotonic() - t0 > 120:
                 raise RuntimeError(f"{binary}: the mount did not answer")
             time.sleep(0.005)
-        time.sleep(0.3)
+        time.sleep(settle)
         r0, c0 = requests(mnt), cpu_ns(p.pid)
         t0 = time.perf_counter_ns()
         seen = list_all(f"{mnt}/tags", repos)
@@ -85,7 +85,8 @@ def one(binary: str, store: str, mnt: str, repos: list[str]) -> dict:
                 "ratio": wall / raw, "tags": seen,
                 "requests": {k: round((r1[k] - r0.get(k, 0)) / n, 3) for k in r1 if r1[k] != r0.get(k, 0)}}
     finally:
-        subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+        # `imagefs umount`: a plain fusermount3 -u is refused while image trees are mounted
+        subprocess.run([binary, "umount", mnt], capture_output=True)
         p.wait(timeout=60)
 
 
@@ -94,6 +95,10 @@ def main():
     ap.add_argument("--store", required=True, help="a store-<n> directory kept by bench_tags.py --keep")
     ap.add_argument("--mnt", help="mount point (default: a new temporary directory)")
     ap.add_argument("--reps", type=int, default=6, help="mounts per binary, alternated")
+    ap.add_argument("--rootfs-mounts", default="none",
+                    help="the daemon's --rootfs-mounts (default none: no tree mounts made beside the listing)")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds between the mount answering and the listing (default 0.3)")
     ap.add_argument("binaries", nargs="+")
     a = ap.parse_args()
     store = os.path.abspath(a.store)
@@ -102,7 +107,7 @@ def main():
     res = {b: [] for b in a.binaries}
     for i in range(a.reps):
         for b in a.binaries:
-            r = one(b, store, mnt, repos)
+            r = one(b, store, mnt, repos, a.rootfs_mounts, a.settle)
             res[b].append(r)
             print(f"rep {i} {b}: wall {r['wall_us']:.1f} us/repo, daemon CPU {r['cpu_us']:.1f} us/repo, "
                   f"raw {r['raw_us']:.1f} us/repo (x{r['ratio']:.2f}), {r['tags']} tags, "

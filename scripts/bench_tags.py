@@ -826,6 +826,99 @@ def imagefs_prereqs() -> str | None:
     return None
 
 
+FLOOR_BIN = REPO_ROOT / "target" / "release" / "examples" / "list_floor"
+
+
+def resolve_floor_binary(args) -> tuple[str | None, str]:
+    """examples/list_floor.rs, the FUSE server that does no work (the listing's floor)."""
+    if FLOOR_BIN.is_file():
+        return str(FLOOR_BIN), str(FLOOR_BIN)
+    if args.no_build or not shutil.which("cargo"):
+        return None, f"{FLOOR_BIN} missing"
+    r = subprocess.run(["cargo", "build", "--release", "--example", "list_floor"], cwd=REPO_ROOT,
+                       capture_output=True, text=True)
+    if r.returncode != 0 or not FLOOR_BIN.is_file():
+        return None, f"cargo build --release --example list_floor failed (exit {r.returncode})"
+    return str(FLOOR_BIN), f"{FLOOR_BIN} (built now)"
+
+
+def kernel_caches() -> dict:
+    """The kernel's dentry and inode caches and, where the boot line sets them, the sizes
+    of their hash tables: each lookup of a name or an inode walks one chain of them, so a
+    small table with millions of cached entries makes every lookup slower (the start-up
+    reads a million links; every FUSE LOOKUP makes an inode)."""
+    out = {}
+    for key, path in (("dentries", "/proc/sys/fs/dentry-state"), ("inodes", "/proc/sys/fs/inode-nr")):
+        try:
+            out[key] = int(Path(path).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    try:
+        for word in Path("/proc/cmdline").read_text().split():
+            k, _, v = word.partition("=")
+            if k in ("dhash_entries", "ihash_entries") and v.isdigit():
+                out[k] = int(v)
+    except OSError:
+        pass
+    return out
+
+
+def readlink_floor(repos_dir: Path, repos: list[str]) -> dict:
+    """The least time the kernel takes to read every tag's link: one `find -printf %l`
+    process per CPU, each on its share of the repositories, all at once (the start-up's
+    own scan is 8 threads over the same links)."""
+    n = max(1, os.cpu_count() or 1)
+    shares = [repos[i::n] for i in range(n)]
+    t0 = now_ns()
+    procs = [subprocess.Popen(["find", *share, "-type", "l", "-printf", "%l\\n"], cwd=repos_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for share in shares if share]
+    counts = [0] * len(procs)
+
+    def drain(i, p):  # all at once: a full pipe would stall its find behind the others
+        for chunk in iter(lambda: p.stdout.read(1 << 20), b""):
+            counts[i] += chunk.count(b"\n")
+        p.wait()
+    threads = [threading.Thread(target=drain, args=(i, p)) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    links = sum(counts)
+    return {"seconds": round((now_ns() - t0) / 1e9, 4), "processes": len(procs), "links": links}
+
+
+def list_repos(root: str, layout) -> int:
+    """bench_tags.py's listing of every tag: os.scandir of each repository in turn."""
+    seen = 0
+    for r_ in range(layout.n_repos):
+        with os.scandir(f"{root}/{layout.repo(r_)}") as it:
+            seen += sum(1 for e in it if e.is_symlink())
+    return seen
+
+
+def floor_listing(floor_bin: str, mnt: Path, layout) -> dict:
+    """The listing through examples/list_floor.rs: the same names from a FUSE server that
+    answers from arithmetic, no OPENDIR, no READDIRPLUS: FUSE's own cost of the listing."""
+    mnt.mkdir(exist_ok=True)
+    p = subprocess.Popen([floor_bin, str(mnt), str(layout.n_repos), str(layout.tags_per_repo)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        t0 = time.monotonic()
+        while not os.path.isdir(f"{mnt}/tags/bench.local"):
+            if p.poll() is not None or time.monotonic() - t0 > 30:
+                raise RuntimeError(f"list_floor did not mount: {(p.stderr.read() or b'').decode()[-300:]}")
+            time.sleep(0.005)
+        t0 = now_ns()
+        seen = list_repos(f"{mnt}/tags", layout)
+        return {"seconds": round((now_ns() - t0) / 1e9, 4), "tags_seen": seen}
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 # --------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------
@@ -867,6 +960,12 @@ def print_size(r: dict):
         if im.get("list_all_raw"):
             print(f"    the same readdir of the raw store behind the mount, right after: "
                   f"{im['list_all_raw']['seconds'] * 1000:.1f} ms; mount/raw x{la.get('ratio_to_raw')}")
+        fl = im.get("list_all_fuse_floor")
+        if fl and fl.get("error"):
+            print(f"    the same readdir through a FUSE server doing no work: FAILED: {fl['error']}")
+        elif fl:
+            print(f"    the same readdir through a FUSE server doing no work (examples/list_floor.rs), next: "
+                  f"{fl['seconds'] * 1000:.1f} ms, {fl['tags_seen']:,} tags; floor/raw x{fl.get('ratio_to_raw')}")
     if im.get("startup"):
         st = im["startup"]
         rss0, rss1 = im["rss_after_startup_kib"], im.get("rss_after_ops_kib", {})
@@ -874,6 +973,12 @@ def print_size(r: dict):
               f"{st['mountinfo_s'] * 1000:.1f} ms); daemon RSS after start-up {rss0.get('VmRSS', 0) / 1024:.1f} MiB, "
               f"after ops {rss1.get('VmRSS', 0) / 1024:.1f} MiB (peak VmHWM {rss1.get('VmHWM', 0) / 1024:.1f} MiB, "
               f"{rss1.get('Threads', '?')} threads)")
+        if im.get("startup_floor"):
+            f = im["startup_floor"]
+            print(f"    reading every tag's link, no index ({f['processes']} find processes at once, after the "
+                  f"first mount): {f['seconds'] * 1000:.1f} ms, {f['links']:,} links")
+        if im.get("kernel_caches_at_startup"):
+            print(f"    kernel caches after the first start-up: {im['kernel_caches_at_startup']}")
         if im.get("startup_remount"):
             print(f"    imagefs second mount of the same store (from the index snapshot): "
                   f"{im['startup_remount']['startup_s'] * 1000:.1f} ms (RSS after start-up above is this mount's)")
@@ -947,6 +1052,10 @@ def evaluate_million(results: list, sizes: list) -> list:
         return ["issue 13 targets: imagefs not measured"]
     s = im["startup"]["startup_s"]
     ev.append(f"[issue 13] start-up < 1.5 s at {n}, first mount (no index snapshot): {s:.2f} s -> {ok(s < 1.5)}")
+    if im.get("startup_floor"):
+        f = im["startup_floor"]["seconds"]
+        ev.append(f"[issue 13] (info) the kernel's floor for that: reading every link by {im['startup_floor']['processes']} "
+                  f"processes at once, no index: {f:.2f} s{' (over 1.5 s itself)' if f >= 1.5 else ''}")
     if im.get("startup_remount"):
         s = im["startup_remount"]["startup_s"]
         ev.append(f"[issue 13] start-up < 1.5 s at {n}, second mount (from the snapshot): {s:.2f} s -> {ok(s < 1.5)}")
@@ -961,6 +1070,10 @@ def evaluate_million(results: list, sizes: list) -> list:
         q = a / b if b > 0 else float("inf")
         ev.append(f"[issue 13] listing every tag, mount {a:.2f} s vs raw store {b:.2f} s (same run): "
                   f"x{q:.2f} (target <= 2) -> {ok(q <= 2.0)}")
+        fl = im.get("list_all_fuse_floor") or {}
+        if fl.get("seconds") and b > 0:
+            ev.append(f"[issue 13] (info) the same listing through a FUSE server doing no work: {fl['seconds']:.2f} s, "
+                      f"x{fl['seconds'] / b:.2f} the raw store; imagefs/that x{a / fl['seconds']:.2f}")
     for key, what in (("rm_not_last", "rm, not last"), ("rm_last", "rm, last"), ("ln", "ln -s")):
         rows = [(sz, next(x for x in by[sz]["rows"] if x["key"] == key).get("imagefs")) for sz in sorted(by)]
         meds = ", ".join(f"{sz:,}: {row['median_us']:.0f} us" for sz, row in rows if row)
@@ -1071,7 +1184,8 @@ def loadavg() -> str:
     return out
 
 
-def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: list) -> dict:
+def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: list,
+             floor_bin: str | None = None) -> dict:
     layout = Layout(n, args.tags_per_repo, args.tags_per_digest)
     plan = make_plan(layout, args.reps, args.seed)
     plan_b = make_plan(layout, args.walk_reps + args.reps, args.seed + 1)
@@ -1119,12 +1233,17 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
                 im["startup"] = m.start(args.mount_timeout)
                 im["rss_after_startup_kib"] = proc_status_kib(m.proc.pid)
                 print(f"{tag} mounted in {im['startup']['startup_s'] * 1000:.1f} ms", flush=True)
+                im["kernel_caches_at_startup"] = kernel_caches()
                 if not args.no_remount:
                     # The first mount of a store reads every tag; the unmount leaves the
                     # index snapshot in the bookkeeping, and a daemon restarted on the same
                     # store starts from it. Both start-ups are reported; the run goes on
                     # with the second mount.
                     im["stop_first"] = m.stop()
+                    # The kernel's share of that first start-up, right after it (the links
+                    # as warm as the start-up left them): reading every link, no index.
+                    im["startup_floor"] = readlink_floor(store / "repositories",
+                                                         [layout.repo(r_) for r_ in range(layout.n_repos)])
                     m = Mount(binary, store, mnt, work / f"imagefs-{n}-remount.log", extra)
                     mounts[-1] = m
                     im["startup_remount"] = m.start(args.mount_timeout)
@@ -1133,23 +1252,26 @@ def run_size(n, args, work: Path, payload: Path, binary, imagefs_skip, mounts: l
                           flush=True)
                 # sanity + cost of a full listing: readdir of every repository through the mount
                 t0 = now_ns()
-                seen = 0
-                for r_ in range(layout.n_repos):
-                    with os.scandir(f"{mnt}/tags/{layout.repo(r_)}") as it:
-                        seen += sum(1 for e in it if e.is_symlink())
+                seen = list_repos(f"{mnt}/tags", layout)
                 im["list_all"] = {"seconds": round((now_ns() - t0) / 1e9, 4), "tags_seen": seen,
                                   "tags_expected": layout.n_tags}
                 im["rss_after_listing_kib"] = proc_status_kib(m.proc.pid)
                 # the same listing of the raw store behind the mount, right after: the
                 # reference for "listing every tag through the mount within 2x" (issue 13)
                 t0 = now_ns()
-                seen = 0
-                for r_ in range(layout.n_repos):
-                    with os.scandir(f"{store}/repositories/{layout.repo(r_)}") as it:
-                        seen += sum(1 for e in it if e.is_symlink())
+                seen = list_repos(f"{store}/repositories", layout)
                 im["list_all_raw"] = {"seconds": round((now_ns() - t0) / 1e9, 4), "tags_seen": seen}
                 im["list_all"]["ratio_to_raw"] = (round(im["list_all"]["seconds"] / im["list_all_raw"]["seconds"], 2)
                                                   if im["list_all_raw"]["seconds"] > 0 else None)
+                # and through a FUSE server that does no work: what FUSE itself costs
+                if floor_bin:
+                    try:
+                        fl = floor_listing(floor_bin, work / f"floor-mnt-{n}", layout)
+                        fl["ratio_to_raw"] = (round(fl["seconds"] / im["list_all_raw"]["seconds"], 2)
+                                              if im["list_all_raw"]["seconds"] > 0 else None)
+                        im["list_all_fuse_floor"] = fl
+                    except Exception as e:  # noqa: BLE001 - a reference, not the measured side
+                        im["list_all_fuse_floor"] = {"error": f"{type(e).__name__}: {e}"}
                 wd = Watchdog(args.op_timeout, m.proc)
                 wd.start()
                 im_runner = MountRunner(mnt, store, wd)
@@ -1290,15 +1412,20 @@ def main() -> int:
         binary, bin_desc = resolve_binary(args)
         prereq = imagefs_prereqs() if binary else None
         imagefs_skip = None if (binary and not prereq) else (prereq or bin_desc)
+        floor_bin, floor_desc = resolve_floor_binary(args) if not imagefs_skip else (None, "")
         fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(work)], capture_output=True, text=True).stdout.strip()
         report["environment"] = {
             "kernel": platform.release(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "work_dir_fs": fs_type, "imagefs_binary": bin_desc, "payload": payload_desc,
+            "kernel_caches": kernel_caches(),
             "RUST_LOG": os.environ.get("RUST_LOG", "warn (set by the benchmark)"),
         }
         print(f"imagefs tag benchmark   work dir {work} ({fs_type}), kernel {platform.release()}, "
               f"{os.cpu_count()} cpus, python {platform.python_version()}")
         print(f"binary: {bin_desc if binary else 'NONE: ' + bin_desc}")
+        if not imagefs_skip:
+            print(f"FUSE floor (listing): {floor_desc if floor_bin else 'NONE: ' + floor_desc}")
+        print(f"kernel caches: {kernel_caches()}")
         if imagefs_skip:
             print(f"imagefs half SKIPPED: {imagefs_skip}")
         print(f"rootfs.erofs: {payload_desc}")
@@ -1308,7 +1435,7 @@ def main() -> int:
               f"(a digest's tags all in one repository); hex names distinct but not the sha256 of the bytes")
 
         for n in sizes:
-            results.append(run_size(n, args, work, payload, binary, imagefs_skip, mounts))
+            results.append(run_size(n, args, work, payload, binary, imagefs_skip, mounts, floor_bin))
             print_size(results[-1])
 
         report["results"] = results
