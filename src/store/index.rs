@@ -6,7 +6,7 @@
 //! Invariants: every node's ancestors are nodes; `refs[key]` equals the number of tags
 //! whose key is `key`; every tag's key is a digest directory in `refs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
 use std::sync::Arc;
 
 use log::warn;
@@ -85,9 +85,49 @@ impl Index {
         for dir in &scan.repo_dirs {
             ix.ensure_node(&dir.repo, dir.layout);
         }
-        for t in &scan.tags {
-            if !ix.refs.contains_key(&t.key) {
-                ix.unresolved.push(t.clone());
+        // The scan lists each directory's tags together, sharing one `Arc` of its
+        // repository: a run is indexed with one lookup of its node, not one per tag of a
+        // million (a run cut short only costs another lookup).
+        let mut rest = &scan.tags[..];
+        while let Some(first) = rest.first() {
+            let n = rest
+                .iter()
+                .position(|t| !Arc::ptr_eq(&t.repo, &first.repo) || t.layout != first.layout)
+                .unwrap_or(rest.len());
+            let (run, tail) = rest.split_at(n);
+            ix.index_run(run);
+            rest = tail;
+        }
+        ix
+    }
+
+    /// [`from_scan`](Self::from_scan) of tags of one repository and layout.
+    fn index_run(&mut self, run: &[ScannedTag]) {
+        let Some(first) = run.first() else {
+            return;
+        };
+        let (repo, layout) = (&*first.repo, first.layout);
+        // The scan found the tags' directory (`scan.repo_dirs`, made a node with its
+        // ancestors): no walk up the path unless it did not.
+        let has_dir = self.nodes.get(repo).is_some_and(|n| match layout {
+            Layout::Content => n.content,
+            Layout::Legacy => n.legacy,
+        });
+        if !has_dir {
+            self.ensure_node(repo, layout);
+        }
+        let Index {
+            nodes,
+            refs,
+            unresolved,
+            ..
+        } = self;
+        let Some(node) = nodes.get_mut(repo) else {
+            return;
+        };
+        for t in run {
+            let Some((key, _)) = refs.get_key_value(&t.key) else {
+                unresolved.push(t.clone());
                 warn!(
                     "tag {}:{} names {}, which is not in the store; ignored",
                     t.repo,
@@ -95,35 +135,41 @@ impl Index {
                     t.key.rel_path().display()
                 );
                 continue;
-            }
-            let node = ix.node(&t.repo);
-            if node.is_some_and(|n| n.subdirs.contains(&*t.tag)) {
+            };
+            let key = key.clone();
+            if !node.subdirs.is_empty() && node.subdirs.contains(t.tag.as_str()) {
                 warn!("tag {}:{} clashes with a directory; ignored", t.repo, t.tag);
                 continue;
             }
-            if let Some(old) = node.and_then(|n| n.tags.get(&*t.tag)) {
+            let slot = Slot {
+                key: key.clone(),
+                layout,
+            };
+            match node.tags.entry(t.tag.clone()) {
+                btree_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                }
                 // The same name in both layouts: the content layout wins.
-                if old.layout == Layout::Content || t.layout == Layout::Legacy {
+                btree_map::Entry::Occupied(o)
+                    if o.get().layout == Layout::Content || layout == Layout::Legacy =>
+                {
                     warn!(
                         "tag {}:{} exists in both layouts; the legacy one is ignored",
                         t.repo, t.tag
                     );
                     continue;
                 }
-                ix.remove_tag(&t.repo, &t.tag);
+                btree_map::Entry::Occupied(mut o) => {
+                    let old = o.insert(slot);
+                    if let Some(n) = refs.get_mut(&*old.key) {
+                        *n = n.saturating_sub(1);
+                    }
+                }
             }
-            // The scan found the tag's directory (`scan.repo_dirs`, made a node above with
-            // its ancestors): no walk up the path for each of a million tags.
-            let has_dir = ix.node(&t.repo).is_some_and(|n| match t.layout {
-                Layout::Content => n.content,
-                Layout::Legacy => n.legacy,
-            });
-            if !has_dir {
-                ix.ensure_node(&t.repo, t.layout);
+            if let Some(n) = refs.get_mut(&*key) {
+                *n += 1;
             }
-            ix.insert_tag(&t.repo, t.tag.clone(), t.key.clone(), t.layout);
         }
-        ix
     }
 
     /// Tags of the scan this index was built from whose digest directory was missing.
