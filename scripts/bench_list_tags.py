@@ -27,6 +27,8 @@ import subprocess
 import tempfile
 import time
 
+from bench_tags import wait_for_dir
+
 
 def cpu_ns(pid: int) -> int:
     total = 0
@@ -66,11 +68,7 @@ def one(binary: str, store: str, mnt: str, repos: list[str], rootfs_mounts: str 
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env=dict(os.environ, RUST_LOG="warn"), start_new_session=True)
     try:
-        t0 = time.monotonic()
-        while not os.path.isdir(f"{mnt}/tags/bench.local"):
-            if p.poll() is not None or time.monotonic() - t0 > 120:
-                raise RuntimeError(f"{binary}: the mount did not answer")
-            time.sleep(0.005)
+        wait_for_dir(f"{mnt}/tags/bench.local", p, 120, binary)
         time.sleep(settle)
         r0, c0 = requests(mnt), cpu_ns(p.pid)
         t0 = time.perf_counter_ns()
@@ -97,11 +95,7 @@ def one_floor(floor: str, mnt: str, repos: list[str], tags_per_repo: int) -> dic
     p = subprocess.Popen([floor, mnt, str(len(repos)), str(tags_per_repo)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        t0 = time.monotonic()
-        while not os.path.isdir(f"{mnt}/tags/bench.local"):
-            if p.poll() is not None or time.monotonic() - t0 > 30:
-                raise RuntimeError(f"{floor}: the mount did not answer")
-            time.sleep(0.005)
+        wait_for_dir(f"{mnt}/tags/bench.local", p, 30, floor)
         time.sleep(0.3)
         t0 = time.perf_counter_ns()
         seen = list_all(f"{mnt}/tags", repos)

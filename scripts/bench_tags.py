@@ -896,6 +896,16 @@ def list_repos(root: str, layout) -> int:
     return seen
 
 
+def wait_for_dir(path: str, proc: subprocess.Popen, timeout: float, what: str):
+    """Waits until `path`, below the mount `proc` serves, stats as a directory."""
+    t0 = time.monotonic()
+    while not os.path.isdir(path):
+        if proc.poll() is not None or time.monotonic() - t0 > timeout:
+            err = proc.stderr.read().decode(errors="replace")[-300:] if proc.stderr and proc.poll() is not None else ""
+            raise RuntimeError(f"{what}: the mount did not answer {err}".rstrip())
+        time.sleep(0.005)
+
+
 def floor_listing(floor_bin: str, mnt: Path, layout) -> dict:
     """The listing through examples/list_floor.rs: the same names from a FUSE server that
     answers from arithmetic, no OPENDIR, no READDIRPLUS: FUSE's own cost of the listing."""
@@ -903,11 +913,7 @@ def floor_listing(floor_bin: str, mnt: Path, layout) -> dict:
     p = subprocess.Popen([floor_bin, str(mnt), str(layout.n_repos), str(layout.tags_per_repo)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        t0 = time.monotonic()
-        while not os.path.isdir(f"{mnt}/tags/bench.local"):
-            if p.poll() is not None or time.monotonic() - t0 > 30:
-                raise RuntimeError(f"list_floor did not mount: {(p.stderr.read() or b'').decode()[-300:]}")
-            time.sleep(0.005)
+        wait_for_dir(f"{mnt}/tags/bench.local", p, 30, "list_floor")
         t0 = now_ns()
         seen = list_repos(f"{mnt}/tags", layout)
         return {"seconds": round((now_ns() - t0) / 1e9, 4), "tags_seen": seen}
