@@ -37,7 +37,9 @@ struct Floor {
 }
 
 enum Node {
-    Dir,
+    Root,
+    Tags,
+    Host,
     Repo(u64),
     Tag(u64, u64),
 }
@@ -45,7 +47,9 @@ enum Node {
 impl Floor {
     fn node(&self, ino: u64) -> Option<Node> {
         match ino {
-            ROOT | TAGS | HOST => Some(Node::Dir),
+            ROOT => Some(Node::Root),
+            TAGS => Some(Node::Tags),
+            HOST => Some(Node::Host),
             i if (REPO0..REPO0 + self.repos).contains(&i) => Some(Node::Repo(i - REPO0)),
             i if (TAG0..TAG0 + self.repos * self.tags).contains(&i) => {
                 let n = i - TAG0;
@@ -57,8 +61,8 @@ impl Floor {
 
     fn attr(&self, ino: u64) -> Option<FileAttr> {
         let kind = match self.node(ino)? {
-            Node::Dir | Node::Repo(_) => FileType::Directory,
             Node::Tag(..) => FileType::Symlink,
+            _ => FileType::Directory,
         };
         let at = SystemTime::UNIX_EPOCH;
         Some(FileAttr {
@@ -84,6 +88,39 @@ impl Floor {
         })
     }
 
+    /// How many entries directory `dir` has; `None` if it is no directory.
+    fn len(&self, dir: &Node) -> Option<u64> {
+        match dir {
+            Node::Root | Node::Tags => Some(1),
+            Node::Host => Some(self.repos),
+            Node::Repo(_) => Some(self.tags),
+            Node::Tag(..) => None,
+        }
+    }
+
+    /// Entry `c` of directory `dir` (if it has that many): its number, type and name.
+    fn entry(&self, dir: &Node, c: u64) -> Option<(u64, FileType, String)> {
+        if c >= self.len(dir)? {
+            return None;
+        }
+        let dir_kind = FileType::Directory;
+        Some(match dir {
+            Node::Root => (TAGS, dir_kind, "tags".into()),
+            Node::Tags => (HOST, dir_kind, "bench.local".into()),
+            Node::Host => (
+                REPO0 + c,
+                dir_kind,
+                format!("repo{c:0w$}", w = self.repo_width),
+            ),
+            Node::Repo(r) => (
+                TAG0 + r * self.tags + c,
+                FileType::Symlink,
+                format!("t{c:0w$}", w = self.tag_width),
+            ),
+            Node::Tag(..) => return None,
+        })
+    }
+
     /// The number in `name` after `prefix`, if it is written with `width` digits.
     fn number(name: &[u8], prefix: &[u8], width: usize) -> Option<u64> {
         let digits = name.strip_prefix(prefix)?;
@@ -93,18 +130,18 @@ impl Floor {
         std::str::from_utf8(digits).ok()?.parse().ok()
     }
 
+    /// The number of `name` in directory `parent`, by the names [`entry`](Self::entry) gives.
     fn child(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        match (self.node(parent)?, parent) {
-            (Node::Dir, ROOT) if name == b"tags" => Some(TAGS),
-            (Node::Dir, TAGS) if name == b"bench.local" => Some(HOST),
-            (Node::Dir, HOST) => Self::number(name, b"repo", self.repo_width)
-                .filter(|r| *r < self.repos)
-                .map(|r| REPO0 + r),
-            (Node::Repo(r), _) => Self::number(name, b"t", self.tag_width)
-                .filter(|t| *t < self.tags)
-                .map(|t| TAG0 + r * self.tags + t),
-            _ => None,
-        }
+        let dir = self.node(parent)?;
+        let c = match dir {
+            Node::Root | Node::Tags => 0,
+            Node::Host => Self::number(name, b"repo", self.repo_width)?,
+            Node::Repo(_) => Self::number(name, b"t", self.tag_width)?,
+            Node::Tag(..) => return None,
+        };
+        self.entry(&dir, c)
+            .filter(|(_, _, n)| n.as_bytes() == name)
+            .map(|(ino, _, _)| ino)
     }
 }
 
@@ -148,54 +185,23 @@ impl Filesystem for Floor {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(node) = self.node(ino.0) else {
+        let Some(dir) = self.node(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
-        // Entry k (from 0: `.`, `..`, then the children) resumes at offset k + 1.
-        let children = match (&node, ino.0) {
-            (Node::Dir, ROOT | TAGS) => 1,
-            (Node::Dir, _) => self.repos,
-            (Node::Repo(_), _) => self.tags,
-            (Node::Tag(..), _) => return reply.error(Errno::ENOTDIR),
+        let Some(len) = self.len(&dir) else {
+            return reply.error(Errno::ENOTDIR);
         };
-        let mut name = Vec::with_capacity(16);
-        for k in offset..children + 2 {
-            name.clear();
-            let (child, kind) = match k {
-                0 => {
-                    name.push(b'.');
-                    (ino.0, FileType::Directory)
-                }
-                1 => {
-                    name.extend_from_slice(b"..");
-                    (ino.0, FileType::Directory)
-                }
-                _ => {
-                    let c = k - 2;
-                    match (&node, ino.0) {
-                        (Node::Dir, ROOT) => {
-                            name.extend_from_slice(b"tags");
-                            (TAGS, FileType::Directory)
-                        }
-                        (Node::Dir, TAGS) => {
-                            name.extend_from_slice(b"bench.local");
-                            (HOST, FileType::Directory)
-                        }
-                        (Node::Dir, _) => {
-                            let w = self.repo_width;
-                            name.extend_from_slice(format!("repo{c:0w$}").as_bytes());
-                            (REPO0 + c, FileType::Directory)
-                        }
-                        (Node::Repo(r), _) => {
-                            let w = self.tag_width;
-                            name.extend_from_slice(format!("t{c:0w$}").as_bytes());
-                            (TAG0 + r * self.tags + c, FileType::Symlink)
-                        }
-                        (Node::Tag(..), _) => break,
-                    }
-                }
+        // Entry k (from 0: `.`, `..`, then the children) resumes at offset k + 1.
+        for k in offset..len + 2 {
+            let (child, kind, name) = match k {
+                0 => (ino.0, FileType::Directory, ".".to_string()),
+                1 => (ino.0, FileType::Directory, "..".to_string()),
+                _ => match self.entry(&dir, k - 2) {
+                    Some(e) => e,
+                    None => break,
+                },
             };
-            if reply.add(INodeNo(child), k + 1, kind, OsStr::from_bytes(&name)) {
+            if reply.add(INodeNo(child), k + 1, kind, OsStr::new(&name)) {
                 break;
             }
         }
