@@ -10,6 +10,7 @@ mod deferred;
 mod faults;
 mod gc;
 mod hypeman;
+mod index_scan;
 mod legacy;
 mod model;
 mod moves;
