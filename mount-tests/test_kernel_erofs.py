@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from helpers import force_unmount, terminate, trash_entries, wait_trash_empty
-from rootfs_tree import (StoreRoot, add_image, add_raw_digest, build_busybox_tree, build_varied_tree, compare,
-                         describe, erofs_superblocks, inode_partition, kernel_mount, mkfs, wait_until)
+from rootfs_tree import (StoreRoot, add_image, add_raw_digest, assert_own_superblock, build_busybox_tree,
+                         build_varied_tree, compare, describe, erofs_superblocks, inode_partition, kernel_mount, mkfs,
+                         wait_until)
 
 def tree_mount(mnt: Path, hx: str) -> Path:
     return mnt / "digests" / hx / "rootfs"
@@ -92,6 +93,31 @@ def test_rootfs_is_a_kernel_erofs_mount_showing_the_loop_mounts_tree(workdir, va
     # the same tree through tags/
     via_tag = m.mnt / "tags" / "k" / "a" / "v1" / "rootfs"
     assert os.stat(via_tag).st_dev == os.stat(tree_mount(m.mnt, hx)).st_dev
+
+
+def test_the_oracle_of_the_trees_own_file_has_a_superblock_of_its_own(workdir, busybox, mounter):
+    """The kernel oracle (`kernel_mount`) of the very file the daemon's tree is mounted from gets a
+    superblock of its own, and its check fails on one it shares: `mount -o loop` of that file, which the
+    oracle used to do, reuses the tree's read-only loop device and erofs hands back the tree's superblock."""
+    root, hx = store_with(workdir, busybox)
+    m = mounter(StoreRoot(root))
+    assert wait_until(lambda: mounted_by_kernel(m, hx), 5), f"no kernel erofs on rootfs/\n{m.log_tail()}"
+    tree = tree_mount(m.mnt, hx)
+    image = root / "content" / hx / "rootfs.erofs"
+    with kernel_mount(image, workdir / "oracle") as oracle:
+        assert os.stat(oracle).st_dev != os.stat(tree).st_dev
+        assert_own_superblock(oracle)
+    shared = workdir / "shared"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(shared)], check=True,
+                   capture_output=True, timeout=60)
+    try:
+        if os.stat(shared).st_dev != os.stat(tree).st_dev:
+            pytest.skip("mount -o loop did not reuse the tree's loop device here (util-linux without it)")
+        with pytest.raises(AssertionError, match="shares its superblock"):
+            assert_own_superblock(shared)
+    finally:
+        subprocess.run(["umount", str(shared)], capture_output=True, timeout=60)
 
 
 def loop_of(point: Path) -> str | None:
